@@ -1,0 +1,36 @@
+"""``python -m proxy --config FILE`` (or ``PROXY_CONFIG=FILE``): run the proxy."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .dev_tokens import load_dev_tokens
+from .server import run
+from .settings import SettingsError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="product-analytics-proxy", description=__doc__)
+    parser.add_argument(
+        "--config", default=os.environ.get("PROXY_CONFIG"), help="settings TOML file (default: $PROXY_CONFIG)"
+    )
+    parser.add_argument("--check", action="store_true", help="validate the settings and exit")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        if settings.auth.backend == "dev_tokens":
+            load_dev_tokens(settings.auth.dev_tokens_file)
+    except SettingsError as exc:
+        print(f"product-analytics-proxy: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print("settings are valid")
+        return 0
+    run(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import yarl
+from aiohttp import web
+
+from .auth import Authorizer, GitLabAuthorizer
+from .coalesce import Coalescer
+from .cube import CubeClient
+from .dev_tokens import DevTokenAuthorizer, load_dev_tokens
+from .forward import Forwarder
+from .gitlab import GitLabClient
+from .health import setup_health
+from .keys import (
+    AUTHORIZER,
+    COALESCER,
+    CUBE_SESSION,
+    FORWARDER,
+    GITLAB_SESSION,
+    META_CACHE,
+    RATE_LIMITER,
+    SETTINGS,
+    SIGNER,
+)
+from .limiter import TenantLimiter
+from .middlewares import MIDDLEWARES
+from .ratelimit import RateLimiter
+from .settings import Settings
+from .signing import Signer
+from .singleflight import SingleFlightCache
+from .views import dry_run, load, meta
+
+PREFIXES = ("/api/v4", "")
+
+
+def setup_routes(app: web.Application) -> None:
+    for prefix in PREFIXES:
+        base = f"{prefix}/projects/{{project}}/product_analytics/request"
+        tag = "v4" if prefix else "bare"
+        app.router.add_post(f"{base}/load", load, name=f"analytics.load.{tag}")
+        app.router.add_post(f"{base}/dry-run", dry_run, name=f"analytics.dry_run.{tag}")
+        resource = app.router.add_resource(f"{base}/meta", name=f"analytics.meta.{tag}")
+        resource.add_route("GET", meta)
+        resource.add_route("POST", meta)
+    setup_health(app)
+
+
+def _issuer(settings: Settings) -> str:
+    host = yarl.URL(settings.gitlab.url).host
+    return host or settings.gitlab.url
+
+
+async def _cube_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    connector = aiohttp.TCPConnector(limit=settings.cube.pool_size, ttl_dns_cache=300, keepalive_timeout=30)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+    app[CUBE_SESSION] = session
+    app[FORWARDER] = Forwarder(
+        CubeClient(session, settings.cube.connect_timeout, settings.cube.read_timeout, settings.cube.buffer_limit),
+        TenantLimiter(settings.cube.max_concurrent_per_tenant, settings.cube.queue_timeout),
+        settings.cube.continue_wait_budget,
+    )
+    yield
+    await app[COALESCER].close()
+    await session.close()
+
+
+async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if settings.auth.backend == "dev_tokens":
+        app[AUTHORIZER] = DevTokenAuthorizer(
+            load_dev_tokens(settings.auth.dev_tokens_file), settings.gitlab.min_access_level
+        )
+        yield
+        return
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300))
+    app[GITLAB_SESSION] = session
+    client = GitLabClient(session, settings.gitlab.url, settings.gitlab.timeout, settings.gitlab.retry_after)
+    authorizer: Authorizer = GitLabAuthorizer(client, settings.gitlab)
+    app[AUTHORIZER] = authorizer
+    yield
+    await session.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The proxy as an aiohttp application; sessions open on start-up and close on clean-up."""
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.limits.max_body_bytes)
+    app[SETTINGS] = settings
+    app[SIGNER] = Signer(_issuer(settings), settings.product_analytics.jwt_ttl)
+    app[COALESCER] = Coalescer()
+    app[META_CACHE] = SingleFlightCache(settings.cube.meta_cache_size, settings.cube.meta_cache_ttl)
+    app[RATE_LIMITER] = RateLimiter(
+        settings.limits.rate_limit, settings.limits.rate_limit_burst, settings.limits.rate_limit_callers
+    )
+    app.cleanup_ctx.append(_cube_ctx)
+    app.cleanup_ctx.append(_gitlab_ctx)
+    setup_routes(app)
+    return app

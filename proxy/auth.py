@@ -1,0 +1,176 @@
+"""Who may call: the caller's identity, token scopes, project and role, asked of GitLab (spec section 2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from .credentials import Credential, credential_error
+from .errors import (
+    ApiError,
+    access_denied,
+    insufficient_scope,
+    not_enabled,
+    project_not_found,
+    unauthorized,
+)
+from .gitlab import GitLabClient, GitLabReply, refusal
+from .settings import GitLabSettings
+from .singleflight import SingleFlightCache
+
+_FULL_PATH = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.+-]*(?:/[A-Za-z0-9_.][A-Za-z0-9_.+-]*)+")
+
+
+@dataclass(frozen=True)
+class Caller:
+    user_id: int
+    username: str
+    is_admin: bool
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A caller's permission to use one project's analytics."""
+
+    caller: Caller
+    project_id: int
+    #: whether any step came from a cache (for the access log).
+    cached: bool
+
+
+class Authorizer(Protocol):
+    async def authorize(self, credential: Credential, project_ref: str, method: str) -> Grant: ...
+
+    async def mint_token(self, credential: Credential, grant: Grant) -> str: ...
+
+
+def required_scope(method: str) -> tuple[str, frozenset[str]]:
+    """The scope a method needs, and the scopes that satisfy it (GitLab lets read_api do GET only)."""
+    if method in {"GET", "HEAD"}:
+        return "read_api", frozenset({"api", "read_api"})
+    return "api", frozenset({"api"})
+
+
+def check_project_ref(project_ref: str) -> str:
+    """A numeric id or a full path; anything else is a 404 without asking anyone."""
+    if project_ref.isdigit() and len(project_ref) <= 18 and int(project_ref) > 0:
+        return project_ref
+    if len(project_ref) <= 1024 and _FULL_PATH.fullmatch(project_ref):
+        return project_ref
+    raise project_not_found()
+
+
+class GitLabAuthorizer:
+    """Asks GitLab, caching each answer by token hash with one in-flight call per key."""
+
+    def __init__(self, client: GitLabClient, settings: GitLabSettings) -> None:
+        self._client = client
+        self._min_level = settings.min_access_level
+
+        def cache() -> SingleFlightCache[tuple[str, ...], object]:
+            return SingleFlightCache(
+                settings.cache_size, settings.cache_ttl, settings.negative_cache_ttl, cache_error=_cacheable
+            )
+
+        self._callers = cache()
+        self._projects = cache()
+        self._members = cache()
+
+    async def authorize(self, credential: Credential, project_ref: str, method: str) -> Grant:
+        project_ref = check_project_ref(project_ref)
+        caller, hit_caller = await self._callers.get((credential.key,), lambda: self._load_caller(credential))
+        assert isinstance(caller, Caller)
+        needed, satisfying = required_scope(method)
+        if not caller.scopes & satisfying:
+            raise insufficient_scope(needed)
+        project_id, hit_project = await self._projects.get(
+            (credential.key, project_ref), lambda: self._load_project(credential, project_ref)
+        )
+        assert isinstance(project_id, int)
+        hit_member = True
+        if not caller.is_admin:
+            level, hit_member = await self._members.get(
+                (credential.key, str(project_id)), lambda: self._load_member(credential, project_id, caller.user_id)
+            )
+            assert isinstance(level, int)
+            if level < self._min_level:
+                raise access_denied()
+        return Grant(caller, project_id, hit_caller and hit_project and hit_member)
+
+    async def mint_token(self, credential: Credential, grant: Grant) -> str:
+        reply = await self._client.create_project_access_token(credential, grant.project_id, dt.date.today())
+        token = reply.body.get("token") if isinstance(reply.body, dict) else None
+        if reply.status in {200, 201} and isinstance(token, str):
+            return token
+        if reply.status < 400:
+            raise ApiError(502, {"message": "GitLab created no project access token"})
+        raise refusal(reply, f"GitLab refused to create a project access token ({reply.status})")
+
+    async def _load_caller(self, credential: Credential) -> Caller:
+        user = await self._client.current_user(credential)
+        if user.status in {401, 403} or user.status != 200 or not isinstance(user.body, dict):
+            raise unauthorized()
+        body = user.body
+        if body.get("state", "active") != "active" or not isinstance(body.get("id"), int):
+            raise unauthorized()
+        scopes = await self._load_scopes(credential)
+        return Caller(body["id"], str(body.get("username", "")), body.get("is_admin") is True, scopes)
+
+    async def _load_scopes(self, credential: Credential) -> frozenset[str]:
+        info = await self._client.personal_token_info(credential)
+        if info.status == 200 and isinstance(info.body, dict):
+            return _token_scopes(info)
+        if 400 <= info.status < 500:
+            oauth = await self._client.oauth_token_info(credential)
+            if oauth.status == 200 and isinstance(oauth.body, dict):
+                scope = oauth.body.get("scope", oauth.body.get("scopes"))
+                if isinstance(scope, str):
+                    scope = scope.split()
+                if isinstance(scope, list):
+                    return frozenset(s for s in scope if isinstance(s, str))
+                return frozenset()
+        raise unauthorized()
+
+    async def _load_project(self, credential: Credential, project_ref: str) -> int:
+        reply = await self._client.project(credential, project_ref)
+        if reply.status == 401:
+            raise unauthorized()
+        if reply.status != 200 or not isinstance(reply.body, dict) or not isinstance(reply.body.get("id"), int):
+            raise project_not_found()
+        namespace = reply.body.get("namespace")
+        if isinstance(namespace, dict) and namespace.get("kind") == "user":
+            raise not_enabled()
+        project_id: int = reply.body["id"]
+        return project_id
+
+    async def _load_member(self, credential: Credential, project_id: int, user_id: int) -> int:
+        reply = await self._client.member(credential, project_id, user_id)
+        if reply.status == 200 and isinstance(reply.body, dict) and isinstance(reply.body.get("access_level"), int):
+            level: int = reply.body["access_level"]
+            return level
+        if reply.status in {401, 403, 404}:
+            raise access_denied()
+        raise access_denied()
+
+
+def _token_scopes(info: GitLabReply) -> frozenset[str]:
+    body = info.body
+    assert isinstance(body, dict)
+    if body.get("active") is False or body.get("revoked") is True:
+        raise unauthorized()
+    expires = body.get("expires_at")
+    if isinstance(expires, str):
+        try:
+            if dt.date.fromisoformat(expires[:10]) < dt.date.today():
+                raise unauthorized()
+        except ValueError:
+            raise unauthorized() from None
+    scopes = body.get("scopes", [])
+    return frozenset(s for s in scopes if isinstance(s, str)) if isinstance(scopes, list) else frozenset()
+
+
+def _cacheable(exc: BaseException) -> bool:
+    return isinstance(exc, ApiError) and credential_error(exc)

@@ -1,0 +1,166 @@
+"""Identical in-flight calls of one tenant share one upstream call (spec section 6).
+
+A call's answer is either whole (shared as bytes) or a stream. A stream is fanned
+out chunk by chunk to every caller that joined before it began; each caller has a
+small bounded queue, so memory does not grow with the result's size. Callers that
+arrive once the body has started make a call of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+
+from .cube import Answer, Buffered, Streamed
+
+log = logging.getLogger(__name__)
+
+QUEUE_CHUNKS = 8
+
+
+class StreamBroken(Exception):
+    """The upstream body ended early: the caller's answer must not look complete."""
+
+
+@dataclass
+class SharedStream:
+    """One subscriber's view of a fanned-out stream."""
+
+    content_length: int | None
+    _queue: asyncio.Queue[bytes | BaseException | None]
+    _leave: Callable[[], None]
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise StreamBroken(str(item)) from item
+            yield item
+
+    def close(self) -> None:
+        self._leave()
+
+
+Outcome = Buffered | Streamed | SharedStream
+
+
+@dataclass
+class _Flight:
+    task: asyncio.Task[Answer]
+    slots: list[int] = field(default_factory=list)
+    next_slot: int = 0
+    broadcast: _Broadcast | None = None
+    left: set[int] = field(default_factory=set)
+
+
+class _Broadcast:
+    def __init__(self, source: Streamed, slots: list[int], tasks: set[asyncio.Task[None]]) -> None:
+        self._source = source
+        self.queues: dict[int, asyncio.Queue[bytes | BaseException | None]] = {
+            slot: asyncio.Queue(QUEUE_CHUNKS) for slot in slots
+        }
+        self._task = asyncio.ensure_future(self._pump())
+        tasks.add(self._task)
+        self._task.add_done_callback(tasks.discard)
+
+    def subscriber(self, slot: int) -> SharedStream:
+        return SharedStream(self._source.content_length, self.queues[slot], lambda: self.leave(slot))
+
+    def leave(self, slot: int) -> None:
+        queue = self.queues.pop(slot, None)
+        if queue is not None:
+            while not queue.empty():  # unblock a pump waiting on this queue
+                queue.get_nowait()
+        if not self.queues and not self._task.done():
+            self._task.cancel()
+
+    async def _put(self, item: bytes | BaseException | None) -> None:
+        for slot, queue in list(self.queues.items()):
+            if self.queues.get(slot) is queue:
+                await queue.put(item)
+
+    async def _pump(self) -> None:
+        try:
+            async for chunk in self._source.chunks():
+                await self._put(chunk)
+                if not self.queues:
+                    return
+            await self._put(None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("upstream stream broke during fan-out: %s", type(exc).__name__)
+            for queue in self.queues.values():
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(exc)
+        finally:
+            self._source.close()
+
+
+class Coalescer:
+    """Shares one upstream call among identical concurrent callers (keys never cross tenants)."""
+
+    def __init__(self) -> None:
+        self._flights: dict[Hashable, _Flight] = {}
+        self._pumps: set[asyncio.Task[None]] = set()
+
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+    async def run(self, key: Hashable | None, produce: Callable[[], Awaitable[Answer]]) -> tuple[Outcome, bool]:
+        """The answer for this caller, and whether it was shared with an earlier caller."""
+        if key is None:
+            return await produce(), False
+        flight = self._flights.get(key)
+        shared = flight is not None
+        if flight is None:
+            flight = _Flight(asyncio.ensure_future(self._lead(key, produce)))
+            self._flights[key] = flight
+        slot = flight.next_slot
+        flight.next_slot += 1
+        flight.slots.append(slot)
+        try:
+            answer = await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            self._abandon(flight, slot)
+            raise
+        return self._take(flight, slot, answer), shared
+
+    async def _lead(self, key: Hashable, produce: Callable[[], Awaitable[Answer]]) -> Answer:
+        try:
+            return await produce()
+        finally:
+            self._flights.pop(key, None)
+
+    def _take(self, flight: _Flight, slot: int, answer: Answer) -> Outcome:
+        if isinstance(answer, Buffered):
+            return answer
+        if len(flight.slots) == 1 and not flight.left:
+            return answer
+        if flight.broadcast is None:
+            live = [s for s in flight.slots if s not in flight.left]
+            flight.broadcast = _Broadcast(answer, live, self._pumps)
+        return flight.broadcast.subscriber(slot)
+
+    def _abandon(self, flight: _Flight, slot: int) -> None:
+        flight.left.add(slot)
+        if flight.broadcast is not None:
+            flight.broadcast.leave(slot)
+        elif len(flight.left) == len(flight.slots):
+            if flight.task.done():
+                if not flight.task.cancelled() and flight.task.exception() is None:
+                    answer = flight.task.result()
+                    if isinstance(answer, Streamed):
+                        answer.close()
+            else:
+                flight.task.cancel()
+
+    async def close(self) -> None:
+        for task in list(self._pumps):
+            task.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)

@@ -1,0 +1,64 @@
+"""Finding the caller's GitLab credential in a request (spec section 2)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import ApiError, unauthorized
+
+# Token prefixes GitLab gives CI job tokens, CI build tokens and deploy tokens: never accepted here.
+_REFUSED_PREFIXES = ("glcbt-", "gldt-")
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A caller's token and the header form GitLab should see it in."""
+
+    scheme: Literal["private", "bearer"]
+    token: str = field(repr=False)
+    #: sha256 of scheme and token: the only form of the token used as a key or logged.
+    key: str = field(init=False, repr=True)
+
+    def __post_init__(self) -> None:
+        digest = hashlib.sha256(f"{self.scheme}:{self.token}".encode()).hexdigest()
+        object.__setattr__(self, "key", digest)
+
+    def gitlab_headers(self) -> dict[str, str]:
+        if self.scheme == "private":
+            return {"PRIVATE-TOKEN": self.token}
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def extract_credential(headers: Mapping[str, str], query: Mapping[str, str]) -> Credential:
+    """The request's credential, or a 401 ApiError: missing, malformed, or a refused kind."""
+    if "JOB-TOKEN" in headers or "job_token" in query:
+        raise unauthorized()
+    credential: Credential | None = None
+    if (token := headers.get("PRIVATE-TOKEN")) is not None:
+        credential = Credential("private", token.strip())
+    elif (authorization := headers.get("Authorization")) is not None:
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise unauthorized()
+        credential = Credential("bearer", token.strip())
+    elif (token := query.get("private_token")) is not None:
+        credential = Credential("private", token.strip())
+    elif (token := query.get("access_token")) is not None:
+        credential = Credential("bearer", token.strip())
+    if credential is None or not _plausible(credential.token):
+        raise unauthorized()
+    return credential
+
+
+def _plausible(token: str) -> bool:
+    if not token or len(token) > 1024 or token.startswith(_REFUSED_PREFIXES):
+        return False
+    return all(33 <= ord(c) < 127 for c in token)
+
+
+def credential_error(exc: ApiError) -> bool:
+    """True when an ApiError is the credential's fault (so it is cached as negative)."""
+    return exc.status in {401, 403, 404}

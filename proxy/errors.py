@@ -1,0 +1,53 @@
+"""The one exception views and helpers raise to answer a caller with an error."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, JSON body and extra headers."""
+
+    def __init__(self, status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(f"{status} {body}")
+        self.status = status
+        self.body = dict(body)
+        self.headers = dict(headers or {})
+
+
+def unauthorized() -> ApiError:
+    return ApiError(401, {"message": "401 Unauthorized"})
+
+
+def bad_request(message: str, status: int = 400) -> ApiError:
+    return ApiError(status, {"message": message, "error": message})
+
+
+def not_enabled() -> ApiError:
+    return ApiError(404, {"message": "Product Analytics is not enabled"})
+
+
+def project_not_found() -> ApiError:
+    return ApiError(404, {"message": "404 Project Not Found"})
+
+
+def access_denied() -> ApiError:
+    return ApiError(401, {"message": "Access Denied"})
+
+
+def insufficient_scope(needed: str) -> ApiError:
+    return ApiError(
+        403,
+        {
+            "error": "insufficient_scope",
+            "message": (
+                "The request requires higher privileges than provided by the access token:"
+                f" it needs the '{needed}' scope."
+            ),
+        },
+    )
+
+
+def gitlab_unavailable(retry_after: int) -> ApiError:
+    return ApiError(503, {"message": "GitLab is unavailable"}, {"Retry-After": str(retry_after)})

@@ -1,0 +1,83 @@
+"""One upstream exchange: a tenant slot, the Continue-wait loop, and the zero-fill."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import orjson
+
+from .cube import Answer, Buffered, CubeClient, Streamed
+from .errors import ApiError
+from .limiter import TenantLimiter
+from .tenants import Tenant
+from .zerofill import FillPlan, zero_fill
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UpstreamCall:
+    tenant: Tenant
+    endpoint: str  # "load", "dry-run" or "meta"
+    method: str
+    jwt: str
+    request_id: str
+    payload: bytes | None
+    fill: FillPlan | None = None
+    #: read the whole body even when large (meta, which is cached whole).
+    whole: bool = False
+
+
+class Forwarder:
+    def __init__(self, cube: CubeClient, limiter: TenantLimiter, continue_wait_budget: float) -> None:
+        self._cube = cube
+        self._limiter = limiter
+        self._budget = continue_wait_budget
+
+    async def fetch(self, call: UpstreamCall) -> Answer:
+        """Ask Cube, asking again on Continue wait until the budget runs out.
+
+        The first attempt always gets Cube's full read timeout; a later one only
+        what is left of the budget, after which the last Continue wait is the answer.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._budget
+        url = call.tenant.endpoint(call.endpoint)
+        attempt = 0
+        last: Buffered | None = None
+        while True:
+            attempt += 1
+            remaining = deadline - loop.time()
+            read_timeout = None if attempt == 1 else min(self._cube.read_timeout, remaining)
+            release = await self._limiter.acquire(call.tenant.app_id)
+            try:
+                answer = await self._cube.call(
+                    url,
+                    call.method,
+                    call.jwt,
+                    call.request_id,
+                    call.payload,
+                    read_timeout=read_timeout,
+                    need_whole=call.whole or call.fill is not None,
+                )
+            except ApiError as exc:
+                release()
+                if attempt > 1 and exc.status == 504 and last is not None:
+                    return last
+                raise
+            except BaseException:
+                release()
+                raise
+            if isinstance(answer, Streamed):
+                answer.release = release  # held until the stream is closed
+                return answer
+            release()
+            if not answer.continue_wait or deadline - loop.time() <= 0:
+                break
+            last = answer
+            log.debug("continue wait", extra={"event": "continue_wait", "attempt": attempt})
+        if call.fill is not None and answer.status == 200 and not answer.continue_wait:
+            return Buffered(200, orjson.dumps(zero_fill(call.fill, answer.parsed)), None)
+        return answer

@@ -1,0 +1,104 @@
+"""A small client for the GitLab REST endpoints the spec names."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from .credentials import Credential
+from .errors import ApiError, gitlab_unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GitLabReply:
+    status: int
+    body: Any
+
+
+class GitLabClient:
+    """Calls GitLab with the caller's own credential; fails closed with 503 on any fault."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, timeout: float, retry_after: int) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._retry_after = retry_after
+
+    async def _call(self, method: str, path: str, credential: Credential, json: Any = None) -> GitLabReply:
+        url = f"{self._base}{path}"
+        try:
+            async with self._session.request(
+                method,
+                url,
+                headers=credential.gitlab_headers(),
+                json=json,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.warning(
+                "gitlab call failed",
+                extra={"event": "gitlab_error", "path": path.split("?")[0], "error": type(exc).__name__},
+            )
+            raise gitlab_unavailable(self._retry_after) from None
+        if status >= 500 or status == 429:
+            log.warning("gitlab answered %s", status, extra={"event": "gitlab_error", "path": path, "status": status})
+            raise gitlab_unavailable(self._retry_after)
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            if status < 300:
+                raise gitlab_unavailable(self._retry_after) from None
+            body = None
+        return GitLabReply(status, body)
+
+    async def current_user(self, credential: Credential) -> GitLabReply:
+        return await self._call("GET", "/api/v4/user", credential)
+
+    async def personal_token_info(self, credential: Credential) -> GitLabReply:
+        return await self._call("GET", "/api/v4/personal_access_tokens/self", credential)
+
+    async def oauth_token_info(self, credential: Credential) -> GitLabReply:
+        return await self._call("GET", "/oauth/token/info", credential)
+
+    async def project(self, credential: Credential, project_ref: str) -> GitLabReply:
+        return await self._call("GET", f"/api/v4/projects/{quote(project_ref, safe='')}", credential)
+
+    async def member(self, credential: Credential, project_id: int, user_id: int) -> GitLabReply:
+        return await self._call("GET", f"/api/v4/projects/{project_id}/members/all/{user_id}", credential)
+
+    async def create_project_access_token(self, credential: Credential, project_id: int, today: dt.date) -> GitLabReply:
+        body = {
+            "name": f"product-analytics-{today.isoformat()}",
+            "scopes": ["read_api"],
+            "access_level": 20,
+            "expires_at": (today + dt.timedelta(days=1)).isoformat(),
+        }
+        return await self._call("POST", f"/api/v4/projects/{project_id}/access_tokens", credential, json=body)
+
+
+def message_of(reply: GitLabReply, fallback: str) -> str:
+    """GitLab's error text (``message`` or ``error``), flattened to one string."""
+    body = reply.body
+    if isinstance(body, dict):
+        for key in ("message", "error"):
+            value = body.get(key)
+            if isinstance(value, str):
+                return value
+            if isinstance(value, (dict, list)):
+                return orjson.dumps(value).decode()
+    return fallback
+
+
+def refusal(reply: GitLabReply, fallback: str) -> ApiError:
+    return ApiError(reply.status, {"message": message_of(reply, fallback)})

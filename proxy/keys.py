@@ -1,0 +1,25 @@
+"""Typed application state keys."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from .auth import Authorizer
+from .coalesce import Coalescer
+from .cube import Buffered
+from .forward import Forwarder
+from .ratelimit import RateLimiter
+from .settings import Settings
+from .signing import Signer
+from .singleflight import SingleFlightCache
+
+SETTINGS = web.AppKey("settings", Settings)
+AUTHORIZER = web.AppKey("authorizer", Authorizer)
+SIGNER = web.AppKey("signer", Signer)
+FORWARDER = web.AppKey("forwarder", Forwarder)
+COALESCER = web.AppKey("coalescer", Coalescer)
+META_CACHE = web.AppKey("meta_cache", SingleFlightCache[tuple[str, str, str], Buffered])
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+CUBE_SESSION = web.AppKey("cube_session", aiohttp.ClientSession)
+GITLAB_SESSION = web.AppKey("gitlab_session", aiohttp.ClientSession)

@@ -1,0 +1,53 @@
+"""Log set-up: one JSON object per line (or plain text), with a redaction guard."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import orjson
+
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Query-string credentials and header forms that must never reach a log line.
+_SECRET = re.compile(
+    r"(private_token|access_token|job_token|PRIVATE-TOKEN|Authorization)([=:]\s*)(Bearer\s+)?[^\s&\"',]+", re.IGNORECASE
+)
+
+
+def redact(text: str) -> str:
+    return _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED]", text)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's own access log would repeat ours and print raw query strings (private_token=...).
+    logging.getLogger("aiohttp.access").disabled = True

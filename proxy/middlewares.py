@@ -1,0 +1,107 @@
+"""Cross-cutting concerns, outermost first (the order ``create_app`` installs them):
+
+1. ``request_id_middleware``: every answer carries an ``X-Request-Id`` in Cube's form.
+2. ``access_log_middleware``: one structured line per request, never a token.
+3. ``error_middleware``: every error becomes a JSON body; nothing internal leaks.
+4. ``credential_middleware``: analytics routes need a credential (401), within the rate limit (429).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .credentials import extract_credential
+from .errors import ApiError
+from .keys import RATE_LIMITER
+from .request_id import normalise_request_id
+from .request_keys import CACHE, CREDENTIAL, PROJECT, REQUEST_ID
+
+access_log = logging.getLogger("proxy.access")
+log = logging.getLogger(__name__)
+
+#: route names that need a caller's credential start with this.
+PROTECTED_PREFIX = "analytics."
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = normalise_request_id(request.headers.get("X-Request-Id"))
+    request[REQUEST_ID] = request_id
+    response = await handler(request)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        route = request.match_info.route.resource
+        access_log.info(
+            "%s %s %s",
+            request.method,
+            route.canonical if route is not None else "-",
+            status,
+            extra={
+                "event": "request",
+                "request_id": request.get(REQUEST_ID),
+                "method": request.method,
+                "route": route.canonical if route is not None else None,
+                "project": request.get(PROJECT),
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "cache": request.get(CACHE),
+            },
+        )
+
+
+def error_response(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.body, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k in {"Allow", "Retry-After"}}
+        return error_response(exc.status, {"message": f"{exc.status} {exc.reason}"}, headers)
+    except Exception:
+        log.exception("unhandled error", extra={"event": "unhandled", "request_id": request.get(REQUEST_ID)})
+        return error_response(500, {"message": "500 Internal Server Error"})
+
+
+@web.middleware
+async def credential_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    name = request.match_info.route.name
+    if name is None or not name.startswith(PROTECTED_PREFIX):
+        return await handler(request)
+    credential = extract_credential(request.headers, request.query)
+    request[CREDENTIAL] = credential
+    limiter = request.app[RATE_LIMITER]
+    if limiter.enabled:
+        wait = limiter.check(credential.key, time.monotonic())
+        if wait is not None:
+            raise ApiError(
+                429,
+                {"message": f"Too many requests from this caller; retry after {wait} s"},
+                {"Retry-After": str(wait)},
+            )
+    return await handler(request)
+
+
+MIDDLEWARES = (request_id_middleware, access_log_middleware, error_middleware, credential_middleware)

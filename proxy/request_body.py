@@ -1,0 +1,92 @@
+"""The caller's request body: read within limits, checked, reduced to what Cube receives."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .errors import ApiError, bad_request
+from .settings import CUBE_MAX_LIMIT
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    query: dict[str, Any]
+    query_type: str
+    include_token: bool
+    #: exactly ``{"query": ..., "queryType": ...}``, serialised once.
+    payload: bytes
+    #: a canonical form of the query (sorted keys) to coalesce identical calls.
+    fingerprint: bytes
+
+
+def too_large(limit: int) -> ApiError:
+    return bad_request(f"the request body is larger than the limit of {limit} bytes", status=413)
+
+
+def json_depth_ok(value: Any, max_depth: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > max_depth:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
+def _bool_param(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"true", "false", "1", "0"}:
+        return value.lower() in {"true", "1"}
+    raise bad_request(f"{where} must be true or false")
+
+
+def parse_body(raw: bytes, max_depth: int) -> dict[str, Any]:
+    """The body as a JSON object (an empty body is an empty object)."""
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"the request body is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object with a 'query' object")
+    if not json_depth_ok(body, max_depth):
+        raise bad_request(f"the request body is nested deeper than {max_depth} levels")
+    return body
+
+
+def query_request(body: Mapping[str, Any], query_params: Mapping[str, str]) -> QueryRequest:
+    """Check a load or dry-run body; every other key is dropped."""
+    if "query" not in body or body["query"] is None:
+        raise ApiError(400, {"error": "query is missing", "message": "query is missing"})
+    query = body["query"]
+    if not isinstance(query, dict):
+        raise bad_request('query must be a JSON object (a Cube query such as {"measures": [...]})')
+    query_type = body.get("queryType", "multi")
+    if not isinstance(query_type, str) or not query_type:
+        raise bad_request('queryType must be a string such as "multi"')
+    limit = query.get("limit")
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise bad_request("query.limit must be a whole number of rows")
+        if limit > CUBE_MAX_LIMIT:
+            raise bad_request(f"query.limit must be at most {CUBE_MAX_LIMIT} rows (Cube's maximum), not {limit}")
+    include_token = False
+    if "include_token" in body:
+        include_token = _bool_param(body["include_token"], "include_token")
+    elif "include_token" in query_params:
+        include_token = _bool_param(query_params["include_token"], "include_token")
+    payload = orjson.dumps({"query": query, "queryType": query_type})
+    fingerprint = orjson.dumps([query_type, query], option=orjson.OPT_SORT_KEYS)
+    return QueryRequest(query, query_type, include_token, payload, fingerprint)

@@ -1,0 +1,347 @@
+"""Settings: frozen dataclasses read from a TOML file and the environment.
+
+Validated once at start-up; every problem is collected and reported together in
+one :class:`SettingsError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yarl
+
+AuthBackendName = Literal["gitlab", "dev_tokens"]
+
+#: Cube rejects (with a 500) any query asking for more rows than this.
+CUBE_MAX_LIMIT = 50_000
+
+
+class SettingsError(Exception):
+    """Invalid settings; ``problems`` lists every one of them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: worker processes sharing the port (SO_REUSEPORT); 1 runs in-process.
+    workers: int = 1
+    #: seconds in-flight requests (and streams) get to finish on SIGTERM.
+    shutdown_timeout: float = 30.0
+    #: "json" (one JSON object per line) or "text".
+    log_format: str = "json"
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class GitLabSettings:
+    url: str = "https://gitlab.example.com"
+    #: seconds for one GitLab REST call, connect included.
+    timeout: float = 5.0
+    #: minimum effective access level: 10 guest, 20 reporter, 30 developer, 40 maintainer, 50 owner.
+    min_access_level: int = 20
+    #: seconds a positive GitLab answer (user, scopes, project, membership) is reused.
+    cache_ttl: float = 30.0
+    #: seconds a negative answer (401, 403, 404) is reused.
+    negative_cache_ttl: float = 5.0
+    #: entries kept per cache (users, projects, memberships).
+    cache_size: int = 10_000
+    #: Retry-After seconds sent with 503 when GitLab is unavailable.
+    retry_after: int = 5
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    #: "gitlab" (the default) or "dev_tokens" (a local token file; loopback only).
+    backend: AuthBackendName = "gitlab"
+    dev_tokens_file: str = "config/dev-tokens.toml"
+    #: allow the dev_tokens backend on a non-loopback listen address.
+    allow_dev_tokens_off_loopback: bool = False
+
+
+@dataclass(frozen=True)
+class ProjectOverride:
+    enabled: bool | None = None
+    cube_api_base_url: str | None = None
+    cube_api_key: str | None = None
+
+
+@dataclass(frozen=True)
+class AnalyticsSettings:
+    enabled: bool = True
+    cube_api_base_url: str | None = None
+    cube_api_key: str | None = None
+    #: seconds between the JWT's iat and exp.
+    jwt_ttl: int = 180
+
+
+@dataclass(frozen=True)
+class CubeSettings:
+    #: seconds to connect to Cube.
+    connect_timeout: float = 5.0
+    #: seconds Cube may stay silent (before headers, or between body chunks).
+    read_timeout: float = 30.0
+    #: seconds the proxy keeps asking again while Cube says "Continue wait"; 0 passes it through.
+    continue_wait_budget: float = 25.0
+    #: concurrent upstream calls per tenant; more wait up to queue_timeout, then 503.
+    max_concurrent_per_tenant: int = 32
+    queue_timeout: float = 10.0
+    #: seconds meta answers are cached per tenant, and how many tenants are kept.
+    meta_cache_ttl: float = 60.0
+    meta_cache_size: int = 1024
+    #: bodies up to this many bytes are read whole (and shared whole); larger ones stream.
+    buffer_limit: int = 256 * 1024
+    #: connection pool size towards Cube.
+    pool_size: int = 256
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    #: largest request body accepted (413 above).
+    max_body_bytes: int = 1024 * 1024
+    #: deepest JSON nesting accepted in a request body.
+    max_json_depth: int = 32
+    #: sustained requests per second per caller (token, or address without one); 0 disables.
+    rate_limit: float = 50.0
+    #: requests a caller may burst above the sustained rate.
+    rate_limit_burst: int = 200
+    #: callers remembered by the rate limiter.
+    rate_limit_callers: int = 100_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    gitlab: GitLabSettings = field(default_factory=GitLabSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    product_analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
+    cube: CubeSettings = field(default_factory=CubeSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    projects: Mapping[int, ProjectOverride] = field(default_factory=dict)
+
+
+#: environment variable -> (section, key)
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "PROXY_HOST": ("server", "host"),
+    "PROXY_PORT": ("server", "port"),
+    "PROXY_WORKERS": ("server", "workers"),
+    "GITLAB_URL": ("gitlab", "url"),
+    "CUBE_API_BASE_URL": ("product_analytics", "cube_api_base_url"),
+    "CUBE_API_KEY": ("product_analytics", "cube_api_key"),
+}
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "gitlab": GitLabSettings,
+    "auth": AuthSettings,
+    "product_analytics": AnalyticsSettings,
+    "cube": CubeSettings,
+    "limits": LimitsSettings,
+}
+
+MIN_KEY_BYTES = 32
+
+
+def _coerce(value: Any, typ: Any, where: str, problems: list[str], from_env: bool) -> Any:
+    """Check (and, for environment strings, convert) one value against its annotated type."""
+    origin = get_origin(typ)
+    args = get_args(typ)
+    if origin is Literal:
+        if value in args:
+            return value
+        problems.append(f"{where}: must be one of {', '.join(map(repr, args))}, not {value!r}")
+        return None
+    if type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _coerce(value, inner, where, problems, from_env)
+    if typ is bool:
+        if from_env and isinstance(value, str) and value.lower() in {"1", "true", "yes", "0", "false", "no"}:
+            return value.lower() in {"1", "true", "yes"}
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{where}: must be true or false, not {value!r}")
+        return None
+    if typ is int or typ is float:
+        if from_env and isinstance(value, str):
+            try:
+                value = typ(value)
+            except ValueError:
+                problems.append(f"{where}: must be a number, not {value!r}")
+                return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{where}: must be a number, not {value!r}")
+            return None
+        if typ is int and not isinstance(value, int):
+            problems.append(f"{where}: must be a whole number, not {value!r}")
+            return None
+        return typ(value)
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        problems.append(f"{where}: must be a string, not {value!r}")
+        return None
+    raise TypeError(f"unsupported settings type {typ!r}")  # pragma: no cover - programming error
+
+
+def _build_section(cls: type[Any], raw: Mapping[str, Any], name: str, problems: list[str], env_keys: set[str]) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            problems.append(f"[{name}] {key}: unknown setting (known: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    for key in known & raw.keys():
+        coerced = _coerce(raw[key], hints[key], f"[{name}] {key}", problems, from_env=key in env_keys)
+        if coerced is not None or raw[key] is None:
+            values[key] = coerced
+    return cls(**values)
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        url = yarl.URL(value)
+    except ValueError:
+        return False
+    return url.scheme in {"http", "https"} and bool(url.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate(s: Settings, problems: list[str]) -> None:
+    positive = {
+        "[server] port": s.server.port,
+        "[server] workers": s.server.workers,
+        "[gitlab] timeout": s.gitlab.timeout,
+        "[gitlab] cache_size": s.gitlab.cache_size,
+        "[gitlab] min_access_level": s.gitlab.min_access_level,
+        "[product_analytics] jwt_ttl": s.product_analytics.jwt_ttl,
+        "[cube] connect_timeout": s.cube.connect_timeout,
+        "[cube] read_timeout": s.cube.read_timeout,
+        "[cube] max_concurrent_per_tenant": s.cube.max_concurrent_per_tenant,
+        "[cube] meta_cache_size": s.cube.meta_cache_size,
+        "[cube] buffer_limit": s.cube.buffer_limit,
+        "[cube] pool_size": s.cube.pool_size,
+        "[limits] max_body_bytes": s.limits.max_body_bytes,
+        "[limits] max_json_depth": s.limits.max_json_depth,
+        "[limits] rate_limit_burst": s.limits.rate_limit_burst,
+        "[limits] rate_limit_callers": s.limits.rate_limit_callers,
+    }
+    for where, value in positive.items():
+        if value <= 0:
+            problems.append(f"{where}: must be greater than 0, not {value!r}")
+    non_negative = {
+        "[gitlab] cache_ttl": s.gitlab.cache_ttl,
+        "[gitlab] negative_cache_ttl": s.gitlab.negative_cache_ttl,
+        "[gitlab] retry_after": s.gitlab.retry_after,
+        "[server] shutdown_timeout": s.server.shutdown_timeout,
+        "[cube] continue_wait_budget": s.cube.continue_wait_budget,
+        "[cube] queue_timeout": s.cube.queue_timeout,
+        "[cube] meta_cache_ttl": s.cube.meta_cache_ttl,
+        "[limits] rate_limit": s.limits.rate_limit,
+    }
+    for where, value in non_negative.items():
+        if value < 0:
+            problems.append(f"{where}: must not be negative, not {value!r}")
+    if s.server.port > 65535:
+        problems.append(f"[server] port: must be at most 65535, not {s.server.port}")
+    if s.server.log_format not in {"json", "text"}:
+        problems.append(f"[server] log_format: must be 'json' or 'text', not {s.server.log_format!r}")
+    if s.server.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        problems.append(f"[server] log_level: must be DEBUG, INFO, WARNING or ERROR, not {s.server.log_level!r}")
+    if s.auth.backend == "gitlab" and not _is_http_url(s.gitlab.url):
+        problems.append(f"[gitlab] url: must be an http(s) URL, not {s.gitlab.url!r}")
+    if s.auth.backend == "dev_tokens" and not is_loopback(s.server.host) and not s.auth.allow_dev_tokens_off_loopback:
+        problems.append(
+            f"[auth] backend: dev_tokens only serves a loopback address, and [server] host is {s.server.host!r};"
+            " set [auth] allow_dev_tokens_off_loopback = true to allow it"
+        )
+    _validate_cube_target(
+        "[product_analytics]", s.product_analytics.cube_api_base_url, s.product_analytics.cube_api_key, problems
+    )
+    for project_id, override in s.projects.items():
+        _validate_cube_target(f"[projects.{project_id}]", override.cube_api_base_url, override.cube_api_key, problems)
+
+
+def _validate_cube_target(where: str, url: str | None, key: str | None, problems: list[str]) -> None:
+    if url is not None and not _is_http_url(url):
+        problems.append(f"{where} cube_api_base_url: must be an http(s) URL, not {url!r}")
+    if key is not None and len(key.encode()) < MIN_KEY_BYTES:
+        problems.append(f"{where} cube_api_key: must be at least {MIN_KEY_BYTES} bytes (HS256 secret)")
+
+
+def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from parsed TOML plus environment overrides; raise every problem at once."""
+    problems: list[str] = []
+    env = {} if env is None else env
+    sections: dict[str, dict[str, Any]] = {}
+    for name in _SECTIONS:
+        section = raw.get(name, {})
+        if not isinstance(section, Mapping):
+            problems.append(f"[{name}]: must be a table")
+            section = {}
+        sections[name] = dict(section)
+    for name in raw:
+        if name not in _SECTIONS and name != "projects":
+            problems.append(f"[{name}]: unknown section (known: {', '.join([*_SECTIONS, 'projects'])})")
+    env_keys: dict[str, set[str]] = {name: set() for name in _SECTIONS}
+    for var, (section_name, key) in ENV_OVERRIDES.items():
+        if var in env:
+            sections[section_name][key] = env[var]
+            env_keys[section_name].add(key)
+    built = {
+        name: _build_section(cls, sections[name], name, problems, env_keys[name]) for name, cls in _SECTIONS.items()
+    }
+
+    projects: dict[int, ProjectOverride] = {}
+    raw_projects = raw.get("projects", {})
+    if not isinstance(raw_projects, Mapping):
+        problems.append("[projects]: must be a table of [projects.<numeric id>] tables")
+        raw_projects = {}
+    for key, value in raw_projects.items():
+        if not str(key).isdigit():
+            problems.append(f"[projects.{key}]: the key must be a numeric project id")
+            continue
+        if not isinstance(value, Mapping):
+            problems.append(f"[projects.{key}]: must be a table")
+            continue
+        projects[int(key)] = _build_section(ProjectOverride, value, f"projects.{key}", problems, set())
+
+    settings = Settings(projects=projects, **built)
+    _validate(settings, problems)
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (if any) and the environment; raise :class:`SettingsError` on any problem."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError([f"{path}: cannot read the settings file ({exc.strerror})"]) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError([f"{path}: not valid TOML ({exc})"]) from exc
+    return settings_from_mapping(raw, env)

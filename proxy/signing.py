@@ -1,0 +1,43 @@
+"""The HS256 security context Cube receives (spec section 4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt
+from cachetools import LRUCache
+
+from .tenants import Tenant
+
+
+def security_claims(tenant: Tenant, issuer: str, now: int, ttl: int, gitlab_token: str | None) -> dict[str, Any]:
+    return {"iat": now, "exp": now + ttl, "appId": tenant.app_id, "iss": issuer, "gitlabToken": gitlab_token}
+
+
+def sign_security_context(tenant: Tenant, issuer: str, now: int, ttl: int, gitlab_token: str | None) -> str:
+    """Pure: the JWT for one tenant at one second."""
+    return jwt.encode(security_claims(tenant, issuer, now, ttl, gitlab_token), tenant.cube_api_key, algorithm="HS256")
+
+
+class Signer:
+    """Signs security contexts, reusing a token-less JWT within the same second.
+
+    Claims stay exactly the spec's (``iat`` is whole seconds, so a token signed
+    earlier in the same second is identical); only the HMAC work is saved.
+    """
+
+    def __init__(self, issuer: str, ttl: int, size: int = 4096) -> None:
+        self._issuer = issuer
+        self._ttl = ttl
+        self._recent: LRUCache[tuple[str, str, str], tuple[int, str]] = LRUCache(maxsize=size)
+
+    def sign(self, tenant: Tenant, now: int, gitlab_token: str | None = None) -> str:
+        if gitlab_token is not None:
+            return sign_security_context(tenant, self._issuer, now, self._ttl, gitlab_token)
+        key = (tenant.app_id, tenant.cube_api_key, tenant.cube_base_url)
+        cached = self._recent.get(key)
+        if cached is not None and cached[0] == now:
+            return cached[1]
+        token = sign_security_context(tenant, self._issuer, now, self._ttl, None)
+        self._recent[key] = (now, token)
+        return token

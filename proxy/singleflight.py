@@ -1,0 +1,78 @@
+"""A bounded TTL cache where concurrent misses of one key share one load."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+from cachetools import TTLCache
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class SingleFlightCache(Generic[K, V]):
+    """Caches values for ``ttl`` seconds and chosen failures for ``negative_ttl``.
+
+    A failure is cached when ``cache_error(exc)`` says so (a GitLab 401, say);
+    any other failure (GitLab down) reaches every waiter and is not cached.
+    Waiters that give up do not cancel the shared load unless all give up.
+    """
+
+    def __init__(
+        self,
+        maxsize: int,
+        ttl: float,
+        negative_ttl: float = 0.0,
+        cache_error: Callable[[BaseException], bool] = lambda exc: False,
+    ) -> None:
+        self._values: TTLCache[K, V] | None = TTLCache(maxsize, ttl) if ttl > 0 else None
+        self._errors: TTLCache[K, BaseException] | None = TTLCache(maxsize, negative_ttl) if negative_ttl > 0 else None
+        self._cache_error = cache_error
+        self._in_flight: dict[K, tuple[asyncio.Task[V], list[int]]] = {}
+
+    def peek(self, key: K) -> V | None:
+        return None if self._values is None else self._values.get(key)
+
+    def invalidate(self, key: K) -> None:
+        if self._values is not None:
+            self._values.pop(key, None)
+        if self._errors is not None:
+            self._errors.pop(key, None)
+
+    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
+        """The value and whether it came from the cache (or a load already in flight)."""
+        if self._values is not None and (value := self._values.get(key)) is not None:
+            return value, True
+        if self._errors is not None and (error := self._errors.get(key)) is not None:
+            raise error.with_traceback(None)
+        flight = self._in_flight.get(key)
+        shared = flight is not None
+        if flight is None:
+            task = asyncio.ensure_future(self._load(key, load))
+            flight = (task, [0])
+            self._in_flight[key] = flight
+        task, waiters = flight
+        waiters[0] += 1
+        try:
+            return await asyncio.shield(task), shared
+        except asyncio.CancelledError:
+            if not task.done() and waiters[0] == 1:
+                task.cancel()
+            raise
+        finally:
+            waiters[0] -= 1
+
+    async def _load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        try:
+            value = await load()
+        except Exception as exc:
+            if self._errors is not None and self._cache_error(exc):
+                self._errors[key] = exc
+            raise
+        finally:
+            self._in_flight.pop(key, None)
+        if self._values is not None:
+            self._values[key] = value
+        return value

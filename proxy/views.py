@@ -1,0 +1,166 @@
+"""The three analytics routes: thin views over authorisation, signing and forwarding."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+
+from .coalesce import Outcome, SharedStream, StreamBroken
+from .cube import Buffered, Streamed
+from .errors import ApiError, not_enabled
+from .forward import UpstreamCall
+from .keys import AUTHORIZER, COALESCER, FORWARDER, META_CACHE, SETTINGS, SIGNER
+from .request_body import QueryRequest, parse_body, query_request, too_large
+from .request_keys import CACHE, CREDENTIAL, PROJECT, REQUEST_ID
+from .tenants import Tenant, resolve_tenant
+from .zerofill import fill_plan
+
+log = logging.getLogger(__name__)
+
+
+class ContinueWaitAnswer(Exception):
+    """A meta answer that must reach the caller but never the cache."""
+
+    def __init__(self, answer: Buffered) -> None:
+        super().__init__("continue wait")
+        self.answer = answer
+
+
+async def read_body(request: web.Request) -> bytes:
+    limit = request.app[SETTINGS].limits.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large(limit) from None
+
+
+async def _grant_tenant(request: web.Request) -> tuple[Tenant, int]:
+    """Authorise the caller for the route's project; its tenant, or 404 when analytics is off."""
+    grant = await request.app[AUTHORIZER].authorize(request[CREDENTIAL], request.match_info["project"], request.method)
+    request[PROJECT] = grant.project_id
+    tenant = resolve_tenant(request.app[SETTINGS], grant.project_id)
+    if tenant is None:
+        raise not_enabled()
+    return tenant, grant.project_id
+
+
+async def load(request: web.Request) -> web.StreamResponse:
+    return await _query(request, "load")
+
+
+async def dry_run(request: web.Request) -> web.StreamResponse:
+    return await _query(request, "dry-run")
+
+
+async def _query(request: web.Request, endpoint: str) -> web.StreamResponse:
+    app = request.app
+    body = parse_body(await read_body(request), app[SETTINGS].limits.max_json_depth)
+    query = query_request(body, request.query)
+    tenant, _ = await _grant_tenant(request)
+    gitlab_token = None
+    if query.include_token:
+        grant = await app[AUTHORIZER].authorize(request[CREDENTIAL], str(tenant.project_id), request.method)
+        gitlab_token = await app[AUTHORIZER].mint_token(request[CREDENTIAL], grant)
+    call = UpstreamCall(
+        tenant=tenant,
+        endpoint=endpoint,
+        method="POST",
+        jwt=app[SIGNER].sign(tenant, int(time.time()), gitlab_token),
+        request_id=request[REQUEST_ID],
+        payload=query.payload,
+        fill=fill_plan(query.query) if endpoint == "load" else None,
+    )
+    forwarder = app[FORWARDER]
+    outcome, shared = await app[COALESCER].run(_coalesce_key(tenant, endpoint, query), lambda: forwarder.fetch(call))
+    request[CACHE] = "shared" if shared else "miss"
+    return await respond(request, outcome)
+
+
+def _coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[str, ...] | None:
+    if query.include_token:
+        return None  # each such call carries its own minted token
+    return (tenant.cube_base_url, tenant.cube_api_key, tenant.app_id, endpoint, query.fingerprint.decode())
+
+
+async def meta(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    if request.method == "POST":
+        parse_body(await read_body(request), app[SETTINGS].limits.max_json_depth)
+    tenant, _ = await _grant_tenant(request)
+    call = UpstreamCall(
+        tenant=tenant,
+        endpoint="meta",
+        method="GET",
+        jwt=app[SIGNER].sign(tenant, int(time.time())),
+        request_id=request[REQUEST_ID],
+        payload=None,
+        whole=True,
+    )
+    forwarder = app[FORWARDER]
+
+    async def load_meta() -> Buffered:
+        answer = await forwarder.fetch(call)
+        assert isinstance(answer, Buffered)  # meta is asked for whole (call.whole)
+        if answer.continue_wait:
+            raise ContinueWaitAnswer(answer)
+        if answer.status != 200:
+            raise ApiError(
+                answer.status, answer.parsed if isinstance(answer.parsed, dict) else {"message": "Cube error"}
+            )
+        return answer
+
+    try:
+        answer, hit = await app[META_CACHE].get((tenant.cube_base_url, tenant.cube_api_key, tenant.app_id), load_meta)
+    except ContinueWaitAnswer as cw:
+        answer, hit = cw.answer, False
+    request[CACHE] = "hit" if hit else "miss"
+    return _buffered_response(request, answer)
+
+
+def _buffered_response(request: web.Request, answer: Buffered) -> web.Response:
+    return web.Response(
+        status=answer.status,
+        body=answer.body,
+        content_type="application/json",
+        headers={"X-Request-Id": request[REQUEST_ID]},
+    )
+
+
+async def respond(request: web.Request, outcome: Outcome) -> web.StreamResponse:
+    """Send an answer: whole, or streamed chunk by chunk as it arrives (aborted if it breaks)."""
+    if isinstance(outcome, Buffered):
+        return _buffered_response(request, outcome)
+    return await stream_response(request, outcome)
+
+
+async def stream_response(request: web.Request, outcome: Streamed | SharedStream) -> web.StreamResponse:
+    response = web.StreamResponse(status=200, headers={"X-Request-Id": request[REQUEST_ID]})
+    response.content_type = "application/json"
+    if outcome.content_length is not None:
+        response.content_length = outcome.content_length
+    try:
+        await response.prepare(request)
+        try:
+            async for chunk in outcome.chunks():
+                await response.write(chunk)
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, StreamBroken) as exc:
+            if isinstance(exc, aiohttp.ClientConnectionResetError):
+                raise  # the caller left: nothing more to send
+            log.warning(
+                "upstream body broke mid-stream; aborting the caller's answer",
+                extra={"event": "stream_aborted", "request_id": request[REQUEST_ID], "error": type(exc).__name__},
+            )
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionAbortedError("upstream body broke mid-stream") from None
+        await response.write_eof()
+    except (ConnectionResetError, ConnectionAbortedError):
+        response.force_close()
+    finally:
+        outcome.close()
+    return response

@@ -1,0 +1,84 @@
+"""Shared fixtures: the fake GitLab, the fake Cube, and the proxy in front of them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from proxy.app import create_app
+from proxy.settings import Settings, settings_from_mapping
+from tests.fakes.cube import FakeCube
+from tests.fakes.gitlab import FakeGitLab
+
+CUBE_KEY = "test-cube-api-key-of-at-least-32-bytes!!"
+REPORTER = {"PRIVATE-TOKEN": "glpat-reporter-0000000001"}
+MAINTAINER = {"PRIVATE-TOKEN": "glpat-maint-000000000004"}
+QUERY = {"measures": ["TrackedEvents.count"]}
+
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+def gitlab() -> FakeGitLab:
+    return FakeGitLab()
+
+
+@pytest.fixture
+def cube() -> FakeCube:
+    return FakeCube(CUBE_KEY)
+
+
+@pytest.fixture
+async def gitlab_url(gitlab: FakeGitLab, aiohttp_server: ServerFactory) -> str:
+    server = await aiohttp_server(gitlab.app())
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def cube_url(cube: FakeCube, aiohttp_server: ServerFactory) -> str:
+    server = await aiohttp_server(cube.app())
+    return str(server.make_url(cube.prefix)).rstrip("/")
+
+
+@pytest.fixture
+def make_settings(gitlab_url: str, cube_url: str) -> Callable[..., Settings]:
+    def make(**sections: dict[str, Any]) -> Settings:
+        raw: dict[str, Any] = {
+            "gitlab": {"url": gitlab_url},
+            "product_analytics": {"cube_api_base_url": cube_url, "cube_api_key": CUBE_KEY},
+            "cube": {"continue_wait_budget": 5.0},
+            "limits": {"rate_limit": 0.0},
+        }
+        for name, values in sections.items():
+            raw[name] = {**raw.get(name, {}), **values}
+        return settings_from_mapping(raw, {})
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def client(settings: Settings, aiohttp_client: ClientFactory) -> TestClient[web.Request, web.Application]:
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+def make_client(aiohttp_client: ClientFactory) -> Callable[[Settings], Awaitable[TestClient[web.Request, web.Application]]]:
+    async def make(settings: Settings) -> TestClient[web.Request, web.Application]:
+        return await aiohttp_client(create_app(settings))
+
+    return make
+
+
+def replace(settings: Settings, section: str, **values: Any) -> Settings:
+    return dataclasses.replace(settings, **{section: dataclasses.replace(getattr(settings, section), **values)})
