@@ -108,7 +108,8 @@ class CubeClient:
     ) -> Answer:
         """Send one call; a fault raises ApiError (502/504) and leaves nothing open."""
         read_timeout = self.read_timeout if read_timeout is None else read_timeout
-        headers = {"Authorization": jwt, "X-Request-Id": request_id}
+        # identity: bodies are passed through as bytes, so they must arrive unencoded.
+        headers = {"Authorization": jwt, "X-Request-Id": request_id, "Accept-Encoding": "identity"}
         if payload is not None:
             headers["Content-Type"] = "application/json"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout, sock_read=read_timeout)

@@ -15,13 +15,14 @@ from typing import Any
 
 import jwt
 from aiohttp import web
+from multidict import CIMultiDict
 
 
 @dataclass
 class CubeCall:
     endpoint: str
     method: str
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: Any
     claims: dict[str, Any]
     prefix: str
@@ -76,7 +77,7 @@ class FakeCube:
             claims = jwt.decode(token, self.secret, algorithms=["HS256"])
         except jwt.PyJWTError:
             return web.json_response({"error": "Invalid token"}, status=403)
-        call = CubeCall(endpoint, request.method, dict(request.headers), body, claims, self.prefix)
+        call = CubeCall(endpoint, request.method, CIMultiDict(request.headers), body, claims, self.prefix)
         self.calls.append(call)
         self.arrived.set()
         if self.behaviour is not None:

@@ -1,0 +1,33 @@
+import pytest
+
+from proxy.answers import error_text, is_continue_wait, map_cube_error
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Code: 81. DB::Exception: Database gitlab_project_9 doesn't exist. (UNKNOWN_DATABASE)",
+        "Code: 60. DB::Exception: Table gitlab_project_9.snowplow_events doesn't exist. (UNKNOWN_TABLE)",
+        'Error: relation "gitlab_project_9.events" does not exist',
+        'schema "gitlab_project_9" does not exist',
+    ],
+)
+def test_missing_database_is_404(message):
+    assert map_cube_error(message) == (404, {"message": "404 Clickhouse Database Not Found"})
+
+
+def test_other_errors_are_400_with_message_and_error():
+    assert map_cube_error("Cube not found for path 'Nope.count'") == (
+        400,
+        {"message": "Cube not found for path 'Nope.count'", "error": "Cube not found for path 'Nope.count'"},
+    )
+
+
+def test_error_text():
+    assert error_text({"error": "x", "stack": "at /srv/cube/x.js"}) == "x"
+    assert error_text({"error": {"code": 1}}) == "{'code': 1}"
+    assert error_text({"error": None}) == "Cube answered an error without a message"
+    assert error_text({"results": []}) is None
+    assert error_text([1]) is None
+    assert is_continue_wait({"error": "Continue wait"})
+    assert not is_continue_wait({"error": "other"})

@@ -1,0 +1,71 @@
+import orjson
+import pytest
+
+from proxy.errors import ApiError
+from proxy.request_body import json_depth_ok, parse_body, query_request
+
+
+def test_only_query_and_query_type_reach_cube():
+    q = query_request({"query": {"measures": ["A.count"]}, "extra": 1, "include_token": False}, {})
+    assert orjson.loads(q.payload) == {"query": {"measures": ["A.count"]}, "queryType": "multi"}
+    assert q.include_token is False
+
+
+def test_fingerprint_ignores_key_order():
+    a = query_request({"query": {"measures": ["A.count"], "limit": 5}}, {})
+    b = query_request({"query": {"limit": 5, "measures": ["A.count"]}}, {})
+    c = query_request({"query": {"limit": 5, "measures": ["A.count"]}, "queryType": "regular"}, {})
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+def test_include_token_from_body_or_query_string():
+    assert query_request({"query": {}, "include_token": True}, {}).include_token
+    assert query_request({"query": {}}, {"include_token": "true"}).include_token
+    assert not query_request({"query": {}, "include_token": False}, {"include_token": "true"}).include_token
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({}, 400, "query is missing"),
+        ({"query": None}, 400, "query is missing"),
+        ({"query": [1]}, 400, "query must be a JSON object"),
+        ({"query": "x"}, 400, "query must be a JSON object"),
+        ({"query": {}, "queryType": 5}, 400, "queryType must be a string"),
+        ({"query": {"limit": 50_001}}, 400, "at most 50000"),
+        ({"query": {"limit": -1}}, 400, "whole number"),
+        ({"query": {"limit": "10"}}, 400, "whole number"),
+        ({"query": {}, "include_token": "maybe"}, 400, "include_token must be true or false"),
+    ],
+)
+def test_bad_bodies(body, status, fragment):
+    with pytest.raises(ApiError) as info:
+        query_request(body, {})
+    assert info.value.status == status
+    assert fragment in str(info.value.body)
+
+
+def test_missing_query_body_is_the_specs():
+    with pytest.raises(ApiError) as info:
+        query_request({}, {})
+    assert info.value.body["error"] == "query is missing"
+
+
+def test_parse_body():
+    assert parse_body(b"", 5) == {}
+    assert parse_body(b' {"query": {}} ', 5) == {"query": {}}
+    with pytest.raises(ApiError, match="not valid JSON"):
+        parse_body(b"{nope", 5)
+    with pytest.raises(ApiError, match="must be a JSON object"):
+        parse_body(b"[1, 2]", 5)
+    with pytest.raises(ApiError, match="nested deeper than 3"):
+        parse_body(b'{"a": {"b": {"c": {}}}}', 3)
+
+
+def test_depth():
+    assert json_depth_ok({"a": [1, {"b": 2}]}, 3)
+    assert not json_depth_ok({"a": [1, {"b": [3]}]}, 3)
+    deep: object = 1
+    for _ in range(10_000):
+        deep = [deep]
+    assert not json_depth_ok(deep, 64)
