@@ -109,8 +109,9 @@ class Coalescer:
         self._flights: dict[Hashable, _Flight] = {}
         self._pumps: set[asyncio.Task[None]] = set()
 
-    def in_flight(self) -> int:
-        return len(self._flights)
+    def waiting(self) -> int:
+        """Callers waiting on a flight that has not answered yet."""
+        return sum(len(f.slots) - len(f.left) for f in self._flights.values())
 
     async def run(self, key: Hashable | None, produce: Callable[[], Awaitable[Answer]]) -> tuple[Outcome, bool]:
         """The answer for this caller, and whether it was shared with an earlier caller."""

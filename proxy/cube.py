@@ -139,6 +139,8 @@ class CubeClient:
             if need_whole or (length is not None and length <= self._buffer_limit):
                 return classify_body(await response.read())
             prefix = await _read_prefix(response)
+            if response.content.at_eof():
+                return classify_body(prefix)  # the whole body arrived with the prefix
             if _looks_like_error(prefix):
                 rest = await _read_bounded(response, MAX_ERROR_BODY)
                 return classify_body(prefix + rest)

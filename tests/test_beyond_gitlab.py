@@ -1,0 +1,216 @@
+"""Spec section 6: meta cache, server-side Continue wait, coalescing, protection."""
+
+import asyncio
+import time
+
+from proxy.keys import COALESCER, META_CACHE, SETTINGS
+from tests.conftest import CUBE_KEY, QUERY, REPORTER
+from tests.fakes.cube import answer, continue_wait_then, held_until, load_answer
+from tests.test_streaming import until
+
+META = "/api/v4/projects/{}/product_analytics/request/meta"
+LOAD = "/api/v4/projects/1/product_analytics/request/load"
+DRY = "/api/v4/projects/1/product_analytics/request/dry-run"
+
+
+async def test_meta_is_fetched_once_per_tenant_within_its_ttl(client, cube):
+    for _ in range(5):
+        resp = await client.get(META.format(1), headers=REPORTER)
+        assert resp.status == 200
+        assert (await resp.json())["cubes"][0]["title"] == "Tracked events of gitlab_project_1"
+    assert len(cube.calls_to("meta")) == 1
+
+
+async def test_meta_is_never_shared_across_tenants(client, cube):
+    one = await (await client.get(META.format(1), headers=REPORTER)).json()
+    two = await (await client.get(META.format(2), headers=REPORTER)).json()
+    assert one["cubes"][0]["title"].endswith("gitlab_project_1")
+    assert two["cubes"][0]["title"].endswith("gitlab_project_2")
+    assert [c.claims["appId"] for c in cube.calls_to("meta")] == ["gitlab_project_1", "gitlab_project_2"]
+
+
+async def test_meta_cache_expires(make_settings, make_client, cube):
+    client = await make_client(make_settings(cube={"meta_cache_ttl": 0.0}))
+    for _ in range(3):
+        assert (await client.get(META.format(1), headers=REPORTER)).status == 200
+    assert len(cube.calls_to("meta")) == 3
+
+
+async def test_concurrent_meta_misses_make_one_upstream_call(client, cube):
+    release = asyncio.Event()
+    cube.behaviour = held_until(release, cube.default)
+    tasks = [asyncio.ensure_future(client.get(META.format(1), headers=REPORTER)) for _ in range(10)]
+    await cube.arrived.wait()
+    await until(lambda: sum(1 for t in tasks if t.done()) == 0 and len(cube.calls) == 1)
+    release.set()
+    responses = await asyncio.gather(*tasks)
+    assert [r.status for r in responses] == [200] * 10
+    assert len(cube.calls_to("meta")) == 1
+
+
+async def test_meta_errors_and_continue_wait_are_never_cached(make_settings, make_client, cube):
+    client = await make_client(make_settings(cube={"continue_wait_budget": 0.0}))
+    cube.behaviour = answer(500, {"error": "Error: compile failed", "stack": "/srv"})
+    resp = await client.get(META.format(1), headers=REPORTER)
+    assert resp.status == 400
+    assert await resp.json() == {"message": "Error: compile failed", "error": "Error: compile failed"}
+    cube.behaviour = continue_wait_then([1])
+    resp = await client.get(META.format(1), headers=REPORTER)
+    assert resp.status == 200 and (await resp.json()) == {"error": "Continue wait"}
+    cube.behaviour = None
+    resp = await client.get(META.format(1), headers=REPORTER)
+    assert "cubes" in await resp.json()
+    assert len(cube.calls_to("meta")) == 3
+    settings = client.app[SETTINGS]
+    key = (settings.product_analytics.cube_api_base_url, CUBE_KEY, "gitlab_project_1")
+    assert client.app[META_CACHE].peek(key) is not None  # only the good answer was kept
+
+
+async def test_continue_wait_is_asked_again_server_side(client, cube):
+    cube.behaviour = continue_wait_then([3])
+    resp = await client.post(LOAD, json={"query": QUERY}, headers={**REPORTER, "X-Request-Id": "panel-1-span-1"})
+    assert resp.status == 200
+    assert (await resp.json())["results"][0]["data"] == [{"TrackedEvents.count": "42"}]
+    loads = cube.calls_to("load")
+    assert len(loads) == 4
+    assert {c.headers["X-Request-Id"] for c in loads} == {"panel-1-span-1"}
+
+
+async def test_continue_wait_reaches_the_caller_once_the_budget_is_spent(make_settings, make_client, cube):
+    never = asyncio.Event()
+
+    async def slow_continue_wait(call, request):
+        if len(cube.calls) > 1:
+            await never.wait()  # the retry outlives the budget
+        return await answer(200, {"error": "Continue wait"})(call, request)
+
+    cube.behaviour = slow_continue_wait
+    client = await make_client(make_settings(cube={"continue_wait_budget": 0.5}))
+    started = time.monotonic()
+    resp = await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)
+    elapsed = time.monotonic() - started
+    assert resp.status == 200
+    assert await resp.json() == {"error": "Continue wait"}
+    assert elapsed < 5  # the budget, not Cube's read timeout, bounded the wait
+    never.set()
+
+
+async def test_a_12_second_query_answers_with_data_in_one_call(make_settings, make_client, cube):
+    """Cube holds each call (here 3 s instead of its 5 s) and the query takes 12 s."""
+    first_seen: list[float] = []
+
+    async def slow_query(call, request):
+        loop = asyncio.get_running_loop()
+        if not first_seen:
+            first_seen.append(loop.time())
+        ready_at = first_seen[0] + 12.0
+        held_until_time = min(ready_at, loop.time() + 3.0)
+        await asyncio.sleep(max(0.0, held_until_time - loop.time()))  # the fake Cube's own query time
+        if loop.time() < ready_at:
+            return await answer(200, {"error": "Continue wait"})(call, request)
+        return await answer(200, load_answer(call.body["query"], [{"TrackedEvents.count": "12"}]))(call, request)
+
+    cube.behaviour = slow_query
+    client = await make_client(make_settings(cube={"continue_wait_budget": 25.0}))
+    resp = await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)
+    assert resp.status == 200
+    assert (await resp.json())["results"][0]["data"] == [{"TrackedEvents.count": "12"}]
+    assert len(cube.calls_to("load")) >= 4
+
+
+async def test_identical_concurrent_loads_make_one_upstream_call(client, cube):
+    release = asyncio.Event()
+    cube.behaviour = held_until(release, cube.default)
+    coalescer = client.app[COALESCER]
+    tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(20)]
+    await until(lambda: coalescer.waiting() == 20)
+    release.set()
+    responses = await asyncio.gather(*tasks)
+    assert [r.status for r in responses] == [200] * 20
+    bodies = [await r.json() for r in responses]
+    assert all(b == bodies[0] for b in bodies)
+    assert len(cube.calls_to("load")) == 1
+    ids = {r.headers["X-Request-Id"] for r in responses}
+    assert len(ids) == 20  # every caller keeps its own request id
+
+
+async def test_different_queries_types_endpoints_and_tenants_are_not_coalesced(client, cube):
+    release = asyncio.Event()
+    cube.behaviour = held_until(release, cube.default)
+    coalescer = client.app[COALESCER]
+    calls = [
+        client.post(LOAD, json={"query": QUERY}, headers=REPORTER),
+        client.post(LOAD, json={"query": {**QUERY, "limit": 1}}, headers=REPORTER),
+        client.post(LOAD, json={"query": QUERY, "queryType": "regular"}, headers=REPORTER),
+        client.post(DRY, json={"query": QUERY}, headers=REPORTER),
+        client.post("/api/v4/projects/2/product_analytics/request/load", json={"query": QUERY}, headers=REPORTER),
+    ]
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    await until(lambda: coalescer.waiting() == 5)
+    release.set()
+    responses = await asyncio.gather(*tasks)
+    assert [r.status for r in responses] == [200] * 5
+    assert len(cube.calls) == 5
+
+
+async def test_coalesced_callers_share_an_error_too(client, cube):
+    release = asyncio.Event()
+    cube.behaviour = held_until(release, answer(400, {"error": "bad member"}))
+    coalescer = client.app[COALESCER]
+    tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(3)]
+    await until(lambda: coalescer.waiting() == 3)
+    release.set()
+    responses = await asyncio.gather(*tasks)
+    assert [r.status for r in responses] == [400] * 3
+    assert len(cube.calls) == 1
+
+
+async def test_coalesced_caller_leaving_does_not_cancel_the_others(client, cube):
+    release = asyncio.Event()
+    cube.behaviour = held_until(release, cube.default)
+    coalescer = client.app[COALESCER]
+    leaver = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
+    stayer = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
+    await until(lambda: coalescer.waiting() == 2)
+    leaver.cancel()
+    await until(lambda: coalescer.waiting() == 1)
+    release.set()
+    resp = await stayer
+    assert resp.status == 200
+    assert len(cube.calls) == 1
+
+
+async def test_rate_limit_is_429_with_retry_after(make_settings, make_client, cube):
+    client = await make_client(make_settings(limits={"rate_limit": 1.0, "rate_limit_burst": 3}))
+    statuses = [(await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)).status for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    resp = await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)
+    assert resp.status == 429
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert "retry after" in (await resp.json())["message"]
+    other = await client.post(LOAD, json={"query": QUERY}, headers={"PRIVATE-TOKEN": "glpat-maint-000000000004"})
+    assert other.status == 200  # per caller
+    assert len(cube.calls) == 4  # three allowed + the other caller; the 429s cost nothing upstream
+
+
+async def test_concurrent_upstream_calls_are_capped_per_tenant(make_settings, make_client, cube):
+    client = await make_client(make_settings(cube={"max_concurrent_per_tenant": 2, "queue_timeout": 0.2}))
+    release = asyncio.Event()
+    cube.behaviour = held_until(release, cube.default)
+    tasks = [
+        asyncio.ensure_future(client.post(LOAD, json={"query": {**QUERY, "limit": n}}, headers=REPORTER)) for n in range(3)
+    ]
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    refused = done.pop().result()
+    assert refused.status == 503
+    assert refused.headers["Retry-After"] == "1"
+    assert "Too many concurrent" in (await refused.json())["message"]
+    assert len(cube.calls) == 2
+    other_tenant = asyncio.ensure_future(
+        client.post("/api/v4/projects/2/product_analytics/request/load", json={"query": QUERY}, headers=REPORTER)
+    )
+    await until(lambda: len(cube.calls) == 3)
+    release.set()
+    assert (await other_tenant).status == 200
+    statuses = [(await t).status for t in tasks]
+    assert sorted(statuses) == [200, 200, 503]

@@ -1,0 +1,107 @@
+"""Spec section 5, "Streaming": chunk by chunk, bounded memory, never a truncated answer that looks whole."""
+
+import asyncio
+import gc
+import tracemalloc
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.conftest import QUERY, REPORTER
+from proxy.keys import COALESCER
+from tests.fakes.cube import chunked, generated, held_until
+
+LOAD = "/api/v4/projects/1/product_analytics/request/load"
+HEAD = b'{"queryType":"regularQuery","results":[{"data":['
+TAIL = b'{"TrackedEvents.count":"1"}]}]}'
+
+
+@pytest.fixture
+def stream_settings(make_settings):
+    # bodies over 64 bytes stream; a small limit keeps the fakes' answers small
+    return make_settings(cube={"buffer_limit": 64, "continue_wait_budget": 0.0})
+
+
+async def test_caller_reads_the_first_chunk_while_cube_is_still_sending(stream_settings, make_client, cube):
+    rest_may_come = asyncio.Event()
+    cube.behaviour = chunked([HEAD + b" " * 100, TAIL], between=rest_may_come)
+    client = await make_client(stream_settings)
+    resp = await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)
+    assert resp.status == 200
+    assert resp.headers["X-Request-Id"].endswith("-span-1")
+    first = await resp.content.readexactly(len(HEAD))
+    assert first == HEAD
+    assert not rest_may_come.is_set()  # Cube has not sent the rest: the caller got the head anyway
+    rest_may_come.set()
+    body = first + await resp.read()
+    assert orjson.loads(body)["results"][0]["data"] == [{"TrackedEvents.count": "1"}]
+
+
+async def test_upstream_dying_mid_body_aborts_the_callers_answer(stream_settings, make_client, cube):
+    cube.behaviour = chunked([HEAD + b" " * 100, b'{"a":"' + b"x" * 5000, TAIL], die_after=2)
+    client = await make_client(stream_settings)
+    resp = await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+
+
+async def test_memory_does_not_grow_with_the_body(stream_settings, make_client, cube):
+    size = 48 * 1024 * 1024
+    cube.behaviour = generated(size)
+    client = await make_client(stream_settings)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        resp = await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)
+        received = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            received += len(chunk)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert resp.status == 200
+    assert received >= size - 64 * 1024
+    # proxy, fake Cube and client together hold a few MB at most, not the 48 MB that passed through
+    assert peak - baseline < 8 * 1024 * 1024, peak - baseline
+
+
+async def until(condition, rounds=10_000):
+    """Yield to the event loop until ``condition()`` holds (no timed sleeps)."""
+    for _ in range(rounds):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+async def test_identical_streams_fan_out_from_one_upstream_call(stream_settings, make_client, cube):
+    hold = asyncio.Event()
+    cube.behaviour = held_until(hold, chunked([HEAD + b" " * 100, b" " * 5000, TAIL]))
+    client = await make_client(stream_settings)
+    coalescer = client.app[COALESCER]
+    tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(5)]
+    await until(lambda: coalescer.waiting() == 5)
+    hold.set()
+    responses = await asyncio.gather(*tasks)
+    bodies = [await r.read() for r in responses]
+    assert [r.status for r in responses] == [200] * 5
+    assert all(orjson.loads(b)["results"][0]["data"] == [{"TrackedEvents.count": "1"}] for b in bodies)
+    assert len(cube.calls_to("load")) == 1
+
+
+async def test_caller_leaving_mid_stream_frees_the_tenant_slot(make_settings, make_client, cube):
+    settings = make_settings(cube={"buffer_limit": 64, "max_concurrent_per_tenant": 1, "queue_timeout": 5.0})
+    never = asyncio.Event()
+    cube.behaviour = chunked([HEAD + b" " * 100, TAIL], between=never)
+    client = await make_client(settings)
+    resp = await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)
+    assert await resp.content.readexactly(len(HEAD)) == HEAD
+    resp.close()  # the caller goes away while Cube still holds the rest
+    cube.behaviour = None
+    resp = await client.post(LOAD, json={"query": {"measures": ["TrackedEvents.count"], "limit": 1}}, headers=REPORTER)
+    assert resp.status == 200
+    never.set()
