@@ -79,18 +79,52 @@ async def until(condition, rounds=10_000):
 
 
 async def test_identical_streams_fan_out_from_one_upstream_call(stream_settings, make_client, cube):
-    hold = asyncio.Event()
-    cube.behaviour = held_until(hold, chunked([HEAD + b" " * 100, b" " * 5000, TAIL]))
+    hold, rest_may_come = asyncio.Event(), asyncio.Event()
+    cube.behaviour = held_until(hold, chunked([HEAD + b" " * 100, b" " * 5000, TAIL], between=rest_may_come))
     client = await make_client(stream_settings)
     coalescer = client.app[COALESCER]
     tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(5)]
     await until(lambda: coalescer.waiting() == 5)
     hold.set()
     responses = await asyncio.gather(*tasks)
-    bodies = [await r.read() for r in responses]
+    heads = [await r.content.readexactly(len(HEAD)) for r in responses]
+    assert heads == [HEAD] * 5  # every caller has the head while Cube still holds the rest
+    rest_may_come.set()
+    bodies = [h + await r.read() for h, r in zip(heads, responses, strict=True)]
     assert [r.status for r in responses] == [200] * 5
     assert all(orjson.loads(b)["results"][0]["data"] == [{"TrackedEvents.count": "1"}] for b in bodies)
     assert len(cube.calls_to("load")) == 1
+
+
+async def test_a_fanned_out_stream_that_breaks_aborts_every_caller(stream_settings, make_client, cube):
+    hold, rest_may_come = asyncio.Event(), asyncio.Event()
+    cube.behaviour = held_until(hold, chunked([HEAD + b" " * 100, b" " * 5000, TAIL], between=rest_may_come, die_after=1))
+    client = await make_client(stream_settings)
+    coalescer = client.app[COALESCER]
+    tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(3)]
+    await until(lambda: coalescer.waiting() == 3)
+    hold.set()
+    responses = await asyncio.gather(*tasks)
+    rest_may_come.set()
+    for resp in responses:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+
+
+async def test_one_fanned_out_caller_leaving_does_not_stop_the_others(stream_settings, make_client, cube):
+    hold, rest_may_come = asyncio.Event(), asyncio.Event()
+    cube.behaviour = held_until(hold, chunked([HEAD + b" " * 100, b" " * 300_000, TAIL], between=rest_may_come))
+    client = await make_client(stream_settings)
+    coalescer = client.app[COALESCER]
+    tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(3)]
+    await until(lambda: coalescer.waiting() == 3)
+    hold.set()
+    leaver, *stayers = await asyncio.gather(*tasks)
+    assert await leaver.content.readexactly(len(HEAD)) == HEAD
+    leaver.close()
+    rest_may_come.set()
+    for resp in stayers:
+        assert orjson.loads(await resp.read())["results"][0]["data"] == [{"TrackedEvents.count": "1"}]
 
 
 async def test_caller_leaving_mid_stream_frees_the_tenant_slot(make_settings, make_client, cube):

@@ -1,0 +1,15 @@
+// A deliberately slow cube (7 s of pg_sleep, longer than Cube's 5 s Continue-wait
+// hold) so the server-side Continue-wait loop can be exercised for real. Filter on
+// a fresh label each time to miss Cube's result cache.
+cube('SlowQueries', {
+  sql: `SELECT 'slow'::text AS label FROM pg_sleep(7)`,
+  refreshKey: { every: '1 second' },
+
+  measures: {
+    count: { type: 'count' },
+  },
+
+  dimensions: {
+    label: { sql: 'label', type: 'string', primaryKey: true, shown: true },
+  },
+});

@@ -1,0 +1,327 @@
+"""The local stack: PostgreSQL with demo events per project, and a real Cube in front of it.
+
+Used by ``make run`` (``python -m stack.run``) and by the integration tests. Every
+server binds 127.0.0.1 only; nothing waits a fixed time (readiness is polled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CUBE_DIR = HERE / "cube"
+PG_BIN_CANDIDATES = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgresql/16/bin"), Path("/usr/local/bin")]
+DATABASE = "analytics"
+
+#: demo data per project: (event names, pages, users) so each project's rows differ.
+DEMO_PROJECTS: dict[int, dict[str, list[str]]] = {
+    1: {
+        "events": ["page_view", "add_to_cart", "checkout", "search"],
+        "pages": ["/", "/products", "/products/42", "/cart", "/checkout"],
+        "titles": ["Web shop", "Products", "Blue mug", "Cart", "Checkout"],
+    },
+    2: {
+        "events": ["page_view", "comment", "subscribe"],
+        "pages": ["/", "/posts/hello-world", "/posts/cube-and-gitlab", "/about"],
+        "titles": ["Blog", "Hello world", "Cube and GitLab", "About"],
+    },
+}
+
+SCHEMA_SQL = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+DROP TABLE IF EXISTS {schema}.events;
+CREATE TABLE {schema}.events (
+    event_id text PRIMARY KEY,
+    event_name text NOT NULL,
+    derived_tstamp timestamp NOT NULL,
+    collector_tstamp timestamp NOT NULL,
+    user_id text,
+    domain_userid text NOT NULL,
+    domain_sessionid text NOT NULL,
+    page_urlpath text,
+    page_url text,
+    page_title text,
+    br_lang text,
+    os_name text,
+    agent_name text,
+    agent_version text
+);
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pg_bin(name: str) -> str:
+    for directory in PG_BIN_CANDIDATES:
+        if (directory / name).exists():
+            return str(directory / name)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"PostgreSQL's {name} was not found: install the 'postgresql' package (apt-get install postgresql)")
+    return found
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """initdb refuses to run as root: run PostgreSQL's own commands as the postgres user then."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+def wait_until(check: object, what: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``check()`` until true; fail early if ``proc`` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)  # polling interval of a readiness probe, not synchronisation
+    raise RuntimeError(f"{what}: not ready within {timeout:g} s")
+
+
+@dataclass
+class Postgres:
+    datadir: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def dsn_args(self) -> list[str]:
+        return ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
+
+    def psql(self, sql: str, database: str = DATABASE) -> str:
+        result = subprocess.run(
+            [pg_bin("psql"), *self.dsn_args, "-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-At"],
+            input=sql.encode(),
+            capture_output=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"psql failed: {result.stderr.decode()}")
+        return result.stdout.decode()
+
+    def start(self) -> None:
+        fresh = not (self.datadir / "PG_VERSION").exists()
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.datadir, "postgres", "postgres")
+            os.chmod(self.datadir, 0o700)
+        if fresh:
+            subprocess.run(
+                _as_postgres([pg_bin("initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+                check=True,
+                capture_output=True,
+            )
+        self.proc = subprocess.Popen(
+            _as_postgres(
+                [
+                    pg_bin("postgres"),
+                    "-D", str(self.datadir),
+                    "-p", str(self.port),
+                    "-c", "listen_addresses=127.0.0.1",
+                    "-c", f"unix_socket_directories={self.datadir}",
+                    "-c", "fsync=off",
+                    "-c", "max_connections=200",
+                ]
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+        def accepting() -> bool:
+            return subprocess.run([pg_bin("pg_isready"), *self.dsn_args], capture_output=True).returncode == 0
+
+        wait_until(accepting, "PostgreSQL", 60, self.proc)
+        exists = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'", database="postgres")
+        if not exists.strip():
+            self.psql(f"CREATE DATABASE {DATABASE}", database="postgres")
+
+    def stop(self) -> None:
+        """A fast shutdown through pg_ctl (a signal to runuser would not reach postgres)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        subprocess.run(
+            _as_postgres([pg_bin("pg_ctl"), "stop", "-D", str(self.datadir), "-m", "fast", "-w", "-t", "30"]),
+            capture_output=True,
+            check=False,
+        )
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def demo_events(project_id: int, today: dt.date, days: int = 30, seed: int | None = None) -> list[tuple[object, ...]]:
+    """Realistic events over the last ``days`` days; every 5th day (and a few more) stays empty."""
+    spec = DEMO_PROJECTS[project_id]
+    rng = random.Random(seed if seed is not None else project_id)
+    users = [f"user-{project_id}-{n}" for n in range(20 if project_id == 1 else 8)]
+    rows: list[tuple[object, ...]] = []
+    for offset in range(days):
+        day = today - dt.timedelta(days=offset)
+        if offset % 5 == 3 or (project_id == 2 and offset % 4 == 1):
+            continue  # empty days, for the zero-fill
+        for _ in range(rng.randint(2, 6) if project_id == 1 else rng.randint(1, 3)):
+            user = rng.choice(users)
+            session = uuid.UUID(int=rng.getrandbits(128)).hex
+            start = dt.datetime.combine(day, dt.time()) + dt.timedelta(minutes=rng.randint(0, 23 * 60))
+            for step in range(rng.randint(1, 8)):
+                stamp = start + dt.timedelta(seconds=step * rng.randint(5, 300))
+                page = rng.randrange(len(spec["pages"]))
+                rows.append(
+                    (
+                        uuid.UUID(int=rng.getrandbits(128)).hex,
+                        rng.choice(spec["events"]) if step else "page_view",
+                        stamp,
+                        stamp,
+                        user if rng.random() < 0.7 else None,
+                        user,
+                        session,
+                        spec["pages"][page],
+                        f"https://demo-{project_id}.example.com{spec['pages'][page]}",
+                        spec["titles"][page],
+                        rng.choice(["en-US", "de-DE", "fr-FR"]),
+                        rng.choice(["Linux", "Mac OS X", "Windows", "Android"]),
+                        rng.choice(["Firefox", "Chrome", "Safari"]),
+                        str(rng.randint(100, 130)),
+                    )
+                )
+    return rows
+
+
+def _sql_literal(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, dt.datetime):
+        return f"'{value.isoformat(sep=' ')}'"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def seed(pg: Postgres, today: dt.date | None = None) -> dict[int, int]:
+    """(Re)create each demo project's schema and events; returns rows per project."""
+    today = today or dt.date.today()
+    counts: dict[int, int] = {}
+    for project_id in DEMO_PROJECTS:
+        schema = f"gitlab_project_{project_id}"
+        rows = demo_events(project_id, today)
+        values = ",\n".join("(" + ", ".join(_sql_literal(v) for v in row) + ")" for row in rows)
+        pg.psql(SCHEMA_SQL.format(schema=schema) + f"INSERT INTO {schema}.events VALUES\n{values};\n")
+        counts[project_id] = len(rows)
+    return counts
+
+
+def cube_installed() -> bool:
+    return (CUBE_DIR / "node_modules" / "@cubejs-backend" / "server-core").is_dir()
+
+
+def install_cube() -> None:
+    if not cube_installed():
+        subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=CUBE_DIR, check=True)
+
+
+@dataclass
+class Cube:
+    port: int
+    pg: Postgres
+    secret: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:  # noqa: S310 - loopback only
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "NODE_ENV": "production",  # anything else is Cube's dev mode, which accepts garbage tokens
+            "CUBEJS_API_SECRET": self.secret,
+            "CUBEJS_CACHE_AND_QUEUE_DRIVER": "memory",
+            "CUBEJS_REFRESH_WORKER": "false",
+            "CUBEJS_TELEMETRY": "false",
+            "CUBEJS_DB_TYPE": "postgres",
+            "CUBE_HOST": "127.0.0.1",
+            "CUBE_PORT": str(self.port),
+            "CUBE_PG_PORT": str(self.pg.port),
+        }
+        for unset in ("CUBEJS_PG_SQL_PORT", "CUBEJS_SQL_PORT", "CUBEJS_DEV_MODE"):
+            env.pop(unset, None)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            ["node", "server.js"], cwd=CUBE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_until(self.ready, f"Cube (log: {self.log_path})", 90, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Stack:
+    pg: Postgres
+    cube: Cube
+    secret: str
+    rows: dict[int, int]
+
+
+@contextlib.contextmanager
+def running_stack(
+    secret: str,
+    workdir: Path | None = None,
+    pg_port: int | None = None,
+    cube_port: int | None = None,
+) -> Iterator[Stack]:
+    """PostgreSQL seeded with both demo projects, and Cube in front of it; stopped on exit."""
+    install_cube()
+    own_dir = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="pa-proxy-stack-")) if workdir is None else workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o755)
+    pg = Postgres(workdir / "pgdata", pg_port or free_port())
+    cube = Cube(cube_port or free_port(), pg, secret, workdir / "cube.log")
+    try:
+        pg.start()
+        rows = seed(pg)
+        cube.start()
+        yield Stack(pg, cube, secret, rows)
+    finally:
+        cube.stop()
+        pg.stop()
+        if own_dir:
+            shutil.rmtree(workdir, ignore_errors=True)

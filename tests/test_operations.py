@@ -1,0 +1,188 @@
+"""Operations basics: health routes, the access log, the command line, graceful shutdown."""
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import orjson
+
+from proxy.logs import JsonFormatter, TextFormatter, redact, setup_logging
+from tests.conftest import CUBE_KEY, QUERY, REPORTER
+from tests.fakes.cube import chunked
+
+LOAD = "/api/v4/projects/1/product_analytics/request/load"
+
+
+async def test_liveness(client):
+    resp = await client.get("/-/liveness")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok"}
+
+
+async def test_readiness_follows_cube(client, cube):
+    resp = await client.get("/-/readiness")
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "ready"
+    cube.ready = False
+    resp = await client.get("/-/readiness")
+    assert resp.status == 503
+    assert (await resp.json())["status"] == "unavailable"
+
+
+async def test_not_ready_when_cube_is_unreachable_or_unset(make_settings, make_client, unused_tcp_port):
+    client = await make_client(make_settings(product_analytics={"cube_api_base_url": f"http://127.0.0.1:{unused_tcp_port}"}))
+    assert (await client.get("/-/readiness")).status == 503
+    from proxy.settings import settings_from_mapping
+
+    client = await make_client(settings_from_mapping({}, {}))
+    assert (await client.get("/-/readiness")).status == 503
+
+
+async def test_one_access_log_line_per_request_without_tokens(client, cube, caplog):
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    await client.post(
+        LOAD + "?private_token=glpat-reporter-0000000001", json={"query": QUERY}, headers={"X-Request-Id": "trace-1"}
+    )
+    await client.get("/api/v4/projects/1/product_analytics/request/meta", headers=REPORTER)
+    await client.get("/api/v4/projects/1/product_analytics/request/meta", headers=REPORTER)
+    records = [r for r in caplog.records if r.name == "proxy.access"]
+    assert len(records) == 3
+    first = records[0]
+    assert first.request_id == "trace-1-span-1"
+    assert first.project == 1
+    assert first.route == "/api/v4/projects/{project}/product_analytics/request/load"
+    assert first.status == 200
+    assert first.duration_ms >= 0
+    assert first.cache == "miss"
+    assert [r.cache for r in records[1:]] == ["miss", "hit"]
+    formatted = [JsonFormatter().format(r) for r in caplog.records]
+    assert not any("glpat" in line for line in formatted)
+    assert json.loads(formatted[-1])["cache"] == "hit"
+
+
+def test_redaction_guard():
+    assert "secret" not in redact("GET /x?private_token=secret&a=1")
+    assert "secret" not in redact("PRIVATE-TOKEN: secret")
+    assert "secret" not in redact("Authorization: Bearer secret")
+    record = logging.makeLogRecord({"msg": "token access_token=secret", "levelname": "INFO", "name": "x"})
+    assert "secret" not in TextFormatter("%(message)s").format(record)
+    try:
+        raise ValueError("private_token=secret")
+    except ValueError:
+        import sys as _sys
+
+        record = logging.makeLogRecord({"msg": "boom", "exc_info": _sys.exc_info(), "levelname": "ERROR"})
+    assert "secret" not in JsonFormatter().format(record)
+
+
+def test_setup_logging_installs_one_handler():
+    setup_logging("json", "debug")
+    root = logging.getLogger()
+    assert len(root.handlers) == 1
+    assert isinstance(root.handlers[0].formatter, JsonFormatter)
+    assert logging.getLogger("aiohttp.access").disabled
+    setup_logging("text", "INFO")
+    assert isinstance(root.handlers[0].formatter, TextFormatter)
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
+
+
+def test_cli_reports_every_settings_problem(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[server]\nport = "x"\nworkers = -1\n[gitlab]\nurl = "nope"\n')
+    result = run_cli("--config", str(config))
+    assert result.returncode == 2
+    assert "[server] port" in result.stderr and "[server] workers" in result.stderr and "[gitlab] url" in result.stderr
+
+
+def test_cli_check_and_proxy_config_env(tmp_path):
+    config = tmp_path / "ok.toml"
+    config.write_text(f'[product_analytics]\ncube_api_base_url = "http://127.0.0.1:4000"\ncube_api_key = "{CUBE_KEY}"\n')
+    result = run_cli("--check", env={"PROXY_CONFIG": str(config)})
+    assert result.returncode == 0, result.stderr
+    assert "settings are valid" in result.stdout
+
+
+def test_cli_checks_the_dev_tokens_file(tmp_path):
+    config = tmp_path / "dev.toml"
+    config.write_text(f'[auth]\nbackend = "dev_tokens"\ndev_tokens_file = "{tmp_path / "missing.toml"}"\n')
+    result = run_cli("--check", "--config", str(config))
+    assert result.returncode == 2
+    assert "cannot be read" in result.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_for_line(stream, needle, limit=200):
+    for _ in range(limit):
+        line = await asyncio.wait_for(stream.readline(), 30)
+        if not line:
+            raise AssertionError(f"process ended before printing {needle!r}")
+        if needle in line.decode():
+            return line.decode()
+    raise AssertionError(f"{needle!r} not printed")
+
+
+async def test_sigterm_lets_an_in_flight_stream_finish(cube, gitlab_url, cube_url, aiohttp_client, tmp_path):
+    """A real proxy process: SIGTERM arrives mid-stream; the caller still gets the whole answer."""
+    release = asyncio.Event()
+    head = b'{"queryType":"regularQuery","results":[{"data":[' + b" " * 300
+    tail = b'{"TrackedEvents.count":"9"}]}]}'
+    cube.behaviour = chunked([head, tail], between=release)
+    port = free_port()
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [server]
+            port = {port}
+            shutdown_timeout = 20
+            [gitlab]
+            url = "{gitlab_url}"
+            [product_analytics]
+            cube_api_base_url = "{cube_url}"
+            cube_api_key = "{CUBE_KEY}"
+            [cube]
+            buffer_limit = 64
+            """
+        )
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "--config", str(config), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await wait_for_line(proc.stderr, "listening")
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(f"http://127.0.0.1:{port}{LOAD}", json={"query": QUERY}, headers=REPORTER)
+            assert resp.status == 200
+            assert await resp.content.readexactly(len(head)) == head
+            proc.send_signal(signal.SIGTERM)
+            await wait_for_line(proc.stderr, "shutting down")
+            release.set()
+            rest = await resp.read()
+            assert orjson.loads(head + rest)["results"][0]["data"] == [{"TrackedEvents.count": "9"}]
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
