@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -77,7 +77,9 @@ def pg_bin(name: str) -> str:
             return str(directory / name)
     found = shutil.which(name)
     if found is None:
-        raise RuntimeError(f"PostgreSQL's {name} was not found: install the 'postgresql' package (apt-get install postgresql)")
+        raise RuntimeError(
+            f"PostgreSQL's {name} was not found: install the 'postgresql' package (apt-get install postgresql)"
+        )
     return found
 
 
@@ -129,7 +131,9 @@ class Postgres:
             os.chmod(self.datadir, 0o700)
         if fresh:
             subprocess.run(
-                _as_postgres([pg_bin("initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+                _as_postgres(
+                    [pg_bin("initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+                ),
                 check=True,
                 capture_output=True,
             )
@@ -137,12 +141,18 @@ class Postgres:
             _as_postgres(
                 [
                     pg_bin("postgres"),
-                    "-D", str(self.datadir),
-                    "-p", str(self.port),
-                    "-c", "listen_addresses=127.0.0.1",
-                    "-c", f"unix_socket_directories={self.datadir}",
-                    "-c", "fsync=off",
-                    "-c", "max_connections=200",
+                    "-D",
+                    str(self.datadir),
+                    "-p",
+                    str(self.port),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    f"unix_socket_directories={self.datadir}",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=200",
                 ]
             ),
             stdout=subprocess.DEVNULL,
@@ -248,6 +258,8 @@ class Cube:
     pg: Postgres
     secret: str
     log_path: Path
+    #: log every Cube event (one JSON line each) so tests can count calls at Cube.
+    log_queries: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -273,6 +285,7 @@ class Cube:
             "CUBE_HOST": "127.0.0.1",
             "CUBE_PORT": str(self.port),
             "CUBE_PG_PORT": str(self.pg.port),
+            "CUBE_LOG_QUERIES": "true" if self.log_queries else "false",
         }
         for unset in ("CUBEJS_PG_SQL_PORT", "CUBEJS_SQL_PORT", "CUBEJS_DEV_MODE"):
             env.pop(unset, None)
@@ -281,6 +294,14 @@ class Cube:
             ["node", "server.js"], cwd=CUBE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         wait_until(self.ready, f"Cube (log: {self.log_path})", 90, self.proc)
+
+    def events(self, message: str) -> list[dict[str, object]]:
+        """Cube's logged events of one kind ('Load Request', ...), oldest first."""
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and f'"message":"{message}"' in line:
+                found.append(json.loads(line))
+        return found
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -306,6 +327,7 @@ def running_stack(
     workdir: Path | None = None,
     pg_port: int | None = None,
     cube_port: int | None = None,
+    log_queries: bool = False,
 ) -> Iterator[Stack]:
     """PostgreSQL seeded with both demo projects, and Cube in front of it; stopped on exit."""
     install_cube()
@@ -314,7 +336,7 @@ def running_stack(
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o755)
     pg = Postgres(workdir / "pgdata", pg_port or free_port())
-    cube = Cube(cube_port or free_port(), pg, secret, workdir / "cube.log")
+    cube = Cube(cube_port or free_port(), pg, secret, workdir / "cube.log", log_queries)
     try:
         pg.start()
         rows = seed(pg)

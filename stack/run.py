@@ -23,7 +23,9 @@ TOKEN = "dev-maintainer-token-0001"
 QUERY = {
     "query": {
         "measures": ["TrackedEvents.count"],
-        "timeDimensions": [{"dimension": "TrackedEvents.derivedTstamp", "granularity": "day", "dateRange": "last 7 days"}],
+        "timeDimensions": [
+            {"dimension": "TrackedEvents.derivedTstamp", "granularity": "day", "dateRange": "last 7 days"}
+        ],
         "order": {"TrackedEvents.derivedTstamp": "asc"},
     }
 }
@@ -42,7 +44,9 @@ def main() -> int:
 
     print("starting PostgreSQL and Cube ...", flush=True)
     with running_stack(key, Path(args.workdir), pg_port=args.pg_port, cube_port=cube_url.port) as stack:
-        print(f"PostgreSQL on 127.0.0.1:{stack.pg.port}, demo events {stack.rows}; Cube on {stack.cube.url}", flush=True)
+        print(
+            f"PostgreSQL on 127.0.0.1:{stack.pg.port}, demo events {stack.rows}; Cube on {stack.cube.url}", flush=True
+        )
         proxy = subprocess.Popen([sys.executable, "-m", "proxy", "--config", args.config], cwd=ROOT)
         try:
             wait_until(lambda: _ready(proxy_url), "the proxy", 30, proxy)

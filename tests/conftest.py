@@ -73,7 +73,9 @@ async def client(settings: Settings, aiohttp_client: ClientFactory) -> TestClien
 
 
 @pytest.fixture
-def make_client(aiohttp_client: ClientFactory) -> Callable[[Settings], Awaitable[TestClient[web.Request, web.Application]]]:
+def make_client(
+    aiohttp_client: ClientFactory,
+) -> Callable[[Settings], Awaitable[TestClient[web.Request, web.Application]]]:
     async def make(settings: Settings) -> TestClient[web.Request, web.Application]:
         return await aiohttp_client(create_app(settings))
 

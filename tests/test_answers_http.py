@@ -1,6 +1,7 @@
 """Spec section 5, row by row: what Cube answered, and what the caller gets."""
 
 import asyncio
+
 import pytest
 from aiohttp import web
 
@@ -22,7 +23,9 @@ async def test_success_is_cubes_body(client, cube):
 
 
 async def test_connection_refused_is_502(make_settings, make_client, unused_tcp_port):
-    client = await make_client(make_settings(product_analytics={"cube_api_base_url": f"http://127.0.0.1:{unused_tcp_port}"}))
+    client = await make_client(
+        make_settings(product_analytics={"cube_api_base_url": f"http://127.0.0.1:{unused_tcp_port}"})
+    )
     resp = await post(client)
     assert resp.status == 502
     body = await resp.json()
@@ -90,7 +93,9 @@ async def test_continue_wait_after_the_budget_is_200_unchanged(make_settings, ma
 
 @pytest.mark.parametrize("status", [400, 403, 500])
 async def test_other_errors_are_400_with_message_and_error_and_no_stack(client, cube, status):
-    cube.behaviour = answer(status, {"error": "Cube not found for path 'Nope.count'", "stack": "Error\n at /srv/cube/x.js:1:1"})
+    cube.behaviour = answer(
+        status, {"error": "Cube not found for path 'Nope.count'", "stack": "Error\n at /srv/cube/x.js:1:1"}
+    )
     resp = await post(client)
     assert resp.status == 400
     body = await resp.json()
@@ -131,7 +136,7 @@ async def test_streamed_non_json_is_502(make_settings, make_client, cube):
         (b'{"query": [1]}', 400, "query must be a JSON object"),
         (b'{"query": "SELECT 1"}', 400, "query must be a JSON object"),
         (b'{"query": {"limit": 50001}}', 400, "at most 50000"),
-        (b"{\"query\": " + b"{\"a\": " * 40 + b"1" + b"}" * 41, 400, "nested deeper"),
+        (b'{"query": ' + b'{"a": ' * 40 + b"1" + b"}" * 41, 400, "nested deeper"),
         (b"[]", 400, "must be a JSON object"),
     ],
 )

@@ -24,7 +24,11 @@ async def test_no_credentials_is_401_and_asks_nobody(client, gitlab, cube):
 
 @pytest.mark.parametrize(
     "headers",
-    [{"PRIVATE-TOKEN": "glpat-unknown-00000001"}, {"PRIVATE-TOKEN": "glpat-revoked-0000000001"}, {"Authorization": "Bearer nope-nope-nope"}],
+    [
+        {"PRIVATE-TOKEN": "glpat-unknown-00000001"},
+        {"PRIVATE-TOKEN": "glpat-revoked-0000000001"},
+        {"Authorization": "Bearer nope-nope-nope"},
+    ],
 )
 async def test_gitlab_rejects_the_token(client, cube, headers):
     resp = await post_load(client, headers)
@@ -86,7 +90,10 @@ async def test_oauth_tokens_fall_back_to_token_info(make_settings, make_client, 
 
 
 async def test_read_api_cannot_post(client, cube):
-    for headers in ({"PRIVATE-TOKEN": "glpat-readapi-0000000001"}, {"Authorization": "Bearer oauth-readapi-0000000001"}):
+    for headers in (
+        {"PRIVATE-TOKEN": "glpat-readapi-0000000001"},
+        {"Authorization": "Bearer oauth-readapi-0000000001"},
+    ):
         resp = await post_load(client, headers)
         assert resp.status == 403
         body = await resp.json()
@@ -121,7 +128,9 @@ async def test_missing_or_invisible_project_is_404(client, cube):
 
 @pytest.mark.parametrize("ref", ["0", "..", "a b", "-x/y"])
 async def test_malformed_project_refs_are_404_without_asking(client, gitlab, ref):
-    resp = await client.post(f"/api/v4/projects/{ref}/product_analytics/request/load", json={"query": QUERY}, headers=REPORTER)
+    resp = await client.post(
+        f"/api/v4/projects/{ref}/product_analytics/request/load", json={"query": QUERY}, headers=REPORTER
+    )
     assert resp.status == 404
     assert gitlab.calls["/api/v4/projects/{id}"] == 0
 

@@ -198,7 +198,8 @@ async def test_concurrent_upstream_calls_are_capped_per_tenant(make_settings, ma
     release = asyncio.Event()
     cube.behaviour = held_until(release, cube.default)
     tasks = [
-        asyncio.ensure_future(client.post(LOAD, json={"query": {**QUERY, "limit": n}}, headers=REPORTER)) for n in range(3)
+        asyncio.ensure_future(client.post(LOAD, json={"query": {**QUERY, "limit": n}}, headers=REPORTER))
+        for n in range(3)
     ]
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     refused = done.pop().result()

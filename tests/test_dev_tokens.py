@@ -21,7 +21,9 @@ def tok(token):
 async def test_roles_scopes_and_paths_follow_the_gitlab_rules(dev_client, cube, gitlab):
     ok = await dev_client.post(LOAD.format(1), json={"query": QUERY}, headers=tok("dev-reporter-shop-token-0002"))
     assert ok.status == 200
-    by_path = await dev_client.post(LOAD.format("demo%2Fblog"), json={"query": QUERY}, headers=tok("dev-maintainer-token-0001"))
+    by_path = await dev_client.post(
+        LOAD.format("demo%2Fblog"), json={"query": QUERY}, headers=tok("dev-maintainer-token-0001")
+    )
     assert by_path.status == 200
     assert [c.claims["appId"] for c in cube.calls] == ["gitlab_project_1", "gitlab_project_2"]
     other = await dev_client.post(LOAD.format(2), json={"query": QUERY}, headers=tok("dev-reporter-shop-token-0002"))

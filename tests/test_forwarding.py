@@ -4,7 +4,6 @@ import time
 
 import jwt
 import pytest
-from aiohttp import web
 
 from tests.conftest import CUBE_KEY, MAINTAINER, QUERY, REPORTER
 from tests.fakes.cube import FakeCube
@@ -73,16 +72,20 @@ async def test_project_a_caller_cannot_produce_a_jwt_for_project_b(client, cube,
     # user 2 is a guest of project 1 only and cannot see project 2; user 1 is reporter of 1, developer of 2.
     guest = {"PRIVATE-TOKEN": "glpat-guest-000000000002"}
     for project in (2, "group%2Fsub%2Fbeta"):
-        resp = await client.post(f"/projects/{project}/product_analytics/request/load", json={"query": QUERY}, headers=guest)
+        resp = await client.post(
+            f"/projects/{project}/product_analytics/request/load", json={"query": QUERY}, headers=guest
+        )
         assert resp.status in {401, 404}
     gitlab.projects[1].members[6] = 30
     dev = {"PRIVATE-TOKEN": "glpat-dev-00000000000006"}
     for project in (2, 5):
-        resp = await client.post(f"/projects/{project}/product_analytics/request/load", json={"query": QUERY}, headers=dev)
+        resp = await client.post(
+            f"/projects/{project}/product_analytics/request/load", json={"query": QUERY}, headers=dev
+        )
         assert resp.status in {401, 404}
     assert cube.calls == []
-    await client.post(f"/projects/1/product_analytics/request/load", json={"query": QUERY}, headers=dev)
-    await client.post(f"/projects/2/product_analytics/request/load", json={"query": QUERY}, headers=REPORTER)
+    await client.post("/projects/1/product_analytics/request/load", json={"query": QUERY}, headers=dev)
+    await client.post("/projects/2/product_analytics/request/load", json={"query": QUERY}, headers=REPORTER)
     assert [c.claims["appId"] for c in cube.calls] == ["gitlab_project_1", "gitlab_project_2"]
 
 
@@ -149,7 +152,11 @@ async def test_include_token_mints_a_project_token_into_the_claim(client, cube, 
 
 
 async def test_include_token_refused_by_gitlab_answers_gitlabs_refusal(client, cube, gitlab):
-    resp = await client.post(f"{BASE}/load", json={"query": QUERY, "include_token": True}, headers={"PRIVATE-TOKEN": "glpat-dev-00000000000006"})
+    resp = await client.post(
+        f"{BASE}/load",
+        json={"query": QUERY, "include_token": True},
+        headers={"PRIVATE-TOKEN": "glpat-dev-00000000000006"},
+    )
     assert resp.status == 400
     assert await resp.json() == {"message": "User does not have permission to create project access token"}
     assert cube.calls == []

@@ -36,7 +36,9 @@ async def test_readiness_follows_cube(client, cube):
 
 
 async def test_not_ready_when_cube_is_unreachable_or_unset(make_settings, make_client, unused_tcp_port):
-    client = await make_client(make_settings(product_analytics={"cube_api_base_url": f"http://127.0.0.1:{unused_tcp_port}"}))
+    client = await make_client(
+        make_settings(product_analytics={"cube_api_base_url": f"http://127.0.0.1:{unused_tcp_port}"})
+    )
     assert (await client.get("/-/readiness")).status == 503
     from proxy.settings import settings_from_mapping
 
@@ -111,7 +113,9 @@ def test_cli_reports_every_settings_problem(tmp_path):
 
 def test_cli_check_and_proxy_config_env(tmp_path):
     config = tmp_path / "ok.toml"
-    config.write_text(f'[product_analytics]\ncube_api_base_url = "http://127.0.0.1:4000"\ncube_api_key = "{CUBE_KEY}"\n')
+    config.write_text(
+        f'[product_analytics]\ncube_api_base_url = "http://127.0.0.1:4000"\ncube_api_key = "{CUBE_KEY}"\n'
+    )
     result = run_cli("--check", env={"PROXY_CONFIG": str(config)})
     assert result.returncode == 0, result.stderr
     assert "settings are valid" in result.stdout

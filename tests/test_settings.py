@@ -116,7 +116,9 @@ def test_dev_tokens_refused_off_loopback():
         {"auth": {"backend": "dev_tokens", "allow_dev_tokens_off_loopback": True}, "server": {"host": "0.0.0.0"}}, {}
     )
     assert s.auth.backend == "dev_tokens"
-    assert settings_from_mapping({"auth": {"backend": "dev_tokens"}, "server": {"host": "::1"}}, {}).server.host == "::1"
+    assert (
+        settings_from_mapping({"auth": {"backend": "dev_tokens"}, "server": {"host": "::1"}}, {}).server.host == "::1"
+    )
 
 
 def test_wrong_kinds_of_values():

@@ -11,7 +11,13 @@ def test_claims_are_exactly_the_specs():
     token = sign_security_context(TENANT, "gitlab.example.com", 1_000, 180, None)
     assert jwt.get_unverified_header(token)["alg"] == "HS256"
     claims = jwt.decode(token, KEY, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False})
-    assert claims == {"iat": 1_000, "exp": 1_180, "appId": "gitlab_project_7", "iss": "gitlab.example.com", "gitlabToken": None}
+    assert claims == {
+        "iat": 1_000,
+        "exp": 1_180,
+        "appId": "gitlab_project_7",
+        "iss": "gitlab.example.com",
+        "gitlabToken": None,
+    }
 
 
 def test_minted_token_in_claim():
@@ -24,9 +30,16 @@ def test_reuse_within_a_second_only():
     assert signer.sign(TENANT, 100) is first
     later = signer.sign(TENANT, 101)
     assert later != first
-    assert jwt.decode(later, KEY, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False})["iat"] == 101
+    assert (
+        jwt.decode(later, KEY, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False})["iat"] == 101
+    )
     other = Tenant(8, "gitlab_project_8", "http://cube", KEY)
-    assert jwt.decode(signer.sign(other, 101), KEY, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False})["appId"] == "gitlab_project_8"
+    assert (
+        jwt.decode(
+            signer.sign(other, 101), KEY, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False}
+        )["appId"]
+        == "gitlab_project_8"
+    )
 
 
 def test_minted_tokens_are_never_reused():

@@ -2,7 +2,9 @@ from tests.conftest import QUERY, REPORTER
 
 
 async def test_load_round_trip(client, cube):
-    resp = await client.post("/api/v4/projects/1/product_analytics/request/load", json={"query": QUERY}, headers=REPORTER)
+    resp = await client.post(
+        "/api/v4/projects/1/product_analytics/request/load", json={"query": QUERY}, headers=REPORTER
+    )
     body = await resp.json()
     assert resp.status == 200, body
     assert body["results"][0]["data"] == [{"TrackedEvents.count": "5"}]

@@ -8,8 +8,8 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import QUERY, REPORTER
 from proxy.keys import COALESCER
+from tests.conftest import QUERY, REPORTER
 from tests.fakes.cube import chunked, generated, held_until
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
@@ -98,7 +98,9 @@ async def test_identical_streams_fan_out_from_one_upstream_call(stream_settings,
 
 async def test_a_fanned_out_stream_that_breaks_aborts_every_caller(stream_settings, make_client, cube):
     hold, rest_may_come = asyncio.Event(), asyncio.Event()
-    cube.behaviour = held_until(hold, chunked([HEAD + b" " * 100, b" " * 5000, TAIL], between=rest_may_come, die_after=1))
+    cube.behaviour = held_until(
+        hold, chunked([HEAD + b" " * 100, b" " * 5000, TAIL], between=rest_may_come, die_after=1)
+    )
     client = await make_client(stream_settings)
     coalescer = client.app[COALESCER]
     tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(3)]

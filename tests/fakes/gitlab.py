@@ -134,7 +134,9 @@ class FakeGitLab:
         if raw_token is None:
             return self._unauthorized()
         if raw_token.kind == "oauth":
-            return web.json_response({"message": "400 Bad request - not a personal access token"}, status=self.oauth_self_status)
+            return web.json_response(
+                {"message": "400 Bad request - not a personal access token"}, status=self.oauth_self_status
+            )
         return web.json_response(
             {
                 "id": 99,
@@ -211,7 +213,9 @@ class FakeGitLab:
         if token.scopes != ["api"] and "api" not in token.scopes:
             return web.json_response({"error": "insufficient_scope"}, status=403)
         if project.members.get(token.user_id, 0) < 40:
-            return web.json_response({"message": "User does not have permission to create project access token"}, status=400)
+            return web.json_response(
+                {"message": "User does not have permission to create project access token"}, status=400
+            )
         body = await request.json()
         expires = dt.date.fromisoformat(body["expires_at"])
         if expires <= dt.date.today():

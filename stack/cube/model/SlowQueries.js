@@ -2,7 +2,8 @@
 // hold) so the server-side Continue-wait loop can be exercised for real. Filter on
 // a fresh label each time to miss Cube's result cache.
 cube('SlowQueries', {
-  sql: `SELECT 'slow'::text AS label FROM pg_sleep(7)`,
+  // The label goes through pg_sleep (volatile), so PostgreSQL cannot fold a filter on it away.
+  sql: `SELECT ('slow' || pg_sleep(7)::text) AS label`,
   refreshKey: { every: '1 second' },
 
   measures: {

@@ -1,0 +1,57 @@
+# product-analytics-proxy: `make help` lists the targets.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+CUBE_DIR := stack/cube
+CLIENT_DIR := stack/client
+
+.DEFAULT_GOAL := help
+.PHONY: help install postgres run test test-unit lint format bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+$(CUBE_DIR)/node_modules/.installed: $(CUBE_DIR)/package-lock.json
+	cd $(CUBE_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(CLIENT_DIR)/node_modules/.installed: $(CLIENT_DIR)/package-lock.json
+	cd $(CLIENT_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.installed $(CUBE_DIR)/node_modules/.installed $(CLIENT_DIR)/node_modules/.installed ## Virtualenv, Cube and the Cube client
+
+postgres: ## Make sure PostgreSQL's server is installed (Debian's postgresql; needs root)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing PostgreSQL from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+run: install postgres ## Run the proxy on a local stack (PostgreSQL + demo data + Cube); Ctrl-C stops it
+	$(PY) -m stack.run
+
+test: install postgres ## Run every test (unit and real-stack) with coverage of proxy/
+	$(PY) -m pytest --cov=proxy --cov-report=term-missing
+
+test-unit: install ## Only the tests that need no PostgreSQL or Cube
+	$(PY) -m pytest -m "not stack"
+
+lint: install ## ruff and mypy --strict
+	$(VENV)/bin/ruff check proxy tests stack bench
+	$(VENV)/bin/ruff format --check proxy tests stack bench
+	$(VENV)/bin/mypy
+
+format: install ## Format the code
+	$(VENV)/bin/ruff format proxy tests stack bench
+	$(VENV)/bin/ruff check --fix proxy tests stack bench
+
+bench: install postgres ## Benchmarks against nginx and Cube; writes bench/results.json and bench/RESULTS.md
+	$(PY) -m bench.run
+
+clean: ## Remove the virtualenv and node modules
+	rm -rf $(VENV) $(CUBE_DIR)/node_modules $(CLIENT_DIR)/node_modules .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,67 @@
+"""The real stack (PostgreSQL + Cube), started once per test session, and the proxy in front of it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from proxy.settings import settings_from_mapping
+from stack.localstack import Stack, running_stack
+
+STACK_KEY = "integration-tests-cube-api-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    with running_stack(STACK_KEY, log_queries=True) as running:
+        yield running
+
+
+def stack_settings(stack: Stack, gitlab_url: str, **cube: Any):
+    return settings_from_mapping(
+        {
+            "gitlab": {"url": gitlab_url},
+            "product_analytics": {"cube_api_base_url": stack.cube.url, "cube_api_key": STACK_KEY},
+            "cube": {"continue_wait_budget": 25.0, **cube},
+            "limits": {"rate_limit": 0.0},
+        },
+        {},
+    )
+
+
+@pytest.fixture
+async def proxy(stack, gitlab_url, make_client):
+    return await make_client(stack_settings(stack, gitlab_url))
+
+
+def signed(project_id: int) -> str:
+    now = int(time.time())
+    claims = {
+        "iat": now,
+        "exp": now + 180,
+        "appId": f"gitlab_project_{project_id}",
+        "iss": "tests",
+        "gitlabToken": None,
+    }
+    return jwt.encode(claims, STACK_KEY, algorithm="HS256")
+
+
+async def direct(stack: Stack, project_id: int, endpoint: str, query: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """Ask Cube itself, correctly signed, asking again on Continue wait as Cube's client does."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(20):
+            headers = {"Authorization": signed(project_id)}
+            url = f"{stack.cube.url}/cubejs-api/v1/{endpoint}"
+            if query is None:
+                resp = await session.get(url, headers=headers)
+            else:
+                resp = await session.post(url, json={"query": query, "queryType": "multi"}, headers=headers)
+            body = await resp.json()
+            if body != {"error": "Continue wait"}:
+                return resp.status, body
+    raise AssertionError("Cube kept saying Continue wait")

@@ -1,0 +1,242 @@
+"""The proxy in front of a real Cube 0.33.65 on a real PostgreSQL (GitLab is the fake)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from stack.localstack import CUBE_DIR, Cube, free_port
+from tests.conftest import MAINTAINER, REPORTER
+from tests.stack.conftest import STACK_KEY, direct, stack_settings
+
+pytestmark = pytest.mark.stack
+
+BASE = "/api/v4/projects/{}/product_analytics/request/{}"
+BY_EVENT = {
+    "measures": ["TrackedEvents.count"],
+    "dimensions": ["TrackedEvents.eventName"],
+    "order": {"TrackedEvents.eventName": "asc"},
+}
+CLIENT_DIR = Path(__file__).resolve().parents[2] / "stack" / "client"
+
+
+def fresh_slow_query() -> dict[str, object]:
+    label = f"t-{uuid.uuid4().hex}"  # a fresh filter value misses Cube's result cache
+    return {
+        "measures": ["SlowQueries.count"],
+        "filters": [{"member": "SlowQueries.label", "operator": "equals", "values": [label]}],
+    }
+
+
+async def load(proxy, project, query, headers=REPORTER, **kwargs):
+    resp = await proxy.post(BASE.format(project, "load"), json={"query": query}, headers={**headers, **kwargs})
+    return resp.status, await resp.json()
+
+
+async def test_load_dry_run_and_meta_agree_with_cube(stack, proxy):
+    status, through = await load(proxy, 1, BY_EVENT)
+    assert status == 200
+    _, straight = await direct(stack, 1, "load", BY_EVENT)
+    assert through["results"][0]["data"] == straight["results"][0]["data"]
+    assert sum(int(r["TrackedEvents.count"]) for r in through["results"][0]["data"]) == stack.rows[1]
+
+    resp = await proxy.post(BASE.format(1, "dry-run"), json={"query": BY_EVENT}, headers=REPORTER)
+    assert resp.status == 200
+    _, straight_dry = await direct(stack, 1, "dry-run", BY_EVENT)
+    assert (await resp.json())["normalizedQueries"] == straight_dry["normalizedQueries"]
+
+    resp = await proxy.get(BASE.format(1, "meta"), headers=REPORTER)
+    assert resp.status == 200
+    _, straight_meta = await direct(stack, 1, "meta")
+    meta = await resp.json()
+    assert meta == straight_meta
+    assert {c["name"] for c in meta["cubes"]} >= {"TrackedEvents", "Sessions", "ReturningUsers"}
+
+
+async def test_every_dashboard_cube_answers(stack, proxy):
+    today = dt.date.today()
+    week = [(today - dt.timedelta(days=6)).isoformat(), today.isoformat()]
+    queries = [
+        {
+            "measures": ["TrackedEvents.count", "TrackedEvents.uniqueUsersCount", "TrackedEvents.pageViewsCount"],
+            "segments": ["TrackedEvents.knownUsers"],
+        },
+        {
+            "measures": [
+                "Sessions.count",
+                "Sessions.averagePerUser",
+                "Sessions.averageDurationMinutes",
+                "Sessions.uniqueUsersCount",
+                "Sessions.repeatPercent",
+            ]
+        },
+        {
+            "measures": ["ReturningUsers.returningUserPercentage"],
+            "timeDimensions": [{"dimension": "ReturningUsers.first_timestamp", "dateRange": week}],
+        },
+        {
+            "measures": ["Sessions.count"],
+            "timeDimensions": [{"dimension": "Sessions.endAt", "granularity": "day", "dateRange": week}],
+        },
+    ]
+    for query in queries:
+        status, through = await load(proxy, 2, query)
+        assert status == 200, through
+        _, straight = await direct(stack, 2, "load", query)
+        assert through["results"][0]["data"] == straight["results"][0]["data"]
+
+
+async def test_missing_days_are_zero_filled_in_order(stack, proxy):
+    today = dt.date.today()
+    start = today - dt.timedelta(days=13)
+    member = "TrackedEvents.derivedTstamp"
+    query = {
+        "measures": ["TrackedEvents.count"],
+        "timeDimensions": [{"dimension": member, "granularity": "day"}],
+        "filters": [{"member": member, "operator": "inDateRange", "values": [start.isoformat(), today.isoformat()]}],
+        "order": {member: "desc"},
+    }
+    status, through = await load(proxy, 1, query)
+    assert status == 200
+    _, straight = await direct(stack, 1, "load", query)
+    days = [r[f"{member}.day"] for r in through["results"][0]["data"]]
+    expected = [(today - dt.timedelta(days=n)).strftime("%Y-%m-%dT00:00:00.000") for n in range(14)]
+    assert days == expected  # every day of the range, newest first
+    assert len(straight["results"][0]["data"]) < 14  # Cube itself leaves the empty days out
+    by_day = {r[f"{member}.day"]: r for r in straight["results"][0]["data"]}
+    for row in through["results"][0]["data"]:
+        day = row[f"{member}.day"]
+        assert (
+            row["TrackedEvents.count"] == by_day[day]["TrackedEvents.count"]
+            if day in by_day
+            else row["TrackedEvents.count"] == "0"
+        )
+
+
+async def test_each_projects_caller_sees_only_its_own_rows(stack, proxy):
+    _, one = await load(proxy, 1, BY_EVENT)
+    _, two = await load(proxy, 2, BY_EVENT)
+    names_one = {r["TrackedEvents.eventName"] for r in one["results"][0]["data"]}
+    names_two = {r["TrackedEvents.eventName"] for r in two["results"][0]["data"]}
+    assert "add_to_cart" in names_one and "add_to_cart" not in names_two
+    assert "comment" in names_two and "comment" not in names_one
+    total_two = sum(int(r["TrackedEvents.count"]) for r in two["results"][0]["data"])
+    assert total_two == stack.rows[2] != stack.rows[1]
+    # user 2 is a guest of project 1 and cannot see project 2 at all
+    guest = {"PRIVATE-TOKEN": "glpat-guest-000000000002"}
+    assert (await load(proxy, 2, BY_EVENT, guest))[0] == 404
+    assert (await load(proxy, 1, BY_EVENT, guest))[0] == 401
+
+
+async def test_a_slow_query_returns_data_in_one_call_within_the_budget(stack, proxy):
+    started = time.monotonic()
+    status, body = await load(proxy, 1, fresh_slow_query())
+    elapsed = time.monotonic() - started
+    assert status == 200, body
+    assert body["results"][0]["data"] == [{"SlowQueries.count": "0"}]  # nothing matches, after 7 s of pg_sleep
+    assert elapsed > 5  # longer than Cube's own Continue-wait hold: the proxy asked again
+
+
+async def test_a_slow_query_returns_continue_wait_once_the_budget_is_smaller(stack, gitlab_url, make_client):
+    proxy = await make_client(stack_settings(stack, gitlab_url, continue_wait_budget=1.0))
+    status, body = await load(proxy, 1, fresh_slow_query())
+    assert (status, body) == (200, {"error": "Continue wait"})
+
+
+async def test_a_tenant_without_a_schema_is_404(proxy):
+    status, body = await load(proxy, 5, BY_EVENT, MAINTAINER)  # project 5 has no schema in PostgreSQL
+    assert (status, body) == (404, {"message": "404 Clickhouse Database Not Found"})
+
+
+async def test_an_unknown_member_is_400_with_cubes_message(proxy):
+    status, body = await load(proxy, 1, {"measures": ["TrackedEvents.noSuchMeasure"]})
+    assert status == 400
+    assert "noSuchMeasure" in body["message"]
+    assert body["error"] == body["message"]
+    assert "stack" not in body
+
+
+async def test_a_limit_over_cubes_maximum_never_reaches_cube(stack, proxy):
+    before = len(stack.cube.events("Load Request"))
+    status, body = await load(proxy, 1, {**BY_EVENT, "limit": 50_001})
+    assert status == 400 and "50000" in body["message"]
+    assert len(stack.cube.events("Load Request")) == before
+
+
+async def test_cube_stopped_answers_502(stack, gitlab_url, make_client, tmp_path):
+    other = Cube(free_port(), stack.pg, STACK_KEY, tmp_path / "cube.log")
+    other.start()
+    try:
+        settings = stack_settings(stack, gitlab_url)
+        settings = type(settings)(
+            **{
+                **settings.__dict__,
+                "product_analytics": type(settings.product_analytics)(
+                    cube_api_base_url=other.url, cube_api_key=STACK_KEY
+                ),
+            }
+        )
+        proxy = await make_client(settings)
+        assert (await load(proxy, 1, BY_EVENT))[0] == 200
+    finally:
+        other.stop()
+    status, body = await load(proxy, 1, BY_EVENT)
+    assert status == 502
+    assert body["message"].startswith("Cube is unreachable")
+
+
+async def test_concurrent_identical_loads_reach_cube_once(stack, proxy):
+    query = {
+        "measures": ["TrackedEvents.count"],
+        "filters": [{"member": "TrackedEvents.eventName", "operator": "equals", "values": [uuid.uuid4().hex]}],
+    }
+    run = uuid.uuid4().hex[:8]
+    results = await asyncio.gather(*(load(proxy, 1, query, **{"X-Request-Id": f"burst{run}-{n}"}) for n in range(30)))
+    assert [status for status, _ in results] == [200] * 30
+    at_cube = [e for e in stack.cube.events("Load Request") if str(e.get("requestId", "")).startswith(f"burst{run}-")]
+    assert len(at_cube) < 30
+    assert len({e["requestId"] for e in at_cube}) <= 2  # one upstream call (two if a caller arrived after the answer)
+
+
+async def test_gitlabs_own_client_works_through_the_proxy(stack, proxy):
+    if not (CLIENT_DIR / "node_modules" / "@cubejs-client" / "core").is_dir():
+        subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=CLIENT_DIR, check=True)
+    base = str(proxy.make_url("")).rstrip("/")
+    node = await asyncio.create_subprocess_exec(
+        "node",
+        "check.js",
+        base,
+        "1",
+        REPORTER["PRIVATE-TOKEN"],
+        f"client-{uuid.uuid4().hex}",
+        cwd=CLIENT_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(node.communicate(), 120)
+    assert node.returncode == 0, err.decode()
+    got = json.loads(out)
+    _, events = await direct(stack, 1, "load", got["trackedEventsQuery"])
+    assert got["trackedEvents"] == events["results"][0]["data"]
+    assert got["trackedEvents"], "the last 7 days have events"
+    _, sessions = await direct(stack, 1, "load", got["sessionsQuery"])
+    assert got["sessions"] == sessions["results"][0]["data"]
+    _, meta = await direct(stack, 1, "meta")
+    assert got["cubes"] == sorted(c["name"] for c in meta["cubes"])
+    assert (
+        got["slow"] == [{"SlowQueries.count": "0"}] and got["slowMs"] > 5000
+    )  # slower than Cube's 5 s hold, and it resolved
+    assert "noSuchMeasure" in got["error"]  # Cube's message reaches the client's error text
+
+
+def test_cube_dir_is_the_pinned_install():
+    lock = json.loads((CUBE_DIR / "package-lock.json").read_text())
+    assert lock["packages"]["node_modules/@cubejs-backend/server-core"]["version"] == "0.33.65"
+    assert lock["packages"]["node_modules/@cubejs-backend/postgres-driver"]["version"] == "0.35.81"
