@@ -190,3 +190,36 @@ async def test_sigterm_lets_an_in_flight_stream_finish(cube, gitlab_url, cube_ur
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_installed_command_runs_workers_sharing_the_port(cube, gitlab_url, cube_url, tmp_path):
+    """`product-analytics-proxy` with workers = 2: both serve one port; SIGTERM stops them all."""
+    from pathlib import Path
+
+    import aiohttp
+
+    command = Path(sys.executable).parent / "product-analytics-proxy"
+    assert command.exists(), "the package installs the product-analytics-proxy command"
+    port = free_port()
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        f'[server]\nport = {port}\nworkers = 2\n[gitlab]\nurl = "{gitlab_url}"\n'
+        f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{CUBE_KEY}"\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        str(command), "--config", str(config), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await wait_for_line(proc.stderr, "listening")
+        await wait_for_line(proc.stderr, "listening")  # one line per worker
+        async with aiohttp.ClientSession() as session:
+            for _ in range(10):
+                resp = await session.post(f"http://127.0.0.1:{port}{LOAD}", json={"query": QUERY}, headers=REPORTER)
+                assert resp.status == 200
+                await resp.read()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
