@@ -1,0 +1,149 @@
+"""bench/RESULTS.md and bench/chart.png from one run's results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _chart(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    s = results["scenarios"]
+    panels = []
+    if "pass_through" in s:
+        p = s["pass_through"]
+        panels.append(("CPU per request (µs), pass-through", ["nginx", "proxy 1 worker", "proxy 2 workers"],
+                       [p["nginx"]["cpu_us_per_request"], p["proxy_1_worker"]["cpu_us_per_request"], p["proxy_2_workers"]["cpu_us_per_request"]]))
+        panels.append(("p99 latency (ms) at 256 connections", ["nginx", "proxy"],
+                       [p["nginx_overload_256"]["p99_ms"], p["proxy_overload_256"]["p99_ms"]]))
+    if "cached_meta" in s:
+        m = s["cached_meta"]
+        panels.append(("meta requests/s", ["Cube /meta", "proxy (cached)"], [m["cube"]["rps"], m["proxy"]["rps"]]))
+    if "burst" in s:
+        b = s["burst"]
+        panels.append(("dashboard burst: upstream calls", ["direct", "proxy"], [b["direct"]["upstream_calls"], b["proxy"]["upstream_calls"]]))
+        panels.append(("dashboard burst: p95 to all panels (s)", ["direct", "proxy"], [b["direct"]["p95_s"], b["proxy"]["p95_s"]]))
+    if "large" in s:
+        lr = s["large"]
+        panels.append(("50,000 rows: time to first byte (ms)", ["direct", "proxy"], [lr["direct"]["ttfb_ms"], lr["proxy"]["ttfb_ms"]]))
+    if not panels:
+        return False
+    cols = 3
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows))
+    flat = axes.flatten() if hasattr(axes, "flatten") else [axes]
+    colours = ["#8c8c8c", "#fc6d26", "#e24329"]
+    for ax, (title, labels, values) in zip(flat, panels, strict=False):
+        bars = ax.bar(labels, values, color=colours[: len(values)])
+        ax.set_title(title, fontsize=10)
+        for bar, value in zip(bars, values, strict=True):
+            ax.annotate(f"{value:g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    for ax in list(flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"product-analytics-proxy vs. references ({results['when']})", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    has_chart = _chart(results, out / "chart.png")
+    s = results["scenarios"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"One run of `make bench` on {results['when']}: {results['machine']['cpus']} CPUs, Python "
+        f"{results['machine']['python']}, {results['seconds_per_run']} s per wrk run (1 wrk thread). Every ratio "
+        "compares figures measured in this same run. CPU per request is the server processes' user + system "
+        "time divided by the requests they served; it is steadier than requests/s on these shared machines.",
+        "",
+        "## Targets",
+        "",
+        "| target | value | wanted | met |",
+        "|---|---|---|---|",
+    ]
+    for name, v in results["targets"].items():
+        met = "n/a" if v["met"] is None else ("yes" if v["met"] else "**no**")
+        lines.append(f"| {name} | {v['value']} | {v['target']} | {met} |")
+    if has_chart:
+        lines += ["", "![the proxy against its references](chart.png)"]
+    if "pass_through" in s:
+        p = s["pass_through"]
+        lines += [
+            "",
+            "## Pass-through load (fast upstream: nginx returning a 2 KB Cube-like answer)",
+            "",
+            "| server | connections | requests/s | CPU µs/request | p50 ms | p99 ms | errors | non-2xx |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for key, label, conns in [
+            ("direct", "upstream directly", 64),
+            ("nginx", "nginx proxy_pass (keep-alive)", 64),
+            ("proxy_1_worker", "proxy, 1 worker", 64),
+            ("proxy_2_workers", "proxy, 2 workers", 64),
+            ("nginx_overload_256", "nginx, overload", 256),
+            ("proxy_overload_256", "proxy, overload", 256),
+        ]:
+            r = p[key]
+            lines.append(f"| {label} | {conns} | {r['rps']} | {r['cpu_us_per_request']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {r['non2xx']} |")
+        lines += [
+            "",
+            f"Latency the proxy adds over going direct: p50 {p['added_p50_ms']} ms, p99 {p['added_p99_ms']} ms "
+            f"(nginx adds {p['nginx_added_p50_ms']} ms at p50). Two workers serve {p['two_workers_rps_ratio']}x one worker's requests/s.",
+        ]
+    if "cached_meta" in s:
+        m = s["cached_meta"]
+        lines += [
+            "",
+            "## Cached meta (real Cube 0.33.65)",
+            "",
+            f"Cube's own `/meta`: {m['cube']['rps']} requests/s (p99 {m['cube']['p99_ms']} ms); through the proxy, cached: "
+            f"{m['proxy']['rps']} requests/s (p99 {m['proxy']['p99_ms']} ms, {m['proxy']['cpu_us_per_request']} µs CPU each): "
+            f"**{m['cached_meta_rps_ratio']}x**.",
+        ]
+    if "burst" in s:
+        b = s["burst"]
+        lines += [
+            "",
+            f"## Dashboard burst ({b['proxy']['panels']} panels x {b['proxy']['viewers']} viewers at once, real stack)",
+            "",
+            "| | upstream calls | caller requests | p50 to all panels s | p95 to all panels s | errors |",
+            "|---|---|---|---|---|---|",
+            f"| direct to Cube | {b['direct']['upstream_calls']} | {b['direct']['caller_requests']} | {b['direct']['p50_s']} | {b['direct']['p95_s']} | {b['direct']['errors']} |",
+            f"| through the proxy | {b['proxy']['upstream_calls']} | {b['proxy']['caller_requests']} | {b['proxy']['p50_s']} | {b['proxy']['p95_s']} | {b['proxy']['errors']} |",
+            "",
+            "Upstream calls are counted in Cube's own request log. Direct callers ask again on Continue wait, as Cube's client does; "
+            "through the proxy, the proxy does.",
+        ]
+    if "large" in s:
+        lr = s["large"]
+        lines += [
+            "",
+            "## Large result (50,000 rows)",
+            "",
+            f"{lr['proxy']['bytes'] / 2**20:.1f} MB streamed. Time to first byte: direct {lr['direct']['ttfb_ms']} ms, through the "
+            f"proxy {lr['proxy']['ttfb_ms']} ms; whole answer {lr['direct']['total_ms']} ms vs {lr['proxy']['total_ms']} ms. "
+            f"Proxy RSS {lr['proxy_rss_baseline_mb']} MB before, peak {lr['proxy_rss_peak_mb']} MB: **+{lr['large_rss_growth_mb']} MB**.",
+        ]
+    if "held" in s:
+        h = s["held"]
+        lines += [
+            "",
+            f"## Held connections ({h['callers']} callers waiting on slow queries)",
+            "",
+            f"{h['callers']} concurrent callers on {h['distinct_slow_queries']} different 7-second queries (the proxy's Continue-wait "
+            f"loop holds them): {h['ok']} answered 200, {h['errors']} errors, {h['upstream_calls']} calls at Cube, {h['seconds']} s. "
+            f"Proxy RSS {h['proxy_rss_baseline_mb']} MB before, peak {h['proxy_rss_peak_mb']} MB: "
+            f"**{h['held_rss_kb_per_call']} KB per held call**.",
+        ]
+    notes = out / "NOTES.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    (out / "RESULTS.md").write_text("\n".join(lines) + "\n")

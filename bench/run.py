@@ -1,0 +1,354 @@
+"""``make bench``: the proxy measured side by side with nginx and with Cube itself, in one run.
+
+Every load targets 127.0.0.1 and stops by itself (wrk runs for a fixed time; the
+Python-driven scenarios send a fixed number of requests). Ratios are taken within the
+same run, since these machines are shared and noisy. CPU time per request (the
+server's user + system time over the requests served) is the figure ratios use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+
+from bench.procs import (
+    Process,
+    WrkResult,
+    fast_upstream,
+    free_port,
+    proxy_process,
+    reference_proxy,
+    rss_bytes,
+    wrk,
+)
+from bench.report import write_report
+from stack.localstack import Stack, running_stack
+
+KEY = "benchmark-cube-api-key-0123456789abcdef"
+TOKEN = "glpat-reporter-0000000001"
+LOAD = "/api/v4/projects/1/product_analytics/request/load"
+META = "/api/v4/projects/1/product_analytics/request/meta"
+OUT = Path(__file__).resolve().parent
+
+TARGETS = {
+    "pass_through_cpu_ratio": ("<=", 4.0),
+    "overload_p99_ratio": ("<=", 3.0),
+    "cached_meta_rps_ratio": (">=", 10.0),
+    "burst_upstream_call_ratio": (">=", 10.0),
+    "burst_p95_ratio": ("<=", 1.0),
+    "large_rss_growth_mb": ("<", 10.0),
+    "held_rss_kb_per_call": ("<", 50.0),
+}
+
+
+def signed(project_id: int = 1) -> str:
+    now = int(time.time())
+    claims = {"iat": now, "exp": now + 3600, "appId": f"gitlab_project_{project_id}", "iss": "bench", "gitlabToken": None}
+    return jwt.encode(claims, KEY, algorithm="HS256")
+
+
+def summary(r: WrkResult) -> dict[str, Any]:
+    return {
+        "requests": r.requests,
+        "rps": round(r.rps, 1),
+        "cpu_us_per_request": round(r.cpu_us_per_request, 1),
+        "p50_ms": r.p50_ms,
+        "p90_ms": r.p90_ms,
+        "p99_ms": r.p99_ms,
+        "errors": r.socket_errors + r.timeouts,
+        "non2xx": r.non2xx,
+    }
+
+
+# -- scenarios on a fast upstream -------------------------------------------------------------------
+
+
+def pass_through(workdir: Path, gitlab_url: str, seconds: int) -> dict[str, Any]:
+    upstream = fast_upstream(workdir)
+    upstream.start()
+    reference = reference_proxy(workdir, upstream.port)
+    reference.start()
+    cube_url = f"http://127.0.0.1:{upstream.port}"
+    one, one_port = proxy_process(workdir, "proxy-1-worker", gitlab_url, cube_url, KEY)
+    two, two_port = proxy_process(workdir, "proxy-2-workers", gitlab_url, cube_url, KEY, server={"workers": 2})
+    results: dict[str, Any] = {}
+    try:
+        one.start()
+        two.start()
+        upstream_load = f"http://127.0.0.1:{upstream.port}/cubejs-api/v1/load"
+        # warm the auth caches (and, for two workers, each worker's)
+        for port in (one_port, two_port):
+            wrk(f"http://127.0.0.1:{port}{LOAD}", [], seconds=1, connections=4, token=TOKEN, vary=True)
+        direct = wrk(upstream_load, upstream.pids, seconds=seconds, connections=64, authorization="x")
+        ref = wrk(f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load", reference.pids, seconds=seconds, connections=64)
+        p1 = wrk(f"http://127.0.0.1:{one_port}{LOAD}", one.pids, seconds=seconds, connections=64, token=TOKEN, vary=True)
+        p2 = wrk(f"http://127.0.0.1:{two_port}{LOAD}", two.pids, seconds=seconds, connections=64, token=TOKEN, vary=True)
+        ref_over = wrk(f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load", reference.pids, seconds=seconds, connections=256)
+        p_over = wrk(f"http://127.0.0.1:{one_port}{LOAD}", one.pids, seconds=seconds, connections=256, token=TOKEN, vary=True)
+        results = {
+            "direct": summary(direct),
+            "nginx": summary(ref),
+            "proxy_1_worker": summary(p1),
+            "proxy_2_workers": summary(p2),
+            "nginx_overload_256": summary(ref_over),
+            "proxy_overload_256": summary(p_over),
+            "pass_through_cpu_ratio": round(p1.cpu_us_per_request / ref.cpu_us_per_request, 2),
+            "added_p50_ms": round(p1.p50_ms - direct.p50_ms, 3),
+            "added_p99_ms": round(p1.p99_ms - direct.p99_ms, 3),
+            "nginx_added_p50_ms": round(ref.p50_ms - direct.p50_ms, 3),
+            "overload_p99_ratio": round(p_over.p99_ms / ref_over.p99_ms, 2),
+            "two_workers_rps_ratio": round(p2.rps / p1.rps, 2),
+        }
+    finally:
+        for process in (one, two, reference, upstream):
+            process.stop()
+    return results
+
+
+# -- scenarios on the real stack ---------------------------------------------------------------------
+
+
+def cached_meta(stack: Stack, proxy: Process, port: int, seconds: int) -> dict[str, Any]:
+    wrk(f"http://127.0.0.1:{port}{META}", [], seconds=1, connections=4, method="GET", token=TOKEN)
+    cube = wrk(f"{stack.cube.url}/cubejs-api/v1/meta", [stack.cube.proc.pid] if stack.cube.proc else [],
+               seconds=seconds, connections=64, method="GET", authorization=signed())
+    through = wrk(f"http://127.0.0.1:{port}{META}", proxy.pids, seconds=seconds, connections=64, method="GET", token=TOKEN)
+    return {
+        "cube": summary(cube),
+        "proxy": summary(through),
+        "cached_meta_rps_ratio": round(through.rps / cube.rps, 2),
+    }
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str],
+                retry_continue_wait: bool) -> tuple[int, int]:
+    """One panel: (status, upstream calls it cost a direct caller); asks again on Continue wait like Cube's client."""
+    calls = 0
+    while True:
+        calls += 1
+        async with session.post(url, json=body, headers=headers) as resp:
+            data = await resp.json()
+            if retry_continue_wait and data == {"error": "Continue wait"}:
+                continue
+            return resp.status, calls
+
+
+def burst_queries(tag: str) -> list[dict[str, Any]]:
+    """20 dashboard panels: different measures, dimensions and ranges (a fresh tag misses Cube's cache)."""
+    panels: list[dict[str, Any]] = []
+    dimensions = ["TrackedEvents.eventName", "TrackedEvents.pageUrlpath", "TrackedEvents.osName", "TrackedEvents.agentName", "TrackedEvents.browserLanguage"]
+    measures = ["TrackedEvents.count", "TrackedEvents.uniqueUsersCount", "TrackedEvents.pageViewsCount", "Sessions.count"]
+    for n in range(20):
+        measure = measures[n % len(measures)]
+        query: dict[str, Any] = {"measures": [measure], "filters": []}
+        if measure.startswith("TrackedEvents"):
+            query["dimensions"] = [dimensions[n % len(dimensions)]]
+            query["filters"] = [{"member": "TrackedEvents.eventName", "operator": "notEquals", "values": [f"{tag}-{n}"]}]
+        else:
+            query["timeDimensions"] = [{"dimension": "Sessions.startAt", "granularity": "day", "dateRange": f"last {n + 2} days"}]
+        panels.append(query)
+    return panels
+
+
+async def dashboard_burst(stack: Stack, port: int, viewers: int = 50) -> dict[str, Any]:
+    async def run(base: str, headers: dict[str, str], direct: bool) -> dict[str, Any]:
+        queries = burst_queries(uuid.uuid4().hex[:8])
+        before = len(stack.cube.events("Load Request"))
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+            async def viewer() -> tuple[float, list[int], int]:
+                started = time.monotonic()
+                results = await asyncio.gather(*(
+                    _post(session, base, {"query": q, "queryType": "multi"}, headers, retry_continue_wait=True) for q in queries
+                ))
+                return time.monotonic() - started, [s for s, _ in results], sum(c for _, c in results)
+
+            outcomes = await asyncio.gather(*(viewer() for _ in range(viewers)))
+        times = sorted(t for t, _, _ in outcomes)
+        statuses = [s for _, ss, _ in outcomes for s in ss]
+        return {
+            "panels": len(queries),
+            "viewers": viewers,
+            "upstream_calls": len(stack.cube.events("Load Request")) - before,
+            "caller_requests": sum(c for _, _, c in outcomes),
+            "p50_s": round(statistics.median(times), 3),
+            "p95_s": round(times[int(0.95 * (len(times) - 1))], 3),
+            "errors": sum(1 for s in statuses if s != 200),
+        }
+
+    direct = await run(f"{stack.cube.url}/cubejs-api/v1/load", {"Authorization": signed()}, True)
+    through = await run(f"http://127.0.0.1:{port}{LOAD}", {"PRIVATE-TOKEN": TOKEN}, False)
+    return {
+        "direct": direct,
+        "proxy": through,
+        "burst_upstream_call_ratio": round(direct["upstream_calls"] / max(1, through["upstream_calls"]), 1),
+        "burst_p95_ratio": round(through["p95_s"] / direct["p95_s"], 2),
+    }
+
+
+async def _sample_rss(pids: list[int], stop: asyncio.Event) -> int:
+    peak = 0
+    while not stop.is_set():
+        peak = max(peak, sum(rss_bytes(p) for p in pids))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.005)
+    return peak
+
+
+async def large_result(stack: Stack, proxy: Process, port: int) -> dict[str, Any]:
+    query = {"dimensions": [f"BenchRows.{c}" for c in "nabcde"], "limit": 50_000, "order": {"BenchRows.n": "asc"}}
+
+    async def fetch(url: str, headers: dict[str, str], measure: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+            for _ in range(30):  # Cube may say Continue wait while it builds the answer
+                started = time.monotonic()
+                async with session.post(url, json={"query": query, "queryType": "multi"}, headers=headers) as resp:
+                    first = await resp.content.readany()
+                    ttfb = time.monotonic() - started
+                    size = len(first)
+                    async for chunk in resp.content.iter_chunked(1 << 20):
+                        size += len(chunk)
+                    total = time.monotonic() - started
+                if size > 100:
+                    return {"ttfb_ms": round(ttfb * 1000, 1), "total_ms": round(total * 1000, 1), "bytes": size, "status": resp.status}
+        raise RuntimeError("Cube kept saying Continue wait")
+
+    warm = await fetch(f"{stack.cube.url}/cubejs-api/v1/load", {"Authorization": signed()})  # Cube caches the result
+    direct = await fetch(f"{stack.cube.url}/cubejs-api/v1/load", {"Authorization": signed()})
+    pids = proxy.pids
+    baseline = sum(rss_bytes(p) for p in pids)
+    stop = asyncio.Event()
+    sampler = asyncio.ensure_future(_sample_rss(pids, stop))
+    through = await fetch(f"http://127.0.0.1:{port}{LOAD}", {"PRIVATE-TOKEN": TOKEN})
+    stop.set()
+    peak = await sampler
+    return {
+        "rows": 50_000,
+        "cold_cube_ms": warm["total_ms"],
+        "direct": direct,
+        "proxy": through,
+        "proxy_rss_baseline_mb": round(baseline / 2**20, 1),
+        "proxy_rss_peak_mb": round(peak / 2**20, 1),
+        "large_rss_growth_mb": round((peak - baseline) / 2**20, 2),
+        "ttfb_ratio": round(through["ttfb_ms"] / max(0.1, direct["ttfb_ms"]), 2),
+    }
+
+
+async def held_connections(stack: Stack, proxy: Process, port: int, callers: int, distinct: int = 4) -> dict[str, Any]:
+    labels = [f"held-{uuid.uuid4().hex}" for _ in range(distinct)]
+    pids = proxy.pids
+    baseline = sum(rss_bytes(p) for p in pids)
+    before = len(stack.cube.events("Load Request"))
+    stop = asyncio.Event()
+    sampler = asyncio.ensure_future(_sample_rss(pids, stop))
+    started = time.monotonic()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=180)) as session:
+        async def caller(n: int) -> int:
+            query = {"measures": ["SlowQueries.count"], "filters": [{"member": "SlowQueries.label", "operator": "equals", "values": [labels[n % distinct]]}]}
+            try:
+                status, _ = await _post(session, f"http://127.0.0.1:{port}{LOAD}", {"query": query}, {"PRIVATE-TOKEN": TOKEN}, retry_continue_wait=False)
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                return -1
+            return status
+
+        statuses = await asyncio.gather(*(caller(n) for n in range(callers)))
+    stop.set()
+    peak = await sampler
+    return {
+        "callers": callers,
+        "distinct_slow_queries": distinct,
+        "seconds": round(time.monotonic() - started, 1),
+        "ok": sum(1 for s in statuses if s == 200),
+        "errors": sum(1 for s in statuses if s != 200),
+        "upstream_calls": len(stack.cube.events("Load Request")) - before,
+        "proxy_rss_baseline_mb": round(baseline / 2**20, 1),
+        "proxy_rss_peak_mb": round(peak / 2**20, 1),
+        "held_rss_kb_per_call": round((peak - baseline) / callers / 1024, 2),
+    }
+
+
+def verdicts(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    flat: dict[str, float] = {}
+    for scenario in results["scenarios"].values():
+        flat.update({k: v for k, v in scenario.items() if isinstance(v, (int, float))})
+    out = {}
+    for name, (op, target) in TARGETS.items():
+        value = flat.get(name)
+        met = None if value is None else (value <= target if op == "<=" else value >= target if op == ">=" else value < target)
+        out[name] = {"value": value, "target": f"{op} {target:g}", "met": met}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "10")), help="per wrk run")
+    parser.add_argument("--held", type=int, default=5000, help="concurrent callers in the held-connections scenario")
+    parser.add_argument("--only", nargs="*", default=None, help="pass_through cached_meta burst large held")
+    args = parser.parse_args()
+    wanted = set(args.only or ["pass_through", "cached_meta", "burst", "large", "held"])
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "seconds_per_run": args.seconds,
+        "scenarios": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="pa-proxy-bench-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)
+        gitlab_port = free_port()
+        gitlab = Process(["-m", "bench.fake_gitlab", str(gitlab_port)], f"http://127.0.0.1:{gitlab_port}/-/ready", workdir / "gitlab.log")
+        gitlab.start()
+        gitlab_url = f"http://127.0.0.1:{gitlab_port}"
+        try:
+            if "pass_through" in wanted:
+                print("pass-through load (fast upstream) ...", flush=True)
+                results["scenarios"]["pass_through"] = pass_through(workdir, gitlab_url, args.seconds)
+            if wanted & {"cached_meta", "burst", "large", "held"}:
+                print("starting the real stack ...", flush=True)
+                with running_stack(KEY, workdir / "stack", log_queries=True) as stack:
+                    proxy, port = proxy_process(
+                        workdir, "proxy-stack", gitlab_url, stack.cube.url, KEY,
+                        cube={"continue_wait_budget": 120.0, "max_concurrent_per_tenant": 64, "queue_timeout": 60.0},
+                    )
+                    proxy.start()
+                    try:
+                        if "cached_meta" in wanted:
+                            print("cached meta ...", flush=True)
+                            results["scenarios"]["cached_meta"] = cached_meta(stack, proxy, port, args.seconds)
+                        if "burst" in wanted:
+                            print("dashboard burst ...", flush=True)
+                            results["scenarios"]["burst"] = asyncio.run(dashboard_burst(stack, port))
+                        if "large" in wanted:
+                            print("large result ...", flush=True)
+                            results["scenarios"]["large"] = asyncio.run(large_result(stack, proxy, port))
+                        if "held" in wanted:
+                            print(f"held connections ({args.held}) ...", flush=True)
+                            results["scenarios"]["held"] = asyncio.run(held_connections(stack, proxy, port, args.held))
+                    finally:
+                        proxy.stop()
+        finally:
+            gitlab.stop()
+    results["targets"] = verdicts(results)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(results, OUT)
+    print(json.dumps(results["targets"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
