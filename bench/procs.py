@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stack.localstack import free_port, wait_until
+from stack.localstack import free_port, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -28,12 +28,17 @@ FAST_BODY = json.dumps(
             {
                 "query": {"measures": ["TrackedEvents.count"], "limit": 10000, "timezone": "UTC", "order": []},
                 "lastRefreshTime": "2026-11-26T10:00:00.000Z",
-                "annotation": {"measures": {"TrackedEvents.count": {"title": "Tracked Events Count", "type": "number"}}},
+                "annotation": {
+                    "measures": {"TrackedEvents.count": {"title": "Tracked Events Count", "type": "number"}}
+                },
                 "dataSource": "default",
                 "dbType": "postgres",
                 "slowQuery": False,
                 "data": [
-                    {"TrackedEvents.derivedTstamp.day": f"2026-11-{d:02d}T00:00:00.000", "TrackedEvents.count": str(d * 37)}
+                    {
+                        "TrackedEvents.derivedTstamp.day": f"2026-11-{d:02d}T00:00:00.000",
+                        "TrackedEvents.count": str(d * 37),
+                    }
                     for d in range(1, 23)
                 ],
             }
@@ -71,9 +76,23 @@ def http_ok(url: str) -> bool:
         return False
 
 
+class Managed:
+    """A started server process and its children (whose CPU and memory are measured)."""
+
+    proc: subprocess.Popen[bytes] | None
+
+    @property
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        return [self.proc.pid, *children(self.proc.pid)]
+
+    def stop(self) -> None:
+        stop_process(self.proc, 30)
+
+
 @dataclass
-class Nginx:
-    """One nginx instance (one worker) from a config body; ``pids`` are what its CPU is read from."""
+class Nginx(Managed):
+    """One nginx instance (one worker) from a config body."""
 
     workdir: Path
     name: str
@@ -110,16 +129,6 @@ class Nginx:
         )
         self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(root)], stderr=subprocess.DEVNULL)
         wait_until(lambda: _port_open(self.port), f"nginx {self.name}", 15, self.proc)
-
-    @property
-    def pids(self) -> list[int]:
-        assert self.proc is not None
-        return [self.proc.pid, *children(self.proc.pid)]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 def _port_open(port: int) -> bool:
@@ -162,7 +171,7 @@ def reference_proxy(workdir: Path, upstream_port: int) -> Nginx:
 
 
 @dataclass
-class Process:
+class Process(Managed):
     """A Python process of ours (the proxy, the fake GitLab)."""
 
     args: list[str]
@@ -176,22 +185,10 @@ class Process:
         )
         wait_until(lambda: http_ok(self.ready_url), " ".join(self.args), 30, self.proc)
 
-    @property
-    def pids(self) -> list[int]:
-        assert self.proc is not None
-        return [self.proc.pid, *children(self.proc.pid)]
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def proxy_process(workdir: Path, name: str, gitlab_url: str, cube_url: str, key: str, **sections: dict[str, object]) -> tuple[Process, int]:
+def proxy_process(
+    workdir: Path, name: str, gitlab_url: str, cube_url: str, key: str, **sections: dict[str, object]
+) -> tuple[Process, int]:
     port = free_port()
     settings: dict[str, dict[str, object]] = {
         "server": {"port": port, "log_level": "WARNING", "shutdown_timeout": 5},
@@ -207,7 +204,9 @@ def proxy_process(workdir: Path, name: str, gitlab_url: str, cube_url: str, key:
         lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items())
     config = workdir / f"{name}.toml"
     config.write_text("\n".join(lines) + "\n")
-    process = Process(["-m", "proxy", "--config", str(config)], f"http://127.0.0.1:{port}/-/liveness", workdir / f"{name}.log")
+    process = Process(
+        ["-m", "proxy", "--config", str(config)], f"http://127.0.0.1:{port}/-/liveness", workdir / f"{name}.log"
+    )
     return process, port
 
 
@@ -232,8 +231,17 @@ class WrkResult:
         return self.cpu_s / max(1, self.requests) * 1e6
 
 
-def wrk(url: str, pids: list[int], *, seconds: int, connections: int, method: str = "POST",
-        token: str | None = None, authorization: str | None = None, vary: bool = False) -> WrkResult:
+def wrk(
+    url: str,
+    pids: list[int],
+    *,
+    seconds: int,
+    connections: int,
+    method: str = "POST",
+    token: str | None = None,
+    authorization: str | None = None,
+    vary: bool = False,
+) -> WrkResult:
     """Run wrk against ``url`` and read the CPU the server processes used meanwhile."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: apt-get install wrk")
@@ -248,14 +256,30 @@ def wrk(url: str, pids: list[int], *, seconds: int, connections: int, method: st
     before = cpu_seconds(pids)
     started = time.monotonic()
     out = subprocess.run(
-        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--timeout", "5s",
-         "-s", str(ROOT / "bench" / "wrk.lua"), f"{parts.scheme}://{parts.netloc}"],
-        capture_output=True, text=True, env=env, check=True, timeout=seconds + 60,
+        [
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(ROOT / "bench" / "wrk.lua"),
+            f"{parts.scheme}://{parts.netloc}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=seconds + 60,
     ).stdout
     elapsed = time.monotonic() - started
     cpu = cpu_seconds(pids) - before
     line = next(line for line in out.splitlines() if line.startswith("BENCH_JSON "))
-    data = json.loads(line[len("BENCH_JSON "):])
+    data = json.loads(line[len("BENCH_JSON ") :])
     return WrkResult(
         requests=data["requests"],
         seconds=data["duration_us"] / 1e6 or elapsed,

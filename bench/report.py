@@ -18,20 +18,48 @@ def _chart(results: dict[str, Any], path: Path) -> bool:
     panels = []
     if "pass_through" in s:
         p = s["pass_through"]
-        panels.append(("CPU per request (µs), pass-through", ["nginx", "proxy 1 worker", "proxy 2 workers"],
-                       [p["nginx"]["cpu_us_per_request"], p["proxy_1_worker"]["cpu_us_per_request"], p["proxy_2_workers"]["cpu_us_per_request"]]))
-        panels.append(("p99 latency (ms) at 256 connections", ["nginx", "proxy"],
-                       [p["nginx_overload_256"]["p99_ms"], p["proxy_overload_256"]["p99_ms"]]))
+        panels.append(
+            (
+                "CPU per request (µs), pass-through",
+                ["nginx", "proxy 1 worker", "proxy 2 workers"],
+                [
+                    p["nginx"]["cpu_us_per_request"],
+                    p["proxy_1_worker"]["cpu_us_per_request"],
+                    p["proxy_2_workers"]["cpu_us_per_request"],
+                ],
+            )
+        )
+        panels.append(
+            (
+                "p99 latency (ms) at 256 connections",
+                ["nginx", "proxy"],
+                [p["nginx_overload_256"]["p99_ms"], p["proxy_overload_256"]["p99_ms"]],
+            )
+        )
     if "cached_meta" in s:
         m = s["cached_meta"]
         panels.append(("meta requests/s", ["Cube /meta", "proxy (cached)"], [m["cube"]["rps"], m["proxy"]["rps"]]))
     if "burst" in s:
         b = s["burst"]
-        panels.append(("dashboard burst: upstream calls", ["direct", "proxy"], [b["direct"]["upstream_calls"], b["proxy"]["upstream_calls"]]))
-        panels.append(("dashboard burst: p95 to all panels (s)", ["direct", "proxy"], [b["direct"]["p95_s"], b["proxy"]["p95_s"]]))
+        panels.append(
+            (
+                "dashboard burst: upstream calls",
+                ["direct", "proxy"],
+                [b["direct"]["upstream_calls"], b["proxy"]["upstream_calls"]],
+            )
+        )
+        panels.append(
+            ("dashboard burst: p95 to all panels (s)", ["direct", "proxy"], [b["direct"]["p95_s"], b["proxy"]["p95_s"]])
+        )
     if "large" in s:
         lr = s["large"]
-        panels.append(("50,000 rows: time to first byte (ms)", ["direct", "proxy"], [lr["direct"]["ttfb_ms"], lr["proxy"]["ttfb_ms"]]))
+        panels.append(
+            (
+                "50,000 rows: time to first byte (ms)",
+                ["direct", "proxy"],
+                [lr["direct"]["ttfb_ms"], lr["proxy"]["ttfb_ms"]],
+            )
+        )
     if not panels:
         return False
     cols = 3
@@ -43,8 +71,14 @@ def _chart(results: dict[str, Any], path: Path) -> bool:
         bars = ax.bar(labels, values, color=colours[: len(values)])
         ax.set_title(title, fontsize=10)
         for bar, value in zip(bars, values, strict=True):
-            ax.annotate(f"{value:g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
-    for ax in list(flat)[len(panels):]:
+            ax.annotate(
+                f"{value:g}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    for ax in list(flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(f"product-analytics-proxy vs. references ({results['when']})", fontsize=11)
     fig.tight_layout()
@@ -92,7 +126,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             ("proxy_overload_256", "proxy, overload", 256),
         ]:
             r = p[key]
-            lines.append(f"| {label} | {conns} | {r['rps']} | {r['cpu_us_per_request']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {r['non2xx']} |")
+            lines.append(
+                f"| {label} | {conns} | {r['rps']} | {r['cpu_us_per_request']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {r['non2xx']} |"
+            )
         lines += [
             "",
             f"Latency the proxy adds over going direct: p50 {p['added_p50_ms']} ms, p99 {p['added_p99_ms']} ms "

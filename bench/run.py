@@ -57,7 +57,13 @@ TARGETS = {
 
 def signed(project_id: int = 1) -> str:
     now = int(time.time())
-    claims = {"iat": now, "exp": now + 3600, "appId": f"gitlab_project_{project_id}", "iss": "bench", "gitlabToken": None}
+    claims = {
+        "iat": now,
+        "exp": now + 3600,
+        "appId": f"gitlab_project_{project_id}",
+        "iss": "bench",
+        "gitlabToken": None,
+    }
     return jwt.encode(claims, KEY, algorithm="HS256")
 
 
@@ -94,11 +100,21 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int) -> dict[str, Any]
         for port in (one_port, two_port):
             wrk(f"http://127.0.0.1:{port}{LOAD}", [], seconds=1, connections=4, token=TOKEN, vary=True)
         direct = wrk(upstream_load, upstream.pids, seconds=seconds, connections=64, authorization="x")
-        ref = wrk(f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load", reference.pids, seconds=seconds, connections=64)
-        p1 = wrk(f"http://127.0.0.1:{one_port}{LOAD}", one.pids, seconds=seconds, connections=64, token=TOKEN, vary=True)
-        p2 = wrk(f"http://127.0.0.1:{two_port}{LOAD}", two.pids, seconds=seconds, connections=64, token=TOKEN, vary=True)
-        ref_over = wrk(f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load", reference.pids, seconds=seconds, connections=256)
-        p_over = wrk(f"http://127.0.0.1:{one_port}{LOAD}", one.pids, seconds=seconds, connections=256, token=TOKEN, vary=True)
+        ref = wrk(
+            f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load", reference.pids, seconds=seconds, connections=64
+        )
+        p1 = wrk(
+            f"http://127.0.0.1:{one_port}{LOAD}", one.pids, seconds=seconds, connections=64, token=TOKEN, vary=True
+        )
+        p2 = wrk(
+            f"http://127.0.0.1:{two_port}{LOAD}", two.pids, seconds=seconds, connections=64, token=TOKEN, vary=True
+        )
+        ref_over = wrk(
+            f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load", reference.pids, seconds=seconds, connections=256
+        )
+        p_over = wrk(
+            f"http://127.0.0.1:{one_port}{LOAD}", one.pids, seconds=seconds, connections=256, token=TOKEN, vary=True
+        )
         results = {
             "direct": summary(direct),
             "nginx": summary(ref),
@@ -124,9 +140,17 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int) -> dict[str, Any]
 
 def cached_meta(stack: Stack, proxy: Process, port: int, seconds: int) -> dict[str, Any]:
     wrk(f"http://127.0.0.1:{port}{META}", [], seconds=1, connections=4, method="GET", token=TOKEN)
-    cube = wrk(f"{stack.cube.url}/cubejs-api/v1/meta", [stack.cube.proc.pid] if stack.cube.proc else [],
-               seconds=seconds, connections=64, method="GET", authorization=signed())
-    through = wrk(f"http://127.0.0.1:{port}{META}", proxy.pids, seconds=seconds, connections=64, method="GET", token=TOKEN)
+    cube = wrk(
+        f"{stack.cube.url}/cubejs-api/v1/meta",
+        [stack.cube.proc.pid] if stack.cube.proc else [],
+        seconds=seconds,
+        connections=64,
+        method="GET",
+        authorization=signed(),
+    )
+    through = wrk(
+        f"http://127.0.0.1:{port}{META}", proxy.pids, seconds=seconds, connections=64, method="GET", token=TOKEN
+    )
     return {
         "cube": summary(cube),
         "proxy": summary(through),
@@ -134,8 +158,9 @@ def cached_meta(stack: Stack, proxy: Process, port: int, seconds: int) -> dict[s
     }
 
 
-async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str],
-                retry_continue_wait: bool) -> tuple[int, int]:
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str], retry_continue_wait: bool
+) -> tuple[int, int]:
     """One panel: (status, upstream calls it cost a direct caller); asks again on Continue wait like Cube's client."""
     calls = 0
     while True:
@@ -150,16 +175,31 @@ async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any], 
 def burst_queries(tag: str) -> list[dict[str, Any]]:
     """20 dashboard panels: different measures, dimensions and ranges (a fresh tag misses Cube's cache)."""
     panels: list[dict[str, Any]] = []
-    dimensions = ["TrackedEvents.eventName", "TrackedEvents.pageUrlpath", "TrackedEvents.osName", "TrackedEvents.agentName", "TrackedEvents.browserLanguage"]
-    measures = ["TrackedEvents.count", "TrackedEvents.uniqueUsersCount", "TrackedEvents.pageViewsCount", "Sessions.count"]
+    dimensions = [
+        "TrackedEvents.eventName",
+        "TrackedEvents.pageUrlpath",
+        "TrackedEvents.osName",
+        "TrackedEvents.agentName",
+        "TrackedEvents.browserLanguage",
+    ]
+    measures = [
+        "TrackedEvents.count",
+        "TrackedEvents.uniqueUsersCount",
+        "TrackedEvents.pageViewsCount",
+        "Sessions.count",
+    ]
     for n in range(20):
         measure = measures[n % len(measures)]
         query: dict[str, Any] = {"measures": [measure], "filters": []}
         if measure.startswith("TrackedEvents"):
             query["dimensions"] = [dimensions[n % len(dimensions)]]
-            query["filters"] = [{"member": "TrackedEvents.eventName", "operator": "notEquals", "values": [f"{tag}-{n}"]}]
+            query["filters"] = [
+                {"member": "TrackedEvents.eventName", "operator": "notEquals", "values": [f"{tag}-{n}"]}
+            ]
         else:
-            query["timeDimensions"] = [{"dimension": "Sessions.startAt", "granularity": "day", "dateRange": f"last {n + 2} days"}]
+            query["timeDimensions"] = [
+                {"dimension": "Sessions.startAt", "granularity": "day", "dateRange": f"last {n + 2} days"}
+            ]
         panels.append(query)
     return panels
 
@@ -170,11 +210,15 @@ async def dashboard_burst(stack: Stack, port: int, viewers: int = 50) -> dict[st
         before = len(stack.cube.events("Load Request"))
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+
             async def viewer() -> tuple[float, list[int], int]:
                 started = time.monotonic()
-                results = await asyncio.gather(*(
-                    _post(session, base, {"query": q, "queryType": "multi"}, headers, retry_continue_wait=True) for q in queries
-                ))
+                results = await asyncio.gather(
+                    *(
+                        _post(session, base, {"query": q, "queryType": "multi"}, headers, retry_continue_wait=True)
+                        for q in queries
+                    )
+                )
                 return time.monotonic() - started, [s for s, _ in results], sum(c for _, c in results)
 
             outcomes = await asyncio.gather(*(viewer() for _ in range(viewers)))
@@ -212,7 +256,9 @@ async def _sample_rss(pids: list[int], stop: asyncio.Event) -> int:
 async def large_result(stack: Stack, proxy: Process, port: int) -> dict[str, Any]:
     query = {"dimensions": [f"BenchRows.{c}" for c in "nabcde"], "limit": 50_000, "order": {"BenchRows.n": "asc"}}
 
-    async def fetch(url: str, headers: dict[str, str], measure: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+    async def fetch(
+        url: str, headers: dict[str, str], measure: Callable[[], Awaitable[None]] | None = None
+    ) -> dict[str, Any]:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
             for _ in range(30):  # Cube may say Continue wait while it builds the answer
                 started = time.monotonic()
@@ -224,7 +270,12 @@ async def large_result(stack: Stack, proxy: Process, port: int) -> dict[str, Any
                         size += len(chunk)
                     total = time.monotonic() - started
                 if size > 100:
-                    return {"ttfb_ms": round(ttfb * 1000, 1), "total_ms": round(total * 1000, 1), "bytes": size, "status": resp.status}
+                    return {
+                        "ttfb_ms": round(ttfb * 1000, 1),
+                        "total_ms": round(total * 1000, 1),
+                        "bytes": size,
+                        "status": resp.status,
+                    }
         raise RuntimeError("Cube kept saying Continue wait")
 
     warm = await fetch(f"{stack.cube.url}/cubejs-api/v1/load", {"Authorization": signed()})  # Cube caches the result
@@ -258,11 +309,21 @@ async def held_connections(stack: Stack, proxy: Process, port: int, callers: int
     started = time.monotonic()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=180)) as session:
+
         async def caller(n: int) -> int:
-            query = {"measures": ["SlowQueries.count"], "filters": [{"member": "SlowQueries.label", "operator": "equals", "values": [labels[n % distinct]]}]}
+            query = {
+                "measures": ["SlowQueries.count"],
+                "filters": [{"member": "SlowQueries.label", "operator": "equals", "values": [labels[n % distinct]]}],
+            }
             try:
-                status, _ = await _post(session, f"http://127.0.0.1:{port}{LOAD}", {"query": query}, {"PRIVATE-TOKEN": TOKEN}, retry_continue_wait=False)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+                status, _ = await _post(
+                    session,
+                    f"http://127.0.0.1:{port}{LOAD}",
+                    {"query": query},
+                    {"PRIVATE-TOKEN": TOKEN},
+                    retry_continue_wait=False,
+                )
+            except (TimeoutError, aiohttp.ClientError):
                 return -1
             return status
 
@@ -275,6 +336,7 @@ async def held_connections(stack: Stack, proxy: Process, port: int, callers: int
         "seconds": round(time.monotonic() - started, 1),
         "ok": sum(1 for s in statuses if s == 200),
         "errors": sum(1 for s in statuses if s != 200),
+        "error_statuses": {str(code): statuses.count(code) for code in sorted(set(statuses)) if code != 200},
         "upstream_calls": len(stack.cube.events("Load Request")) - before,
         "proxy_rss_baseline_mb": round(baseline / 2**20, 1),
         "proxy_rss_peak_mb": round(peak / 2**20, 1),
@@ -289,7 +351,11 @@ def verdicts(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out = {}
     for name, (op, target) in TARGETS.items():
         value = flat.get(name)
-        met = None if value is None else (value <= target if op == "<=" else value >= target if op == ">=" else value < target)
+        met = (
+            None
+            if value is None
+            else (value <= target if op == "<=" else value >= target if op == ">=" else value < target)
+        )
         out[name] = {"value": value, "target": f"{op} {target:g}", "met": met}
     return out
 
@@ -311,7 +377,11 @@ def main() -> int:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)
         gitlab_port = free_port()
-        gitlab = Process(["-m", "bench.fake_gitlab", str(gitlab_port)], f"http://127.0.0.1:{gitlab_port}/-/ready", workdir / "gitlab.log")
+        gitlab = Process(
+            ["-m", "bench.fake_gitlab", str(gitlab_port)],
+            f"http://127.0.0.1:{gitlab_port}/-/ready",
+            workdir / "gitlab.log",
+        )
         gitlab.start()
         gitlab_url = f"http://127.0.0.1:{gitlab_port}"
         try:
@@ -322,7 +392,12 @@ def main() -> int:
                 print("starting the real stack ...", flush=True)
                 with running_stack(KEY, workdir / "stack", log_queries=True) as stack:
                     proxy, port = proxy_process(
-                        workdir, "proxy-stack", gitlab_url, stack.cube.url, KEY,
+                        workdir,
+                        "proxy-stack",
+                        gitlab_url,
+                        stack.cube.url,
+                        KEY,
+                        server={"workers": 2},  # as production runs it on a 2-core machine
                         cube={"continue_wait_budget": 120.0, "max_concurrent_per_tenant": 64, "queue_timeout": 60.0},
                     )
                     proxy.start()

@@ -8,6 +8,7 @@ import aiohttp
 import yarl
 from aiohttp import web
 
+from .admission import LoadShedder
 from .auth import Authorizer, GitLabAuthorizer
 from .coalesce import Coalescer
 from .cube import CubeClient
@@ -24,6 +25,7 @@ from .keys import (
     META_CACHE,
     RATE_LIMITER,
     SETTINGS,
+    SHEDDER,
     SIGNER,
 )
 from .limiter import TenantLimiter
@@ -86,6 +88,11 @@ async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
+async def _shedder_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with app[SHEDDER].running():
+        yield
+
+
 def create_app(settings: Settings) -> web.Application:
     """The proxy as an aiohttp application; sessions open on start-up and close on clean-up."""
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.limits.max_body_bytes)
@@ -96,6 +103,8 @@ def create_app(settings: Settings) -> web.Application:
     app[RATE_LIMITER] = RateLimiter(
         settings.limits.rate_limit, settings.limits.rate_limit_burst, settings.limits.rate_limit_callers
     )
+    app[SHEDDER] = LoadShedder(settings.server.shed_lag_ms / 1000)
+    app.cleanup_ctx.append(_shedder_ctx)
     app.cleanup_ctx.append(_cube_ctx)
     app.cleanup_ctx.append(_gitlab_ctx)
     setup_routes(app)

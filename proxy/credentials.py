@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -11,6 +12,8 @@ from .errors import ApiError, unauthorized
 
 # Token prefixes GitLab gives CI job tokens, CI build tokens and deploy tokens: never accepted here.
 _REFUSED_PREFIXES = ("glcbt-", "gldt-")
+#: printable ASCII without spaces, as every GitLab token is
+_TOKEN = re.compile(r"[!-~]{1,1024}")
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,7 @@ def extract_credential(headers: Mapping[str, str], query: Mapping[str, str]) -> 
 
 
 def _plausible(token: str) -> bool:
-    if not token or len(token) > 1024 or token.startswith(_REFUSED_PREFIXES):
-        return False
-    return all(33 <= ord(c) < 127 for c in token)
+    return _TOKEN.fullmatch(token) is not None and not token.startswith(_REFUSED_PREFIXES)
 
 
 def credential_error(exc: ApiError) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -114,10 +113,10 @@ class CubeClient:
             headers["Content-Type"] = "application/json"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout, sock_read=read_timeout)
         try:
-            async with asyncio.timeout(self._connect_timeout + read_timeout):
-                response = await self._session.request(
-                    method, url, data=payload, headers=headers, timeout=timeout, allow_redirects=False
-                )
+            # sock_connect bounds the connection; sock_read the wait for headers and each later read
+            response = await self._session.request(
+                method, url, data=payload, headers=headers, timeout=timeout, allow_redirects=False
+            )
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise upstream_fault(504, f"Cube did not answer within {read_timeout:g} s") from None
         except aiohttp.ClientConnectorError as exc:

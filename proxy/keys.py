@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from .admission import LoadShedder
 from .auth import Authorizer
 from .coalesce import Coalescer
 from .cube import Buffered
@@ -21,5 +22,6 @@ FORWARDER = web.AppKey("forwarder", Forwarder)
 COALESCER = web.AppKey("coalescer", Coalescer)
 META_CACHE = web.AppKey("meta_cache", SingleFlightCache[tuple[str, str, str], Buffered])
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+SHEDDER = web.AppKey("shedder", LoadShedder)
 CUBE_SESSION = web.AppKey("cube_session", aiohttp.ClientSession)
 GITLAB_SESSION = web.AppKey("gitlab_session", aiohttp.ClientSession)

@@ -3,7 +3,8 @@
 1. ``request_id_middleware``: every answer carries an ``X-Request-Id`` in Cube's form.
 2. ``access_log_middleware``: one structured line per request, never a token.
 3. ``error_middleware``: every error becomes a JSON body; nothing internal leaks.
-4. ``credential_middleware``: analytics routes need a credential (401), within the rate limit (429).
+4. ``admission_middleware``: analytics routes are shed (503) while the event loop lags (overload).
+5. ``credential_middleware``: analytics routes need a credential (401), within the rate limit (429).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from aiohttp.typedefs import Handler
 
 from .credentials import extract_credential
 from .errors import ApiError
-from .keys import RATE_LIMITER
+from .keys import RATE_LIMITER, SHEDDER
 from .request_id import normalise_request_id
 from .request_keys import CACHE, CREDENTIAL, PROJECT, REQUEST_ID
 
@@ -46,23 +47,28 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         status = response.status
         return response
     finally:
-        route = request.match_info.route.resource
-        access_log.info(
-            "%s %s %s",
-            request.method,
-            route.canonical if route is not None else "-",
-            status,
-            extra={
-                "event": "request",
-                "request_id": request.get(REQUEST_ID),
-                "method": request.method,
-                "route": route.canonical if route is not None else None,
-                "project": request.get(PROJECT),
-                "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "cache": request.get(CACHE),
-            },
-        )
+        if access_log.isEnabledFor(logging.INFO):
+            _log_request(request, status, started)
+
+
+def _log_request(request: web.Request, status: int, started: float) -> None:
+    route = request.match_info.route.resource
+    access_log.info(
+        "%s %s %s",
+        request.method,
+        route.canonical if route is not None else "-",
+        status,
+        extra={
+            "event": "request",
+            "request_id": request.get(REQUEST_ID),
+            "method": request.method,
+            "route": route.canonical if route is not None else None,
+            "project": request.get(PROJECT),
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "cache": request.get(CACHE),
+        },
+    )
 
 
 def error_response(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> web.Response:
@@ -85,10 +91,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, {"message": "500 Internal Server Error"})
 
 
+def _protected(request: web.Request) -> bool:
+    name = request.match_info.route.name
+    return name is not None and name.startswith(PROTECTED_PREFIX)
+
+
+@web.middleware
+async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    shedder = request.app[SHEDDER]
+    if shedder.enabled and _protected(request) and shedder.overloaded():
+        raise ApiError(503, {"message": "The proxy is overloaded; retry shortly"}, {"Retry-After": "1"})
+    return await handler(request)
+
+
 @web.middleware
 async def credential_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    name = request.match_info.route.name
-    if name is None or not name.startswith(PROTECTED_PREFIX):
+    if not _protected(request):
         return await handler(request)
     credential = extract_credential(request.headers, request.query)
     request[CREDENTIAL] = credential
@@ -104,4 +122,10 @@ async def credential_middleware(request: web.Request, handler: Handler) -> web.S
     return await handler(request)
 
 
-MIDDLEWARES = (request_id_middleware, access_log_middleware, error_middleware, credential_middleware)
+MIDDLEWARES = (
+    request_id_middleware,
+    access_log_middleware,
+    error_middleware,
+    admission_middleware,
+    credential_middleware,
+)

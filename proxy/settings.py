@@ -42,6 +42,8 @@ class ServerSettings:
     #: "json" (one JSON object per line) or "text".
     log_format: str = "json"
     log_level: str = "INFO"
+    #: shed new analytics requests (503) while the event loop is this many ms behind; 0 (the default) never sheds.
+    shed_lag_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
         "[gitlab] negative_cache_ttl": s.gitlab.negative_cache_ttl,
         "[gitlab] retry_after": s.gitlab.retry_after,
         "[server] shutdown_timeout": s.server.shutdown_timeout,
+        "[server] shed_lag_ms": s.server.shed_lag_ms,
         "[cube] continue_wait_budget": s.cube.continue_wait_budget,
         "[cube] queue_timeout": s.cube.queue_timeout,
         "[cube] meta_cache_ttl": s.cube.meta_cache_ttl,

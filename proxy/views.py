@@ -8,6 +8,7 @@ import time
 import aiohttp
 from aiohttp import web
 
+from .auth import Grant
 from .coalesce import Outcome, SharedStream, StreamBroken
 from .cube import Buffered, Streamed
 from .errors import ApiError, not_enabled
@@ -39,14 +40,14 @@ async def read_body(request: web.Request) -> bytes:
         raise too_large(limit) from None
 
 
-async def _grant_tenant(request: web.Request) -> tuple[Tenant, int]:
+async def _grant_tenant(request: web.Request) -> tuple[Tenant, Grant]:
     """Authorise the caller for the route's project; its tenant, or 404 when analytics is off."""
     grant = await request.app[AUTHORIZER].authorize(request[CREDENTIAL], request.match_info["project"], request.method)
     request[PROJECT] = grant.project_id
     tenant = resolve_tenant(request.app[SETTINGS], grant.project_id)
     if tenant is None:
         raise not_enabled()
-    return tenant, grant.project_id
+    return tenant, grant
 
 
 async def load(request: web.Request) -> web.StreamResponse:
@@ -61,10 +62,9 @@ async def _query(request: web.Request, endpoint: str) -> web.StreamResponse:
     app = request.app
     body = parse_body(await read_body(request), app[SETTINGS].limits.max_json_depth)
     query = query_request(body, request.query)
-    tenant, _ = await _grant_tenant(request)
+    tenant, grant = await _grant_tenant(request)
     gitlab_token = None
     if query.include_token:
-        grant = await app[AUTHORIZER].authorize(request[CREDENTIAL], str(tenant.project_id), request.method)
         gitlab_token = await app[AUTHORIZER].mint_token(request[CREDENTIAL], grant)
     call = UpstreamCall(
         tenant=tenant,

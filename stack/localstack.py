@@ -90,6 +90,18 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return cmd
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_until(check: object, what: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Poll ``check()`` until true; fail early if ``proc`` died."""
     deadline = time.monotonic() + timeout
@@ -304,13 +316,7 @@ class Cube:
         return found
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
 
 
 @dataclass

@@ -206,9 +206,7 @@ async def test_installed_command_runs_workers_sharing_the_port(cube, gitlab_url,
         f'[server]\nport = {port}\nworkers = 2\n[gitlab]\nurl = "{gitlab_url}"\n'
         f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{CUBE_KEY}"\n'
     )
-    proc = await asyncio.create_subprocess_exec(
-        str(command), "--config", str(config), stderr=asyncio.subprocess.PIPE
-    )
+    proc = await asyncio.create_subprocess_exec(str(command), "--config", str(config), stderr=asyncio.subprocess.PIPE)
     try:
         await wait_for_line(proc.stderr, "listening")
         await wait_for_line(proc.stderr, "listening")  # one line per worker

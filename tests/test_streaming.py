@@ -78,15 +78,21 @@ async def until(condition, rounds=10_000):
     raise AssertionError("condition never held")
 
 
-async def test_identical_streams_fan_out_from_one_upstream_call(stream_settings, make_client, cube):
+async def fanned_out(client, cube, callers, middle=b" " * 5000, die_after=None):
+    """``callers`` identical loads that all join one flight; Cube holds the rest of its body until told."""
     hold, rest_may_come = asyncio.Event(), asyncio.Event()
-    cube.behaviour = held_until(hold, chunked([HEAD + b" " * 100, b" " * 5000, TAIL], between=rest_may_come))
-    client = await make_client(stream_settings)
+    cube.behaviour = held_until(
+        hold, chunked([HEAD + b" " * 100, middle, TAIL], between=rest_may_come, die_after=die_after)
+    )
     coalescer = client.app[COALESCER]
-    tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(5)]
-    await until(lambda: coalescer.waiting() == 5)
+    tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(callers)]
+    await until(lambda: coalescer.waiting() == callers)
     hold.set()
-    responses = await asyncio.gather(*tasks)
+    return await asyncio.gather(*tasks), rest_may_come
+
+
+async def test_identical_streams_fan_out_from_one_upstream_call(stream_settings, make_client, cube):
+    responses, rest_may_come = await fanned_out(await make_client(stream_settings), cube, 5)
     heads = [await r.content.readexactly(len(HEAD)) for r in responses]
     assert heads == [HEAD] * 5  # every caller has the head while Cube still holds the rest
     rest_may_come.set()
@@ -97,16 +103,7 @@ async def test_identical_streams_fan_out_from_one_upstream_call(stream_settings,
 
 
 async def test_a_fanned_out_stream_that_breaks_aborts_every_caller(stream_settings, make_client, cube):
-    hold, rest_may_come = asyncio.Event(), asyncio.Event()
-    cube.behaviour = held_until(
-        hold, chunked([HEAD + b" " * 100, b" " * 5000, TAIL], between=rest_may_come, die_after=1)
-    )
-    client = await make_client(stream_settings)
-    coalescer = client.app[COALESCER]
-    tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(3)]
-    await until(lambda: coalescer.waiting() == 3)
-    hold.set()
-    responses = await asyncio.gather(*tasks)
+    responses, rest_may_come = await fanned_out(await make_client(stream_settings), cube, 3, die_after=1)
     rest_may_come.set()
     for resp in responses:
         with pytest.raises(aiohttp.ClientPayloadError):
@@ -114,14 +111,8 @@ async def test_a_fanned_out_stream_that_breaks_aborts_every_caller(stream_settin
 
 
 async def test_one_fanned_out_caller_leaving_does_not_stop_the_others(stream_settings, make_client, cube):
-    hold, rest_may_come = asyncio.Event(), asyncio.Event()
-    cube.behaviour = held_until(hold, chunked([HEAD + b" " * 100, b" " * 300_000, TAIL], between=rest_may_come))
-    client = await make_client(stream_settings)
-    coalescer = client.app[COALESCER]
-    tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(3)]
-    await until(lambda: coalescer.waiting() == 3)
-    hold.set()
-    leaver, *stayers = await asyncio.gather(*tasks)
+    responses, rest_may_come = await fanned_out(await make_client(stream_settings), cube, 3, middle=b" " * 300_000)
+    leaver, *stayers = responses
     assert await leaver.content.readexactly(len(HEAD)) == HEAD
     leaver.close()
     rest_may_come.set()

@@ -171,13 +171,21 @@ class FakeGitLab:
         user = self.users[token.user_id]
         return project.visibility == "public" or user.is_admin or token.user_id in project.members
 
-    async def project(self, request: web.Request) -> web.Response:
+    def _caller_and_project(self, request: web.Request) -> tuple[FakeToken, FakeProject] | web.Response:
+        """The caller's token and the route's project, or GitLab's 401/404 answer."""
         token = self._token(request)
         if token is None:
             return self._unauthorized()
         project = self._project(request.match_info["id"])
         if project is None or not self._visible(project, token):
             return web.json_response({"message": "404 Project Not Found"}, status=404)
+        return token, project
+
+    async def project(self, request: web.Request) -> web.Response:
+        found = self._caller_and_project(request)
+        if isinstance(found, web.Response):
+            return found
+        _, project = found
         namespace = project.path.rsplit("/", 1)[0]
         return web.json_response(
             {
@@ -189,12 +197,10 @@ class FakeGitLab:
         )
 
     async def member(self, request: web.Request) -> web.Response:
-        token = self._token(request)
-        if token is None:
-            return self._unauthorized()
-        project = self._project(request.match_info["id"])
-        if project is None or not self._visible(project, token):
-            return web.json_response({"message": "404 Project Not Found"}, status=404)
+        found = self._caller_and_project(request)
+        if isinstance(found, web.Response):
+            return found
+        _, project = found
         user_id = int(request.match_info["user_id"])
         level = project.members.get(user_id)
         if level is None:
@@ -204,12 +210,10 @@ class FakeGitLab:
         )
 
     async def create_access_token(self, request: web.Request) -> web.Response:
-        token = self._token(request)
-        if token is None:
-            return self._unauthorized()
-        project = self._project(request.match_info["id"])
-        if project is None or not self._visible(project, token):
-            return web.json_response({"message": "404 Project Not Found"}, status=404)
+        found = self._caller_and_project(request)
+        if isinstance(found, web.Response):
+            return found
+        token, project = found
         if token.scopes != ["api"] and "api" not in token.scopes:
             return web.json_response({"error": "insufficient_scope"}, status=403)
         if project.members.get(token.user_id, 0) < 40:
