@@ -59,7 +59,13 @@ def _issuer(settings: Settings) -> str:
 async def _cube_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     connector = aiohttp.TCPConnector(limit=settings.cube.pool_size, ttl_dns_cache=300, keepalive_timeout=30)
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+    # DummyCookieJar: a cookie one caller's answer set must never ride along on another's call
+    session = aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
     app[CUBE_SESSION] = session
     app[FORWARDER] = Forwarder(
         CubeClient(session, settings.cube.connect_timeout, settings.cube.read_timeout, settings.cube.buffer_limit),
@@ -79,7 +85,10 @@ async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         yield
         return
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300))
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+        cookie_jar=aiohttp.DummyCookieJar(),  # callers share this session: GitLab's cookies must not
+    )
     app[GITLAB_SESSION] = session
     client = GitLabClient(session, settings.gitlab.url, settings.gitlab.timeout, settings.gitlab.retry_after)
     authorizer: Authorizer = GitLabAuthorizer(client, settings.gitlab)

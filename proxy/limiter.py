@@ -29,7 +29,10 @@ class TenantLimiter:
         semaphore, users = entry
         users[0] += 1
         try:
-            async with asyncio.timeout(self._queue_timeout):
+            if semaphore.locked():  # only a caller that has to queue pays for a timer
+                async with asyncio.timeout(self._queue_timeout):
+                    await semaphore.acquire()
+            else:
                 await semaphore.acquire()
         except TimeoutError:
             self._leave(key, users)

@@ -39,7 +39,9 @@ async def test_the_probe_sees_a_blocked_loop():
 
 async def test_shedding_is_off_by_default(client, cube):
     client.app[SHEDDER].observe(10.0)
-    resp = await client.post("/api/v4/projects/1/product_analytics/request/load", json={"query": QUERY}, headers=REPORTER)
+    resp = await client.post(
+        "/api/v4/projects/1/product_analytics/request/load", json={"query": QUERY}, headers=REPORTER
+    )
     assert resp.status == 200
 
 

@@ -6,7 +6,7 @@ import jwt
 import pytest
 
 from tests.conftest import CUBE_KEY, MAINTAINER, QUERY, REPORTER
-from tests.fakes.cube import FakeCube
+from tests.fakes.cube import FakeCube, load_answer
 
 BASE = "/projects/1/product_analytics/request"
 
@@ -175,3 +175,37 @@ async def test_cube_rejecting_the_signature_is_400(make_settings, make_client, c
     resp = await client.post(f"{BASE}/load", json={"query": QUERY}, headers=REPORTER)
     assert resp.status == 400
     assert await resp.json() == {"message": "Invalid token", "error": "Invalid token"}
+
+
+async def test_cookies_set_upstream_never_reach_another_call(gitlab_url, cube_url, make_client, cube, gitlab):
+    from aiohttp import web
+
+    from proxy.settings import settings_from_mapping
+
+    # a host name, not an IP: aiohttp's default cookie jar would keep these cookies
+    client = await make_client(
+        settings_from_mapping(
+            {
+                "gitlab": {"url": gitlab_url.replace("127.0.0.1", "localhost")},
+                "product_analytics": {
+                    "cube_api_base_url": cube_url.replace("127.0.0.1", "localhost"),
+                    "cube_api_key": CUBE_KEY,
+                },
+            },
+            {},
+        )
+    )
+
+    async def set_cookie(call, request):
+        response = web.json_response(load_answer(call.body["query"], []))
+        response.set_cookie("cube_session", "from-cube")
+        return response
+
+    cube.behaviour = set_cookie
+    gitlab.set_cookies = True  # GitLab answers with a session cookie
+    await client.post(f"{BASE}/load", json={"query": QUERY}, headers=REPORTER)
+    await client.post(f"{BASE}/load", json={"query": {**QUERY, "limit": 1}}, headers=MAINTAINER)
+    assert len(cube.calls) == 2
+    assert "Cookie" not in cube.calls[1].headers
+    assert len(gitlab.seen_headers) > 4
+    assert not any("Cookie" in h for h in gitlab.seen_headers)

@@ -78,6 +78,8 @@ class FakeGitLab:
         self.created_tokens: list[dict[str, Any]] = []
         #: when set, every call answers this status (a GitLab outage).
         self.fail_with: int | None = None
+        #: answer with a session cookie, as GitLab may
+        self.set_cookies = False
         #: current GitLab answers 400 to /personal_access_tokens/self for OAuth tokens; older ones 401 or 404.
         self.oauth_self_status = 400
         self._minted = itertools.count(1)
@@ -114,6 +116,8 @@ class FakeGitLab:
         if self.fail_with is not None:
             return web.json_response({"message": "boom"}, status=self.fail_with)
         response: web.StreamResponse = await handler(request)
+        if self.set_cookies:
+            response.set_cookie("_gitlab_session", f"session-for-{request.headers.get('PRIVATE-TOKEN', 'bearer')}")
         return response
 
     # -- endpoints -----------------------------------------------------------------
