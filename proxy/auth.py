@@ -111,7 +111,7 @@ class GitLabAuthorizer:
 
     async def _load_caller(self, credential: Credential) -> Caller:
         user = await self._client.current_user(credential)
-        if user.status in {401, 403} or user.status != 200 or not isinstance(user.body, dict):
+        if user.status != 200 or not isinstance(user.body, dict):
             raise unauthorized()
         body = user.body
         if body.get("state", "active") != "active" or not isinstance(body.get("id"), int):
@@ -148,12 +148,15 @@ class GitLabAuthorizer:
 
     async def _load_member(self, credential: Credential, project_id: int, user_id: int) -> int:
         reply = await self._client.member(credential, project_id, user_id)
-        if reply.status == 200 and isinstance(reply.body, dict) and isinstance(reply.body.get("access_level"), int):
-            level: int = reply.body["access_level"]
-            return level
-        if reply.status in {401, 403, 404}:
-            raise access_denied()
-        raise access_denied()
+        if reply.status == 401:
+            raise unauthorized()
+        body = reply.body
+        if reply.status != 200 or not isinstance(body, dict) or not isinstance(body.get("access_level"), int):
+            raise access_denied()  # 404: no membership at all
+        if body.get("state", "active") != "active":
+            raise access_denied()  # e.g. "awaiting": a membership not yet approved
+        level: int = body["access_level"]
+        return level
 
 
 def _token_scopes(info: GitLabReply) -> frozenset[str]:

@@ -51,10 +51,11 @@ Outcome = Buffered | Streamed | SharedStream
 @dataclass
 class _Flight:
     task: asyncio.Task[Answer]
-    slots: list[int] = field(default_factory=list)
-    next_slot: int = 0
-    broadcast: _Broadcast | None = None
+    #: callers that joined; caller n holds slot n
+    joined: int = 0
+    #: slots whose callers gave up before taking the answer
     left: set[int] = field(default_factory=set)
+    broadcast: _Broadcast | None = None
 
 
 class _Broadcast:
@@ -111,7 +112,7 @@ class Coalescer:
 
     def waiting(self) -> int:
         """Callers waiting on a flight that has not answered yet."""
-        return sum(len(f.slots) - len(f.left) for f in self._flights.values())
+        return sum(f.joined - len(f.left) for f in self._flights.values())
 
     async def run(self, key: Hashable | None, produce: Callable[[], Awaitable[Answer]]) -> tuple[Outcome, bool]:
         """The answer for this caller, and whether it was shared with an earlier caller."""
@@ -121,10 +122,11 @@ class Coalescer:
         shared = flight is not None
         if flight is None:
             flight = _Flight(asyncio.ensure_future(self._lead(key, produce)))
+            # a flight whose callers all left may still fail: its error is not news to anyone
+            flight.task.add_done_callback(lambda t: t.cancelled() or t.exception())
             self._flights[key] = flight
-        slot = flight.next_slot
-        flight.next_slot += 1
-        flight.slots.append(slot)
+        slot = flight.joined
+        flight.joined += 1
         try:
             answer = await asyncio.shield(flight.task)
         except asyncio.CancelledError:
@@ -141,10 +143,10 @@ class Coalescer:
     def _take(self, flight: _Flight, slot: int, answer: Answer) -> Outcome:
         if isinstance(answer, Buffered):
             return answer
-        if len(flight.slots) == 1 and not flight.left:
+        if flight.joined == 1:
             return answer
         if flight.broadcast is None:
-            live = [s for s in flight.slots if s not in flight.left]
+            live = [s for s in range(flight.joined) if s not in flight.left]
             flight.broadcast = _Broadcast(answer, live, self._pumps)
         return flight.broadcast.subscriber(slot)
 
@@ -152,7 +154,7 @@ class Coalescer:
         flight.left.add(slot)
         if flight.broadcast is not None:
             flight.broadcast.leave(slot)
-        elif len(flight.left) == len(flight.slots):
+        elif len(flight.left) == flight.joined:
             if flight.task.done():
                 if not flight.task.cancelled() and flight.task.exception() is None:
                     answer = flight.task.result()

@@ -225,3 +225,11 @@ async def test_revoked_token_stops_working_after_the_ttl(make_settings, make_cli
     assert (await post_load(client, REPORTER)).status == 200
     gitlab.tokens["glpat-reporter-0000000001"].revoked = True
     assert (await post_load(client, REPORTER)).status == 401
+
+
+async def test_a_membership_awaiting_approval_is_access_denied(client, gitlab, cube):
+    gitlab.projects[1].awaiting.add(1)
+    resp = await post_load(client, REPORTER)
+    assert resp.status == 401
+    assert await resp.json() == {"message": "Access Denied"}
+    assert cube.calls == []

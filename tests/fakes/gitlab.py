@@ -41,6 +41,7 @@ class FakeProject:
     namespace_kind: str = "group"
     visibility: str = "private"
     members: dict[int, int] = field(default_factory=dict)  # user id -> access level
+    awaiting: set[int] = field(default_factory=set)  # memberships not yet approved
 
 
 class FakeGitLab:
@@ -210,7 +211,12 @@ class FakeGitLab:
         if level is None:
             return web.json_response({"message": "404 Not found"}, status=404)
         return web.json_response(
-            {"id": user_id, "username": self.users[user_id].username, "access_level": level, "state": "active"}
+            {
+                "id": user_id,
+                "username": self.users[user_id].username,
+                "access_level": level,
+                "state": "awaiting" if user_id in project.awaiting else "active",
+            }
         )
 
     async def create_access_token(self, request: web.Request) -> web.Response:
