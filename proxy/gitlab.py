@@ -51,6 +51,9 @@ class GitLabClient:
                 extra={"event": "gitlab_error", "path": path.split("?")[0], "error": type(exc).__name__},
             )
             raise gitlab_unavailable(self._retry_after) from None
+        if 300 <= status < 400:
+            log.error("GitLab answered a redirect (%s): check [gitlab] url", status, extra={"event": "gitlab_redirect"})
+            raise gitlab_unavailable(self._retry_after)
         if status >= 500 or status == 429:
             log.warning("gitlab answered %s", status, extra={"event": "gitlab_error", "path": path, "status": status})
             raise gitlab_unavailable(self._retry_after)

@@ -233,3 +233,11 @@ async def test_a_membership_awaiting_approval_is_access_denied(client, gitlab, c
     assert resp.status == 401
     assert await resp.json() == {"message": "Access Denied"}
     assert cube.calls == []
+
+
+async def test_gitlab_redirecting_is_a_misconfiguration_not_a_401(client, gitlab, cube, caplog):
+    gitlab.fail_with = 301
+    resp = await post_load(client, REPORTER)
+    assert resp.status == 503
+    assert "check [gitlab] url" in caplog.text
+    assert cube.calls == []
