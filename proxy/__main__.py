@@ -17,16 +17,22 @@ def main(argv: list[str] | None = None) -> int:
         "--config", default=os.environ.get("PROXY_CONFIG"), help="settings TOML file (default: $PROXY_CONFIG)"
     )
     parser.add_argument("--check", action="store_true", help="validate the settings and exit")
+    parser.add_argument("--workers", type=int, help="worker processes sharing the port (overrides [server] workers)")
     args = parser.parse_args(argv)
+    env = dict(os.environ)
+    if args.workers is not None:
+        env["PROXY_WORKERS"] = str(args.workers)
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, env)
         if settings.auth.backend == "dev_tokens":
             load_dev_tokens(settings.auth.dev_tokens_file)
     except SettingsError as exc:
         print(f"product-analytics-proxy: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        print("settings are valid")
+        print(
+            f"settings are valid ({settings.server.workers} worker(s) on {settings.server.host}:{settings.server.port})"
+        )
         return 0
     run(settings)
     return 0

@@ -118,7 +118,11 @@ def test_cli_check_and_proxy_config_env(tmp_path):
     )
     result = run_cli("--check", env={"PROXY_CONFIG": str(config)})
     assert result.returncode == 0, result.stderr
-    assert "settings are valid" in result.stdout
+    assert "settings are valid (1 worker(s) on 127.0.0.1:8080)" in result.stdout
+    result = run_cli("--check", "--workers", "3", env={"PROXY_CONFIG": str(config)})
+    assert "(3 worker(s)" in result.stdout
+    result = run_cli("--check", "--workers", "0", env={"PROXY_CONFIG": str(config)})
+    assert result.returncode == 2 and "[server] workers: must be greater than 0" in result.stderr
 
 
 def test_cli_checks_the_dev_tokens_file(tmp_path):
