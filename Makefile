@@ -6,10 +6,10 @@ CUBE_DIR := stack/cube
 CLIENT_DIR := stack/client
 
 .DEFAULT_GOAL := help
-.PHONY: help install postgres run test test-unit lint format bench clean
+.PHONY: help install postgres bench-tools run test test-unit lint format bench clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ postgres: ## Make sure PostgreSQL's server is installed (Debian's postgresql; ne
 		echo "installing PostgreSQL from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
+bench-tools: ## Make sure wrk and nginx are installed (Debian's packages; needs root)
+	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
+		echo "installing wrk and nginx from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
+
 run: install postgres ## Run the proxy on a local stack (PostgreSQL + demo data + Cube); Ctrl-C stops it
 	$(PY) -m stack.run
 
@@ -50,7 +55,7 @@ format: install ## Format the code
 	$(VENV)/bin/ruff format proxy tests stack bench
 	$(VENV)/bin/ruff check --fix proxy tests stack bench
 
-bench: install postgres ## Benchmarks against nginx and Cube; writes bench/results.json and bench/RESULTS.md
+bench: install postgres bench-tools ## Benchmarks against nginx and Cube; writes bench/results.json and bench/RESULTS.md
 	$(PY) -m bench.run
 
 clean: ## Remove the virtualenv and node modules

@@ -241,3 +241,25 @@ async def test_gitlab_redirecting_is_a_misconfiguration_not_a_401(client, gitlab
     assert resp.status == 503
     assert "check [gitlab] url" in caplog.text
     assert cube.calls == []
+
+
+async def test_gitlab_that_never_answers_fails_closed_within_its_timeout(make_settings, make_client, aiohttp_server, cube):
+    from aiohttp import web
+
+    never = asyncio.Event()
+
+    async def hang(request):
+        await never.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", hang)
+    server = await aiohttp_server(app)
+    client = await make_client(make_settings(gitlab={"url": str(server.make_url("")).rstrip("/"), "timeout": 0.3}))
+    started = asyncio.get_running_loop().time()
+    resp = await post_load(client, REPORTER)
+    assert resp.status == 503
+    assert await resp.json() == {"message": "GitLab is unavailable"}
+    assert asyncio.get_running_loop().time() - started < 5
+    assert cube.calls == []
+    never.set()
