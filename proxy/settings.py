@@ -114,6 +114,8 @@ class LimitsSettings:
     max_body_bytes: int = 1024 * 1024
     #: deepest JSON nesting accepted in a request body.
     max_json_depth: int = 32
+    #: seconds a request body may take to arrive (408 after), so a trickling caller holds nothing long.
+    body_timeout: float = 30.0
     #: sustained requests per second per caller (token, or address without one); 0 disables.
     rate_limit: float = 50.0
     #: requests a caller may burst above the sustained rate.
@@ -245,6 +247,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
         "[cube] pool_size": s.cube.pool_size,
         "[limits] max_body_bytes": s.limits.max_body_bytes,
         "[limits] max_json_depth": s.limits.max_json_depth,
+        "[limits] body_timeout": s.limits.body_timeout,
         "[limits] rate_limit_burst": s.limits.rate_limit_burst,
         "[limits] rate_limit_callers": s.limits.rate_limit_callers,
     }

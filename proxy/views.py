@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -11,7 +12,7 @@ from aiohttp import web
 from .auth import Grant
 from .coalesce import Outcome, SharedStream, StreamBroken
 from .cube import Buffered, Streamed
-from .errors import ApiError, not_enabled
+from .errors import ApiError, bad_request, not_enabled
 from .forward import UpstreamCall
 from .keys import AUTHORIZER, COALESCER, FORWARDER, META_CACHE, SETTINGS, SIGNER
 from .request_body import QueryRequest, parse_body, query_request, too_large
@@ -31,13 +32,16 @@ class ContinueWaitAnswer(Exception):
 
 
 async def read_body(request: web.Request) -> bytes:
-    limit = request.app[SETTINGS].limits.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large(limit)
+    limits = request.app[SETTINGS].limits
+    if request.content_length is not None and request.content_length > limits.max_body_bytes:
+        raise too_large(limits.max_body_bytes)
     try:
-        return await request.read()
+        async with asyncio.timeout(limits.body_timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise too_large(limit) from None
+        raise too_large(limits.max_body_bytes) from None
+    except TimeoutError:
+        raise bad_request(f"the request body did not arrive within {limits.body_timeout:g} s", status=408) from None
 
 
 async def _grant_tenant(request: web.Request) -> tuple[Tenant, Grant]:

@@ -183,3 +183,17 @@ async def test_unexpected_failure_is_a_plain_500_without_details(client, cube, m
     assert await resp.json() == {"message": "500 Internal Server Error"}
     assert resp.headers["X-Request-Id"].endswith("-span-1")
     assert cube.calls == []
+
+
+async def test_a_trickling_body_is_cut_off_with_408(make_settings, make_client, cube, gitlab):
+    client = await make_client(make_settings(limits={"body_timeout": 0.3, "rate_limit": 0.0}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(
+        b"POST " + LOAD.encode() + b" HTTP/1.1\r\nHost: x\r\nPRIVATE-TOKEN: glpat-reporter-0000000001\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"query": {'
+    )
+    await writer.drain()  # and then nothing more: the rest of the body never comes
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    assert status_line.startswith(b"HTTP/1.1 408")
+    writer.close()
+    assert cube.calls == [] and sum(gitlab.calls.values()) == 0

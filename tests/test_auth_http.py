@@ -243,7 +243,9 @@ async def test_gitlab_redirecting_is_a_misconfiguration_not_a_401(client, gitlab
     assert cube.calls == []
 
 
-async def test_gitlab_that_never_answers_fails_closed_within_its_timeout(make_settings, make_client, aiohttp_server, cube):
+async def test_gitlab_that_never_answers_fails_closed_within_its_timeout(
+    make_settings, make_client, aiohttp_server, cube
+):
     from aiohttp import web
 
     never = asyncio.Event()
