@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jwt
 
 from bench.procs import (
     Process,
@@ -36,7 +35,7 @@ from bench.procs import (
     wrk,
 )
 from bench.report import write_report
-from stack.localstack import Stack, running_stack
+from stack.localstack import Stack, cube_token, running_stack
 
 KEY = "benchmark-cube-api-key-0123456789abcdef"
 TOKEN = "glpat-reporter-0000000001"
@@ -56,15 +55,7 @@ TARGETS = {
 
 
 def signed(project_id: int = 1) -> str:
-    now = int(time.time())
-    claims = {
-        "iat": now,
-        "exp": now + 3600,
-        "appId": f"gitlab_project_{project_id}",
-        "iss": "bench",
-        "gitlabToken": None,
-    }
-    return jwt.encode(claims, KEY, algorithm="HS256")
+    return cube_token(KEY, project_id, ttl=3600, issuer="bench")
 
 
 def summary(r: WrkResult) -> dict[str, Any]:

@@ -16,10 +16,6 @@ class TenantLimiter:
         self._queue_timeout = queue_timeout
         self._slots: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
 
-    def in_use(self, key: str) -> int:
-        entry = self._slots.get(key)
-        return 0 if entry is None else self._limit - entry[0]._value
-
     async def acquire(self, key: str) -> Callable[[], None]:
         """Wait for a slot; the returned function gives it back (once)."""
         entry = self._slots.get(key)

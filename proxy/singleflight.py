@@ -35,12 +35,6 @@ class SingleFlightCache(Generic[K, V]):
     def peek(self, key: K) -> V | None:
         return None if self._values is None else self._values.get(key)
 
-    def invalidate(self, key: K) -> None:
-        if self._values is not None:
-            self._values.pop(key, None)
-        if self._errors is not None:
-            self._errors.pop(key, None)
-
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
         """The value and whether it came from the cache (or a load already in flight)."""
         if self._values is not None and (value := self._values.get(key)) is not None:

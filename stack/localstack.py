@@ -64,6 +64,15 @@ CREATE TABLE {schema}.events (
 """
 
 
+def cube_token(secret: str, project_id: int, ttl: int = 180, issuer: str = "localstack") -> str:
+    """A security context signed as the proxy signs it, for asking Cube directly."""
+    import jwt
+
+    now = int(time.time())
+    claims = {"iat": now, "exp": now + ttl, "appId": f"gitlab_project_{project_id}", "iss": issuer, "gitlabToken": None}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
-import jwt
 import pytest
 
 from proxy.settings import settings_from_mapping
-from stack.localstack import Stack, running_stack
+from stack.localstack import Stack, cube_token, running_stack
 
 STACK_KEY = "integration-tests-cube-api-key-0123456789"
 
@@ -40,15 +38,7 @@ async def proxy(stack, gitlab_url, make_client):
 
 
 def signed(project_id: int) -> str:
-    now = int(time.time())
-    claims = {
-        "iat": now,
-        "exp": now + 180,
-        "appId": f"gitlab_project_{project_id}",
-        "iss": "tests",
-        "gitlabToken": None,
-    }
-    return jwt.encode(claims, STACK_KEY, algorithm="HS256")
+    return cube_token(STACK_KEY, project_id, issuer="tests")
 
 
 async def direct(stack: Stack, project_id: int, endpoint: str, query: dict[str, Any] | None = None) -> tuple[int, Any]:
