@@ -1,0 +1,79 @@
+"""The benchmark's own logic: target verdicts and the report (the runs themselves are `make bench`)."""
+
+import json
+
+from bench.report import write_report
+from bench.run import TARGETS, verdicts
+
+
+def sample():
+    stats = {
+        "requests": 100,
+        "rps": 1000.0,
+        "cpu_us_per_request": 100.0,
+        "p50_ms": 1.0,
+        "p90_ms": 2.0,
+        "p99_ms": 3.0,
+        "errors": 0,
+        "non2xx": 0,
+    }
+    return {
+        "when": "2026-11-26 12:00:00 UTC",
+        "machine": {"cpus": 2, "python": "3.11", "platform": "linux"},
+        "seconds_per_run": 1,
+        "scenarios": {
+            "pass_through": {
+                **{
+                    k: dict(stats)
+                    for k in (
+                        "direct",
+                        "nginx",
+                        "proxy_1_worker",
+                        "proxy_2_workers",
+                        "nginx_overload_256",
+                        "proxy_overload_256",
+                    )
+                },
+                "pass_through_cpu_ratio": 5.0,
+                "added_p50_ms": 1.0,
+                "added_p99_ms": 2.0,
+                "nginx_added_p50_ms": 0.5,
+                "overload_p99_ratio": 2.0,
+                "two_workers_rps_ratio": 1.9,
+            },
+            "held": {
+                "callers": 10,
+                "distinct_slow_queries": 2,
+                "seconds": 1.0,
+                "ok": 10,
+                "errors": 0,
+                "error_statuses": {},
+                "upstream_calls": 2,
+                "proxy_rss_baseline_mb": 1.0,
+                "proxy_rss_peak_mb": 1.1,
+                "held_rss_kb_per_call": 10.0,
+            },
+        },
+    }
+
+
+def test_verdicts_compare_each_target_in_its_direction():
+    results = sample()
+    v = verdicts(results)
+    assert set(v) == set(TARGETS)
+    assert v["pass_through_cpu_ratio"] == {"value": 5.0, "target": "<= 4", "met": False}
+    assert v["overload_p99_ratio"]["met"] is True
+    assert v["held_rss_kb_per_call"]["met"] is True
+    assert v["cached_meta_rps_ratio"] == {"value": None, "target": ">= 10", "met": None}
+
+
+def test_report_has_every_measured_scenario_and_a_chart(tmp_path):
+    results = sample()
+    results["targets"] = verdicts(results)
+    write_report(results, tmp_path)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| pass_through_cpu_ratio | 5.0 | <= 4 | **no** |" in text
+    assert "## Pass-through load" in text and "## Held connections" in text
+    assert "## Cached meta" not in text  # not measured in this run
+    assert (tmp_path / "chart.png").stat().st_size > 1000
+    json.dumps(results)  # results.json stays plain JSON
