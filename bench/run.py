@@ -82,10 +82,17 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int) -> dict[str, Any]
     cube_url = f"http://127.0.0.1:{upstream.port}"
     one, one_port = proxy_process(workdir, "proxy-1-worker", gitlab_url, cube_url, KEY)
     two, two_port = proxy_process(workdir, "proxy-2-workers", gitlab_url, cube_url, KEY, server={"workers": 2})
+    plain_port = free_port()
+    plain = Process(
+        ["-m", "bench.plain_proxy", str(plain_port), f"{cube_url}/cubejs-api/v1/load"],
+        f"http://127.0.0.1:{plain_port}/-/liveness",
+        workdir / "plain.log",
+    )
     results: dict[str, Any] = {}
     try:
         one.start()
         two.start()
+        plain.start()
         upstream_load = f"http://127.0.0.1:{upstream.port}/cubejs-api/v1/load"
         # warm the auth caches (and, for two workers, each worker's)
         for port in (one_port, two_port):
@@ -94,6 +101,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int) -> dict[str, Any]
         ref = wrk(
             f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load", reference.pids, seconds=seconds, connections=64
         )
+        bare = wrk(f"http://127.0.0.1:{plain_port}{LOAD}", plain.pids, seconds=seconds, connections=64, vary=True)
         p1 = wrk(
             f"http://127.0.0.1:{one_port}{LOAD}", one.pids, seconds=seconds, connections=64, token=TOKEN, vary=True
         )
@@ -109,11 +117,14 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int) -> dict[str, Any]
         results = {
             "direct": summary(direct),
             "nginx": summary(ref),
+            "plain_aiohttp_proxy": summary(bare),
             "proxy_1_worker": summary(p1),
             "proxy_2_workers": summary(p2),
             "nginx_overload_256": summary(ref_over),
             "proxy_overload_256": summary(p_over),
             "pass_through_cpu_ratio": round(p1.cpu_us_per_request / ref.cpu_us_per_request, 2),
+            "plain_aiohttp_cpu_ratio": round(bare.cpu_us_per_request / ref.cpu_us_per_request, 2),
+            "proxy_vs_plain_aiohttp_cpu": round(p1.cpu_us_per_request / bare.cpu_us_per_request, 2),
             "added_p50_ms": round(p1.p50_ms - direct.p50_ms, 3),
             "added_p99_ms": round(p1.p99_ms - direct.p99_ms, 3),
             "nginx_added_p50_ms": round(ref.p50_ms - direct.p50_ms, 3),
@@ -121,7 +132,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int) -> dict[str, Any]
             "two_workers_rps_ratio": round(p2.rps / p1.rps, 2),
         }
     finally:
-        for process in (one, two, reference, upstream):
+        for process in (one, two, plain, reference, upstream):
             process.stop()
     return results
 
