@@ -87,18 +87,24 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "# Benchmark results",
         "",
         f"One run of `make bench` on {results['when']}: {results['machine']['cpus']} CPUs, Python "
-        f"{results['machine']['python']}, {results['seconds_per_run']} s per wrk run (1 wrk thread). Every ratio "
-        "compares figures measured in this same run. CPU per request is the server processes' user + system "
-        "time divided by the requests they served; it is steadier than requests/s on these shared machines.",
+        f"{results['machine']['python']}, {results['seconds_per_run']} s per wrk run (1 wrk thread), "
+        f"{results.get('rounds', 1)} interleaved rounds: each round measures the reference and the proxy back to back, "
+        "a ratio is taken within each round, and the median ratio is reported with its range. Tables show each "
+        "figure's median over the rounds. CPU per request is the server processes' user + system time divided by "
+        "the requests they served; it is steadier than requests/s on these shared machines.",
         "",
         "## Targets",
         "",
         "| target | value | wanted | met |",
         "|---|---|---|---|",
     ]
+    ranges: dict[str, Any] = {}
+    for scenario in s.values():
+        ranges.update({k[: -len("_range")]: v for k, v in scenario.items() if k.endswith("_range")})
     for name, v in results["targets"].items():
         met = "n/a" if v["met"] is None else ("yes" if v["met"] else "**no**")
-        lines.append(f"| {name} | {v['value']} | {v['target']} | {met} |")
+        spread = f" ({ranges[name][0]} to {ranges[name][1]})" if name in ranges else ""
+        lines.append(f"| {name} | {v['value']}{spread} | {v['target']} | {met} |")
     if has_chart:
         lines += ["", "![the proxy against its references](chart.png)"]
     if "pass_through" in s:
@@ -106,6 +112,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines += [
             "",
             "## Pass-through load (fast upstream: nginx returning a 2 KB Cube-like answer)",
+            "",
+            "All callers are one tenant; the proxy runs with `max_concurrent_per_tenant = 256` here so that nothing "
+            "queues at the per-tenant cap (see the notes for what queueing there costs).",
             "",
             "| server | connections | requests/s | CPU µs/request | p50 ms | p99 ms | errors | non-2xx |",
             "|---|---|---|---|---|---|---|---|",
