@@ -19,7 +19,7 @@ from .credentials import extract_credential
 from .errors import ApiError
 from .keys import RATE_LIMITER, SHEDDER
 from .request_id import normalise_request_id
-from .request_keys import CACHE, CREDENTIAL, PROJECT, REQUEST_ID
+from .request_keys import ABORTED, CACHE, CREDENTIAL, PROJECT, REQUEST_ID
 
 access_log = logging.getLogger("proxy.access")
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def _log_request(request: web.Request, status: int, started: float) -> None:
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             "cache": request.get(CACHE),
+            "aborted": request.get(ABORTED, False),
         },
     )
 

@@ -12,3 +12,5 @@ CREDENTIAL = web.RequestKey("credential", Credential)
 PROJECT = web.RequestKey("project", int)
 #: "hit", "miss" or "shared": where the answer came from (for the access log).
 CACHE = web.RequestKey("cache", str)
+#: set when a streamed answer was cut off because Cube's body broke (its 200 never completed).
+ABORTED = web.RequestKey("aborted", bool)

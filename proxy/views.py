@@ -16,7 +16,7 @@ from .errors import ApiError, bad_request, not_enabled
 from .forward import UpstreamCall
 from .keys import AUTHORIZER, COALESCER, FORWARDER, META_CACHE, SETTINGS, SIGNER
 from .request_body import QueryRequest, parse_body, query_request, too_large
-from .request_keys import CACHE, CREDENTIAL, PROJECT, REQUEST_ID
+from .request_keys import ABORTED, CACHE, CREDENTIAL, PROJECT, REQUEST_ID
 from .tenants import Tenant, resolve_tenant
 from .zerofill import fill_plan
 
@@ -159,6 +159,7 @@ async def stream_response(request: web.Request, outcome: Streamed | SharedStream
                 "upstream body broke mid-stream; aborting the caller's answer",
                 extra={"event": "stream_aborted", "request_id": request[REQUEST_ID], "error": type(exc).__name__},
             )
+            request[ABORTED] = True
             if request.transport is not None:
                 request.transport.abort()
             raise ConnectionAbortedError("upstream body broke mid-stream") from None
