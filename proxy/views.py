@@ -123,22 +123,18 @@ async def meta(request: web.Request) -> web.StreamResponse:
     except ContinueWaitAnswer as cw:
         answer, hit = cw.answer, False
     request[CACHE] = "hit" if hit else "miss"
-    return _buffered_response(request, answer)
+    return _buffered_response(answer)
 
 
-def _buffered_response(request: web.Request, answer: Buffered) -> web.Response:
-    return web.Response(
-        status=answer.status,
-        body=answer.body,
-        content_type="application/json",
-        headers={"X-Request-Id": request[REQUEST_ID]},
-    )
+def _buffered_response(answer: Buffered) -> web.Response:
+    # X-Request-Id is added by request_id_middleware (streams set it themselves before prepare)
+    return web.Response(status=answer.status, body=answer.body, content_type="application/json")
 
 
 async def respond(request: web.Request, outcome: Outcome) -> web.StreamResponse:
     """Send an answer: whole, or streamed chunk by chunk as it arrives (aborted if it breaks)."""
     if isinstance(outcome, Buffered):
-        return _buffered_response(request, outcome)
+        return _buffered_response(outcome)
     return await stream_response(request, outcome)
 
 
