@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .credentials import Credential, credential_error
 from .errors import (
@@ -70,32 +70,30 @@ class GitLabAuthorizer:
         self._client = client
         self._min_level = settings.min_access_level
 
-        def cache() -> SingleFlightCache[tuple[str, ...], object]:
+        def cache() -> SingleFlightCache[Any, Any]:
             return SingleFlightCache(
                 settings.cache_size, settings.cache_ttl, settings.negative_cache_ttl, cache_error=_cacheable
             )
 
-        self._callers = cache()
-        self._projects = cache()
-        self._members = cache()
+        # keyed by the token's hash: the caller; the project id per project ref; the level per project id
+        self._callers: SingleFlightCache[str, Caller] = cache()
+        self._projects: SingleFlightCache[tuple[str, str], int] = cache()
+        self._members: SingleFlightCache[tuple[str, int], int] = cache()
 
     async def authorize(self, credential: Credential, project_ref: str, method: str) -> Grant:
         project_ref = check_project_ref(project_ref)
-        caller, hit_caller = await self._callers.get((credential.key,), lambda: self._load_caller(credential))
-        assert isinstance(caller, Caller)
+        caller, hit_caller = await self._callers.get(credential.key, lambda: self._load_caller(credential))
         needed, satisfying = required_scope(method)
         if not caller.scopes & satisfying:
             raise insufficient_scope(needed)
         project_id, hit_project = await self._projects.get(
             (credential.key, project_ref), lambda: self._load_project(credential, project_ref)
         )
-        assert isinstance(project_id, int)
         hit_member = True
         if not caller.is_admin:
             level, hit_member = await self._members.get(
-                (credential.key, str(project_id)), lambda: self._load_member(credential, project_id, caller.user_id)
+                (credential.key, project_id), lambda: self._load_member(credential, project_id, caller.user_id)
             )
-            assert isinstance(level, int)
             if level < self._min_level:
                 raise access_denied()
         return Grant(caller, project_id, hit_caller and hit_project and hit_member)

@@ -14,13 +14,14 @@ from .ratelimit import RateLimiter
 from .settings import Settings
 from .signing import Signer
 from .singleflight import SingleFlightCache
+from .tenants import Tenant
 
 SETTINGS = web.AppKey("settings", Settings)
 AUTHORIZER = web.AppKey("authorizer", Authorizer)
 SIGNER = web.AppKey("signer", Signer)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 COALESCER = web.AppKey("coalescer", Coalescer)
-META_CACHE = web.AppKey("meta_cache", SingleFlightCache[tuple[str, str, str], Buffered])
+META_CACHE = web.AppKey("meta_cache", SingleFlightCache[Tenant, Buffered])
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 SHEDDER = web.AppKey("shedder", LoadShedder)
 CUBE_SESSION = web.AppKey("cube_session", aiohttp.ClientSession)

@@ -17,10 +17,13 @@ class QueryRequest:
     query: dict[str, Any]
     query_type: str
     include_token: bool
-    #: exactly ``{"query": ..., "queryType": ...}``, serialised once.
+    #: exactly ``{"query": ..., "queryType": ...}``, serialised once with sorted keys.
     payload: bytes
-    #: a canonical form of the query (sorted keys) to coalesce identical calls.
-    fingerprint: bytes
+
+    @property
+    def fingerprint(self) -> bytes:
+        """Identical calls have identical payloads (sorted keys), so the payload identifies them."""
+        return self.payload
 
 
 def too_large(limit: int) -> ApiError:
@@ -87,6 +90,5 @@ def query_request(body: Mapping[str, Any], query_params: Mapping[str, str]) -> Q
         include_token = _bool_param(body["include_token"], "include_token")
     elif "include_token" in query_params:
         include_token = _bool_param(query_params["include_token"], "include_token")
-    payload = orjson.dumps({"query": query, "queryType": query_type})
-    fingerprint = orjson.dumps([query_type, query], option=orjson.OPT_SORT_KEYS)
-    return QueryRequest(query, query_type, include_token, payload, fingerprint)
+    payload = orjson.dumps({"query": query, "queryType": query_type}, option=orjson.OPT_SORT_KEYS)
+    return QueryRequest(query, query_type, include_token, payload)

@@ -29,15 +29,14 @@ class Signer:
     def __init__(self, issuer: str, ttl: int, size: int = 4096) -> None:
         self._issuer = issuer
         self._ttl = ttl
-        self._recent: LRUCache[tuple[str, str, str], tuple[int, str]] = LRUCache(maxsize=size)
+        self._recent: LRUCache[Tenant, tuple[int, str]] = LRUCache(maxsize=size)
 
     def sign(self, tenant: Tenant, now: int, gitlab_token: str | None = None) -> str:
         if gitlab_token is not None:
             return sign_security_context(tenant, self._issuer, now, self._ttl, gitlab_token)
-        key = (tenant.app_id, tenant.cube_api_key, tenant.cube_base_url)
-        cached = self._recent.get(key)
+        cached = self._recent.get(tenant)
         if cached is not None and cached[0] == now:
             return cached[1]
         token = sign_security_context(tenant, self._issuer, now, self._ttl, None)
-        self._recent[key] = (now, token)
+        self._recent[tenant] = (now, token)
         return token

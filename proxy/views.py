@@ -85,10 +85,10 @@ async def _query(request: web.Request, endpoint: str) -> web.StreamResponse:
     return await respond(request, outcome)
 
 
-def _coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[str, ...] | None:
+def _coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[Tenant, str, bytes] | None:
     if query.include_token:
         return None  # each such call carries its own minted token
-    return (tenant.cube_base_url, tenant.cube_api_key, tenant.app_id, endpoint, query.fingerprint.decode())
+    return (tenant, endpoint, query.fingerprint)
 
 
 async def meta(request: web.Request) -> web.StreamResponse:
@@ -96,19 +96,18 @@ async def meta(request: web.Request) -> web.StreamResponse:
     if request.method == "POST":
         parse_body(await read_body(request), app[SETTINGS].limits.max_json_depth)
     tenant, _ = await _grant_tenant(request)
-    call = UpstreamCall(
-        tenant=tenant,
-        endpoint="meta",
-        method="GET",
-        jwt=app[SIGNER].sign(tenant, int(time.time())),
-        request_id=request[REQUEST_ID],
-        payload=None,
-        whole=True,
-    )
-    forwarder = app[FORWARDER]
 
     async def load_meta() -> Buffered:
-        answer = await forwarder.fetch(call)
+        call = UpstreamCall(
+            tenant=tenant,
+            endpoint="meta",
+            method="GET",
+            jwt=app[SIGNER].sign(tenant, int(time.time())),
+            request_id=request[REQUEST_ID],
+            payload=None,
+            whole=True,
+        )
+        answer = await app[FORWARDER].fetch(call)
         assert isinstance(answer, Buffered)  # meta is asked for whole (call.whole)
         if answer.continue_wait:
             raise ContinueWaitAnswer(answer)
@@ -119,7 +118,7 @@ async def meta(request: web.Request) -> web.StreamResponse:
         return answer
 
     try:
-        answer, hit = await app[META_CACHE].get((tenant.cube_base_url, tenant.cube_api_key, tenant.app_id), load_meta)
+        answer, hit = await app[META_CACHE].get(tenant, load_meta)
     except ContinueWaitAnswer as cw:
         answer, hit = cw.answer, False
     request[CACHE] = "hit" if hit else "miss"

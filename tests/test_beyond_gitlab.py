@@ -4,7 +4,8 @@ import asyncio
 import time
 
 from proxy.keys import COALESCER, META_CACHE, SETTINGS
-from tests.conftest import CUBE_KEY, QUERY, REPORTER
+from proxy.tenants import resolve_tenant
+from tests.conftest import QUERY, REPORTER
 from tests.fakes.cube import answer, continue_wait_then, held_until, load_answer
 from tests.test_streaming import until
 
@@ -61,8 +62,7 @@ async def test_meta_errors_and_continue_wait_are_never_cached(make_settings, mak
     resp = await client.get(META.format(1), headers=REPORTER)
     assert "cubes" in await resp.json()
     assert len(cube.calls_to("meta")) == 3
-    settings = client.app[SETTINGS]
-    key = (settings.product_analytics.cube_api_base_url, CUBE_KEY, "gitlab_project_1")
+    key = resolve_tenant(client.app[SETTINGS], 1)
     assert client.app[META_CACHE].peek(key) is not None  # only the good answer was kept
 
 
