@@ -151,13 +151,19 @@ class Postgres:
             shutil.chown(self.datadir, "postgres", "postgres")
             os.chmod(self.datadir, 0o700)
         if fresh:
-            subprocess.run(
+            init = subprocess.run(
                 _as_postgres(
                     [pg_bin("initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
                 ),
-                check=True,
                 capture_output=True,
+                text=True,
+                check=False,
             )
+            if init.returncode != 0:
+                raise RuntimeError(
+                    f"initdb failed for {self.datadir} (as root it runs as the postgres user, who must be able"
+                    f" to reach that folder):\n{init.stderr.strip()}"
+                )
         self.proc = subprocess.Popen(
             _as_postgres(
                 [

@@ -1,0 +1,88 @@
+"""`make run`'s launcher (python -m stack.run): the stack comes up, answers with real numbers, Ctrl-C stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from stack.localstack import free_port
+
+pytestmark = pytest.mark.stack
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fetch_json(request: urllib.request.Request) -> dict:
+    with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310 - loopback only
+        return json.loads(resp.read())
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_launcher_prints_a_working_curl_and_ctrl_c_stops_everything(tmp_path):
+    # PostgreSQL runs as the postgres user, who cannot enter pytest's tmp_path: a folder of /tmp instead
+    workdir = Path(tempfile.mkdtemp(prefix="pa-proxy-make-run-"))
+    proxy_port, cube_port, pg_port = free_port(), free_port(), free_port()
+    config = tmp_path / "local.toml"
+    config.write_text(
+        (ROOT / "config" / "local.toml")
+        .read_text()
+        .replace("port = 8080", f"port = {proxy_port}")
+        .replace("127.0.0.1:4000", f"127.0.0.1:{cube_port}")
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stack.run",
+        "--config",
+        str(config),
+        "--pg-port",
+        str(pg_port),
+        "--workdir",
+        str(workdir),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    printed: list[str] = []
+    try:
+        while not any("Ctrl-C stops everything" in line for line in printed):
+            line = await asyncio.wait_for(proc.stdout.readline(), 120)
+            assert line, "the launcher ended early:\n" + "".join(printed)
+            printed.append(line.decode())
+        text = "".join(printed)
+        assert f"The proxy is ready at http://127.0.0.1:{proxy_port}" in text
+        assert "curl -s -H 'PRIVATE-TOKEN: dev-maintainer-token-0001'" in text
+        assert re.search(r"It answers now: \d{4}-\d\d-\d\d: \d+", text)  # real numbers
+        # the printed curl's request, made here: the numbers are real and per project
+        body = re.search(r"-d '(\{.*\})'", text).group(1)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{proxy_port}/api/v4/projects/1/product_analytics/request/load",
+            data=body.encode(),
+            headers={"PRIVATE-TOKEN": "dev-maintainer-token-0001", "Content-Type": "application/json"},
+        )
+        answer = await asyncio.to_thread(fetch_json, request)
+        assert sum(int(r["TrackedEvents.count"]) for r in answer["results"][0]["data"]) > 0
+        assert port_open(cube_port) and port_open(pg_port)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        rest, _ = await asyncio.wait_for(proc.communicate(), 90)
+        assert "stopped." in rest.decode()
+        assert proc.returncode == 0
+        assert not port_open(proxy_port) and not port_open(cube_port) and not port_open(pg_port)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
