@@ -19,7 +19,7 @@ from .health import setup_health
 from .keys import (
     AUTHORIZER,
     COALESCER,
-    CUBE_SESSION,
+    CUBE_HTTP,
     FORWARDER,
     GITLAB_SESSION,
     META_CACHE,
@@ -34,6 +34,7 @@ from .ratelimit import RateLimiter
 from .settings import Settings
 from .signing import Signer
 from .singleflight import SingleFlightCache
+from .upstream import HttpClient
 from .views import dry_run, load, meta
 
 PREFIXES = ("/api/v4", "")
@@ -58,23 +59,17 @@ def _issuer(settings: Settings) -> str:
 
 async def _cube_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    connector = aiohttp.TCPConnector(limit=settings.cube.pool_size, ttl_dns_cache=300, keepalive_timeout=30)
-    # DummyCookieJar: a cookie one caller's answer set must never ride along on another's call
-    session = aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
-    app[CUBE_SESSION] = session
+    # no cookies, no redirects, no decompression: the client only speaks what Cube's API needs
+    http = HttpClient(limit=settings.cube.pool_size, connect_timeout=settings.cube.connect_timeout)
+    app[CUBE_HTTP] = http
     app[FORWARDER] = Forwarder(
-        CubeClient(session, settings.cube.connect_timeout, settings.cube.read_timeout, settings.cube.buffer_limit),
+        CubeClient(http, settings.cube.read_timeout, settings.cube.buffer_limit),
         TenantLimiter(settings.cube.max_concurrent_per_tenant, settings.cube.queue_timeout),
         settings.cube.continue_wait_budget,
     )
     yield
     await app[COALESCER].close()
-    await session.close()
+    await http.close()
 
 
 async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 
 from .answers import error_text, is_continue_wait, map_cube_error
 from .errors import ApiError
+from .upstream import ConnectFailed, ConnectTimeout, HttpClient, ReadTimeout, Response, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Buffered:
 class Streamed:
     """A 200 answer from Cube whose body is still arriving."""
 
-    response: aiohttp.ClientResponse
+    response: Response
     prefix: bytes
     release: Callable[[], None] = field(default=lambda: None)
 
@@ -49,8 +49,13 @@ class Streamed:
         """The whole body: the prefix already read, then the rest as it arrives."""
         if self.prefix:
             yield self.prefix
-        async for chunk in self.response.content.iter_chunked(CHUNK_SIZE):
-            yield chunk
+        try:
+            async for chunk in self.response.iter_chunks():
+                yield chunk
+        except ReadTimeout:
+            raise upstream_fault(504, "Cube stopped sending its answer (read timeout)") from None
+        except UpstreamError as exc:
+            raise upstream_fault(502, f"Cube connection failed: {exc}") from None
 
     def close(self) -> None:
         self.response.release()
@@ -84,13 +89,10 @@ def classify_body(raw: bytes) -> Buffered:
 
 
 class CubeClient:
-    """One shared ``ClientSession`` towards every Cube; no caller header ever reaches it."""
+    """Calls to every Cube over one lean keep-alive client; no caller header ever reaches it."""
 
-    def __init__(
-        self, session: aiohttp.ClientSession, connect_timeout: float, read_timeout: float, buffer_limit: int
-    ) -> None:
-        self._session = session
-        self._connect_timeout = connect_timeout
+    def __init__(self, http: HttpClient, read_timeout: float, buffer_limit: int) -> None:
+        self._http = http
         self.read_timeout = read_timeout
         self._buffer_limit = buffer_limit
 
@@ -111,25 +113,20 @@ class CubeClient:
         headers = {"Authorization": jwt, "X-Request-Id": request_id, "Accept-Encoding": "identity"}
         if payload is not None:
             headers["Content-Type"] = "application/json"
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout, sock_read=read_timeout)
         try:
-            # sock_connect bounds the connection; sock_read the wait for headers and each later read
-            response = await self._session.request(
-                method, url, data=payload, headers=headers, timeout=timeout, allow_redirects=False
-            )
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+            # read_timeout bounds the wait for headers and for each later piece of the body
+            response = await self._http.request(method, url, headers, payload, read_timeout)
+        except ReadTimeout:
             raise upstream_fault(504, f"Cube did not answer within {read_timeout:g} s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise upstream_fault(502, f"Cube is unreachable: {exc.strerror or type(exc).__name__}") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise upstream_fault(502, f"Cube connection failed: {_describe(exc)}") from None
+        except UpstreamError as exc:
+            raise upstream_fault(502, _connection_failed(exc)) from None
         try:
             return await self._classify(response, need_whole)
         except BaseException:
             response.release()
             raise
 
-    async def _classify(self, response: aiohttp.ClientResponse, need_whole: bool) -> Answer:
+    async def _classify(self, response: Response, need_whole: bool) -> Answer:
         length = response.content_length
         try:
             if response.status != 200:
@@ -138,7 +135,7 @@ class CubeClient:
             if need_whole or (length is not None and length <= self._buffer_limit):
                 return classify_body(await response.read())
             prefix = await _read_prefix(response)
-            if response.content.at_eof():
+            if response.at_eof():
                 return classify_body(prefix)  # the whole body arrived with the prefix
             if _looks_like_error(prefix):
                 rest = await _read_bounded(response, MAX_ERROR_BODY)
@@ -146,13 +143,19 @@ class CubeClient:
             if not prefix.lstrip().startswith((b"{", b"[")):
                 raise upstream_fault(502, "Cube answered with a body that is not valid JSON")
             return Streamed(response, prefix)
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+        except ReadTimeout:
             raise upstream_fault(504, "Cube stopped sending its answer (read timeout)") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise upstream_fault(502, f"Cube connection failed: {_describe(exc)}") from None
+        except UpstreamError as exc:
+            raise upstream_fault(502, _connection_failed(exc)) from None
         finally:
-            if response.content.at_eof():
+            if response.at_eof():
                 response.release()
+
+
+def _connection_failed(exc: UpstreamError) -> str:
+    if isinstance(exc, (ConnectFailed, ConnectTimeout)):
+        return str(exc)
+    return f"Cube connection failed: {exc}"
 
 
 def _classify_error_status(status: int, raw: bytes) -> Buffered:
@@ -167,10 +170,10 @@ def _classify_error_status(status: int, raw: bytes) -> Buffered:
     return buffered_json(code, body)
 
 
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_bounded(response: Response, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.content.iter_chunked(CHUNK_SIZE):
+    async for chunk in response.iter_chunks():
         size += len(chunk)
         if size > limit:
             raise upstream_fault(502, f"Cube's error answer is larger than {limit} bytes")
@@ -178,10 +181,10 @@ async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(parts)
 
 
-async def _read_prefix(response: aiohttp.ClientResponse) -> bytes:
+async def _read_prefix(response: Response) -> bytes:
     prefix = b""
     while len(prefix.lstrip()) < _PREFIX_BYTES:
-        chunk = await response.content.read(CHUNK_SIZE)
+        chunk = await response.read_chunk()
         if not chunk:
             break
         prefix += chunk
@@ -191,13 +194,3 @@ async def _read_prefix(response: aiohttp.ClientResponse) -> bytes:
 def _looks_like_error(prefix: bytes) -> bool:
     head = prefix.lstrip()
     return head.startswith(b"{") and head[1:].lstrip().startswith(b'"error"')
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection"
-    if isinstance(exc, (ConnectionResetError, aiohttp.ClientOSError)):
-        return "connection reset"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "incomplete answer"
-    return type(exc).__name__

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 from aiohttp import web
 
-from .keys import CUBE_SESSION, SETTINGS
+from .keys import CUBE_HTTP, SETTINGS
+from .upstream import UpstreamError
 
 READY_TIMEOUT = 2.0
 
@@ -25,13 +25,18 @@ def cube_urls(request: web.Request) -> list[str]:
 
 async def readiness(request: web.Request) -> web.Response:
     """Ready only when every configured Cube answers ``/readyz`` with 200."""
-    session = request.app[CUBE_SESSION]
+    http = request.app[CUBE_HTTP]
 
     async def ready(url: str) -> bool:
         try:
-            async with session.get(f"{url}/readyz", timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT)) as resp:
-                return resp.status == 200
-        except (TimeoutError, aiohttp.ClientError, OSError):
+            async with asyncio.timeout(READY_TIMEOUT):
+                response = await http.request("GET", f"{url}/readyz", {}, None, READY_TIMEOUT)
+                try:
+                    await response.read()
+                finally:
+                    response.release()
+                return response.status == 200
+        except (TimeoutError, UpstreamError, ValueError):
             return False
 
     urls = cube_urls(request)

@@ -15,6 +15,7 @@ from .settings import Settings
 from .signing import Signer
 from .singleflight import SingleFlightCache
 from .tenants import Tenant
+from .upstream import HttpClient
 
 SETTINGS = web.AppKey("settings", Settings)
 AUTHORIZER = web.AppKey("authorizer", Authorizer)
@@ -24,5 +25,5 @@ COALESCER = web.AppKey("coalescer", Coalescer)
 META_CACHE = web.AppKey("meta_cache", SingleFlightCache[Tenant, Buffered])
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 SHEDDER = web.AppKey("shedder", LoadShedder)
-CUBE_SESSION = web.AppKey("cube_session", aiohttp.ClientSession)
+CUBE_HTTP = web.AppKey("cube_http", HttpClient)
 GITLAB_SESSION = web.AppKey("gitlab_session", aiohttp.ClientSession)

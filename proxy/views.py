@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 
-import aiohttp
 from aiohttp import web
 
 from .auth import Grant
@@ -36,6 +35,8 @@ async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limits.max_body_bytes:
         raise too_large(limits.max_body_bytes)
     try:
+        if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
+            return await request.read()
         async with asyncio.timeout(limits.body_timeout):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -147,9 +148,7 @@ async def stream_response(request: web.Request, outcome: Streamed | SharedStream
         try:
             async for chunk in outcome.chunks():
                 await response.write(chunk)
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, StreamBroken) as exc:
-            if isinstance(exc, aiohttp.ClientConnectionResetError):
-                raise  # the caller left: nothing more to send
+        except (ApiError, StreamBroken) as exc:  # Cube's body broke (the caller leaving is a ConnectionResetError)
             log.warning(
                 "upstream body broke mid-stream; aborting the caller's answer",
                 extra={"event": "stream_aborted", "request_id": request[REQUEST_ID], "error": type(exc).__name__},

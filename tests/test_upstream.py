@@ -1,0 +1,421 @@
+"""The lean Cube client (proxy/upstream.py) against real sockets speaking raw HTTP/1.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from proxy.upstream import (
+    HIGH_WATER,
+    BadAnswer,
+    ConnectFailed,
+    Disconnected,
+    HttpClient,
+    HttpPool,
+    Origin,
+    ReadTimeout,
+)
+
+Handler = Callable[["Peer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+
+
+@dataclass
+class Peer:
+    """A TCP server whose every connection runs ``handler``; it records what it was sent."""
+
+    handler: Handler
+    port: int = 0
+    connections: int = 0
+    heads: list[bytes] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: each request's head, as it arrives
+    requests: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/cubejs-api/v1/load"
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.heads.append(head)
+        self.requests.put_nowait(head)
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                await reader.readexactly(int(line.split(b":")[1]))
+        return head
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(self, reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            self.closed.set()
+
+
+@contextlib.asynccontextmanager
+async def peer(handler: Handler) -> AsyncIterator[Peer]:
+    p = Peer(handler)
+    server = await asyncio.start_server(p._serve, "127.0.0.1", 0)
+    p.port = server.sockets[0].getsockname()[1]
+    try:
+        yield p
+    finally:
+        server.close()
+
+
+async def keep_alive(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        await p.read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+
+
+async def call(client: HttpClient, url: str, body: bytes | None = b"{}", timeout: float = 5.0) -> tuple[int, bytes]:
+    response = await client.request("POST", url, {"Authorization": "jwt", "X-Request-Id": "r-span-1"}, body, timeout)
+    try:
+        return response.status, await response.read()
+    finally:
+        response.release()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[HttpClient]:
+    c = HttpClient(limit=8, connect_timeout=2.0)
+    yield c
+    await c.close()
+
+
+async def test_a_kept_alive_connection_carries_call_after_call(client: HttpClient) -> None:
+    async with peer(keep_alive) as p:
+        for _ in range(3):
+            assert await call(client, p.url) == (200, b'{"ok":true}')
+    assert p.connections == 1
+    head = p.heads[0].decode()
+    assert head.startswith("POST /cubejs-api/v1/load HTTP/1.1\r\n")
+    assert f"Host: 127.0.0.1:{p.port}\r\n" in head
+    assert "Authorization: jwt\r\n" in head and "Content-Length: 2\r\n" in head
+    assert "Cookie" not in head and "User-Agent" not in head
+
+
+async def test_a_chunked_answer_is_read_piece_by_piece(client: HttpClient) -> None:
+    async def chunked(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n[1,2,\r\n")
+        await writer.drain()
+        await reader.read(1)  # hold the rest until the client has the first piece (then it closes)
+
+    async with peer(chunked) as p:
+        response = await client.request("POST", p.url, {}, b"{}", 5.0)
+        assert response.status == 200 and response.content_length is None
+        assert await response.read_chunk() == b"[1,2,"
+        assert not response.at_eof()
+        response.release()  # half read: the connection is closed, never reused
+        await p.closed.wait()
+        assert client.pools()[0].open_connections == 0
+
+
+async def test_a_body_that_runs_until_close_is_whole_and_the_connection_not_reused(client: HttpClient) -> None:
+    async def until_close(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n[1,2,3]")
+        await writer.drain()
+
+    async with peer(until_close) as p:
+        assert await call(client, p.url) == (200, b"[1,2,3]")
+        assert await call(client, p.url) == (200, b"[1,2,3]")
+    assert p.connections == 2
+
+
+async def test_a_reused_connection_the_peer_dropped_is_retried_once_on_a_new_one(client: HttpClient) -> None:
+    async def drops_second_call(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        if p.connections == 1:
+            await p.read_request(reader)  # the second call on this connection: hang up unanswered
+            return
+        await keep_alive(p, reader, writer)
+
+    async with peer(drops_second_call) as p:
+        assert await call(client, p.url) == (200, b'{"ok":true}')
+        assert await call(client, p.url) == (200, b'{"ok":true}')
+    assert p.connections == 2
+    assert len(p.heads) == 3  # the dropped call was sent again
+
+
+async def test_a_new_connection_that_drops_the_call_is_not_retried(client: HttpClient) -> None:
+    async def hangs_up(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+
+    async with peer(hangs_up) as p:
+        with pytest.raises(Disconnected):
+            await call(client, p.url)
+    assert p.connections == 1
+
+
+async def test_silence_before_the_headers_is_a_read_timeout(client: HttpClient) -> None:
+    async def silent(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        await reader.read(1)
+
+    async with peer(silent) as p:
+        with pytest.raises(ReadTimeout, match=r"0\.2 s"):
+            await call(client, p.url, timeout=0.2)
+        await p.closed.wait()  # the connection was closed, not returned
+
+
+async def test_a_body_that_stalls_is_a_read_timeout(client: HttpClient) -> None:
+    async def stalls(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n[1,")
+        await writer.drain()
+        await reader.read(1)
+
+    async with peer(stalls) as p:
+        with pytest.raises(ReadTimeout):
+            await call(client, p.url, timeout=0.2)
+
+
+async def test_a_body_cut_short_is_a_disconnect(client: HttpClient) -> None:
+    async def cut(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n[1,")
+        await writer.drain()
+
+    async with peer(cut) as p:
+        with pytest.raises(Disconnected):
+            await call(client, p.url)
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "malformed"),
+        (b"NOT HTTP AT ALL\r\n\r\n", "malformed"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n", "larger than 65536 bytes"),
+    ],
+)
+async def test_a_malformed_answer_is_refused(client: HttpClient, answer: bytes, message: str) -> None:
+    async def bad(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        await reader.read(1)
+
+    async with peer(bad) as p:
+        with pytest.raises(BadAnswer, match=message):
+            await call(client, p.url)
+
+
+async def test_an_answer_nobody_asked_for_closes_the_connection(client: HttpClient) -> None:
+    async def chatty(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        writer.write(OK + OK)  # a second answer, unasked
+        await writer.drain()
+        await reader.read(1)
+
+    async with peer(chatty) as p:
+        assert await call(client, p.url) == (200, b'{"ok":true}')
+        await p.closed.wait()
+        assert client.pools()[0].open_connections == 0
+
+
+async def test_a_refused_connection_is_connect_failed(client: HttpClient) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(ConnectFailed, match="unreachable"):
+            await call(client, f"http://127.0.0.1:{port}/x")
+
+
+async def test_the_pool_never_opens_more_than_its_limit() -> None:
+    gate = asyncio.Event()
+
+    async def gated(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await p.read_request(reader)
+            await gate.wait()
+            writer.write(OK)
+            await writer.drain()
+
+    client = HttpClient(limit=1, connect_timeout=2.0)
+    try:
+        async with peer(gated) as p:
+            first = asyncio.create_task(call(client, p.url))
+            second = asyncio.create_task(call(client, p.url))  # finds the one connection busy, and waits
+            await p.requests.get()
+            assert client.pools()[0].open_connections == 1
+            gate.set()
+            assert await first == (200, b'{"ok":true}')
+            assert await second == (200, b'{"ok":true}')
+            assert p.connections == 1 and len(p.heads) == 2
+    finally:
+        await client.close()
+
+
+async def test_a_caller_that_goes_away_closes_the_connection(client: HttpClient) -> None:
+    async def silent(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        await reader.read(1)
+
+    async with peer(silent) as p:
+        task = asyncio.create_task(call(client, p.url))
+        await p.requests.get()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await p.closed.wait()
+        assert client.pools()[0].open_connections == 0
+
+
+async def test_reading_pauses_while_the_caller_is_slow(client: HttpClient) -> None:
+    size = 16 * 1024 * 1024
+    sent = asyncio.Event()
+
+    async def large(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        writer.write(b"x" * size)
+        await writer.drain()
+        sent.set()
+        await keep_alive(p, reader, writer)
+
+    async with peer(large) as p:
+        response = await client.request("POST", p.url, {}, b"{}", 5.0)
+        # nobody reads: the client stops reading, so the peer cannot finish sending
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(sent.wait()), 0.5)
+        assert response._buffered <= HIGH_WATER + 256 * 1024
+        assert len(await response.read()) == size
+        response.release()
+        await sent.wait()
+        assert await call(client, p.url) == (200, b'{"ok":true}')  # read to the end: reused
+        assert p.connections == 1
+
+
+async def test_a_line_break_in_a_header_is_refused_before_sending(client: HttpClient) -> None:
+    async with peer(keep_alive) as p:
+        with pytest.raises(ValueError, match="line break"):
+            await client.request("POST", p.url, {"X-Request-Id": "a\r\nX-Evil: 1"}, b"{}", 5.0)
+    assert p.connections == 0
+
+
+async def test_closing_the_client_fails_waiters_and_refuses_new_calls() -> None:
+    gate = asyncio.Event()
+
+    async def gated(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        await gate.wait()
+
+    client = HttpClient(limit=1, connect_timeout=2.0)
+    async with peer(gated) as p:
+        first = asyncio.create_task(call(client, p.url))
+        await p.requests.get()
+        second = asyncio.create_task(call(client, p.url))
+        await asyncio.sleep(0)  # one turn of the loop: the second call starts and waits for the pool
+        await client.close()
+        with pytest.raises(Disconnected):
+            await first
+        with pytest.raises(ConnectFailed, match="shutting down"):
+            await second
+        with pytest.raises(ConnectFailed, match="shutting down"):
+            await call(client, p.url)
+        gate.set()
+
+
+def test_the_host_header_leaves_out_default_ports() -> None:
+    assert Origin("http", "cube", 80).host_header == "cube"
+    assert Origin("https", "cube", 443).host_header == "cube"
+    assert Origin("http", "cube", 4000).host_header == "cube:4000"
+    assert Origin("http", "::1", 4000).host_header == "[::1]:4000"
+
+
+def test_only_http_urls_are_accepted() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        HttpClient(limit=1, connect_timeout=1.0)._target("ftp://cube/x")
+
+
+async def test_an_idle_connection_older_than_the_idle_timeout_is_not_reused() -> None:
+    async with peer(keep_alive) as p:
+        pool = HttpPool(Origin("http", "127.0.0.1", p.port), limit=4, connect_timeout=2.0, idle_timeout=0.0)
+        head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        for _ in range(2):
+            response = await pool.request(head, None, 5.0)
+            await response.read()
+            response.release()
+        await pool.close()
+    assert p.connections == 2
+
+
+# -- CubeClient's classification of what arrives over the lean client ------------------------------
+
+
+def chunked_answer(*pieces: bytes, end: bool = True) -> bytes:
+    out = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for piece in pieces:
+        out += b"%x\r\n%s\r\n" % (len(piece), piece)
+    return out + (b"0\r\n\r\n" if end else b"")
+
+
+def answers(raw: bytes) -> Handler:
+    async def handler(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        await reader.read(1)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "message"),
+    [
+        (chunked_answer(b'{"data":[1,2,3]}'), 200, None),  # the whole body came with the prefix
+        (chunked_answer(b'{ "error": "Continue wait" }'), 200, None),
+        (chunked_answer(b'{"error":', b'"Query should contain either measures or dimensions"}'), 400, "measures"),
+        (chunked_answer(b"<html>not json at all</html>", end=False), 502, "not valid JSON"),
+        (chunked_answer(b'{"data":[', end=False), 504, "read timeout"),
+    ],
+)
+async def test_cube_answers_without_a_length_are_classified(
+    client: HttpClient, raw: bytes, status: int, message: str | None
+) -> None:
+    from proxy.cube import Buffered, CubeClient
+    from proxy.errors import ApiError
+
+    cube = CubeClient(client, read_timeout=0.3, buffer_limit=1024)
+    async with peer(answers(raw)) as p:
+        try:
+            answer = await cube.call(p.url, "POST", "jwt", "r-span-1", b"{}")
+        except ApiError as exc:
+            assert exc.status == status and message is not None and message in exc.body["message"]
+            return
+        assert isinstance(answer, Buffered)
+        assert answer.status == status
+        if message is not None:
+            assert message in answer.body.decode()
+
+
+async def test_a_streamed_cube_answer_that_stalls_mid_body_is_a_504(client: HttpClient) -> None:
+    from proxy.cube import CubeClient, Streamed
+    from proxy.errors import ApiError
+
+    cube = CubeClient(client, read_timeout=0.3, buffer_limit=4)
+    async with peer(answers(chunked_answer(b'{"data":[' + b"1," * 20, end=False))) as p:
+        answer = await cube.call(p.url, "POST", "jwt", "r-span-1", b"{}")
+        assert isinstance(answer, Streamed)
+        with pytest.raises(ApiError) as raised:
+            async for _ in answer.chunks():
+                pass
+        answer.close()
+    assert raised.value.status == 504
