@@ -395,15 +395,17 @@ async def test_cube_answers_without_a_length_are_classified(
 
     cube = CubeClient(client, read_timeout=0.3, buffer_limit=1024)
     async with peer(answers(raw)) as p:
-        try:
-            answer = await cube.call(p.url, "POST", "jwt", "r-span-1", b"{}")
-        except ApiError as exc:
-            assert exc.status == status and message is not None and message in exc.body["message"]
+        if status >= 500:
+            with pytest.raises(ApiError) as raised:
+                await cube.call(p.url, "POST", "jwt", "r-span-1", b"{}")
+            assert raised.value.status == status
+            assert message is not None and message in raised.value.body["message"]
             return
-        assert isinstance(answer, Buffered)
-        assert answer.status == status
-        if message is not None:
-            assert message in answer.body.decode()
+        answer = await cube.call(p.url, "POST", "jwt", "r-span-1", b"{}")
+    assert isinstance(answer, Buffered)
+    assert answer.status == status
+    if message is not None:
+        assert message in answer.body.decode()
 
 
 async def test_a_streamed_cube_answer_that_stalls_mid_body_is_a_504(client: HttpClient) -> None:
