@@ -24,16 +24,20 @@ from .keys import (
     GITLAB_SESSION,
     META_CACHE,
     RATE_LIMITER,
+    REQUEST_IDS,
     SETTINGS,
     SHEDDER,
     SIGNER,
+    TENANTS,
 )
 from .limiter import TenantLimiter
 from .middlewares import MIDDLEWARES
 from .ratelimit import RateLimiter
+from .request_id import RequestIds
 from .settings import Settings
 from .signing import Signer
 from .singleflight import SingleFlightCache
+from .tenants import Tenants
 from .upstream import HttpClient
 from .views import dry_run, load, meta
 
@@ -101,6 +105,8 @@ def create_app(settings: Settings) -> web.Application:
     """The proxy as an aiohttp application; sessions open on start-up and close on clean-up."""
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.limits.max_body_bytes)
     app[SETTINGS] = settings
+    app[TENANTS] = Tenants(settings)
+    app[REQUEST_IDS] = RequestIds()
     app[SIGNER] = Signer(_issuer(settings), settings.product_analytics.jwt_ttl)
     app[COALESCER] = Coalescer()
     app[META_CACHE] = SingleFlightCache(settings.cube.meta_cache_size, settings.cube.meta_cache_ttl)

@@ -11,10 +11,11 @@ from .coalesce import Coalescer
 from .cube import Buffered
 from .forward import Forwarder
 from .ratelimit import RateLimiter
+from .request_id import RequestIds
 from .settings import Settings
 from .signing import Signer
 from .singleflight import SingleFlightCache
-from .tenants import Tenant
+from .tenants import Tenant, Tenants
 from .upstream import HttpClient
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -25,5 +26,7 @@ COALESCER = web.AppKey("coalescer", Coalescer)
 META_CACHE = web.AppKey("meta_cache", SingleFlightCache[Tenant, Buffered])
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 SHEDDER = web.AppKey("shedder", LoadShedder)
+TENANTS = web.AppKey("tenants", Tenants)
+REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 CUBE_HTTP = web.AppKey("cube_http", HttpClient)
 GITLAB_SESSION = web.AppKey("gitlab_session", aiohttp.ClientSession)

@@ -17,7 +17,7 @@ from aiohttp.typedefs import Handler
 
 from .credentials import extract_credential
 from .errors import ApiError
-from .keys import RATE_LIMITER, SHEDDER
+from .keys import RATE_LIMITER, REQUEST_IDS, SHEDDER
 from .request_id import normalise_request_id
 from .request_keys import ABORTED, CACHE, CREDENTIAL, PROJECT, REQUEST_ID
 
@@ -30,7 +30,7 @@ PROTECTED_PREFIX = "analytics."
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = normalise_request_id(request.headers.get("X-Request-Id"))
+    request_id = normalise_request_id(request.headers.get("X-Request-Id"), request.app[REQUEST_IDS])
     request[REQUEST_ID] = request_id
     response = await handler(request)
     if not response.prepared:

@@ -13,10 +13,10 @@ from .coalesce import Outcome, SharedStream, StreamBroken
 from .cube import Buffered, Streamed
 from .errors import ApiError, bad_request, not_enabled
 from .forward import UpstreamCall
-from .keys import AUTHORIZER, COALESCER, FORWARDER, META_CACHE, SETTINGS, SIGNER
+from .keys import AUTHORIZER, COALESCER, FORWARDER, META_CACHE, SETTINGS, SIGNER, TENANTS
 from .request_body import QueryRequest, parse_body, query_request, too_large
 from .request_keys import ABORTED, CACHE, CREDENTIAL, PROJECT, REQUEST_ID
-from .tenants import Tenant, resolve_tenant
+from .tenants import Tenant
 from .zerofill import fill_plan
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ async def _grant_tenant(request: web.Request) -> tuple[Tenant, Grant]:
     """Authorise the caller for the route's project; its tenant, or 404 when analytics is off."""
     grant = await request.app[AUTHORIZER].authorize(request[CREDENTIAL], request.match_info["project"], request.method)
     request[PROJECT] = grant.project_id
-    tenant = resolve_tenant(request.app[SETTINGS], grant.project_id)
+    tenant = request.app[TENANTS].get(grant.project_id)
     if tenant is None:
         raise not_enabled()
     return tenant, grant

@@ -69,3 +69,9 @@ def test_depth():
     for _ in range(10_000):
         deep = [deep]
     assert not json_depth_ok(deep, 64)
+
+
+def test_many_brackets_side_by_side_or_in_strings_are_not_depth():
+    assert parse_body(b'{"a": [1], "b": [2], "c": [3], "d": "[[[[{{{{"}', 2)["d"] == "[[[[{{{{"
+    with pytest.raises(ApiError, match="nested deeper than 2"):
+        parse_body(b'{"a": [[1]]}', 2)

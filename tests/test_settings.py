@@ -159,3 +159,20 @@ def test_analytics_off_or_unconfigured_serves_nothing():
     tenant = resolve_tenant(only_one, 9)
     assert tenant is not None and tenant.cube_base_url == "http://c"
     assert resolve_tenant(only_one, 1) is None
+
+
+def test_a_project_resolves_to_the_same_tenant_object_every_time() -> None:
+    from proxy.tenants import Tenants
+
+    s = settings_from_mapping(
+        {
+            "product_analytics": {"cube_api_base_url": "http://c", "cube_api_key": "k" * 32},
+            "projects": {"9": {"enabled": False}},
+        },
+        {},
+    )
+    tenants = Tenants(s, size=2)
+    first = tenants.get(1)
+    assert first is not None and tenants.get(1) is first
+    assert tenants.get(9) is None and tenants.get(9) is None
+    assert hash(first) == hash(resolve_tenant(s, 1)) and first == resolve_tenant(s, 1)
