@@ -18,8 +18,8 @@ def _chart(results: dict[str, Any], path: Path) -> bool:
     panels = []
     if "pass_through" in s:
         p = s["pass_through"]
-        labels = ["nginx", "plain aiohttp", "proxy 1 worker", "proxy 2 workers"]
-        keys = ["nginx", "plain_aiohttp_proxy", "proxy_1_worker", "proxy_2_workers"]
+        labels = ["nginx", "aiohttp floor", "plain aiohttp", "proxy 1 worker", "proxy 2 workers"]
+        keys = ["nginx", "aiohttp_floor", "plain_aiohttp_proxy", "proxy_1_worker", "proxy_2_workers"]
         present = [(label, p[key]["cpu_us_per_request"]) for label, key in zip(labels, keys, strict=True) if key in p]
         panels.append(("CPU per request (µs), pass-through", [lb for lb, _ in present], [v for _, v in present]))
         panels.append(
@@ -122,6 +122,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         for key, label, conns in [
             ("direct", "upstream directly", 64),
             ("nginx", "nginx proxy_pass (keep-alive)", 64),
+            ("aiohttp_floor", "aiohttp answering from memory (no upstream)", 64),
             ("plain_aiohttp_proxy", "plain aiohttp proxy (no auth, no JWT)", 64),
             ("proxy_1_worker", "proxy, 1 worker", 64),
             ("proxy_2_workers", "proxy, 2 workers", 64),
@@ -139,8 +140,10 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             f"Latency the proxy adds over going direct: p50 {p['added_p50_ms']} ms, p99 {p['added_p99_ms']} ms "
             f"(nginx adds {p['nginx_added_p50_ms']} ms at p50). Two workers serve {p['two_workers_rps_ratio']}x one worker's requests/s.",
             "",
-            f"A bare aiohttp proxy (one shared session, nothing else) costs {p.get('plain_aiohttp_cpu_ratio', 'n/a')}x nginx's CPU per "
-            f"request; the real proxy, with GitLab auth, JWT, coalescing, limits and logging, costs "
+            f"aiohttp's server answering from memory, with no upstream at all, costs {p.get('aiohttp_floor_cpu_ratio', 'n/a')}x "
+            f"nginx's CPU per request: the floor of any proxy built on it. A bare aiohttp proxy (one shared "
+            f"`ClientSession`, nothing else) costs {p.get('plain_aiohttp_cpu_ratio', 'n/a')}x nginx; the real proxy, with "
+            f"GitLab auth, JWT, coalescing, limits and logging, and its lean client towards Cube, costs "
             f"{p.get('proxy_vs_plain_aiohttp_cpu', 'n/a')}x the bare one.",
         ]
     if "cached_meta" in s:

@@ -113,11 +113,16 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
         f"http://127.0.0.1:{plain_port}/-/liveness",
         workdir / "plain.log",
     )
+    floor_port = free_port()
+    floor = Process(
+        ["-m", "bench.floor_server", str(floor_port)], f"http://127.0.0.1:{floor_port}/-/liveness", workdir / "floor.log"
+    )
     results: dict[str, Any] = {}
     try:
         one.start()
         two.start()
         plain.start()
+        floor.start()
         upstream_load = f"http://127.0.0.1:{upstream.port}/cubejs-api/v1/load"
         nginx_load = f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load"
         # warm the auth caches (and, for two workers, each worker's)
@@ -132,6 +137,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
             return {
                 "direct": wrk(upstream_load, upstream.pids, seconds=seconds, connections=64, authorization="x"),
                 "nginx": wrk(nginx_load, reference.pids, seconds=seconds, connections=64),
+                "aiohttp_floor": proxied(floor_port, floor.pids, 64),
                 "plain_aiohttp_proxy": proxied(plain_port, plain.pids, 64),
                 "proxy_1_worker": proxied(one_port, one.pids, 64),
                 "proxy_2_workers": proxied(two_port, two.pids, 64),
@@ -146,6 +152,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
                 "rounds": rounds,
                 "pass_through_cpu_ratio": median_ratio(runs, "proxy_1_worker", "nginx", "cpu_us_per_request"),
                 "pass_through_cpu_ratio_range": ratio_range(runs, "proxy_1_worker", "nginx", "cpu_us_per_request"),
+                "aiohttp_floor_cpu_ratio": median_ratio(runs, "aiohttp_floor", "nginx", "cpu_us_per_request"),
                 "plain_aiohttp_cpu_ratio": median_ratio(runs, "plain_aiohttp_proxy", "nginx", "cpu_us_per_request"),
                 "proxy_vs_plain_aiohttp_cpu": median_ratio(
                     runs, "proxy_1_worker", "plain_aiohttp_proxy", "cpu_us_per_request"
@@ -159,7 +166,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
             }
         )
     finally:
-        for process in (one, two, plain, reference, upstream):
+        for process in (one, two, plain, floor, reference, upstream):
             process.stop()
     return results
 

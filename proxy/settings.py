@@ -104,7 +104,7 @@ class CubeSettings:
     meta_cache_size: int = 1024
     #: bodies up to this many bytes are read whole (and shared whole); larger ones stream.
     buffer_limit: int = 256 * 1024
-    #: connection pool size towards Cube.
+    #: open connections per Cube origin; more calls wait for one.
     pool_size: int = 256
 
 
