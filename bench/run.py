@@ -115,7 +115,9 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
     )
     floor_port = free_port()
     floor = Process(
-        ["-m", "bench.floor_server", str(floor_port)], f"http://127.0.0.1:{floor_port}/-/liveness", workdir / "floor.log"
+        ["-m", "bench.floor_server", str(floor_port)],
+        f"http://127.0.0.1:{floor_port}/-/liveness",
+        workdir / "floor.log",
     )
     results: dict[str, Any] = {}
     try:

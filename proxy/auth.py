@@ -82,18 +82,27 @@ class GitLabAuthorizer:
 
     async def authorize(self, credential: Credential, project_ref: str, method: str) -> Grant:
         project_ref = check_project_ref(project_ref)
-        caller, hit_caller = await self._callers.get(credential.key, lambda: self._load_caller(credential))
+        key = credential.key
+        # cached answers are read directly; only a miss pays for a load (and its single flight)
+        caller, hit_caller = self._callers.peek(key), True
+        if caller is None:
+            caller, hit_caller = await self._callers.get(key, lambda: self._load_caller(credential))
         needed, satisfying = required_scope(method)
         if not caller.scopes & satisfying:
             raise insufficient_scope(needed)
-        project_id, hit_project = await self._projects.get(
-            (credential.key, project_ref), lambda: self._load_project(credential, project_ref)
-        )
+        project_id, hit_project = self._projects.peek((key, project_ref)), True
+        if project_id is None:
+            project_id, hit_project = await self._projects.get(
+                (key, project_ref), lambda: self._load_project(credential, project_ref)
+            )
         hit_member = True
         if not caller.is_admin:
-            level, hit_member = await self._members.get(
-                (credential.key, project_id), lambda: self._load_member(credential, project_id, caller.user_id)
-            )
+            level = self._members.peek((key, project_id))
+            if level is None:
+                user_id = caller.user_id
+                level, hit_member = await self._members.get(
+                    (key, project_id), lambda: self._load_member(credential, project_id, user_id)
+                )
             if level < self._min_level:
                 raise access_denied()
         return Grant(caller, project_id, hit_caller and hit_project and hit_member)

@@ -31,6 +31,15 @@ HIGH_WATER = 256 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 
 
+#: the answer headers the client reads (framing and type); the rest are only counted.
+_KEPT_HEADERS = {
+    b"content-length": "content-length",
+    b"transfer-encoding": "transfer-encoding",
+    b"content-type": "content-type",
+    b"connection": "connection",
+}
+
+
 class UpstreamError(Exception):
     """Why a call to Cube failed; the message is safe to show a caller."""
 
@@ -88,7 +97,7 @@ class Response:
 
     def __init__(self, conn: _Connection, read_timeout: float) -> None:
         self.status = 0
-        #: header names lower-cased; a repeated header keeps its last value.
+        #: the framing headers (``_KEPT_HEADERS``), names lower-cased; a repeated one keeps its last value.
         self.headers: dict[str, str] = {}
         self._conn = conn
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -239,8 +248,10 @@ class _Connection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > MAX_HEAD_BYTES:
             raise BadAnswer(f"Cube's answer headers are larger than {MAX_HEAD_BYTES} bytes")
-        assert self._response is not None
-        self._response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        key = name.lower()
+        if key in _KEPT_HEADERS:  # nothing else of Cube's headers is used, or passed on
+            assert self._response is not None
+            self._response.headers[_KEPT_HEADERS[key]] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         assert self._response is not None
