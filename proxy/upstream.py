@@ -405,6 +405,8 @@ class HttpPool:
                     )
             except TimeoutError:
                 raise ConnectTimeout(f"Cube did not accept a connection within {self._connect_timeout:g} s") from None
+            except ssl_module.SSLError as exc:
+                raise ConnectFailed(f"TLS with Cube failed: {exc.reason or type(exc).__name__}") from None
             except OSError as exc:
                 raise ConnectFailed(f"Cube is unreachable: {exc.strerror or type(exc).__name__}") from None
         except BaseException:
@@ -451,13 +453,14 @@ class HttpPool:
 class HttpClient:
     """One pool per Cube origin, made on first use; the call's URL picks the pool."""
 
-    def __init__(self, *, limit: int, connect_timeout: float) -> None:
+    def __init__(self, *, limit: int, connect_timeout: float, ssl_context: ssl_module.SSLContext | None = None) -> None:
         self._limit = limit
         self._connect_timeout = connect_timeout
         self._pools: dict[Origin, HttpPool] = {}
         #: URL -> (pool, request line prefix); the URLs are the configured Cubes' endpoints.
         self._targets: dict[str, tuple[HttpPool, bytes]] = {}
-        self._ssl: ssl_module.SSLContext | None = None
+        #: for https Cubes: the system's trusted CAs unless given (made on first use)
+        self._ssl = ssl_context
 
     def _target(self, url: str) -> tuple[HttpPool, bytes]:
         found = self._targets.get(url)

@@ -421,3 +421,32 @@ async def test_a_streamed_cube_answer_that_stalls_mid_body_is_a_504(client: Http
                 pass
         answer.close()
     assert raised.value.status == 504
+
+
+async def test_an_https_cube_is_reached_over_verified_tls() -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+
+    p = Peer(keep_alive)
+    server = await asyncio.start_server(p._serve, "localhost", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    trusting = HttpClient(limit=2, connect_timeout=2.0, ssl_context=client_context)
+    untrusting = HttpClient(limit=2, connect_timeout=2.0)  # the system's CAs do not know this one
+    try:
+        assert await call(trusting, f"https://localhost:{port}/cubejs-api/v1/load") == (200, b'{"ok":true}')
+        assert await call(trusting, f"https://localhost:{port}/cubejs-api/v1/load") == (200, b'{"ok":true}')
+        assert p.connections == 1
+        assert f"Host: localhost:{port}\r\n" in p.heads[0].decode()
+        with pytest.raises(ConnectFailed, match="TLS with Cube failed: CERTIFICATE_VERIFY_FAILED"):
+            await call(untrusting, f"https://localhost:{port}/cubejs-api/v1/load")
+    finally:
+        await trusting.close()
+        await untrusting.close()
+        server.close()
