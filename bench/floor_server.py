@@ -6,12 +6,11 @@ report shows how much of the proxy's CPU per request aiohttp's server alone cost
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-import uvloop
 from aiohttp import web
 
+from bench.plain_proxy import serve
 from bench.procs import FAST_BODY
 
 BODY = FAST_BODY.encode()
@@ -22,16 +21,10 @@ async def answer(request: web.Request) -> web.Response:
     return web.Response(body=BODY, content_type="application/json")
 
 
-async def ready(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
-
-
 def main() -> None:
     app = web.Application()
-    app.router.add_get("/-/liveness", ready)
     app.router.add_post("/{tail:.*}", answer)
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+    serve(app, int(sys.argv[1]))
 
 
 if __name__ == "__main__":

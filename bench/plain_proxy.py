@@ -34,14 +34,19 @@ async def session_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[SESSION].close()
 
 
+def serve(app: web.Application, port: int) -> None:
+    """Serve ``app`` on 127.0.0.1 with uvloop and no access log, as the proxy runs; GET /-/liveness answers."""
+    app.router.add_get("/-/liveness", ready)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
 def main() -> None:
     app = web.Application()
     app["upstream"] = sys.argv[2]
     app.cleanup_ctx.append(session_ctx)
-    app.router.add_get("/-/liveness", ready)
     app.router.add_post("/{tail:.*}", forward)
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+    serve(app, int(sys.argv[1]))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,19 @@ async def keep_alive(p: Peer, reader: asyncio.StreamReader, writer: asyncio.Stre
         await writer.drain()
 
 
+def answers(raw: bytes, hold: bool = True) -> Handler:
+    """Read one request, send ``raw``; then keep the connection until the client closes it, or hang up."""
+
+    async def handler(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        if hold:
+            await reader.read(1)
+
+    return handler
+
+
 async def call(client: HttpClient, url: str, body: bytes | None = b"{}", timeout: float = 5.0) -> tuple[int, bytes]:
     response = await client.request("POST", url, {"Authorization": "jwt", "X-Request-Id": "r-span-1"}, body, timeout)
     try:
@@ -108,13 +121,7 @@ async def test_a_kept_alive_connection_carries_call_after_call(client: HttpClien
 
 
 async def test_a_chunked_answer_is_read_piece_by_piece(client: HttpClient) -> None:
-    async def chunked(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await p.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n[1,2,\r\n")
-        await writer.drain()
-        await reader.read(1)  # hold the rest until the client has the first piece (then it closes)
-
-    async with peer(chunked) as p:
+    async with peer(answers(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n[1,2,\r\n")) as p:
         response = await client.request("POST", p.url, {}, b"{}", 5.0)
         assert response.status == 200 and response.content_length is None
         assert await response.read_chunk() == b"[1,2,"
@@ -125,12 +132,7 @@ async def test_a_chunked_answer_is_read_piece_by_piece(client: HttpClient) -> No
 
 
 async def test_a_body_that_runs_until_close_is_whole_and_the_connection_not_reused(client: HttpClient) -> None:
-    async def until_close(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await p.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n[1,2,3]")
-        await writer.drain()
-
-    async with peer(until_close) as p:
+    async with peer(answers(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n[1,2,3]", hold=False)) as p:
         assert await call(client, p.url) == (200, b"[1,2,3]")
         assert await call(client, p.url) == (200, b"[1,2,3]")
     assert p.connections == 2
@@ -154,45 +156,27 @@ async def test_a_reused_connection_the_peer_dropped_is_retried_once_on_a_new_one
 
 
 async def test_a_new_connection_that_drops_the_call_is_not_retried(client: HttpClient) -> None:
-    async def hangs_up(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await p.read_request(reader)
-
-    async with peer(hangs_up) as p:
+    async with peer(answers(b"", hold=False)) as p:
         with pytest.raises(Disconnected):
             await call(client, p.url)
     assert p.connections == 1
 
 
 async def test_silence_before_the_headers_is_a_read_timeout(client: HttpClient) -> None:
-    async def silent(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await p.read_request(reader)
-        await reader.read(1)
-
-    async with peer(silent) as p:
+    async with peer(answers(b"")) as p:
         with pytest.raises(ReadTimeout, match=r"0\.2 s"):
             await call(client, p.url, timeout=0.2)
         await p.closed.wait()  # the connection was closed, not returned
 
 
 async def test_a_body_that_stalls_is_a_read_timeout(client: HttpClient) -> None:
-    async def stalls(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await p.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n[1,")
-        await writer.drain()
-        await reader.read(1)
-
-    async with peer(stalls) as p:
+    async with peer(answers(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n[1,")) as p:
         with pytest.raises(ReadTimeout):
             await call(client, p.url, timeout=0.2)
 
 
 async def test_a_body_cut_short_is_a_disconnect(client: HttpClient) -> None:
-    async def cut(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await p.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n[1,")
-        await writer.drain()
-
-    async with peer(cut) as p:
+    async with peer(answers(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n[1,", hold=False)) as p:
         with pytest.raises(Disconnected):
             await call(client, p.url)
 
@@ -206,25 +190,13 @@ async def test_a_body_cut_short_is_a_disconnect(client: HttpClient) -> None:
     ],
 )
 async def test_a_malformed_answer_is_refused(client: HttpClient, answer: bytes, message: str) -> None:
-    async def bad(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await p.read_request(reader)
-        writer.write(answer)
-        await writer.drain()
-        await reader.read(1)
-
-    async with peer(bad) as p:
+    async with peer(answers(answer)) as p:
         with pytest.raises(BadAnswer, match=message):
             await call(client, p.url)
 
 
 async def test_an_answer_nobody_asked_for_closes_the_connection(client: HttpClient) -> None:
-    async def chatty(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await p.read_request(reader)
-        writer.write(OK + OK)  # a second answer, unasked
-        await writer.drain()
-        await reader.read(1)
-
-    async with peer(chatty) as p:
+    async with peer(answers(OK + OK)) as p:  # a second answer, unasked
         assert await call(client, p.url) == (200, b'{"ok":true}')
         await p.closed.wait()
         assert client.pools()[0].open_connections == 0
@@ -264,11 +236,7 @@ async def test_the_pool_never_opens_more_than_its_limit() -> None:
 
 
 async def test_a_caller_that_goes_away_closes_the_connection(client: HttpClient) -> None:
-    async def silent(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await p.read_request(reader)
-        await reader.read(1)
-
-    async with peer(silent) as p:
+    async with peer(answers(b"")) as p:
         task = asyncio.create_task(call(client, p.url))
         await p.requests.get()
         task.cancel()
@@ -365,16 +333,6 @@ def chunked_answer(*pieces: bytes, end: bool = True) -> bytes:
     for piece in pieces:
         out += b"%x\r\n%s\r\n" % (len(piece), piece)
     return out + (b"0\r\n\r\n" if end else b"")
-
-
-def answers(raw: bytes) -> Handler:
-    async def handler(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await p.read_request(reader)
-        writer.write(raw)
-        await writer.drain()
-        await reader.read(1)
-
-    return handler
 
 
 @pytest.mark.parametrize(
