@@ -102,7 +102,7 @@ async def _shedder_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
-    """The proxy as an aiohttp application; sessions open on start-up and close on clean-up."""
+    """The proxy as an aiohttp application; upstream clients open on start-up and close on clean-up."""
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.limits.max_body_bytes)
     app[SETTINGS] = settings
     app[TENANTS] = Tenants(settings)

@@ -15,7 +15,6 @@ from .upstream import ConnectFailed, ConnectTimeout, HttpClient, ReadTimeout, Re
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 64 * 1024
 #: an error body larger than this is not an error body Cube writes.
 MAX_ERROR_BODY = 1024 * 1024
 #: enough bytes of a body to tell ``{"error": ...}`` from data.

@@ -15,7 +15,7 @@ class RequestIds:
     """Fresh ids shaped like a UUID: a random prefix per process, then a counter.
 
     Unique within a process (the counter) and across processes and restarts (the
-    prefix's 80 random bits), and made without a system call per request, unlike uuid4.
+    prefix's 74 random bits), and made without a system call per request, unlike uuid4.
     """
 
     def __init__(self) -> None:

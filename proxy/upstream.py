@@ -232,8 +232,9 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         response = self._response
         if response is not None and not response._complete:
-            if self._headers_seen and "content-length" not in response.headers and not self._chunked(response):
-                response._finish(keep_alive=False)  # the body ran until the connection closed
+            framed = "content-length" in response.headers or self._chunked(response)
+            if exc is None and self._headers_seen and not framed:
+                response._finish(keep_alive=False)  # the body ran until the connection was closed cleanly
             else:
                 response._fail(Disconnected("Cube closed the connection before its answer was complete"))
         self._pool._forget(self)
@@ -338,10 +339,6 @@ class HttpPool:
     @property
     def open_connections(self) -> int:
         return len(self._open)
-
-    @property
-    def idle_connections(self) -> int:
-        return len(self._idle)
 
     async def request(self, head: bytes, body: bytes | None, read_timeout: float) -> Response:
         """Send ``head`` (request line and headers, ending in a blank line) and ``body``; await the headers.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -136,6 +137,19 @@ async def test_a_body_that_runs_until_close_is_whole_and_the_connection_not_reus
         assert await call(client, p.url) == (200, b"[1,2,3]")
         assert await call(client, p.url) == (200, b"[1,2,3]")
     assert p.connections == 2
+
+
+async def test_a_body_that_runs_until_a_reset_is_not_whole(client: HttpClient) -> None:
+    async def resets(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await p.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n[1,2,")
+        await writer.drain()
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset, not a clean end of the body
+
+    async with peer(resets) as p:
+        with pytest.raises(Disconnected):
+            await call(client, p.url)
 
 
 async def test_a_reused_connection_the_peer_dropped_is_retried_once_on_a_new_one(client: HttpClient) -> None:
