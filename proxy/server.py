@@ -25,7 +25,12 @@ GC_GEN0_THRESHOLD = 50_000
 async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting and let in-flight answers finish."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.server.shutdown_timeout)
+    # handler_cancellation: a caller that hangs up cancels its request, freeing its tenant slot and its
+    # Cube connection (a shared call carries on for the others). aiohttp's default keeps the handler
+    # running until Cube answers; the tests' server has always cancelled, and now production does too.
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=settings.server.shutdown_timeout, handler_cancellation=True
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=reuse_port or None, backlog=4096)
     await site.start()

@@ -1,6 +1,7 @@
 """Operations basics: health routes, the access log, the command line, graceful shutdown."""
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -8,8 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 
+import aiohttp
 import orjson
 
 from proxy.logs import JsonFormatter, TextFormatter, redact, setup_logging
@@ -149,37 +150,34 @@ async def wait_for_line(stream, needle, limit=200):
     raise AssertionError(f"{needle!r} not printed")
 
 
-async def test_sigterm_lets_an_in_flight_stream_finish(cube, gitlab_url, cube_url, aiohttp_client, tmp_path):
-    """A real proxy process: SIGTERM arrives mid-stream; the caller still gets the whole answer."""
-    release = asyncio.Event()
-    head = b'{"queryType":"regularQuery","results":[{"data":[' + b" " * 300
-    tail = b'{"TrackedEvents.count":"9"}]}]}'
-    cube.behaviour = chunked([head, tail], between=release)
+@contextlib.asynccontextmanager
+async def proxy_process(tmp_path, gitlab_url, cube_url, cube_section=""):
+    """The proxy as production runs it (``python -m proxy``), listening; killed if a test leaves it running."""
     port = free_port()
     config = tmp_path / "proxy.toml"
     config.write_text(
-        textwrap.dedent(
-            f"""
-            [server]
-            port = {port}
-            shutdown_timeout = 20
-            [gitlab]
-            url = "{gitlab_url}"
-            [product_analytics]
-            cube_api_base_url = "{cube_url}"
-            cube_api_key = "{CUBE_KEY}"
-            [cube]
-            buffer_limit = 64
-            """
-        )
+        f'[server]\nport = {port}\nshutdown_timeout = 20\n[gitlab]\nurl = "{gitlab_url}"\n'
+        f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{CUBE_KEY}"\n[cube]\n{cube_section}\n'
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", "--config", str(config), stderr=asyncio.subprocess.PIPE
     )
     try:
         await wait_for_line(proc.stderr, "listening")
-        import aiohttp
+        yield proc, port
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
+
+async def test_sigterm_lets_an_in_flight_stream_finish(cube, gitlab_url, cube_url, tmp_path):
+    """A real proxy process: SIGTERM arrives mid-stream; the caller still gets the whole answer."""
+    release = asyncio.Event()
+    head = b'{"queryType":"regularQuery","results":[{"data":[' + b" " * 300
+    tail = b'{"TrackedEvents.count":"9"}]}]}'
+    cube.behaviour = chunked([head, tail], between=release)
+    async with proxy_process(tmp_path, gitlab_url, cube_url, "buffer_limit = 64") as (proc, port):
         async with aiohttp.ClientSession() as session:
             resp = await session.post(f"http://127.0.0.1:{port}{LOAD}", json={"query": QUERY}, headers=REPORTER)
             assert resp.status == 200
@@ -190,10 +188,33 @@ async def test_sigterm_lets_an_in_flight_stream_finish(cube, gitlab_url, cube_ur
             rest = await resp.read()
             assert orjson.loads(head + rest)["results"][0]["data"] == [{"TrackedEvents.count": "9"}]
         assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+
+
+async def test_a_caller_that_hangs_up_stops_its_call_to_cube(cube, gitlab_url, cube_url, tmp_path):
+    """The production server cancels a request whose caller left: its tenant slot and Cube connection are freed."""
+    arrived, dropped = asyncio.Event(), asyncio.Event()
+
+    async def never_answers(call, request):
+        arrived.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            dropped.set()  # the proxy closed its connection to Cube
+            raise
+
+    cube.behaviour = never_answers
+    async with proxy_process(tmp_path, gitlab_url, cube_url, "read_timeout = 60") as (_, port):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = orjson.dumps({"query": QUERY})
+        writer.write(
+            f"POST {LOAD} HTTP/1.1\r\nHost: proxy\r\nPRIVATE-TOKEN: {REPORTER['PRIVATE-TOKEN']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        await arrived.wait()
+        writer.close()  # the caller hangs up while Cube is still working
+        await asyncio.wait_for(dropped.wait(), 15)
 
 
 async def test_installed_command_runs_workers_sharing_the_port(cube, gitlab_url, cube_url, tmp_path):
