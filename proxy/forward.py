@@ -61,6 +61,7 @@ class Forwarder:
                     call.payload,
                     read_timeout=read_timeout,
                     need_whole=call.whole or call.fill is not None,
+                    parse=call.fill is not None,  # only the zero-fill reads the data itself
                 )
             except ApiError as exc:
                 release()

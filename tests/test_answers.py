@@ -31,3 +31,20 @@ def test_error_text():
     assert error_text([1]) is None
     assert is_continue_wait({"error": "Continue wait"})
     assert not is_continue_wait({"error": "other"})
+
+
+def test_a_body_nobody_reads_is_passed_on_unparsed_once_its_outline_is_json():
+    from proxy.cube import classify_body
+    from proxy.errors import ApiError
+
+    body = b'{"results":[{"data":[{"TrackedEvents.count":"1"}]}]}'
+    answer = classify_body(body, parse=False)
+    assert (answer.status, answer.body, answer.parsed) == (200, body, None)
+    assert classify_body(b" [1, 2] \n", parse=False).body == b" [1, 2] \n"
+    # errors are still read and mapped, Continue wait still recognised, whatever the spacing
+    assert classify_body(b' { "error" : "Cube not found for path \'X.y\'" }', parse=False).status == 400
+    assert classify_body(b'{ "error": "Continue wait" }', parse=False).continue_wait
+    # a body cut short, or not JSON at all, is still a 502
+    for bad in (b'{"results":[{"data":[', b"<html>proxy error</html>", b""):
+        with pytest.raises(ApiError, match="not valid JSON"):
+            classify_body(bad, parse=False)

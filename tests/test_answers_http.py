@@ -51,6 +51,13 @@ async def test_invalid_json_is_502(client, cube):
     assert (await resp.json()) == {"message": "Cube answered with a body that is not valid JSON"}
 
 
+async def test_an_answer_cut_short_inside_its_own_length_is_502(client, cube):
+    cube.behaviour = raw_answer(200, b'{"queryType":"regularQuery","results":[{"data":[', "application/json")
+    resp = await post(client)
+    assert resp.status == 502
+    assert (await resp.json()) == {"message": "Cube answered with a body that is not valid JSON"}
+
+
 async def test_non_json_error_status_is_502(client, cube):
     cube.behaviour = raw_answer(503, b"Service Unavailable", "text/plain")
     resp = await post(client)
