@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,11 +49,15 @@ class Authorizer(Protocol):
     async def mint_token(self, credential: Credential, grant: Grant) -> str: ...
 
 
+_READ_SCOPES = frozenset({"api", "read_api"})
+_WRITE_SCOPES = frozenset({"api"})
+
+
 def required_scope(method: str) -> tuple[str, frozenset[str]]:
     """The scope a method needs, and the scopes that satisfy it (GitLab lets read_api do GET only)."""
     if method in {"GET", "HEAD"}:
-        return "read_api", frozenset({"api", "read_api"})
-    return "api", frozenset({"api"})
+        return "read_api", _READ_SCOPES
+    return "api", _WRITE_SCOPES
 
 
 def check_project_ref(project_ref: str) -> str:
@@ -64,48 +70,80 @@ def check_project_ref(project_ref: str) -> str:
 
 
 class GitLabAuthorizer:
-    """Asks GitLab, caching each answer by token hash with one in-flight call per key."""
+    """Asks GitLab, caching each answer by token hash with one in-flight call per key.
 
-    def __init__(self, client: GitLabClient, settings: GitLabSettings) -> None:
+    A grant worked out from cached answers is kept too, until the first of those answers
+    expires: a warm request is one dictionary lookup, and a revoked token still stops
+    working within ``cache_ttl``.
+    """
+
+    def __init__(
+        self, client: GitLabClient, settings: GitLabSettings, timer: Callable[[], float] = time.monotonic
+    ) -> None:
         self._client = client
         self._min_level = settings.min_access_level
+        self._timer = timer
 
         def cache() -> SingleFlightCache[Any, Any]:
             return SingleFlightCache(
-                settings.cache_size, settings.cache_ttl, settings.negative_cache_ttl, cache_error=_cacheable
+                settings.cache_size,
+                settings.cache_ttl,
+                settings.negative_cache_ttl,
+                cache_error=_cacheable,
+                timer=timer,
             )
 
         # keyed by the token's hash: the caller; the project id per project ref; the level per project id
         self._callers: SingleFlightCache[str, Caller] = cache()
         self._projects: SingleFlightCache[tuple[str, str], int] = cache()
         self._members: SingleFlightCache[tuple[str, int], int] = cache()
+        #: (token hash, project ref, scope needed) -> the grant, and when its first answer expires
+        self._grants: dict[tuple[str, str, str], tuple[Grant, float]] = {}
+        self._grants_size = settings.cache_size
 
     async def authorize(self, credential: Credential, project_ref: str, method: str) -> Grant:
-        project_ref = check_project_ref(project_ref)
-        key = credential.key
-        # cached answers are read directly; only a miss pays for a load (and its single flight)
-        caller, hit_caller = self._callers.peek(key), True
-        if caller is None:
-            caller, hit_caller = await self._callers.get(key, lambda: self._load_caller(credential))
         needed, satisfying = required_scope(method)
+        memo_key = (credential.key, project_ref, needed)
+        memo = self._grants.get(memo_key)
+        if memo is not None:
+            if self._timer() < memo[1]:
+                return memo[0]
+            del self._grants[memo_key]
+        grant = await self._work_out(credential, check_project_ref(project_ref), needed, satisfying)
+        self._remember(memo_key, grant)
+        return grant
+
+    async def _work_out(
+        self, credential: Credential, project_ref: str, needed: str, satisfying: frozenset[str]
+    ) -> Grant:
+        key = credential.key
+        caller, hit_caller = await self._callers.get(key, lambda: self._load_caller(credential))
         if not caller.scopes & satisfying:
             raise insufficient_scope(needed)
-        project_id, hit_project = self._projects.peek((key, project_ref)), True
-        if project_id is None:
-            project_id, hit_project = await self._projects.get(
-                (key, project_ref), lambda: self._load_project(credential, project_ref)
-            )
+        project_id, hit_project = await self._projects.get(
+            (key, project_ref), lambda: self._load_project(credential, project_ref)
+        )
         hit_member = True
         if not caller.is_admin:
-            level = self._members.peek((key, project_id))
-            if level is None:
-                user_id = caller.user_id
-                level, hit_member = await self._members.get(
-                    (key, project_id), lambda: self._load_member(credential, project_id, user_id)
-                )
+            user_id = caller.user_id
+            level, hit_member = await self._members.get(
+                (key, project_id), lambda: self._load_member(credential, project_id, user_id)
+            )
             if level < self._min_level:
                 raise access_denied()
         return Grant(caller, project_id, hit_caller and hit_project and hit_member)
+
+    def _remember(self, memo_key: tuple[str, str, str], grant: Grant) -> None:
+        key, project_ref, _ = memo_key
+        entries = [self._callers.peek(key), self._projects.peek((key, project_ref))]
+        if not grant.caller.is_admin:
+            entries.append(self._members.peek((key, grant.project_id)))
+        expiries = [entry[1] for entry in entries if entry is not None]
+        if len(expiries) < len(entries):
+            return  # an answer was not cached (cache_ttl = 0): nothing to remember
+        if len(self._grants) >= self._grants_size:
+            del self._grants[next(iter(self._grants))]  # the oldest
+        self._grants[memo_key] = (Grant(grant.caller, grant.project_id, True), min(expiries))
 
     async def mint_token(self, credential: Credential, grant: Grant) -> str:
         reply = await self._client.create_project_access_token(credential, grant.project_id, dt.date.today())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -26,19 +27,26 @@ class SingleFlightCache(Generic[K, V]):
         ttl: float,
         negative_ttl: float = 0.0,
         cache_error: Callable[[BaseException], bool] = lambda exc: False,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._values: TTLCache[K, V] | None = TTLCache(maxsize, ttl) if ttl > 0 else None
-        self._errors: TTLCache[K, BaseException] | None = TTLCache(maxsize, negative_ttl) if negative_ttl > 0 else None
+        self._ttl = ttl
+        self._timer = timer
+        #: each value with the moment it expires
+        self._values: TTLCache[K, tuple[V, float]] | None = TTLCache(maxsize, ttl, timer) if ttl > 0 else None
+        self._errors: TTLCache[K, BaseException] | None = (
+            TTLCache(maxsize, negative_ttl, timer) if negative_ttl > 0 else None
+        )
         self._cache_error = cache_error
         self._in_flight: dict[K, tuple[asyncio.Task[V], list[int]]] = {}
 
-    def peek(self, key: K) -> V | None:
+    def peek(self, key: K) -> tuple[V, float] | None:
+        """The cached value and when it expires, without loading anything."""
         return None if self._values is None else self._values.get(key)
 
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
         """The value and whether it came from the cache (or a load already in flight)."""
-        if self._values is not None and (value := self._values.get(key)) is not None:
-            return value, True
+        if self._values is not None and (entry := self._values.get(key)) is not None:
+            return entry[0], True
         if self._errors is not None and (error := self._errors.get(key)) is not None:
             raise error.with_traceback(None)
         flight = self._in_flight.get(key)
@@ -68,5 +76,5 @@ class SingleFlightCache(Generic[K, V]):
         finally:
             self._in_flight.pop(key, None)
         if self._values is not None:
-            self._values[key] = value
+            self._values[key] = (value, self._timer() + self._ttl)
         return value
