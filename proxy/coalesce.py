@@ -48,14 +48,31 @@ class SharedStream:
 Outcome = Buffered | Streamed | SharedStream
 
 
+class _LeaderLeft:
+    """What followers get when the caller making the shared call hung up: ask again."""
+
+
+_LEADER_LEFT = _LeaderLeft()
+
+
 @dataclass
 class _Flight:
-    task: asyncio.Task[Answer]
-    #: callers that joined; caller n holds slot n
-    joined: int = 0
+    #: callers that joined; caller n holds slot n (the leader, making the call, holds 0)
+    joined: int = 1
     #: slots whose callers gave up before taking the answer
     left: set[int] = field(default_factory=set)
+    #: each waiting follower's slot and the future its answer arrives on
+    followers: dict[int, asyncio.Future[Answer | _LeaderLeft]] = field(default_factory=dict)
     broadcast: _Broadcast | None = None
+
+    def settle(self, answer: Answer | _LeaderLeft | None, error: BaseException | None = None) -> None:
+        for waiter in self.followers.values():
+            if waiter.done():
+                continue
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(answer if answer is not None else _LEADER_LEFT)
 
 
 class _Broadcast:
@@ -115,30 +132,52 @@ class Coalescer:
         return sum(f.joined - len(f.left) for f in self._flights.values())
 
     async def run(self, key: Hashable | None, produce: Callable[[], Awaitable[Answer]]) -> tuple[Outcome, bool]:
-        """The answer for this caller, and whether it was shared with an earlier caller."""
+        """The answer for this caller, and whether it was shared with an earlier caller.
+
+        The first caller makes the call itself, in its own task: no task or future is made
+        for a call nobody else asks for (most calls). Callers that join wait for its answer.
+        If the first caller hangs up, its call stops, and those still waiting ask again:
+        one of them makes the call, the others share it (and Cube's own queue joins the
+        query it is already running).
+        """
         if key is None:
             return await produce(), False
         flight = self._flights.get(key)
-        shared = flight is not None
         if flight is None:
-            flight = _Flight(asyncio.ensure_future(self._lead(key, produce)))
-            # a flight whose callers all left may still fail: its error is not news to anyone
-            flight.task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            self._flights[key] = flight
+            return await self._lead(key, produce), False
         slot = flight.joined
         flight.joined += 1
+        waiter: asyncio.Future[Answer | _LeaderLeft] = asyncio.get_running_loop().create_future()
+        flight.followers[slot] = waiter
         try:
-            answer = await asyncio.shield(flight.task)
+            answer = await waiter
         except asyncio.CancelledError:
             self._abandon(flight, slot)
             raise
-        return self._take(flight, slot, answer), shared
+        if isinstance(answer, _LeaderLeft):
+            return await self.run(key, produce)
+        return self._take(flight, slot, answer), True
 
-    async def _lead(self, key: Hashable, produce: Callable[[], Awaitable[Answer]]) -> Answer:
+    async def _lead(self, key: Hashable, produce: Callable[[], Awaitable[Answer]]) -> Outcome:
+        flight = self._flights[key] = _Flight()
         try:
-            return await produce()
-        finally:
-            self._flights.pop(key, None)
+            answer = await produce()
+        except asyncio.CancelledError:
+            self._land(key, flight)
+            flight.settle(_LEADER_LEFT)
+            raise
+        except BaseException as exc:
+            self._land(key, flight)
+            flight.settle(None, exc)
+            raise
+        self._land(key, flight)
+        outcome = self._take(flight, 0, answer)
+        flight.settle(answer)
+        return outcome
+
+    def _land(self, key: Hashable, flight: _Flight) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
 
     def _take(self, flight: _Flight, slot: int, answer: Answer) -> Outcome:
         if isinstance(answer, Buffered):
@@ -152,16 +191,9 @@ class Coalescer:
 
     def _abandon(self, flight: _Flight, slot: int) -> None:
         flight.left.add(slot)
+        flight.followers.pop(slot, None)
         if flight.broadcast is not None:
             flight.broadcast.leave(slot)
-        elif len(flight.left) == flight.joined:
-            if flight.task.done():
-                if not flight.task.cancelled() and flight.task.exception() is None:
-                    answer = flight.task.result()
-                    if isinstance(answer, Streamed):
-                        answer.close()
-            else:
-                flight.task.cancel()
 
     async def close(self) -> None:
         for task in list(self._pumps):

@@ -165,19 +165,36 @@ async def test_coalesced_callers_share_an_error_too(client, cube):
     assert len(cube.calls) == 1
 
 
-async def test_coalesced_caller_leaving_does_not_cancel_the_others(client, cube):
+async def test_a_joined_caller_leaving_does_not_stop_the_shared_call(client, cube):
     release = asyncio.Event()
     cube.behaviour = held_until(release, cube.default)
     coalescer = client.app[COALESCER]
+    first = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
+    await until(lambda: len(cube.calls) == 1)
     leaver = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
-    stayer = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
     await until(lambda: coalescer.waiting() == 2)
     leaver.cancel()
     await until(lambda: coalescer.waiting() == 1)
     release.set()
-    resp = await stayer
+    resp = await first
     assert resp.status == 200
     assert len(cube.calls) == 1
+
+
+async def test_when_the_caller_making_the_shared_call_leaves_the_others_ask_again_once(client, cube):
+    release = asyncio.Event()
+    cube.behaviour = held_until(release, cube.default)
+    coalescer = client.app[COALESCER]
+    leader = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
+    await until(lambda: len(cube.calls) == 1)
+    stayers = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(2)]
+    await until(lambda: coalescer.waiting() == 3)
+    leader.cancel()  # its call stops with it; the two still waiting share one new call
+    await until(lambda: len(cube.calls) == 2 and coalescer.waiting() == 2)
+    release.set()
+    responses = await asyncio.gather(*stayers)
+    assert [r.status for r in responses] == [200, 200]
+    assert len(cube.calls) == 2
 
 
 async def test_rate_limit_is_429_with_retry_after(make_settings, make_client, cube):
