@@ -416,7 +416,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "5")), help="per wrk run")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved rounds of each wrk comparison (medians reported)"
+        "--rounds", type=int, default=5, help="interleaved rounds of each wrk comparison (medians reported)"
     )
     parser.add_argument("--held", type=int, default=5000, help="concurrent callers in the held-connections scenario")
     parser.add_argument("--only", nargs="*", default=None, help="pass_through cached_meta burst large held")

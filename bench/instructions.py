@@ -1,0 +1,116 @@
+"""Instructions per pass-through request, counted: repeatable where timings on a shared machine are not.
+
+``python -m bench.instructions [CHECKOUT ...]`` runs each checkout's proxy (default: this one)
+under valgrind's callgrind, against the fast nginx upstream and the fake GitLab. wrk
+drives it at 16 connections for a short run and a long one; the difference in
+instructions divided by the difference in requests is the cost of one request,
+start-up and shutdown excluded. Counts repeat to within about 1%. They are user-space
+instructions only (no kernel time), so compare versions of the proxy with them, not the
+proxy with nginx. Needs valgrind (``apt-get install valgrind``); takes about a minute per
+checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.procs import ROOT, Process, fast_upstream, free_port, http_ok, wrk
+from bench.run import KEY, LOAD, TOKEN
+from stack.localstack import wait_until
+
+CONNECTIONS = 16
+
+
+def _config(workdir: Path, port: int, gitlab_url: str, cube_url: str) -> Path:
+    config = workdir / f"proxy-{port}.toml"
+    config.write_text(
+        f'[server]\nport = {port}\nlog_level = "WARNING"\n'
+        f'[gitlab]\nurl = "{gitlab_url}"\ncache_ttl = 3600.0\n'
+        f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{KEY}"\n'
+        "[limits]\nrate_limit = 0.0\n[cube]\nmax_concurrent_per_tenant = 256\n"
+    )
+    return config
+
+
+def count(checkout: Path, workdir: Path, gitlab_url: str, cube_url: str, seconds: int) -> tuple[int, int]:
+    """Total instructions of one proxy process that served ``seconds`` of wrk, and the requests served."""
+    port = free_port()
+    out = workdir / f"callgrind.{port}.out"
+    proc = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            "-m",
+            "proxy",
+            "--config",
+            str(_config(workdir, port, gitlab_url, cube_url)),
+        ],
+        cwd=checkout,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/-/liveness"), "the proxy under valgrind", 180, proc)
+        url = f"http://127.0.0.1:{port}{LOAD}"
+        wrk(url, [], seconds=1, connections=1, token=TOKEN, vary=True)  # warm the auth caches
+        result = wrk(url, [], seconds=seconds, connections=CONNECTIONS, token=TOKEN, vary=True)
+        if result.non2xx or result.socket_errors:
+            raise RuntimeError(f"the proxy answered errors under valgrind: {result}")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(errors="replace"), re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no instruction total in {out}")
+    return int(found.group(1)), result.requests
+
+
+def per_request(checkout: Path, workdir: Path, gitlab_url: str, cube_url: str) -> int:
+    short_total, short_requests = count(checkout, workdir, gitlab_url, cube_url, 4)
+    long_total, long_requests = count(checkout, workdir, gitlab_url, cube_url, 12)
+    return round((long_total - short_total) / (long_requests - short_requests))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkouts", nargs="*", type=Path, default=[ROOT], help="source trees to compare")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="pa-proxy-instructions-") as tmp:
+        workdir = Path(tmp)
+        upstream = fast_upstream(workdir)
+        upstream.start()
+        gitlab_port = free_port()
+        gitlab = Process(
+            ["-m", "bench.fake_gitlab", str(gitlab_port)],
+            f"http://127.0.0.1:{gitlab_port}/-/ready",
+            workdir / "gitlab.log",
+        )
+        gitlab.start()
+        try:
+            for checkout in args.checkouts:
+                cube_url = f"http://127.0.0.1:{upstream.port}"
+                n = per_request(checkout.resolve(), workdir, f"http://127.0.0.1:{gitlab_port}", cube_url)
+                print(f"{checkout}: {n:,} instructions per pass-through request ({CONNECTIONS} connections)")
+        finally:
+            gitlab.stop()
+            upstream.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
