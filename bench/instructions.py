@@ -21,39 +21,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.procs import ROOT, Process, fast_upstream, free_port, http_ok, wrk
+from bench.procs import ROOT, fake_gitlab, fast_upstream, http_ok, proxy_process, wrk
 from bench.run import KEY, LOAD, TOKEN
 from stack.localstack import wait_until
 
 CONNECTIONS = 16
 
 
-def _config(workdir: Path, port: int, gitlab_url: str, cube_url: str) -> Path:
-    config = workdir / f"proxy-{port}.toml"
-    config.write_text(
-        f'[server]\nport = {port}\nlog_level = "WARNING"\n'
-        f'[gitlab]\nurl = "{gitlab_url}"\ncache_ttl = 3600.0\n'
-        f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{KEY}"\n'
-        "[limits]\nrate_limit = 0.0\n[cube]\nmax_concurrent_per_tenant = 256\n"
-    )
-    return config
-
-
 def count(checkout: Path, workdir: Path, gitlab_url: str, cube_url: str, seconds: int) -> tuple[int, int]:
     """Total instructions of one proxy process that served ``seconds`` of wrk, and the requests served."""
-    port = free_port()
+    # the benchmark's own proxy settings: auth cache warm for the run, rate limit off, cap at 256
+    process, port = proxy_process(
+        workdir, "counted", gitlab_url, cube_url, KEY, cube={"max_concurrent_per_tenant": 256}
+    )
     out = workdir / f"callgrind.{port}.out"
     proc = subprocess.Popen(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            "-m",
-            "proxy",
-            "--config",
-            str(_config(workdir, port, gitlab_url, cube_url)),
-        ],
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, *process.args],
         cwd=checkout,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -94,17 +77,11 @@ def main() -> int:
         workdir = Path(tmp)
         upstream = fast_upstream(workdir)
         upstream.start()
-        gitlab_port = free_port()
-        gitlab = Process(
-            ["-m", "bench.fake_gitlab", str(gitlab_port)],
-            f"http://127.0.0.1:{gitlab_port}/-/ready",
-            workdir / "gitlab.log",
-        )
+        gitlab, gitlab_url = fake_gitlab(workdir)
         gitlab.start()
         try:
             for checkout in args.checkouts:
-                cube_url = f"http://127.0.0.1:{upstream.port}"
-                n = per_request(checkout.resolve(), workdir, f"http://127.0.0.1:{gitlab_port}", cube_url)
+                n = per_request(checkout.resolve(), workdir, gitlab_url, f"http://127.0.0.1:{upstream.port}")
                 print(f"{checkout}: {n:,} instructions per pass-through request ({CONNECTIONS} connections)")
         finally:
             gitlab.stop()

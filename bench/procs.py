@@ -186,6 +186,15 @@ class Process(Managed):
         wait_until(lambda: http_ok(self.ready_url), " ".join(self.args), 30, self.proc)
 
 
+def fake_gitlab(workdir: Path) -> tuple[Process, str]:
+    """The fake GitLab the benchmarks authenticate against (not started), and its URL."""
+    port = free_port()
+    process = Process(
+        ["-m", "bench.fake_gitlab", str(port)], f"http://127.0.0.1:{port}/-/ready", workdir / "gitlab.log"
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
 def proxy_process(
     workdir: Path, name: str, gitlab_url: str, cube_url: str, key: str, **sections: dict[str, object]
 ) -> tuple[Process, int]:

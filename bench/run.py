@@ -27,6 +27,7 @@ import aiohttp
 from bench.procs import (
     Process,
     WrkResult,
+    fake_gitlab,
     fast_upstream,
     free_port,
     proxy_process,
@@ -432,14 +433,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pa-proxy-bench-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)
-        gitlab_port = free_port()
-        gitlab = Process(
-            ["-m", "bench.fake_gitlab", str(gitlab_port)],
-            f"http://127.0.0.1:{gitlab_port}/-/ready",
-            workdir / "gitlab.log",
-        )
+        gitlab, gitlab_url = fake_gitlab(workdir)
         gitlab.start()
-        gitlab_url = f"http://127.0.0.1:{gitlab_port}"
         try:
             if "pass_through" in wanted:
                 print("pass-through load (fast upstream) ...", flush=True)
