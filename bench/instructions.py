@@ -4,7 +4,7 @@
 under valgrind's callgrind, against the fast nginx upstream and the fake GitLab. wrk
 drives it at 16 connections for a short run and a long one; the difference in
 instructions divided by the difference in requests is the cost of one request,
-start-up and shutdown excluded. Counts repeat to within about 1%. They are user-space
+start-up and shutdown excluded. Counts repeat to within about 3%. They are user-space
 instructions only (no kernel time), so compare versions of the proxy with them, not the
 proxy with nginx. Needs valgrind (``apt-get install valgrind``); takes about a minute per
 checkout.
