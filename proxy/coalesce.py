@@ -65,14 +65,15 @@ class _Flight:
     followers: dict[int, asyncio.Future[Answer | _LeaderLeft]] = field(default_factory=dict)
     broadcast: _Broadcast | None = None
 
-    def settle(self, answer: Answer | _LeaderLeft | None, error: BaseException | None = None) -> None:
+    def settle(self, outcome: Answer | _LeaderLeft | BaseException) -> None:
+        """Give every follower still waiting the leader's answer, its error, or word that it left."""
         for waiter in self.followers.values():
             if waiter.done():
                 continue
-            if error is not None:
-                waiter.set_exception(error)
+            if isinstance(outcome, BaseException):
+                waiter.set_exception(outcome)
             else:
-                waiter.set_result(answer if answer is not None else _LEADER_LEFT)
+                waiter.set_result(outcome)
 
 
 class _Broadcast:
@@ -168,7 +169,7 @@ class Coalescer:
             raise
         except BaseException as exc:
             self._land(key, flight)
-            flight.settle(None, exc)
+            flight.settle(exc)
             raise
         self._land(key, flight)
         outcome = self._take(flight, 0, answer)

@@ -54,10 +54,8 @@ class Streamed:
         try:
             async for chunk in self.response.iter_chunks():
                 yield chunk
-        except ReadTimeout:
-            raise upstream_fault(504, "Cube stopped sending its answer (read timeout)") from None
         except UpstreamError as exc:
-            raise upstream_fault(502, f"Cube connection failed: {exc}") from None
+            raise body_fault(exc) from None
 
     def close(self) -> None:
         self.response.release()
@@ -69,6 +67,13 @@ Answer = Buffered | Streamed
 
 def upstream_fault(status: int, message: str) -> ApiError:
     return ApiError(status, {"message": message})
+
+
+def body_fault(exc: UpstreamError) -> ApiError:
+    """What a caller gets when Cube's answer broke off after its headers."""
+    if isinstance(exc, ReadTimeout):
+        return upstream_fault(504, "Cube stopped sending its answer (read timeout)")
+    return upstream_fault(502, _connection_failed(exc))
 
 
 def buffered_json(status: int, body: dict[str, Any]) -> Buffered:
@@ -154,10 +159,8 @@ class CubeClient:
             if not prefix.lstrip().startswith((b"{", b"[")):
                 raise upstream_fault(502, "Cube answered with a body that is not valid JSON")
             return Streamed(response, prefix)
-        except ReadTimeout:
-            raise upstream_fault(504, "Cube stopped sending its answer (read timeout)") from None
         except UpstreamError as exc:
-            raise upstream_fault(502, _connection_failed(exc)) from None
+            raise body_fault(exc) from None
         finally:
             if response.at_eof():
                 response.release()

@@ -31,12 +31,10 @@ HIGH_WATER = 256 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 
 
-#: the answer headers the client reads (framing and type); the rest are only counted.
+#: the answer headers the client reads (its framing); the rest are only counted.
 _KEPT_HEADERS = {
     b"content-length": "content-length",
     b"transfer-encoding": "transfer-encoding",
-    b"content-type": "content-type",
-    b"connection": "connection",
 }
 
 
@@ -368,26 +366,29 @@ class HttpPool:
         return response
 
     async def _acquire(self, fresh: bool = False) -> _Connection:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        while not fresh and self._idle:
-            conn = self._idle.pop()
-            if not conn.closed and now - conn.idle_since < self._idle_timeout:
-                return conn
-            conn.close()
+        if not fresh and (conn := self._idle_connection()) is not None:
+            return conn
         while len(self._open) + self._opening >= self._limit:
-            waiter = loop.create_future()
+            waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
                 await waiter
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
-            while not fresh and self._idle:
-                conn = self._idle.pop()
-                if not conn.closed:
-                    return conn
+            if not fresh and (conn := self._idle_connection()) is not None:
+                return conn
         return await self._connect()
+
+    def _idle_connection(self) -> _Connection | None:
+        """The most recently used idle connection still worth reusing; stale ones are closed."""
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed and now - conn.idle_since < self._idle_timeout:
+                return conn
+            conn.close()
+        return None
 
     async def _connect(self) -> _Connection:
         if self._closing:

@@ -14,6 +14,11 @@ LOAD = "/api/v4/projects/1/product_analytics/request/load"
 DRY = "/api/v4/projects/1/product_analytics/request/dry-run"
 
 
+def queued_load(client):
+    """A load of QUERY by the reporter, sent in the background."""
+    return asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
+
+
 async def test_meta_is_fetched_once_per_tenant_within_its_ttl(client, cube):
     for _ in range(5):
         resp = await client.get(META.format(1), headers=REPORTER)
@@ -122,7 +127,7 @@ async def test_identical_concurrent_loads_make_one_upstream_call(client, cube):
     release = asyncio.Event()
     cube.behaviour = held_until(release, cube.default)
     coalescer = client.app[COALESCER]
-    tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(20)]
+    tasks = [queued_load(client) for _ in range(20)]
     await until(lambda: coalescer.waiting() == 20)
     release.set()
     responses = await asyncio.gather(*tasks)
@@ -157,7 +162,7 @@ async def test_coalesced_callers_share_an_error_too(client, cube):
     release = asyncio.Event()
     cube.behaviour = held_until(release, answer(400, {"error": "bad member"}))
     coalescer = client.app[COALESCER]
-    tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(3)]
+    tasks = [queued_load(client) for _ in range(3)]
     await until(lambda: coalescer.waiting() == 3)
     release.set()
     responses = await asyncio.gather(*tasks)
@@ -169,9 +174,9 @@ async def test_a_joined_caller_leaving_does_not_stop_the_shared_call(client, cub
     release = asyncio.Event()
     cube.behaviour = held_until(release, cube.default)
     coalescer = client.app[COALESCER]
-    first = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
+    first = queued_load(client)
     await until(lambda: len(cube.calls) == 1)
-    leaver = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
+    leaver = queued_load(client)
     await until(lambda: coalescer.waiting() == 2)
     leaver.cancel()
     await until(lambda: coalescer.waiting() == 1)
@@ -185,9 +190,9 @@ async def test_when_the_caller_making_the_shared_call_leaves_the_others_ask_agai
     release = asyncio.Event()
     cube.behaviour = held_until(release, cube.default)
     coalescer = client.app[COALESCER]
-    leader = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
+    leader = queued_load(client)
     await until(lambda: len(cube.calls) == 1)
-    stayers = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(2)]
+    stayers = [queued_load(client) for _ in range(2)]
     await until(lambda: coalescer.waiting() == 3)
     leader.cancel()  # its call stops with it; the two still waiting share one new call
     await until(lambda: len(cube.calls) == 2 and coalescer.waiting() == 2)
