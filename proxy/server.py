@@ -28,8 +28,14 @@ async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.
     # handler_cancellation: a caller that hangs up cancels its request, freeing its tenant slot and its
     # Cube connection (a shared call carries on for the others). aiohttp's default keeps the handler
     # running until Cube answers; the tests' server has always cancelled, and now production does too.
+    # keepalive_timeout: aiohttp's server defaults to an hour. It also bounds a caller that does not
+    # finish a request's head (a slowloris): aiohttp arms the timer on connect and after each answer.
     runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=settings.server.shutdown_timeout, handler_cancellation=True
+        app,
+        access_log=None,
+        shutdown_timeout=settings.server.shutdown_timeout,
+        handler_cancellation=True,
+        keepalive_timeout=settings.server.keepalive_timeout,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=reuse_port or None, backlog=4096)

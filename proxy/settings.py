@@ -39,6 +39,8 @@ class ServerSettings:
     workers: int = 1
     #: seconds in-flight requests (and streams) get to finish on SIGTERM.
     shutdown_timeout: float = 30.0
+    #: seconds a connection may sit idle between requests, or take to send a request's head.
+    keepalive_timeout: float = 75.0
     #: "json" (one JSON object per line) or "text".
     log_format: str = "json"
     log_level: str = "INFO"
@@ -235,6 +237,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
     positive = {
         "[server] port": s.server.port,
         "[server] workers": s.server.workers,
+        "[server] keepalive_timeout": s.server.keepalive_timeout,
         "[gitlab] timeout": s.gitlab.timeout,
         "[gitlab] cache_size": s.gitlab.cache_size,
         "[gitlab] min_access_level": s.gitlab.min_access_level,

@@ -151,12 +151,12 @@ async def wait_for_line(stream, needle, limit=200):
 
 
 @contextlib.asynccontextmanager
-async def proxy_process(tmp_path, gitlab_url, cube_url, cube_section=""):
+async def proxy_process(tmp_path, gitlab_url, cube_url, cube_section="", server_section=""):
     """The proxy as production runs it (``python -m proxy``), listening; killed if a test leaves it running."""
     port = free_port()
     config = tmp_path / "proxy.toml"
     config.write_text(
-        f'[server]\nport = {port}\nshutdown_timeout = 20\n[gitlab]\nurl = "{gitlab_url}"\n'
+        f'[server]\nport = {port}\nshutdown_timeout = 20\n{server_section}\n[gitlab]\nurl = "{gitlab_url}"\n'
         f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{CUBE_KEY}"\n[cube]\n{cube_section}\n'
     )
     proc = await asyncio.create_subprocess_exec(
@@ -215,6 +215,28 @@ async def test_a_caller_that_hangs_up_stops_its_call_to_cube(cube, gitlab_url, c
         await arrived.wait()
         writer.close()  # the caller hangs up while Cube is still working
         await asyncio.wait_for(dropped.wait(), 15)
+
+
+async def test_a_caller_that_never_finishes_its_request_head_is_closed(gitlab_url, cube_url, tmp_path):
+    """A slowloris: the production server closes a connection whose request head never ends."""
+    async with proxy_process(tmp_path, gitlab_url, cube_url, server_section="keepalive_timeout = 0.5") as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST {LOAD} HTTP/1.1\r\nHost: proxy\r\n".encode())  # and then nothing more
+        await writer.drain()
+        # aiohttp's own default would hold this connection for an hour; read() returns at the server's close
+        assert await asyncio.wait_for(reader.read(), 15) == b""
+        writer.close()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_keepalive_timeout(gitlab_url, cube_url, tmp_path):
+    async with proxy_process(tmp_path, gitlab_url, cube_url, server_section="keepalive_timeout = 0.5") as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /-/liveness HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 15)  # the answer, then the close once idle
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert b"Connection: close" not in answer  # it was kept alive, then closed for idling
+        writer.close()
 
 
 async def test_installed_command_runs_workers_sharing_the_port(cube, gitlab_url, cube_url, tmp_path):

@@ -75,7 +75,7 @@ def test_environment_overrides_the_file(tmp_path):
 
 def test_every_problem_is_reported_at_once():
     raw = {
-        "server": {"port": "eighty", "workers": 0, "colour": "blue"},
+        "server": {"port": "eighty", "workers": 0, "keepalive_timeout": 0, "colour": "blue"},
         "gitlab": {"url": "ftp://nope", "cache_ttl": -1},
         "product_analytics": {"cube_api_base_url": "not a url", "cube_api_key": "short"},
         "projects": {"abc": {"enabled": False}, "7": {"enabled": "yes"}},
@@ -87,6 +87,7 @@ def test_every_problem_is_reported_at_once():
     for fragment in [
         "[server] port: must be a number",
         "[server] workers: must be greater than 0",
+        "[server] keepalive_timeout: must be greater than 0",
         "[server] colour: unknown setting",
         "[gitlab] url: must be an http(s) URL",
         "[gitlab] cache_ttl: must not be negative",
