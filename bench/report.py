@@ -18,8 +18,8 @@ def _chart(results: dict[str, Any], path: Path) -> bool:
     panels = []
     if "pass_through" in s:
         p = s["pass_through"]
-        labels = ["nginx", "aiohttp floor", "plain aiohttp", "proxy 1 worker", "proxy 2 workers"]
-        keys = ["nginx", "aiohttp_floor", "plain_aiohttp_proxy", "proxy_1_worker", "proxy_2_workers"]
+        labels = ["nginx", "aiohttp floor", "plain aiohttp", "protocol server", "proxy 1 worker", "proxy 2 workers"]
+        keys = ["nginx", "aiohttp_floor", "plain_aiohttp_proxy", "protocol_proxy", "proxy_1_worker", "proxy_2_workers"]
         present = [(label, p[key]["cpu_us_per_request"]) for label, key in zip(labels, keys, strict=True) if key in p]
         panels.append(("CPU per request (µs), pass-through", [lb for lb, _ in present], [v for _, v in present]))
         panels.append(
@@ -128,6 +128,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             ("nginx", "nginx proxy_pass (keep-alive)", 64),
             ("aiohttp_floor", "aiohttp answering from memory (no upstream)", 64),
             ("plain_aiohttp_proxy", "plain aiohttp proxy (no auth, no JWT)", 64),
+            ("protocol_proxy", "protocol server + the proxy's Cube client (no auth, no JWT)", 64),
             ("proxy_1_worker", "proxy, 1 worker", 64),
             ("proxy_2_workers", "proxy, 2 workers", 64),
             ("nginx_overload_256", "nginx, overload", 256),
@@ -157,6 +158,13 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             f"GitLab auth, JWT, coalescing, limits and logging, and its lean client towards Cube, costs "
             f"{p.get('proxy_vs_plain_aiohttp_cpu', 'n/a')}x the bare one.",
         ]
+        if "protocol_proxy_cpu_ratio" in p:
+            lines += [
+                "",
+                f"Outside aiohttp's server, a bare asyncio protocol server (httptools) forwarding through the proxy's "
+                f"own Cube client, with no features, costs {p['protocol_proxy_cpu_ratio']}x nginx: the floor of the "
+                f"other road, which the notes weigh.",
+            ]
     if "cached_meta" in s:
         m = s["cached_meta"]
         lines += [

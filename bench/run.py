@@ -120,12 +120,19 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
         f"http://127.0.0.1:{floor_port}/-/liveness",
         workdir / "floor.log",
     )
+    protocol_port = free_port()
+    protocol = Process(
+        ["-m", "bench.protocol_proxy", str(protocol_port), f"{cube_url}/cubejs-api/v1/load"],
+        f"http://127.0.0.1:{protocol_port}/-/liveness",
+        workdir / "protocol.log",
+    )
     results: dict[str, Any] = {}
     try:
         one.start()
         two.start()
         plain.start()
         floor.start()
+        protocol.start()
         upstream_load = f"http://127.0.0.1:{upstream.port}/cubejs-api/v1/load"
         nginx_load = f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load"
         # warm the auth caches (and, for two workers, each worker's)
@@ -142,6 +149,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
                 "nginx": wrk(nginx_load, reference.pids, seconds=seconds, connections=64),
                 "aiohttp_floor": proxied(floor_port, floor.pids, 64),
                 "plain_aiohttp_proxy": proxied(plain_port, plain.pids, 64),
+                "protocol_proxy": proxied(protocol_port, protocol.pids, 64),
                 "proxy_1_worker": proxied(one_port, one.pids, 64),
                 "proxy_2_workers": proxied(two_port, two.pids, 64),
                 "nginx_overload_256": wrk(nginx_load, reference.pids, seconds=seconds, connections=256),
@@ -158,6 +166,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
                 "pass_through_cpu_ratio_range": ratio_range(runs, "proxy_1_worker", "nginx", "cpu_us_per_request"),
                 "aiohttp_floor_cpu_ratio": median_ratio(runs, "aiohttp_floor", "nginx", "cpu_us_per_request"),
                 "plain_aiohttp_cpu_ratio": median_ratio(runs, "plain_aiohttp_proxy", "nginx", "cpu_us_per_request"),
+                "protocol_proxy_cpu_ratio": median_ratio(runs, "protocol_proxy", "nginx", "cpu_us_per_request"),
                 "proxy_vs_plain_aiohttp_cpu": median_ratio(
                     runs, "proxy_1_worker", "plain_aiohttp_proxy", "cpu_us_per_request"
                 ),
@@ -174,7 +183,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
             }
         )
     finally:
-        for process in (one, two, plain, floor, reference, upstream):
+        for process in (one, two, plain, floor, protocol, reference, upstream):
             process.stop()
     return results
 

@@ -28,6 +28,7 @@ def sample():
                     for k in (
                         "direct",
                         "nginx",
+                        "protocol_proxy",
                         "proxy_1_worker",
                         "proxy_2_workers",
                         "nginx_overload_256",
@@ -35,6 +36,7 @@ def sample():
                     )
                 },
                 "pass_through_cpu_ratio": 5.0,
+                "protocol_proxy_cpu_ratio": 1.7,
                 "added_p50_ms": 1.0,
                 "added_p99_ms": 2.0,
                 "nginx_added_p50_ms": 0.5,
@@ -74,6 +76,8 @@ def test_report_has_every_measured_scenario_and_a_chart(tmp_path):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| pass_through_cpu_ratio | 5.0 | <= 4 | **no** |" in text
     assert "## Pass-through load" in text and "## Held connections" in text
+    assert "| protocol server + the proxy's Cube client (no auth, no JWT) | 64 |" in text
+    assert "costs 1.7x nginx: the floor of the other road" in text
     assert "## Cached meta" not in text  # not measured in this run
     assert (tmp_path / "chart.png").stat().st_size > 1000
     json.dumps(results)  # results.json stays plain JSON
