@@ -18,7 +18,14 @@ def _chart(results: dict[str, Any], path: Path) -> bool:
     panels = []
     if "pass_through" in s:
         p = s["pass_through"]
-        labels = ["nginx", "aiohttp floor", "plain aiohttp", "protocol server", "proxy 1 worker", "proxy 2 workers"]
+        labels = [
+            "nginx",
+            "aiohttp\nfloor",
+            "plain\naiohttp",
+            "protocol\nserver",
+            "proxy\n1 worker",
+            "proxy\n2 workers",
+        ]
         keys = ["nginx", "aiohttp_floor", "plain_aiohttp_proxy", "protocol_proxy", "proxy_1_worker", "proxy_2_workers"]
         present = [(label, p[key]["cpu_us_per_request"]) for label, key in zip(labels, keys, strict=True) if key in p]
         panels.append(("CPU per request (µs), pass-through", [lb for lb, _ in present], [v for _, v in present]))
