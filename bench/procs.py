@@ -92,13 +92,14 @@ class Managed:
 
 @dataclass
 class Nginx(Managed):
-    """One nginx instance (one worker) from a config body."""
+    """One nginx instance (one worker unless told) from a config body."""
 
     workdir: Path
     name: str
     server_block: str
     proc: subprocess.Popen[bytes] | None = None
     port: int = field(default_factory=free_port)
+    workers: int = 1
 
     def start(self) -> None:
         root = self.workdir / self.name
@@ -107,7 +108,7 @@ class Nginx(Managed):
         conf.write_text(
             textwrap.dedent(
                 f"""
-                worker_processes 1;
+                worker_processes {self.workers};
                 daemon off;
                 master_process on;
                 pid {root}/nginx.pid;
@@ -152,14 +153,14 @@ def fast_upstream(workdir: Path) -> Nginx:
     )
 
 
-def reference_proxy(workdir: Path, upstream_port: int) -> Nginx:
+def reference_proxy(workdir: Path, upstream_port: int, workers: int = 1) -> Nginx:
     return Nginx(
         workdir,
-        "reference",
+        "reference" if workers == 1 else f"reference-{workers}-workers",
         f"""
         upstream cube {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
         server {{
-            listen 127.0.0.1:PORT backlog=8192;
+            listen 127.0.0.1:PORT backlog=8192{" reuseport" if workers > 1 else ""};
             location / {{
                 proxy_pass http://cube;
                 proxy_http_version 1.1;
@@ -167,6 +168,7 @@ def reference_proxy(workdir: Path, upstream_port: int) -> Nginx:
             }}
         }}
         """,
+        workers=workers,
     )
 
 

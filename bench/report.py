@@ -18,6 +18,12 @@ def _chart(results: dict[str, Any], path: Path) -> bool:
     panels = []
     if "pass_through" in s:
         p = s["pass_through"]
+        overload = [
+            ("nginx", "nginx_overload_256"),
+            ("proxy", "proxy_overload_256"),
+            ("nginx\n2 workers", "nginx_2_workers_overload_256"),
+            ("proxy\n2 workers", "proxy_2_workers_overload_256"),
+        ]
         labels = [
             "nginx",
             "aiohttp\nfloor",
@@ -32,12 +38,8 @@ def _chart(results: dict[str, Any], path: Path) -> bool:
         panels.append(
             (
                 "p99 latency (ms) at 256 connections",
-                ["nginx", "proxy", "proxy 2 workers"][: 3 if "proxy_2_workers_overload_256" in p else 2],
-                [
-                    p[k]["p99_ms"]
-                    for k in ("nginx_overload_256", "proxy_overload_256", "proxy_2_workers_overload_256")
-                    if k in p
-                ],
+                [label for label, key in overload if key in p],
+                [p[key]["p99_ms"] for _, key in overload if key in p],
             )
         )
     if "cached_meta" in s:
@@ -70,9 +72,16 @@ def _chart(results: dict[str, Any], path: Path) -> bool:
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows))
     flat = axes.flatten() if hasattr(axes, "flatten") else [axes]
-    colours = ["#8c8c8c", "#fca326", "#fc6d26", "#e24329", "#a3371f"]
+    reference, ours = "#8c8c8c", ["#fca326", "#fc6d26", "#e24329", "#a3371f", "#6e1e12"]
     for ax, (title, labels, values) in zip(flat, panels, strict=False):
-        bars = ax.bar(labels, values, color=colours[: len(values)])
+        colours, shade = [], 0
+        for label in labels:  # references in grey, everything of ours in orange shades
+            if label.startswith(("nginx", "Cube", "direct")):
+                colours.append(reference)
+            else:
+                colours.append(ours[shade % len(ours)])
+                shade += 1
+        bars = ax.bar(labels, values, color=colours)
         ax.set_title(title, fontsize=10)
         for bar, value in zip(bars, values, strict=True):
             ax.annotate(
@@ -139,6 +148,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             ("proxy_1_worker", "proxy, 1 worker", 64),
             ("proxy_2_workers", "proxy, 2 workers", 64),
             ("nginx_overload_256", "nginx, overload", 256),
+            ("nginx_2_workers_overload_256", "nginx, 2 workers, overload", 256),
             ("proxy_overload_256", "proxy, overload", 256),
             ("proxy_2_workers_overload_256", "proxy, 2 workers, overload", 256),
         ]:
@@ -154,7 +164,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             f"(nginx adds {p['nginx_added_p50_ms']} ms at p50). Two workers serve {p['two_workers_rps_ratio']}x one worker's requests/s."
             + (
                 f" At 256 connections the p99 target compares one nginx worker with one proxy worker; with two "
-                f"workers (one per core, as deployed) the proxy's p99 is {p['overload_p99_ratio_2_workers']}x nginx's."
+                f"workers each (one per core, as both are deployed) the proxy's p99 is "
+                f"{p['overload_p99_ratio_2_workers']}x nginx's."
                 if "overload_p99_ratio_2_workers" in p
                 else ""
             ),

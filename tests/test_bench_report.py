@@ -32,6 +32,8 @@ def sample():
                         "proxy_1_worker",
                         "proxy_2_workers",
                         "nginx_overload_256",
+                        "nginx_2_workers_overload_256",
+                        "proxy_2_workers_overload_256",
                         "proxy_overload_256",
                     )
                 },
@@ -41,6 +43,7 @@ def sample():
                 "added_p99_ms": 2.0,
                 "nginx_added_p50_ms": 0.5,
                 "overload_p99_ratio": 2.0,
+                "overload_p99_ratio_2_workers": 1.5,
                 "two_workers_rps_ratio": 1.9,
             },
             "held": {
@@ -78,6 +81,8 @@ def test_report_has_every_measured_scenario_and_a_chart(tmp_path):
     assert "## Pass-through load" in text and "## Held connections" in text
     assert "| protocol server + the proxy's Cube client (no auth, no JWT) | 64 |" in text
     assert "costs 1.7x nginx: the floor of the other road" in text
+    assert "| nginx, 2 workers, overload | 256 |" in text
+    assert "with two workers each (one per core, as both are deployed) the proxy's p99 is 1.5x nginx's" in text
     assert "## Cached meta" not in text  # not measured in this run
     assert (tmp_path / "chart.png").stat().st_size > 1000
     json.dumps(results)  # results.json stays plain JSON
