@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -21,9 +22,20 @@ def redact(text: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        #: the last whole second formatted, and its text: one access-log line per request shares it
+        self._second: tuple[int, str] = (-1, "")
+
+    def _time(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(second)))
+        return self._second[1]
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": self._time(record),
             "level": record.levelname,
             "logger": record.name,
             "message": redact(record.getMessage()),
@@ -42,6 +54,13 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(fmt: str, level: str) -> None:
+    # What no line of ours prints, and what the logging HOWTO's "Optimization" section says to turn
+    # off so it is not gathered for every record: the caller's frame (a stack walk per call), the
+    # thread, the process. With one access-log line per request, this is a third of the line's cost.
+    logging._srcfile = None  # documented in the HOWTO; there is no public setter
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import aiohttp
 import orjson
@@ -82,6 +83,16 @@ def test_redaction_guard():
 
         record = logging.makeLogRecord({"msg": "boom", "exc_info": _sys.exc_info(), "levelname": "ERROR"})
     assert "secret" not in JsonFormatter().format(record)
+
+
+def test_json_lines_carry_each_record_s_own_second():
+    formatter = JsonFormatter()
+    times = []
+    for created in (1000.2, 1000.9, 1001.0):
+        record = logging.makeLogRecord({"msg": "x", "levelname": "INFO", "name": "x", "created": created})
+        times.append(orjson.loads(formatter.format(record))["time"])
+    expected = [time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second)) for second in (1000, 1000, 1001)]
+    assert times == expected
 
 
 def test_setup_logging_installs_one_handler():
