@@ -8,6 +8,7 @@ import aiohttp
 import yarl
 from aiohttp import web
 
+from .access_log import AccessLog
 from .admission import LoadShedder
 from .auth import Authorizer, GitLabAuthorizer
 from .coalesce import Coalescer
@@ -17,6 +18,7 @@ from .forward import Forwarder
 from .gitlab import GitLabClient
 from .health import setup_health
 from .keys import (
+    ACCESS_LOG,
     AUTHORIZER,
     COALESCER,
     CUBE_HTTP,
@@ -107,6 +109,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[TENANTS] = Tenants(settings)
     app[REQUEST_IDS] = RequestIds()
+    app[ACCESS_LOG] = AccessLog(settings.server.log_format)
     app[SIGNER] = Signer(_issuer(settings), settings.product_analytics.jwt_ttl)
     app[COALESCER] = Coalescer()
     app[META_CACHE] = SingleFlightCache(settings.cube.meta_cache_size, settings.cube.meta_cache_ttl)

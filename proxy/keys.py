@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from .access_log import AccessLog
 from .admission import LoadShedder
 from .auth import Authorizer
 from .coalesce import Coalescer
@@ -30,3 +31,4 @@ TENANTS = web.AppKey("tenants", Tenants)
 REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 CUBE_HTTP = web.AppKey("cube_http", HttpClient)
 GITLAB_SESSION = web.AppKey("gitlab_session", aiohttp.ClientSession)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)

@@ -18,6 +18,13 @@ _SECRET = re.compile(
 
 
 def redact(text: str) -> str:
+    # The case-blind scan costs about 25 µs on an access line. ASCII text without "token" or
+    # "authorization" in any case cannot match it; other text (where re's case folding also
+    # matches letters like "ı" or "K") always gets the full scan.
+    if text.isascii():
+        lowered = text.lower()
+        if "token" not in lowered and "authorization" not in lowered:
+            return text
     return _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED]", text)
 
 

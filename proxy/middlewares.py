@@ -15,13 +15,13 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .access_log import AccessLog
 from .credentials import extract_credential
 from .errors import ApiError
-from .keys import RATE_LIMITER, REQUEST_IDS, SHEDDER
+from .keys import ACCESS_LOG, RATE_LIMITER, REQUEST_IDS, SHEDDER
 from .request_id import normalise_request_id
 from .request_keys import ABORTED, CACHE, CREDENTIAL, PROJECT, REQUEST_ID
 
-access_log = logging.getLogger("proxy.access")
 log = logging.getLogger(__name__)
 
 #: route names that need a caller's credential start with this.
@@ -47,22 +47,22 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         status = response.status
         return response
     finally:
-        if access_log.isEnabledFor(logging.INFO):
-            _log_request(request, status, started)
+        access_log = request.app[ACCESS_LOG]
+        if access_log.enabled():
+            _log_request(access_log, request, status, started)
 
 
-def _log_request(request: web.Request, status: int, started: float) -> None:
-    route = request.match_info.route.resource
-    access_log.info(
-        "%s %s %s",
-        request.method,
-        route.canonical if route is not None else "-",
-        status,
-        extra={
+def _log_request(access_log: AccessLog, request: web.Request, status: int, started: float) -> None:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else None
+    method = request.method
+    access_log.write(
+        f"{method} {route or '-'} {status}",
+        {
             "event": "request",
             "request_id": request.get(REQUEST_ID),
-            "method": request.method,
-            "route": route.canonical if route is not None else None,
+            "method": method,
+            "route": route,
             "project": request.get(PROJECT),
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),

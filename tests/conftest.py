@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -84,3 +86,18 @@ def make_client(
 
 def replace(settings: Settings, section: str, **values: Any) -> Settings:
     return dataclasses.replace(settings, **{section: dataclasses.replace(getattr(settings, section), **values)})
+
+
+@pytest.fixture
+def access_lines(caplog, capsys) -> Callable[[], list[dict[str, Any]]]:
+    """The access log on, and a reader of the lines it has written so far (to stderr, as JSON)."""
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    seen: list[dict[str, Any]] = []
+
+    def read() -> list[dict[str, Any]]:
+        for line in capsys.readouterr().err.splitlines():
+            if line.startswith("{") and '"logger":"proxy.access"' in line:
+                seen.append(orjson.loads(line))
+        return seen
+
+    return read

@@ -48,32 +48,60 @@ async def test_not_ready_when_cube_is_unreachable_or_unset(make_settings, make_c
     assert (await client.get("/-/readiness")).status == 503
 
 
-async def test_one_access_log_line_per_request_without_tokens(client, cube, caplog):
-    caplog.set_level(logging.INFO, logger="proxy.access")
+async def test_one_access_log_line_per_request_without_tokens(client, cube, access_lines, capsys):
     await client.post(
         LOAD + "?private_token=glpat-reporter-0000000001", json={"query": QUERY}, headers={"X-Request-Id": "trace-1"}
     )
     await client.get("/api/v4/projects/1/product_analytics/request/meta", headers=REPORTER)
     await client.get("/api/v4/projects/1/product_analytics/request/meta", headers=REPORTER)
-    records = [r for r in caplog.records if r.name == "proxy.access"]
-    assert len(records) == 3
-    first = records[0]
-    assert first.request_id == "trace-1-span-1"
-    assert first.project == 1
-    assert first.route == "/api/v4/projects/{project}/product_analytics/request/load"
-    assert first.status == 200
-    assert first.duration_ms >= 0
-    assert first.cache == "miss"
-    assert [r.cache for r in records[1:]] == ["miss", "hit"]
-    formatted = [JsonFormatter().format(r) for r in caplog.records]
-    assert not any("glpat" in line for line in formatted)
-    assert json.loads(formatted[-1])["cache"] == "hit"
+    lines = access_lines()
+    assert len(lines) == 3
+    first = lines[0]
+    assert first["level"] == "INFO"
+    assert first["message"] == "POST /api/v4/projects/{project}/product_analytics/request/load 200"
+    assert first["event"] == "request"
+    assert first["request_id"] == "trace-1-span-1"
+    assert first["method"] == "POST"
+    assert first["project"] == 1
+    assert first["route"] == "/api/v4/projects/{project}/product_analytics/request/load"
+    assert first["status"] == 200
+    assert first["duration_ms"] >= 0
+    assert first["aborted"] is False
+    assert [line["cache"] for line in lines] == ["miss", "miss", "hit"]
+    assert "glpat" not in orjson.dumps(lines).decode()
+
+
+async def test_no_access_lines_above_info(client, cube, capsys, caplog):
+    caplog.set_level(logging.WARNING, logger="proxy.access")
+    await client.get("/api/v4/projects/1/product_analytics/request/meta", headers=REPORTER)
+    assert "proxy.access" not in capsys.readouterr().err
+
+
+def test_access_lines_in_text_form_and_through_the_redaction_guard():
+    import io
+
+    from proxy.access_log import AccessLog
+
+    stream = io.StringIO()
+    AccessLog("text", lambda: stream).write("GET /x?private_token=secret 200", {"status": 200})
+    AccessLog("json", lambda: stream).write("GET /y 200", {"note": "Authorization: Bearer secret"})
+    text, json_line = stream.getvalue().splitlines()
+    assert text.endswith(" INFO proxy.access GET /x?private_token=[REDACTED] 200")
+    assert time.strptime(text[:19], "%Y-%m-%d %H:%M:%S")
+    assert text[19] == "," and text[20:23].isdigit()
+    entry = json.loads(json_line)
+    assert entry["note"] == "Authorization: [REDACTED]"
+    assert time.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S")
 
 
 def test_redaction_guard():
     assert "secret" not in redact("GET /x?private_token=secret&a=1")
     assert "secret" not in redact("PRIVATE-TOKEN: secret")
     assert "secret" not in redact("Authorization: Bearer secret")
+    assert "secret" not in redact('{"q":"a","h":"authoRIZATION=secret"}')
+    assert "secret" not in redact("Authorızation: secret")  # dotless i: re's case folding matches it
+    assert "secret" not in redact("job_to\u212aen=secret")  # the Kelvin sign, which re folds to k
+    assert redact('{"route":"/x","status":200}') == '{"route":"/x","status":200}'
     record = logging.makeLogRecord({"msg": "token access_token=secret", "levelname": "INFO", "name": "x"})
     assert "secret" not in TextFormatter("%(message)s").format(record)
     try:

@@ -1,0 +1,53 @@
+"""The access log: one line per request, written without ``logging``'s per-record machinery.
+
+Through ``logging``, the line cost about 147k instructions, a fifth of a pass-through
+request at INFO: a ``LogRecord`` with some twenty attributes, the handler chain and a
+generic formatter. This writer makes the same line (the same fields, in the JSON or text
+form ``[server] log_format`` picks, through the same redaction guard) directly, and
+writes it to the stream the log handler writes to. Whether it writes at all follows the
+``proxy.access`` logger: a ``log_level`` above INFO turns it off, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import orjson
+
+from .logs import redact
+
+LOGGER = "proxy.access"
+
+
+class AccessLog:
+    def __init__(self, fmt: str, stream: Callable[[], TextIO] = lambda: sys.stderr) -> None:
+        self._json = fmt == "json"
+        #: looked up per line, so a stream replaced after start-up (tests capturing stderr) is honoured
+        self._stream = stream
+        self._logger = logging.getLogger(LOGGER)
+        self._second: tuple[int, str] = (-1, "")
+
+    def enabled(self) -> bool:
+        return self._logger.isEnabledFor(logging.INFO)
+
+    def write(self, message: str, fields: dict[str, Any]) -> None:
+        now = time.time()
+        if self._json:
+            entry = {"time": self._time(now, "%Y-%m-%dT%H:%M:%S"), "level": "INFO", "logger": LOGGER}
+            entry["message"] = message
+            entry.update(fields)
+            line = orjson.dumps(entry, default=str).decode()
+        else:
+            line = f"{self._time(now, '%Y-%m-%d %H:%M:%S')},{int(now % 1 * 1000):03d} INFO {LOGGER} {message}"
+        self._stream().write(redact(line) + "\n")
+
+    def _time(self, now: float, form: str) -> str:
+        """The local time to the second, formatted once per second (the form is fixed per instance)."""
+        second = int(now)
+        if second != self._second[0]:
+            self._second = (second, time.strftime(form, time.localtime(second)))
+        return self._second[1]
