@@ -1,11 +1,12 @@
 """The access log: one line per request, written without ``logging``'s per-record machinery.
 
-Through ``logging``, the line cost about 147k instructions, a fifth of a pass-through
-request at INFO: a ``LogRecord`` with some twenty attributes, the handler chain and a
-generic formatter. This writer makes the same line (the same fields, in the JSON or text
-form ``[server] log_format`` picks, through the same redaction guard) directly, and
-writes it to the stream the log handler writes to. Whether it writes at all follows the
-``proxy.access`` logger: a ``log_level`` above INFO turns it off, as before.
+Through ``logging``, the line cost about 181k instructions, a quarter of a pass-through
+request at INFO: a ``LogRecord`` with some twenty attributes, a stack walk for the
+caller, the handler chain and a generic formatter. This writer makes the same line (the
+same fields, in the JSON or text form ``[server] log_format`` picks, through the same
+redaction guard) directly, and writes it to the stream the log handler writes to.
+Whether it writes at all follows the ``proxy.access`` logger: a ``log_level`` above INFO
+turns it off, as before.
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ class AccessLog:
     def write(self, message: str, fields: dict[str, Any]) -> None:
         now = time.time()
         if self._json:
-            entry = {"time": self._time(now, "%Y-%m-%dT%H:%M:%S"), "level": "INFO", "logger": LOGGER}
-            entry["message"] = message
-            entry.update(fields)
-            line = orjson.dumps(entry, default=str).decode()
+            entry = {
+                "time": self._time(now, "%Y-%m-%dT%H:%M:%S"),
+                "level": "INFO",
+                "logger": LOGGER,
+                "message": message,
+            }
+            line = orjson.dumps(entry | fields, default=str).decode()
         else:
             line = f"{self._time(now, '%Y-%m-%d %H:%M:%S')},{int(now % 1 * 1000):03d} INFO {LOGGER} {message}"
         self._stream().write(redact(line) + "\n")
