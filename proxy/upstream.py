@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import socket
 import ssl as ssl_module
 from collections.abc import AsyncIterator
@@ -331,7 +332,8 @@ class HttpPool:
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
         self._opening = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        #: callers waiting for a connection, oldest first
+        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self._closing = False
 
     @property
@@ -366,19 +368,43 @@ class HttpPool:
         return response
 
     async def _acquire(self, fresh: bool = False) -> _Connection:
-        if not fresh and (conn := self._idle_connection()) is not None:
-            return conn
-        while len(self._open) + self._opening >= self._limit:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+        """A connection to send on, in turn: callers that find the pool full are served first come, first served.
+
+        A connection given back while callers wait goes straight to the longest waiting one,
+        and a slot freed by a closed connection is reserved for it, so a caller arriving at
+        that moment cannot take it past them. (It could before: under load the same callers
+        were passed over again and again, and p99 grew to seconds.) ``fresh`` skips idle
+        connections; one handed over from a call that just finished counts as fresh.
+        """
+        if not self._waiters:
             if not fresh and (conn := self._idle_connection()) is not None:
                 return conn
-        return await self._connect()
+            if len(self._open) + self._opening < self._limit:
+                self._opening += 1
+                return await self._connect()
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            handed = await waiter
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        if handed is None:  # a slot, reserved for this caller
+            return await self._connect()
+        return handed
+
+    def _abandon(self, waiter: asyncio.Future[_Connection | None]) -> None:
+        """A waiting caller left: pass on whatever was handed to it meanwhile."""
+        if not waiter.done() or waiter.cancelled():
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+        elif waiter.exception() is None:
+            handed = waiter.result()
+            if handed is None:
+                self._opening -= 1
+                self._slot_freed()
+            else:
+                self._give_back(handed)
 
     def _idle_connection(self) -> _Connection | None:
         """The most recently used idle connection still worth reusing; stale ones are closed."""
@@ -391,11 +417,11 @@ class HttpPool:
         return None
 
     async def _connect(self) -> _Connection:
-        if self._closing:
-            raise ConnectFailed("the proxy is shutting down")
+        """Open a connection in a slot the caller reserved (counted in ``_opening``)."""
         loop = asyncio.get_running_loop()
-        self._opening += 1
         try:
+            if self._closing:
+                raise ConnectFailed("the proxy is shutting down")
             try:
                 async with asyncio.timeout(self._connect_timeout):
                     _, conn = await loop.create_connection(
@@ -409,11 +435,11 @@ class HttpPool:
                 raise ConnectFailed(f"Cube is unreachable: {exc.strerror or type(exc).__name__}") from None
         except BaseException:
             self._opening -= 1
-            self._wake_one()
+            self._slot_freed()
             raise
         self._opening -= 1
         if conn.closed:
-            self._wake_one()
+            self._slot_freed()
             raise Disconnected("Cube closed the connection at once")
         self._open.add(conn)
         return conn
@@ -421,23 +447,30 @@ class HttpPool:
     def _give_back(self, conn: _Connection) -> None:
         if self._closing:
             conn.close()
-            return
-        conn.idle_since = asyncio.get_running_loop().time()
-        self._idle.append(conn)
-        self._wake_one()
+        elif not self._hand_over(conn):
+            conn.idle_since = asyncio.get_running_loop().time()
+            self._idle.append(conn)
 
     def _forget(self, conn: _Connection) -> None:
         self._open.discard(conn)
         if conn in self._idle:
             self._idle.remove(conn)
-        self._wake_one()
+        self._slot_freed()
 
-    def _wake_one(self) -> None:
+    def _slot_freed(self) -> None:
+        if len(self._open) + self._opening < self._limit:
+            self._hand_over(None)
+
+    def _hand_over(self, conn: _Connection | None) -> bool:
+        """Give a connection, or with None a reserved slot to connect in, to the longest waiting caller."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
+                if conn is None:
+                    self._opening += 1
+                waiter.set_result(conn)
+                return True
+        return False
 
     async def close(self) -> None:
         self._closing = True

@@ -249,6 +249,83 @@ async def test_the_pool_never_opens_more_than_its_limit() -> None:
         await client.close()
 
 
+def caller(rid: str) -> dict[str, str]:
+    return {"Authorization": "jwt", "X-Request-Id": rid}
+
+
+def order(p: Peer) -> list[str]:
+    """The request ids in the order the peer received them."""
+    return [
+        next(line.split(b": ")[1].decode() for line in head.split(b"\r\n") if line.startswith(b"X-Request-Id"))
+        for head in p.heads
+    ]
+
+
+async def served(client: HttpClient, url: str, rid: str) -> int:
+    response = await client.request("POST", url, caller(rid), b"{}", 5.0)
+    await response.read()
+    response.release()
+    return response.status
+
+
+async def test_a_connection_given_back_goes_to_the_longest_waiting_caller() -> None:
+    """A caller arriving just as a connection comes back does not take it past a caller already waiting."""
+    client = HttpClient(limit=1, connect_timeout=2.0)
+    try:
+        async with peer(keep_alive) as p:
+            first = await client.request("POST", p.url, caller("first"), b"{}", 5.0)
+            await first.read()  # the whole answer; the one connection is still this call's
+            waiting = asyncio.create_task(served(client, p.url, "waiting"))
+            await asyncio.sleep(0)  # one turn of the loop: it finds the pool full and waits
+            late = asyncio.create_task(served(client, p.url, "late"))  # its first step runs before the waiter's
+            first.release()
+            assert (await waiting, await late) == (200, 200)
+            assert order(p) == ["first", "waiting", "late"]
+    finally:
+        await client.close()
+
+
+async def test_a_slot_freed_by_a_closed_connection_goes_to_the_longest_waiting_caller() -> None:
+    closing = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    client = HttpClient(limit=1, connect_timeout=2.0)
+    try:
+        async with peer(answers(closing)) as p:  # the peer keeps it open: the client closes it
+            first = await client.request("POST", p.url, caller("first"), b"{}", 5.0)
+            await first.read()
+            waiting = asyncio.create_task(served(client, p.url, "waiting"))
+            await asyncio.sleep(0)  # one turn of the loop: it finds the pool full and waits
+            late = asyncio.create_task(served(client, p.url, "late"))  # its first step runs before the waiter's
+            first.release()  # not reusable: closed at once, which frees its slot
+            assert (await waiting, await late) == (200, 200)
+            assert order(p) == ["first", "waiting", "late"]
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("answer", [OK, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"])
+async def test_a_waiting_caller_that_leaves_passes_on_what_it_was_handed(answer: bytes) -> None:
+    """Handed the connection (or, once it closed, its slot) as it was cancelled: the next caller gets it."""
+    client = HttpClient(limit=1, connect_timeout=2.0)
+    try:
+        async with peer(answers(answer)) as p:
+            first = await client.request("POST", p.url, caller("first"), b"{}", 5.0)
+            await first.read()
+            leaving = asyncio.create_task(served(client, p.url, "leaving"))
+            await asyncio.sleep(0)  # one turn of the loop: it finds the pool full and waits
+            late = asyncio.create_task(served(client, p.url, "late"))
+            await asyncio.sleep(0)  # the late caller waits behind it
+            first.release()  # handed to the leaving caller...
+            leaving.cancel()  # ...which leaves before it could use it
+            assert await asyncio.wait_for(late, 5) == 200  # (a lost wake-up would leave it waiting forever)
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            # nothing leaked: with a limit of 1, a lost connection or slot would leave the next call waiting forever
+            assert await asyncio.wait_for(served(client, p.url, "after"), 5) == 200
+            assert order(p) == ["first", "late", "after"]
+    finally:
+        await client.close()
+
+
 async def test_a_caller_that_goes_away_closes_the_connection(client: HttpClient) -> None:
     async with peer(answers(b"")) as p:
         task = asyncio.create_task(call(client, p.url))
