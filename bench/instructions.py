@@ -30,10 +30,8 @@ CONNECTIONS = 16
 
 def count(checkout: Path, workdir: Path, gitlab_url: str, cube_url: str, seconds: int) -> tuple[int, int]:
     """Total instructions of one proxy process that served ``seconds`` of wrk, and the requests served."""
-    # the benchmark's own proxy settings: auth cache warm for the run, rate limit off, cap at 256
-    process, port = proxy_process(
-        workdir, "counted", gitlab_url, cube_url, KEY, cube={"max_concurrent_per_tenant": 256}
-    )
+    # the benchmark's own proxy settings: auth cache warm for the run, rate limit off
+    process, port = proxy_process(workdir, "counted", gitlab_url, cube_url, KEY)
     out = workdir / f"callgrind.{port}.out"
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, *process.args],
