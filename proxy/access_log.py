@@ -27,6 +27,7 @@ LOGGER = "proxy.access"
 class AccessLog:
     def __init__(self, fmt: str, stream: Callable[[], TextIO] = lambda: sys.stderr) -> None:
         self._json = fmt == "json"
+        self._time_form = "%Y-%m-%dT%H:%M:%S" if self._json else "%Y-%m-%d %H:%M:%S"
         #: looked up per line, so a stream replaced after start-up (tests capturing stderr) is honoured
         self._stream = stream
         self._logger = logging.getLogger(LOGGER)
@@ -39,19 +40,19 @@ class AccessLog:
         now = time.time()
         if self._json:
             entry = {
-                "time": self._time(now, "%Y-%m-%dT%H:%M:%S"),
+                "time": self._time(now),
                 "level": "INFO",
                 "logger": LOGGER,
                 "message": message,
             }
             line = orjson.dumps(entry | fields, default=str).decode()
         else:
-            line = f"{self._time(now, '%Y-%m-%d %H:%M:%S')},{int(now % 1 * 1000):03d} INFO {LOGGER} {message}"
+            line = f"{self._time(now)},{int(now % 1 * 1000):03d} INFO {LOGGER} {message}"
         self._stream().write(redact(line) + "\n")
 
-    def _time(self, now: float, form: str) -> str:
-        """The local time to the second, formatted once per second (the form is fixed per instance)."""
+    def _time(self, now: float) -> str:
+        """The local time to the second, formatted once per second."""
         second = int(now)
         if second != self._second[0]:
-            self._second = (second, time.strftime(form, time.localtime(second)))
+            self._second = (second, time.strftime(self._time_form, time.localtime(second)))
         return self._second[1]
