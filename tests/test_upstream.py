@@ -249,6 +249,9 @@ async def test_the_pool_never_opens_more_than_its_limit() -> None:
         await client.close()
 
 
+CLOSING = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+
+
 def caller(rid: str) -> dict[str, str]:
     return {"Authorization": "jwt", "X-Request-Id": rid}
 
@@ -286,10 +289,9 @@ async def test_a_connection_given_back_goes_to_the_longest_waiting_caller() -> N
 
 
 async def test_a_slot_freed_by_a_closed_connection_goes_to_the_longest_waiting_caller() -> None:
-    closing = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
     client = HttpClient(limit=1, connect_timeout=2.0)
     try:
-        async with peer(answers(closing)) as p:  # the peer keeps it open: the client closes it
+        async with peer(answers(CLOSING)) as p:  # the peer keeps it open: the client closes it
             first = await client.request("POST", p.url, caller("first"), b"{}", 5.0)
             await first.read()
             waiting = asyncio.create_task(served(client, p.url, "waiting"))
@@ -302,12 +304,12 @@ async def test_a_slot_freed_by_a_closed_connection_goes_to_the_longest_waiting_c
         await client.close()
 
 
-@pytest.mark.parametrize("answer", [OK, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"])
-async def test_a_waiting_caller_that_leaves_passes_on_what_it_was_handed(answer: bytes) -> None:
+@pytest.mark.parametrize("handler", [keep_alive, answers(CLOSING)], ids=["connection", "slot"])
+async def test_a_waiting_caller_that_leaves_passes_on_what_it_was_handed(handler: Handler) -> None:
     """Handed the connection (or, once it closed, its slot) as it was cancelled: the next caller gets it."""
     client = HttpClient(limit=1, connect_timeout=2.0)
     try:
-        async with peer(answers(answer)) as p:
+        async with peer(handler) as p:
             first = await client.request("POST", p.url, caller("first"), b"{}", 5.0)
             await first.read()
             leaving = asyncio.create_task(served(client, p.url, "leaving"))
