@@ -322,12 +322,17 @@ class HttpPool:
         limit: int,
         connect_timeout: float,
         idle_timeout: float = 4.0,
+        dns_ttl: float = 10.0,
         ssl_context: ssl_module.SSLContext | None = None,
     ) -> None:
         self.origin = origin
         self._limit = limit
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
+        #: the origin's addresses, reused for ``dns_ttl`` s (aiohttp's default) instead of a lookup per connection
+        self._dns_ttl = dns_ttl
+        self._addresses: list[tuple[int, str]] = []
+        self._addresses_until = 0.0
         self._ssl = ssl_context if origin.scheme == "https" else None
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
@@ -424,9 +429,7 @@ class HttpPool:
                 raise ConnectFailed("the proxy is shutting down")
             try:
                 async with asyncio.timeout(self._connect_timeout):
-                    _, conn = await loop.create_connection(
-                        lambda: _Connection(self), self.origin.host, self.origin.port, ssl=self._ssl
-                    )
+                    conn = await self._open_connection(loop)
             except TimeoutError:
                 raise ConnectTimeout(f"Cube did not accept a connection within {self._connect_timeout:g} s") from None
             except ssl_module.SSLError as exc:
@@ -443,6 +446,31 @@ class HttpPool:
             raise Disconnected("Cube closed the connection at once")
         self._open.add(conn)
         return conn
+
+    async def _open_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        """Connect to the origin's addresses in turn; if none answers, look them up afresh next time."""
+        if loop.time() >= self._addresses_until:
+            found = await loop.getaddrinfo(self.origin.host, self.origin.port, type=socket.SOCK_STREAM)
+            self._addresses = [(family, str(sockaddr[0])) for family, _, _, _, sockaddr in found]
+            self._addresses_until = loop.time() + self._dns_ttl
+        failure: OSError = ConnectionRefusedError(f"no address for {self.origin.host}")
+        for family, address in self._addresses:
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self),
+                    address,
+                    self.origin.port,
+                    family=family,
+                    ssl=self._ssl,
+                    server_hostname=self.origin.host if self._ssl is not None else None,
+                )
+                return conn
+            except ssl_module.SSLError:
+                raise
+            except OSError as exc:
+                failure = exc
+        self._addresses_until = 0.0
+        raise failure
 
     def _give_back(self, conn: _Connection) -> None:
         if self._closing:

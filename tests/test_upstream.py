@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -326,6 +326,72 @@ async def test_a_waiting_caller_that_leaves_passes_on_what_it_was_handed(handler
             assert order(p) == ["first", "late", "after"]
     finally:
         await client.close()
+
+
+@contextlib.contextmanager
+def counted_lookups(answers: list[str] | None = None) -> Iterator[list[str]]:
+    """Record the event loop's address lookups: real ones, or each of ``answers`` once, as a DNS server would."""
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+    hosts: list[str] = []
+    planned = list(answers or [])
+
+    async def lookup(host: str, port: int, **kwargs: object) -> list[tuple[object, ...]]:
+        hosts.append(host)
+        if planned:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (planned.pop(0), port))]
+        return await real(host, port, **kwargs)  # type: ignore[arg-type]
+
+    loop.getaddrinfo = lookup  # type: ignore[method-assign]
+    try:
+        yield hosts
+    finally:
+        del loop.getaddrinfo
+
+
+async def test_a_cube_host_is_looked_up_once_per_ttl_not_per_connection() -> None:
+    gate = asyncio.Event()
+
+    async def gated(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await p.read_request(reader)
+            await gate.wait()
+            writer.write(OK)
+            await writer.drain()
+
+    for ttl, lookups in ((10.0, 1), (0.0, 2)):
+        gate.clear()
+        async with peer(gated) as p:
+            pool = HttpPool(Origin("http", "localhost", p.port), limit=2, connect_timeout=2.0, dns_ttl=ttl)
+            with counted_lookups() as hosts:
+                head = b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n"
+                first = asyncio.create_task(pool.request(head, b"{}", 5.0))
+                await p.requests.get()
+                second = asyncio.create_task(pool.request(head, b"{}", 5.0))  # the first is busy: a new connection
+                await p.requests.get()
+                gate.set()
+                for task in (first, second):
+                    response = await task
+                    assert await response.read() == b'{"ok":true}'
+                    response.release()
+            await pool.close()
+        assert p.connections == 2
+        assert hosts == ["localhost"] * lookups
+
+
+async def test_addresses_that_refuse_are_looked_up_afresh() -> None:
+    async with peer(keep_alive) as p:  # listening on 127.0.0.1 only
+        pool = HttpPool(Origin("http", "cube.internal", p.port), limit=2, connect_timeout=2.0)
+        head = b"POST /x HTTP/1.1\r\nHost: cube.internal\r\nContent-Length: 2\r\n\r\n"
+        # the name first points where nothing listens (Cube moved), then where Cube now is
+        with counted_lookups(["127.0.0.2", "127.0.0.1"]) as hosts:
+            with pytest.raises(ConnectFailed, match="Cube is unreachable"):
+                await pool.request(head, b"{}", 5.0)
+            response = await pool.request(head, b"{}", 5.0)  # within the TTL, but the old address failed
+            assert await response.read() == b'{"ok":true}'
+            response.release()
+        await pool.close()
+    assert hosts == ["cube.internal", "cube.internal"]
 
 
 async def test_a_caller_that_goes_away_closes_the_connection(client: HttpClient) -> None:
