@@ -94,6 +94,19 @@ def answers(raw: bytes, hold: bool = True) -> Handler:
     return handler
 
 
+def answers_once_open(gate: asyncio.Event) -> Handler:
+    """Keep-alive: answer each request with OK once ``gate`` is set."""
+
+    async def handler(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await p.read_request(reader)
+            await gate.wait()
+            writer.write(OK)
+            await writer.drain()
+
+    return handler
+
+
 async def call(client: HttpClient, url: str, body: bytes | None = b"{}", timeout: float = 5.0) -> tuple[int, bytes]:
     response = await client.request("POST", url, {"Authorization": "jwt", "X-Request-Id": "r-span-1"}, body, timeout)
     try:
@@ -226,13 +239,7 @@ async def test_a_refused_connection_is_connect_failed(client: HttpClient) -> Non
 
 async def test_the_pool_never_opens_more_than_its_limit() -> None:
     gate = asyncio.Event()
-
-    async def gated(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await p.read_request(reader)
-            await gate.wait()
-            writer.write(OK)
-            await writer.drain()
+    gated = answers_once_open(gate)
 
     client = HttpClient(limit=1, connect_timeout=2.0)
     try:
@@ -351,13 +358,7 @@ def counted_lookups(answers: list[str] | None = None) -> Iterator[list[str]]:
 
 async def test_a_cube_host_is_looked_up_once_per_ttl_not_per_connection() -> None:
     gate = asyncio.Event()
-
-    async def gated(p: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await p.read_request(reader)
-            await gate.wait()
-            writer.write(OK)
-            await writer.drain()
+    gated = answers_once_open(gate)
 
     for ttl, lookups in ((10.0, 1), (0.0, 2)):
         gate.clear()
