@@ -107,8 +107,14 @@ def answers_once_open(gate: asyncio.Event) -> Handler:
     return handler
 
 
-async def call(client: HttpClient, url: str, body: bytes | None = b"{}", timeout: float = 5.0) -> tuple[int, bytes]:
-    response = await client.request("POST", url, {"Authorization": "jwt", "X-Request-Id": "r-span-1"}, body, timeout)
+def caller(rid: str) -> dict[str, str]:
+    return {"Authorization": "jwt", "X-Request-Id": rid}
+
+
+async def call(
+    client: HttpClient, url: str, body: bytes | None = b"{}", timeout: float = 5.0, rid: str = "r-span-1"
+) -> tuple[int, bytes]:
+    response = await client.request("POST", url, caller(rid), body, timeout)
     try:
         return response.status, await response.read()
     finally:
@@ -259,10 +265,6 @@ async def test_the_pool_never_opens_more_than_its_limit() -> None:
 CLOSING = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
 
 
-def caller(rid: str) -> dict[str, str]:
-    return {"Authorization": "jwt", "X-Request-Id": rid}
-
-
 def order(p: Peer) -> list[str]:
     """The request ids in the order the peer received them."""
     return [
@@ -272,10 +274,8 @@ def order(p: Peer) -> list[str]:
 
 
 async def served(client: HttpClient, url: str, rid: str) -> int:
-    response = await client.request("POST", url, caller(rid), b"{}", 5.0)
-    await response.read()
-    response.release()
-    return response.status
+    status, _ = await call(client, url, rid=rid)
+    return status
 
 
 async def test_a_connection_given_back_goes_to_the_longest_waiting_caller() -> None:
