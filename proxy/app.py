@@ -66,7 +66,11 @@ def _issuer(settings: Settings) -> str:
 async def _cube_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # no cookies, no redirects, no decompression: the client only speaks what Cube's API needs
-    http = HttpClient(limit=settings.cube.pool_size, connect_timeout=settings.cube.connect_timeout)
+    http = HttpClient(
+        limit=settings.cube.pool_size,
+        connect_timeout=settings.cube.connect_timeout,
+        pool_timeout=settings.cube.queue_timeout,
+    )
     app[CUBE_HTTP] = http
     app[FORWARDER] = Forwarder(
         CubeClient(http, settings.cube.read_timeout, settings.cube.buffer_limit),

@@ -12,7 +12,7 @@ import orjson
 
 from .answers import error_text, is_continue_wait, map_cube_error
 from .errors import ApiError
-from .upstream import ConnectFailed, ConnectTimeout, HttpClient, ReadTimeout, Response, UpstreamError
+from .upstream import ConnectFailed, ConnectTimeout, HttpClient, PoolBusy, ReadTimeout, Response, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,9 @@ class CubeClient:
             response = await self._http.request(method, url, headers, payload, read_timeout)
         except ReadTimeout:
             raise upstream_fault(504, f"Cube did not answer within {read_timeout:g} s") from None
+        except PoolBusy as exc:
+            # Cube is healthy but saturated by other calls: the caller may try again, as at the tenant cap
+            raise ApiError(503, {"message": f"{exc}; try again shortly"}, {"Retry-After": "1"}) from None
         except UpstreamError as exc:
             raise upstream_fault(502, _connection_failed(exc)) from None
         try:

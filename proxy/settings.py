@@ -100,13 +100,14 @@ class CubeSettings:
     continue_wait_budget: float = 25.0
     #: concurrent upstream calls per tenant; more wait up to queue_timeout, then 503.
     max_concurrent_per_tenant: int = 32
+    #: seconds a call may wait for a tenant slot, and again for a free connection to Cube, before a 503.
     queue_timeout: float = 10.0
     #: seconds meta answers are cached per tenant, and how many tenants are kept.
     meta_cache_ttl: float = 60.0
     meta_cache_size: int = 1024
     #: bodies up to this many bytes are read whole (and shared whole); larger ones stream.
     buffer_limit: int = 256 * 1024
-    #: open connections per Cube origin; more calls wait for one.
+    #: open connections per Cube origin; more calls wait for one, up to queue_timeout.
     pool_size: int = 256
 
 

@@ -63,6 +63,10 @@ class BadAnswer(UpstreamError):
     pass
 
 
+class PoolBusy(UpstreamError):
+    """Every connection to the origin stayed busy for as long as a caller may wait for one."""
+
+
 @dataclass(frozen=True)
 class Origin:
     scheme: str
@@ -321,6 +325,7 @@ class HttpPool:
         *,
         limit: int,
         connect_timeout: float,
+        pool_timeout: float = 10.0,
         idle_timeout: float = 4.0,
         dns_ttl: float = 10.0,
         ssl_context: ssl_module.SSLContext | None = None,
@@ -328,6 +333,8 @@ class HttpPool:
         self.origin = origin
         self._limit = limit
         self._connect_timeout = connect_timeout
+        #: seconds a caller waits for a connection while all ``limit`` are busy
+        self._pool_timeout = pool_timeout
         self._idle_timeout = idle_timeout
         #: the origin's addresses, reused for ``dns_ttl`` s (aiohttp's default) instead of a lookup per connection
         self._dns_ttl = dns_ttl
@@ -378,8 +385,9 @@ class HttpPool:
         A connection given back while callers wait goes straight to the longest waiting one,
         and a slot freed by a closed connection is reserved for it, so a caller arriving at
         that moment cannot take it past them. (It could before: under load the same callers
-        were passed over again and again, and p99 grew to seconds.) ``fresh`` skips idle
-        connections; one handed over from a call that just finished counts as fresh.
+        were passed over again and again, and p99 grew to seconds.) A caller waits at most
+        ``pool_timeout``, then gets ``PoolBusy``. ``fresh`` skips idle connections; one handed
+        over from a call that just finished counts as fresh.
         """
         if not self._waiters:
             if not fresh and (conn := self._idle_connection()) is not None:
@@ -390,7 +398,11 @@ class HttpPool:
         waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            handed = await waiter
+            async with asyncio.timeout(self._pool_timeout):
+                handed = await waiter
+        except TimeoutError:
+            self._abandon(waiter)
+            raise PoolBusy(f"all {self._limit} connections to Cube stayed busy for {self._pool_timeout:g} s") from None
         except BaseException:
             self._abandon(waiter)
             raise
@@ -512,9 +524,17 @@ class HttpPool:
 class HttpClient:
     """One pool per Cube origin, made on first use; the call's URL picks the pool."""
 
-    def __init__(self, *, limit: int, connect_timeout: float, ssl_context: ssl_module.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        limit: int,
+        connect_timeout: float,
+        pool_timeout: float = 10.0,
+        ssl_context: ssl_module.SSLContext | None = None,
+    ) -> None:
         self._limit = limit
         self._connect_timeout = connect_timeout
+        self._pool_timeout = pool_timeout
         self._pools: dict[Origin, HttpPool] = {}
         #: URL -> (pool, request line prefix); the URLs are the configured Cubes' endpoints.
         self._targets: dict[str, tuple[HttpPool, bytes]] = {}
@@ -533,7 +553,11 @@ class HttpClient:
                 if origin.scheme == "https" and self._ssl is None:
                     self._ssl = ssl_module.create_default_context()
                 pool = self._pools[origin] = HttpPool(
-                    origin, limit=self._limit, connect_timeout=self._connect_timeout, ssl_context=self._ssl
+                    origin,
+                    limit=self._limit,
+                    connect_timeout=self._connect_timeout,
+                    pool_timeout=self._pool_timeout,
+                    ssl_context=self._ssl,
                 )
             target = parsed.raw_path_qs or "/"
             found = self._targets[url] = (pool, f"{target} HTTP/1.1\r\nHost: {origin.host_header}\r\n".encode())

@@ -11,6 +11,7 @@ from tests.test_streaming import until
 
 META = "/api/v4/projects/{}/product_analytics/request/meta"
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
+LOAD_2 = "/api/v4/projects/2/product_analytics/request/load"
 DRY = "/api/v4/projects/1/product_analytics/request/dry-run"
 
 
@@ -237,3 +238,25 @@ async def test_concurrent_upstream_calls_are_capped_per_tenant(make_settings, ma
     assert (await other_tenant).status == 200
     statuses = [(await t).status for t in tasks]
     assert sorted(statuses) == [200, 200, 503]
+
+
+async def test_a_call_that_finds_every_cube_connection_busy_past_the_queue_timeout_is_503(
+    make_settings, make_client, cube
+):
+    """The pool's wait is bounded as the tenant cap's is: all connections busy, across tenants, is a 503 to retry."""
+    client = await make_client(make_settings(cube={"pool_size": 1, "queue_timeout": 0.2}))
+    release = asyncio.Event()
+    cube.behaviour = held_until(release, cube.default)
+    holder = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
+    await until(lambda: len(cube.calls) == 1)
+    # another project: its tenant slot is free, the one connection to Cube is not
+    refused = await client.post(LOAD_2, json={"query": QUERY}, headers=REPORTER)
+    assert refused.status == 503
+    assert refused.headers["Retry-After"] == "1"
+    assert (await refused.json()) == {"message": "all 1 connections to Cube stayed busy for 0.2 s; try again shortly"}
+    assert len(cube.calls) == 1  # it cost Cube nothing
+    release.set()
+    assert (await holder).status == 200
+    # the refused caller left nothing behind: the one connection serves the next call
+    assert (await client.post(LOAD_2, json={"query": QUERY}, headers=REPORTER)).status == 200
+    assert len(cube.calls) == 2

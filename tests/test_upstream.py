@@ -19,6 +19,7 @@ from proxy.upstream import (
     HttpClient,
     HttpPool,
     Origin,
+    PoolBusy,
     ReadTimeout,
 )
 
@@ -307,6 +308,24 @@ async def test_a_slot_freed_by_a_closed_connection_goes_to_the_longest_waiting_c
             first.release()  # not reusable: closed at once, which frees its slot
             assert (await waiting, await late) == (200, 200)
             assert order(p) == ["first", "waiting", "late"]
+    finally:
+        await client.close()
+
+
+async def test_a_caller_waits_for_a_busy_pool_no_longer_than_the_pool_timeout() -> None:
+    gate = asyncio.Event()
+    client = HttpClient(limit=1, connect_timeout=2.0, pool_timeout=0.2)
+    try:
+        async with peer(answers_once_open(gate)) as p:
+            first = asyncio.create_task(call(client, p.url, rid="first"))
+            await p.requests.get()  # the one connection carries the first call
+            with pytest.raises(PoolBusy, match=r"^all 1 connections to Cube stayed busy for 0.2 s$"):
+                await call(client, p.url, rid="gave-up")
+            gate.set()
+            assert await first == (200, b'{"ok":true}')
+            # the caller that gave up keeps no place in the queue: the connection goes to the next call
+            assert await asyncio.wait_for(call(client, p.url, rid="next"), 5) == (200, b'{"ok":true}')
+            assert order(p) == ["first", "next"] and p.connections == 1
     finally:
         await client.close()
 
