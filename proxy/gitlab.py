@@ -16,6 +16,28 @@ from .errors import ApiError, gitlab_unavailable
 
 log = logging.getLogger(__name__)
 
+#: The answers the proxy reads from GitLab are a few KB of JSON; one larger than this is not
+#: GitLab's (a misconfigured URL, or a hostile peer), and is not read into memory.
+MAX_ANSWER_BYTES = 1024 * 1024
+
+
+class AnswerTooLarge(Exception):
+    pass
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or AnswerTooLarge as soon as it is known to exceed ``limit`` bytes."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise AnswerTooLarge
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise AnswerTooLarge
+        parts.append(chunk)
+    return b"".join(parts)
+
 
 @dataclass(frozen=True)
 class GitLabReply:
@@ -43,8 +65,15 @@ class GitLabClient:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                raw = await resp.read()
+                raw = await read_bounded(resp, MAX_ANSWER_BYTES)
                 status = resp.status
+        except AnswerTooLarge:
+            log.error(
+                "GitLab's answer is larger than %d bytes: check [gitlab] url",
+                MAX_ANSWER_BYTES,
+                extra={"event": "gitlab_error", "path": path.split("?")[0]},
+            )
+            raise gitlab_unavailable(self._retry_after) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning(
                 "gitlab call failed",

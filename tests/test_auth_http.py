@@ -265,3 +265,39 @@ async def test_gitlab_that_never_answers_fails_closed_within_its_timeout(
     assert asyncio.get_running_loop().time() - started < 5
     assert cube.calls == []
     never.set()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_an_oversized_gitlab_answer_fails_closed_without_being_read_whole(
+    make_settings, make_client, aiohttp_server, cube, caplog, framing
+):
+    """A peer at the GitLab URL sending megabytes (a wrong URL, a hostile peer) costs no memory, lets no one in."""
+    from aiohttp import web
+
+    sent = 0
+
+    async def flood(request):
+        nonlocal sent
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if framing == "content-length":
+            response.content_length = 64 * 1024 * 1024
+        await response.prepare(request)
+        piece = b" " * 65536
+        try:
+            while sent < 64 * 1024 * 1024:  # "endless" unless the proxy stops reading
+                await response.write(piece)
+                sent += len(piece)
+        except (ConnectionError, RuntimeError):
+            pass  # the proxy hung up
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", flood)
+    server = await aiohttp_server(app)
+    client = await make_client(make_settings(gitlab={"url": str(server.make_url("")).rstrip("/"), "timeout": 60}))
+    resp = await post_load(client, REPORTER)
+    assert resp.status == 503
+    assert await resp.json() == {"message": "GitLab is unavailable"}
+    assert "GitLab's answer is larger than 1048576 bytes" in caplog.text
+    assert sent < 16 * 1024 * 1024  # stopped after about 1 MiB (plus what the sockets buffer), not 64 MiB
+    assert cube.calls == []
