@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import multiprocessing
 import os
+import resource
 import signal
+import sys
 from collections.abc import Callable
 
 from aiohttp import web
@@ -20,6 +23,8 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 GC_GEN0_THRESHOLD = 50_000
+#: the soft limit on open files asked for when the hard limit is unlimited (Linux's default fs.nr_open)
+OPEN_FILES_WHEN_UNLIMITED = 1_048_576
 
 
 async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.Event | None = None) -> None:
@@ -73,7 +78,48 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
-def _run_one(settings: Settings, reuse_port: bool) -> None:
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard limit, as nginx's ``worker_rlimit_nofile`` does.
+
+    Every caller holds a socket, and so does every connection to Cube: 5,000 callers held
+    on slow queries need 5,000 of them. Service managers often start processes with a soft
+    limit of 1,024, past which the server cannot accept a connection. Forked workers
+    inherit the raised limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WHEN_UNLIMITED if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open files limit from %d: %s", soft, exc, extra={"event": "rlimit"})
+        return
+    log.info("open files limit raised from %d to %d", soft, wanted, extra={"event": "rlimit"})
+
+
+#: prctl(2): the signal a process gets when the thread that forked it ends
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """A worker stops, gracefully, when the process that forked it dies, even by SIGKILL.
+
+    Without this, killing the parent left its workers serving on the shared port with no
+    one to stop them. The kernel sends SIGTERM, which the worker handles as a shutdown.
+    """
+    if sys.platform != "linux":  # pragma: no cover - the proxy is built and tested on Linux
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:  # pragma: no cover - cannot fail on Linux
+        log.warning("workers will outlive a killed parent: prctl failed (errno %d)", ctypes.get_errno())
+    if os.getppid() != parent:  # the parent died before the line above: nobody will signal us
+        raise SystemExit("product-analytics-proxy: the parent process is gone")
+
+
+def _run_one(settings: Settings, reuse_port: bool, parent: int | None = None) -> None:
+    if parent is not None:
+        die_with_parent(parent)
     setup_logging(settings.server.log_format, settings.server.log_level)
     tune_gc()
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -82,13 +128,15 @@ def _run_one(settings: Settings, reuse_port: bool) -> None:
 
 def run(settings: Settings) -> None:
     """Run in this process, or fork ``workers`` processes that share the port (SO_REUSEPORT)."""
+    setup_logging(settings.server.log_format, settings.server.log_level)
+    raise_open_files_limit()
     workers = settings.server.workers
     if workers == 1:
         _run_one(settings, reuse_port=False)
         return
-    setup_logging(settings.server.log_format, settings.server.log_level)
     context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=_run_one, args=(settings, True), daemon=False) for _ in range(workers)]
+    parent = os.getpid()
+    processes = [context.Process(target=_run_one, args=(settings, True, parent), daemon=False) for _ in range(workers)]
     for process in processes:
         process.start()
 

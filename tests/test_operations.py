@@ -5,14 +5,17 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 
 from proxy.logs import JsonFormatter, TextFormatter, redact, setup_logging
 from tests.conftest import CUBE_KEY, QUERY, REPORTER
@@ -190,7 +193,7 @@ async def wait_for_line(stream, needle, limit=200):
 
 
 @contextlib.asynccontextmanager
-async def proxy_process(tmp_path, gitlab_url, cube_url, cube_section="", server_section=""):
+async def proxy_process(tmp_path, gitlab_url, cube_url, cube_section="", server_section="", preexec_fn=None):
     """The proxy as production runs it (``python -m proxy``), listening; killed if a test leaves it running."""
     port = free_port()
     config = tmp_path / "proxy.toml"
@@ -199,7 +202,7 @@ async def proxy_process(tmp_path, gitlab_url, cube_url, cube_section="", server_
         f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{CUBE_KEY}"\n[cube]\n{cube_section}\n'
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "--config", str(config), stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "proxy", "--config", str(config), stderr=asyncio.subprocess.PIPE, preexec_fn=preexec_fn
     )
     try:
         await wait_for_line(proc.stderr, "listening")
@@ -208,6 +211,79 @@ async def proxy_process(tmp_path, gitlab_url, cube_url, cube_section="", server_
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def open_files_limits(pid: int) -> tuple[str, str]:
+    """The soft and hard limits on open files of a running process, as the kernel reports them."""
+    line = next(
+        line for line in Path(f"/proc/{pid}/limits").read_text().splitlines() if line.startswith("Max open files")
+    )
+    soft, hard = line.split()[3:5]
+    return soft, hard
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_the_open_files_limit_is_raised_to_the_hard_limit(cube, gitlab_url, cube_url, tmp_path, workers):
+    """Started with the soft limit of 1,024 that service managers often give, the proxy could hold ~1,000 callers."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.fail(f"this machine's hard limit on open files ({hard}) leaves nothing to raise")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    server = f"workers = {workers}"
+    async with proxy_process(tmp_path, gitlab_url, cube_url, server_section=server, preexec_fn=low_soft_limit) as (
+        proc,
+        port,
+    ):
+        wanted = str(hard) if hard != resource.RLIM_INFINITY else "1048576"
+        pids = [proc.pid]
+        if workers > 1:
+            for _ in range(workers - 1):
+                await wait_for_line(proc.stderr, "listening")  # every worker is up
+            pids += worker_pids(proc.pid)
+            assert len(pids) == 1 + workers
+        for pid in pids:
+            assert open_files_limits(pid)[0] == wanted
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(f"http://127.0.0.1:{port}{LOAD}", json={"query": QUERY}, headers=REPORTER)
+            assert resp.status == 200
+
+
+async def ended(pid: int) -> None:
+    """Wait until a process (not necessarily our child) has ended: its pidfd becomes readable."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def worker_pids(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def test_workers_stop_when_their_parent_is_killed(cube, gitlab_url, cube_url, tmp_path):
+    """SIGKILL to the parent (an OOM kill, a supervisor's kill -9) used to leave its workers serving on the port."""
+    async with proxy_process(tmp_path, gitlab_url, cube_url, server_section="workers = 2") as (proc, port):
+        await wait_for_line(proc.stderr, "listening")  # the second worker is up too
+        workers = worker_pids(proc.pid)
+        assert len(workers) == 2
+        proc.kill()
+        # each worker shuts down as on SIGTERM, and its end closes the log pipe it shares with the parent
+        rest = (await asyncio.wait_for(proc.stderr.read(), 30)).decode()
+        assert rest.count('"event":"shutdown"') == 2
+        await asyncio.wait_for(asyncio.gather(*(ended(pid) for pid in workers)), 30)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 async def test_sigterm_lets_an_in_flight_stream_finish(cube, gitlab_url, cube_url, tmp_path):
