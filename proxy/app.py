@@ -73,7 +73,7 @@ async def _cube_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[CUBE_HTTP] = http
     app[FORWARDER] = Forwarder(
-        CubeClient(http, settings.cube.read_timeout, settings.cube.buffer_limit),
+        CubeClient(http, settings.cube.read_timeout, settings.cube.buffer_limit, settings.cube.max_whole_bytes),
         TenantLimiter(settings.cube.max_concurrent_per_tenant, settings.cube.queue_timeout),
         settings.cube.continue_wait_budget,
     )

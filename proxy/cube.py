@@ -106,10 +106,14 @@ def classify_body(raw: bytes, parse: bool = True) -> Buffered:
 class CubeClient:
     """Calls to every Cube over one lean keep-alive client; no caller header ever reaches it."""
 
-    def __init__(self, http: HttpClient, read_timeout: float, buffer_limit: int) -> None:
+    def __init__(
+        self, http: HttpClient, read_timeout: float, buffer_limit: int, max_whole: int = 128 * 1024 * 1024
+    ) -> None:
         self._http = http
         self.read_timeout = read_timeout
         self._buffer_limit = buffer_limit
+        #: a body read whole although large (meta, the zero-fill) may not exceed this
+        self._max_whole = max_whole
 
     async def call(
         self,
@@ -149,15 +153,17 @@ class CubeClient:
         length = response.content_length
         try:
             if response.status != 200:
-                raw = await _read_bounded(response, MAX_ERROR_BODY)
+                raw = await _read_bounded(response, MAX_ERROR_BODY, "Cube's error answer")
                 return _classify_error_status(response.status, raw)
-            if need_whole or (length is not None and length <= self._buffer_limit):
+            if length is not None and length <= self._buffer_limit:
                 return classify_body(await response.read(), parse)
+            if need_whole:
+                return classify_body(await _read_bounded(response, self._max_whole, "Cube's answer"), parse)
             prefix = await _read_prefix(response)
             if response.at_eof():
                 return classify_body(prefix, parse)  # the whole body arrived with the prefix
             if _looks_like_error(prefix):
-                rest = await _read_bounded(response, MAX_ERROR_BODY)
+                rest = await _read_bounded(response, MAX_ERROR_BODY, "Cube's error answer")
                 return classify_body(prefix + rest)
             if not prefix.lstrip().startswith((b"{", b"[")):
                 raise upstream_fault(502, "Cube answered with a body that is not valid JSON")
@@ -187,13 +193,17 @@ def _classify_error_status(status: int, raw: bytes) -> Buffered:
     return buffered_json(code, body)
 
 
-async def _read_bounded(response: Response, limit: int) -> bytes:
+async def _read_bounded(response: Response, limit: int, what: str) -> bytes:
+    """The whole body, or a 502 as soon as it is known to exceed ``limit`` bytes (nothing more is read)."""
+    too_large = upstream_fault(502, f"{what} is larger than {limit} bytes")
+    if response.content_length is not None and response.content_length > limit:
+        raise too_large
     parts: list[bytes] = []
     size = 0
     async for chunk in response.iter_chunks():
         size += len(chunk)
         if size > limit:
-            raise upstream_fault(502, f"Cube's error answer is larger than {limit} bytes")
+            raise too_large
         parts.append(chunk)
     return b"".join(parts)
 

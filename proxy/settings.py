@@ -107,6 +107,8 @@ class CubeSettings:
     meta_cache_size: int = 1024
     #: bodies up to this many bytes are read whole (and shared whole); larger ones stream.
     buffer_limit: int = 256 * 1024
+    #: the largest answer read whole although large (meta, which is cached, and zero-filled loads); 502 above.
+    max_whole_bytes: int = 128 * 1024 * 1024
     #: open connections per Cube origin; more calls wait for one, up to queue_timeout.
     pool_size: int = 256
 
@@ -248,6 +250,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
         "[cube] max_concurrent_per_tenant": s.cube.max_concurrent_per_tenant,
         "[cube] meta_cache_size": s.cube.meta_cache_size,
         "[cube] buffer_limit": s.cube.buffer_limit,
+        "[cube] max_whole_bytes": s.cube.max_whole_bytes,
         "[cube] pool_size": s.cube.pool_size,
         "[limits] max_body_bytes": s.limits.max_body_bytes,
         "[limits] max_json_depth": s.limits.max_json_depth,

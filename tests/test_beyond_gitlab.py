@@ -3,6 +3,9 @@
 import asyncio
 import time
 
+import pytest
+from aiohttp import web
+
 from proxy.keys import COALESCER, META_CACHE, SETTINGS
 from proxy.tenants import resolve_tenant
 from tests.conftest import QUERY, REPORTER
@@ -260,3 +263,34 @@ async def test_a_call_that_finds_every_cube_connection_busy_past_the_queue_timeo
     # the refused caller left nothing behind: the one connection serves the next call
     assert (await client.post(LOAD_2, json={"query": QUERY}, headers=REPORTER)).status == 200
     assert len(cube.calls) == 2
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_meta_answer_over_max_whole_bytes_is_502_and_not_cached(make_settings, make_client, cube, framing):
+    """Meta is read whole (to be cached): its size is bounded, so a runaway answer cannot take the memory."""
+    client = await make_client(make_settings(cube={"buffer_limit": 64, "max_whole_bytes": 4096}))
+    sent = 0
+
+    async def huge(call, request):
+        nonlocal sent
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if framing == "content-length":
+            response.content_length = 64 * 1024 * 1024
+        await response.prepare(request)
+        try:
+            await response.write(b'{"cubes":[')
+            while sent < 64 * 1024 * 1024:  # "endless" unless the proxy stops reading
+                await response.write(b'{"name":"Cube","measures":[]},' * 1000)
+                sent += 30_000
+        except (ConnectionError, RuntimeError):
+            pass  # the proxy hung up
+        return response
+
+    cube.behaviour = huge
+    resp = await client.get(META.format(1), headers=REPORTER)
+    assert resp.status == 502
+    assert await resp.json() == {"message": "Cube's answer is larger than 4096 bytes"}
+    assert sent < 16 * 1024 * 1024  # it stopped reading, not after 64 MiB
+    cube.behaviour = cube.default
+    assert (await client.get(META.format(1), headers=REPORTER)).status == 200  # the failure was not cached
+    assert len(cube.calls_to("meta")) == 2

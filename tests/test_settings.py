@@ -78,6 +78,7 @@ def test_every_problem_is_reported_at_once():
         "server": {"port": "eighty", "workers": 0, "keepalive_timeout": 0, "colour": "blue"},
         "gitlab": {"url": "ftp://nope", "cache_ttl": -1},
         "product_analytics": {"cube_api_base_url": "not a url", "cube_api_key": "short"},
+        "cube": {"max_whole_bytes": 0},
         "projects": {"abc": {"enabled": False}, "7": {"enabled": "yes"}},
         "mystery": {},
     }
@@ -93,6 +94,7 @@ def test_every_problem_is_reported_at_once():
         "[gitlab] cache_ttl: must not be negative",
         "cube_api_base_url: must be an http(s) URL",
         "cube_api_key: must be at least 32 bytes",
+        "[cube] max_whole_bytes: must be greater than 0",
         "[projects.abc]: the key must be a numeric project id",
         "[projects.7] enabled: must be true or false",
         "[mystery]: unknown section",
