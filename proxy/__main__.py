@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             f"settings are valid ({settings.server.workers} worker(s) on {settings.server.host}:{settings.server.port})"
         )
         return 0
-    run(settings)
-    return 0
+    return run(settings)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
-import multiprocessing
-import os
 import resource
 import signal
-import sys
 from collections.abc import Callable
 
 from aiohttp import web
@@ -19,15 +15,23 @@ from aiohttp import web
 from .app import create_app
 from .logs import setup_logging
 from .settings import Settings
+from .workers import die_with_parent, supervise
 
 log = logging.getLogger(__name__)
+
+
+class CannotListen(Exception):
+    """The address is taken or not ours: said in one line, not a traceback."""
+
 
 GC_GEN0_THRESHOLD = 50_000
 #: the soft limit on open files asked for when the hard limit is unlimited (Linux's default fs.nr_open)
 OPEN_FILES_WHEN_UNLIMITED = 1_048_576
 
 
-async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: Settings, *, reuse_port: bool = False, on_listening: Callable[[], None] | None = None
+) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting and let in-flight answers finish."""
     app = create_app(settings)
     # handler_cancellation: a caller that hangs up cancels its request, freeing its tenant slot and its
@@ -44,14 +48,19 @@ async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=reuse_port or None, backlog=4096)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()  # the app's clients and tasks, started by setup()
+        where = f"{settings.server.host}:{settings.server.port}"
+        raise CannotListen(f"cannot listen on {where}: {exc.strerror or exc}") from None
     log.info("listening on http://%s:%s", settings.server.host, settings.server.port, extra={"event": "listening"})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
+    if on_listening is not None:
+        on_listening()
     await stop.wait()
     log.info("shutting down: letting in-flight requests finish", extra={"event": "shutdown"})
     await runner.cleanup()
@@ -98,55 +107,31 @@ def raise_open_files_limit() -> None:
     log.info("open files limit raised from %d to %d", soft, wanted, extra={"event": "rlimit"})
 
 
-#: prctl(2): the signal a process gets when the thread that forked it ends
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent: int) -> None:
-    """A worker stops, gracefully, when the process that forked it dies, even by SIGKILL.
-
-    Without this, killing the parent left its workers serving on the shared port with no
-    one to stop them. The kernel sends SIGTERM, which the worker handles as a shutdown.
-    """
-    if sys.platform != "linux":  # pragma: no cover - the proxy is built and tested on Linux
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:  # pragma: no cover - cannot fail on Linux
-        log.warning("workers will outlive a killed parent: prctl failed (errno %d)", ctypes.get_errno())
-    if os.getppid() != parent:  # the parent died before the line above: nobody will signal us
-        raise SystemExit("product-analytics-proxy: the parent process is gone")
-
-
-def _run_one(settings: Settings, reuse_port: bool, parent: int | None = None) -> None:
+def _run_one(
+    settings: Settings, reuse_port: bool, parent: int | None = None, on_listening: Callable[[], None] | None = None
+) -> None:
     if parent is not None:
         die_with_parent(parent)
     setup_logging(settings.server.log_format, settings.server.log_level)
     tune_gc()
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve(settings, reuse_port=reuse_port))
+    try:
+        with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(settings, reuse_port=reuse_port, on_listening=on_listening))
+    except CannotListen as exc:
+        log.error("%s", exc, extra={"event": "listen_failed"})
+        raise SystemExit(1) from None
 
 
-def run(settings: Settings) -> None:
-    """Run in this process, or fork ``workers`` processes that share the port (SO_REUSEPORT)."""
+def run(settings: Settings) -> int:
+    """Run in this process, or fork ``workers`` processes that share the port (SO_REUSEPORT); the exit status."""
     setup_logging(settings.server.log_format, settings.server.log_level)
     raise_open_files_limit()
     workers = settings.server.workers
     if workers == 1:
         _run_one(settings, reuse_port=False)
-        return
-    context = multiprocessing.get_context("fork")
-    parent = os.getpid()
-    processes = [context.Process(target=_run_one, args=(settings, True, parent), daemon=False) for _ in range(workers)]
-    for process in processes:
-        process.start()
+        return 0
 
-    def forward(signum: int, _frame: object) -> None:
-        for process in processes:
-            if process.pid is not None and process.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signum)
+    def worker_main(parent: int, on_listening: Callable[[], None]) -> None:
+        _run_one(settings, True, parent, on_listening)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for process in processes:
-        process.join()
+    return supervise(worker_main, workers)

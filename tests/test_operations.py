@@ -286,6 +286,57 @@ async def test_workers_stop_when_their_parent_is_killed(cube, gitlab_url, cube_u
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
+async def test_a_worker_that_dies_is_replaced(cube, gitlab_url, cube_url, tmp_path):
+    """As nginx's master does: a crashed (or OOM-killed) worker is replaced, so the proxy keeps its capacity."""
+    async with proxy_process(tmp_path, gitlab_url, cube_url, server_section="workers = 2") as (proc, port):
+        await wait_for_line(proc.stderr, "listening")  # the second worker is up too
+        first, second = worker_pids(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        await asyncio.wait_for(ended(first), 30)
+        assert f"worker {first} ended (exit code -9): starting another" in await wait_for_line(
+            proc.stderr, "starting another"
+        )
+        await wait_for_line(proc.stderr, "listening")
+        now = worker_pids(proc.pid)
+        assert len(now) == 2 and second in now and first not in now
+        async with aiohttp.ClientSession() as session:
+            for _ in range(4):  # whichever worker the kernel picks answers
+                resp = await session.post(f"http://127.0.0.1:{port}{LOAD}", json={"query": QUERY}, headers=REPORTER)
+                assert resp.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_taken_port_stops_the_proxy_with_status_1_and_one_line(gitlab_url, cube_url, tmp_path, workers):
+    """A failure at start-up is said in one line, not a traceback; workers that fail it are not started again."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "proxy.toml"
+        config.write_text(
+            f'[server]\nport = {port}\nworkers = {workers}\n[gitlab]\nurl = "{gitlab_url}"\n'
+            f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{CUBE_KEY}"\n'
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "--config", str(config), stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = err.decode()
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: " in text and "address already in use" in text.lower()
+    assert "Traceback" not in text
+    assert "Unclosed" not in text  # what start-up opened (the GitLab client) was closed
+    if workers > 1:
+        assert text.count("failed before it was listening (exit code 1): stopping") == 1
+
+
 async def test_sigterm_lets_an_in_flight_stream_finish(cube, gitlab_url, cube_url, tmp_path):
     """A real proxy process: SIGTERM arrives mid-stream; the caller still gets the whole answer."""
     release = asyncio.Event()
