@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from .answers import error_text, is_continue_wait, map_cube_error
+from .bounded import read_at_most
 from .errors import ApiError
 from .upstream import ConnectFailed, ConnectTimeout, HttpClient, PoolBusy, ReadTimeout, Response, UpstreamError
 
@@ -195,17 +196,10 @@ def _classify_error_status(status: int, raw: bytes) -> Buffered:
 
 async def _read_bounded(response: Response, limit: int, what: str) -> bytes:
     """The whole body, or a 502 as soon as it is known to exceed ``limit`` bytes (nothing more is read)."""
-    too_large = upstream_fault(502, f"{what} is larger than {limit} bytes")
-    if response.content_length is not None and response.content_length > limit:
-        raise too_large
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in response.iter_chunks():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        parts.append(chunk)
-    return b"".join(parts)
+    raw = await read_at_most(response.content_length, response.iter_chunks(), limit)
+    if raw is None:
+        raise upstream_fault(502, f"{what} is larger than {limit} bytes")
+    return raw
 
 
 async def _read_prefix(response: Response) -> bytes:

@@ -11,6 +11,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from .bounded import read_at_most
 from .credentials import Credential
 from .errors import ApiError, gitlab_unavailable
 
@@ -19,24 +20,6 @@ log = logging.getLogger(__name__)
 #: The answers the proxy reads from GitLab are a few KB of JSON; one larger than this is not
 #: GitLab's (a misconfigured URL, or a hostile peer), and is not read into memory.
 MAX_ANSWER_BYTES = 1024 * 1024
-
-
-class AnswerTooLarge(Exception):
-    pass
-
-
-async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or AnswerTooLarge as soon as it is known to exceed ``limit`` bytes."""
-    if resp.content_length is not None and resp.content_length > limit:
-        raise AnswerTooLarge
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise AnswerTooLarge
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -65,21 +48,21 @@ class GitLabClient:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                raw = await read_bounded(resp, MAX_ANSWER_BYTES)
+                raw = await read_at_most(resp.content_length, resp.content.iter_any(), MAX_ANSWER_BYTES)
                 status = resp.status
-        except AnswerTooLarge:
-            log.error(
-                "GitLab's answer is larger than %d bytes: check [gitlab] url",
-                MAX_ANSWER_BYTES,
-                extra={"event": "gitlab_error", "path": path.split("?")[0]},
-            )
-            raise gitlab_unavailable(self._retry_after) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning(
                 "gitlab call failed",
                 extra={"event": "gitlab_error", "path": path.split("?")[0], "error": type(exc).__name__},
             )
             raise gitlab_unavailable(self._retry_after) from None
+        if raw is None:
+            log.error(
+                "GitLab's answer is larger than %d bytes: check [gitlab] url",
+                MAX_ANSWER_BYTES,
+                extra={"event": "gitlab_error", "path": path.split("?")[0]},
+            )
+            raise gitlab_unavailable(self._retry_after)
         if 300 <= status < 400:
             log.error("GitLab answered a redirect (%s): check [gitlab] url", status, extra={"event": "gitlab_redirect"})
             raise gitlab_unavailable(self._retry_after)
