@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
@@ -150,6 +151,18 @@ class CubeClient:
             response.release()
             raise
 
+    async def _read_whole(self, response: Response) -> bytes:
+        """A large body read whole (meta, the zero-fill): bounded in size, and in time as a whole.
+
+        ``read_timeout`` bounds each gap; a peer trickling a byte at a time could still hold
+        the call for ever, so the whole body must also arrive within one full ``read_timeout``.
+        """
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                return await _read_bounded(response, self._max_whole, "Cube's answer")
+        except TimeoutError:
+            raise upstream_fault(504, f"Cube did not send its whole answer within {self.read_timeout:g} s") from None
+
     async def _classify(self, response: Response, need_whole: bool, parse: bool) -> Answer:
         length = response.content_length
         try:
@@ -159,7 +172,7 @@ class CubeClient:
             if length is not None and length <= self._buffer_limit:
                 return classify_body(await response.read(), parse)
             if need_whole:
-                return classify_body(await _read_bounded(response, self._max_whole, "Cube's answer"), parse)
+                return classify_body(await self._read_whole(response), parse)
             prefix = await _read_prefix(response)
             if response.at_eof():
                 return classify_body(prefix, parse)  # the whole body arrived with the prefix

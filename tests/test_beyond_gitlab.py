@@ -1,6 +1,7 @@
 """Spec section 6: meta cache, server-side Continue wait, coalescing, protection."""
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -294,3 +295,30 @@ async def test_a_meta_answer_over_max_whole_bytes_is_502_and_not_cached(make_set
     cube.behaviour = cube.default
     assert (await client.get(META.format(1), headers=REPORTER)).status == 200  # the failure was not cached
     assert len(cube.calls_to("meta")) == 2
+
+
+async def test_a_meta_answer_that_trickles_past_the_read_timeout_as_a_whole_is_504(make_settings, make_client, cube):
+    """Each gap is under read_timeout, so only a bound on the whole read stops a peer sending a byte at a time."""
+    client = await make_client(make_settings(cube={"buffer_limit": 64, "read_timeout": 0.5}))
+    stop = asyncio.Event()
+
+    async def trickle(call, request):
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        try:
+            await response.write(b'{"cubes":[')
+            while not stop.is_set():  # a piece every 0.1 s: never silent for read_timeout, never done
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.1)
+                await response.write(b" ")
+        except (ConnectionError, RuntimeError):
+            pass  # the proxy hung up
+        return response
+
+    cube.behaviour = trickle
+    resp = await client.get(META.format(1), headers=REPORTER)
+    stop.set()
+    assert resp.status == 504
+    assert await resp.json() == {"message": "Cube did not send its whole answer within 0.5 s"}
+    cube.behaviour = cube.default
+    assert (await client.get(META.format(1), headers=REPORTER)).status == 200  # not cached
