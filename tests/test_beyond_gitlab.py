@@ -24,6 +24,15 @@ def queued_load(client):
     return asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
 
 
+async def a_load_held_at_cube(client, cube):
+    """A queued load that Cube has received and holds until the returned event is set."""
+    release = asyncio.Event()
+    cube.behaviour = held_until(release, cube.default)
+    held = queued_load(client)
+    await until(lambda: len(cube.calls) == 1)
+    return held, release
+
+
 async def test_meta_is_fetched_once_per_tenant_within_its_ttl(client, cube):
     for _ in range(5):
         resp = await client.get(META.format(1), headers=REPORTER)
@@ -176,11 +185,8 @@ async def test_coalesced_callers_share_an_error_too(client, cube):
 
 
 async def test_a_joined_caller_leaving_does_not_stop_the_shared_call(client, cube):
-    release = asyncio.Event()
-    cube.behaviour = held_until(release, cube.default)
     coalescer = client.app[COALESCER]
-    first = queued_load(client)
-    await until(lambda: len(cube.calls) == 1)
+    first, release = await a_load_held_at_cube(client, cube)
     leaver = queued_load(client)
     await until(lambda: coalescer.waiting() == 2)
     leaver.cancel()
@@ -192,11 +198,8 @@ async def test_a_joined_caller_leaving_does_not_stop_the_shared_call(client, cub
 
 
 async def test_when_the_caller_making_the_shared_call_leaves_the_others_ask_again_once(client, cube):
-    release = asyncio.Event()
-    cube.behaviour = held_until(release, cube.default)
     coalescer = client.app[COALESCER]
-    leader = queued_load(client)
-    await until(lambda: len(cube.calls) == 1)
+    leader, release = await a_load_held_at_cube(client, cube)
     stayers = [queued_load(client) for _ in range(2)]
     await until(lambda: coalescer.waiting() == 3)
     leader.cancel()  # its call stops with it; the two still waiting share one new call
@@ -249,10 +252,7 @@ async def test_a_call_that_finds_every_cube_connection_busy_past_the_queue_timeo
 ):
     """The pool's wait is bounded as the tenant cap's is: all connections busy, across tenants, is a 503 to retry."""
     client = await make_client(make_settings(cube={"pool_size": 1, "queue_timeout": 0.2}))
-    release = asyncio.Event()
-    cube.behaviour = held_until(release, cube.default)
-    holder = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
-    await until(lambda: len(cube.calls) == 1)
+    holder, release = await a_load_held_at_cube(client, cube)
     # another project: its tenant slot is free, the one connection to Cube is not
     refused = await client.post(LOAD_2, json={"query": QUERY}, headers=REPORTER)
     assert refused.status == 503
