@@ -16,6 +16,10 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+#: the body of a 500: what failed is in the log, never in the answer
+INTERNAL_ERROR: Mapping[str, str] = {"message": "500 Internal Server Error"}
+
+
 def unauthorized() -> ApiError:
     return ApiError(401, {"message": "401 Unauthorized"})
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .access_log import AccessLog
-from .credentials import extract_credential
-from .errors import ApiError
+from .credentials import Credential, extract_credential
+from .errors import INTERNAL_ERROR, ApiError
 from .keys import ACCESS_LOG, RATE_LIMITER, REQUEST_IDS, SHEDDER
 from .request_id import normalise_request_id
 from .request_keys import ABORTED, CACHE, CREDENTIAL, PROJECT, REQUEST_ID
@@ -55,25 +57,36 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
 def _log_request(access_log: AccessLog, request: web.Request, status: int, started: float) -> None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else None
-    method = request.method
+    log_exchange(access_log, request.method, route, status, started, request)
+
+
+def log_exchange(
+    access_log: AccessLog, method: str, route: str | None, status: int, started: float, record: Mapping[Any, Any]
+) -> None:
+    """One access-log line; ``record`` holds what the request's handling noted (its id, project, cache)."""
     access_log.write(
         f"{method} {route or '-'} {status}",
         {
             "event": "request",
-            "request_id": request.get(REQUEST_ID),
+            "request_id": record.get(REQUEST_ID),
             "method": method,
             "route": route,
-            "project": request.get(PROJECT),
+            "project": record.get(PROJECT),
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            "cache": request.get(CACHE),
-            "aborted": request.get(ABORTED, False),
+            "cache": record.get(CACHE),
+            "aborted": record.get(ABORTED, False),
         },
     )
 
 
 def error_response(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(body, status=status, headers=headers)
+
+
+def log_unhandled(record: Mapping[Any, Any]) -> None:
+    """Called from an ``except``: the traceback goes to the log, never to the caller (who gets a plain 500)."""
+    log.exception("unhandled error", extra={"event": "unhandled", "request_id": record.get(REQUEST_ID)})
 
 
 @web.middleware
@@ -88,8 +101,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in exc.headers.items() if k in {"Allow", "Retry-After"}}
         return error_response(exc.status, {"message": f"{exc.status} {exc.reason}"}, headers)
     except Exception:
-        log.exception("unhandled error", extra={"event": "unhandled", "request_id": request.get(REQUEST_ID)})
-        return error_response(500, {"message": "500 Internal Server Error"})
+        log_unhandled(request)
+        return error_response(500, dict(INTERNAL_ERROR))
 
 
 def _protected(request: web.Request) -> bool:
@@ -97,21 +110,17 @@ def _protected(request: web.Request) -> bool:
     return name is not None and name.startswith(PROTECTED_PREFIX)
 
 
-@web.middleware
-async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    shedder = request.app[SHEDDER]
-    if shedder.enabled and _protected(request) and shedder.overloaded():
+def admit(app: web.Application) -> None:
+    """Shed an analytics request (503) while the event loop lags; a no-op unless ``shed_lag_ms`` is set."""
+    shedder = app[SHEDDER]
+    if shedder.enabled and shedder.overloaded():
         raise ApiError(503, {"message": "The proxy is overloaded; retry shortly"}, {"Retry-After": "1"})
-    return await handler(request)
 
 
-@web.middleware
-async def credential_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not _protected(request):
-        return await handler(request)
-    credential = extract_credential(request.headers, request.query)
-    request[CREDENTIAL] = credential
-    limiter = request.app[RATE_LIMITER]
+def authenticate(app: web.Application, headers: Mapping[str, str], query: Mapping[str, str]) -> Credential:
+    """The caller's credential (401 without one), within the per-caller rate limit (429)."""
+    credential = extract_credential(headers, query)
+    limiter = app[RATE_LIMITER]
     if limiter.enabled:
         wait = limiter.check(credential.key, time.monotonic())
         if wait is not None:
@@ -120,6 +129,20 @@ async def credential_middleware(request: web.Request, handler: Handler) -> web.S
                 {"message": f"Too many requests from this caller; retry after {wait} s"},
                 {"Retry-After": str(wait)},
             )
+    return credential
+
+
+@web.middleware
+async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.app[SHEDDER].enabled and _protected(request):
+        admit(request.app)
+    return await handler(request)
+
+
+@web.middleware
+async def credential_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if _protected(request):
+        request[CREDENTIAL] = authenticate(request.app, request.headers, request.query)
     return await handler(request)
 
 

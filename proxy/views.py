@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 from aiohttp import web
 
@@ -45,11 +47,13 @@ async def read_body(request: web.Request) -> bytes:
         raise bad_request(f"the request body did not arrive within {limits.body_timeout:g} s", status=408) from None
 
 
-async def _grant_tenant(request: web.Request) -> tuple[Tenant, Grant]:
+async def _grant_tenant(
+    app: web.Application, record: MutableMapping[Any, Any], project_ref: str, method: str
+) -> tuple[Tenant, Grant]:
     """Authorise the caller for the route's project; its tenant, or 404 when analytics is off."""
-    grant = await request.app[AUTHORIZER].authorize(request[CREDENTIAL], request.match_info["project"], request.method)
-    request[PROJECT] = grant.project_id
-    tenant = request.app[TENANTS].get(grant.project_id)
+    grant = await app[AUTHORIZER].authorize(record[CREDENTIAL], project_ref, method)
+    record[PROJECT] = grant.project_id
+    tenant = app[TENANTS].get(grant.project_id)
     if tenant is None:
         raise not_enabled()
     return tenant, grant
@@ -64,26 +68,43 @@ async def dry_run(request: web.Request) -> web.StreamResponse:
 
 
 async def _query(request: web.Request, endpoint: str) -> web.StreamResponse:
-    app = request.app
-    body = parse_body(await read_body(request), app[SETTINGS].limits.max_json_depth)
-    query = query_request(body, request.query)
-    tenant, grant = await _grant_tenant(request)
+    raw = await read_body(request)
+    outcome = await answer_query(request.app, request, endpoint, request.match_info["project"], raw, request.query)
+    return await respond(request, outcome)
+
+
+async def answer_query(
+    app: web.Application,
+    record: MutableMapping[Any, Any],
+    endpoint: str,
+    project_ref: str,
+    raw: bytes,
+    query_params: Mapping[str, str],
+) -> Outcome:
+    """A load or dry-run call, past the middlewares: ``record`` holds the request's id and credential.
+
+    Both ways of serving a call use it: the aiohttp view above, and the fast lane
+    (``proxy/fast_lane.py``), which passes a plain dict as ``record``.
+    """
+    body = parse_body(raw, app[SETTINGS].limits.max_json_depth)
+    query = query_request(body, query_params)
+    tenant, grant = await _grant_tenant(app, record, project_ref, "POST")
     gitlab_token = None
     if query.include_token:
-        gitlab_token = await app[AUTHORIZER].mint_token(request[CREDENTIAL], grant)
+        gitlab_token = await app[AUTHORIZER].mint_token(record[CREDENTIAL], grant)
     call = UpstreamCall(
         tenant=tenant,
         endpoint=endpoint,
         method="POST",
         jwt=app[SIGNER].sign(tenant, int(time.time()), gitlab_token),
-        request_id=request[REQUEST_ID],
+        request_id=record[REQUEST_ID],
         payload=query.payload,
         fill=fill_plan(query.query) if endpoint == "load" else None,
     )
     forwarder = app[FORWARDER]
     outcome, shared = await app[COALESCER].run(_coalesce_key(tenant, endpoint, query), lambda: forwarder.fetch(call))
-    request[CACHE] = "shared" if shared else "miss"
-    return await respond(request, outcome)
+    record[CACHE] = "shared" if shared else "miss"
+    return outcome
 
 
 def _coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[Tenant, str, bytes] | None:
@@ -96,7 +117,7 @@ async def meta(request: web.Request) -> web.StreamResponse:
     app = request.app
     if request.method == "POST":
         parse_body(await read_body(request), app[SETTINGS].limits.max_json_depth)
-    tenant, _ = await _grant_tenant(request)
+    tenant, _ = await _grant_tenant(app, request, request.match_info["project"], request.method)
 
     async def load_meta() -> Buffered:
         call = UpstreamCall(
