@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -81,7 +82,12 @@ def log_exchange(
 
 
 def error_response(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(body, status=status, headers=headers)
+    # compact, as the fast lane writes it (and as Cube's own bodies are)
+    return web.json_response(body, status=status, headers=headers, dumps=_compact_json)
+
+
+def _compact_json(value: object) -> str:
+    return orjson.dumps(value).decode()
 
 
 def log_unhandled(record: Mapping[Any, Any]) -> None:

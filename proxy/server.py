@@ -13,6 +13,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from .app import create_app
+from .fast_lane import FastLane
 from .logs import setup_logging
 from .settings import Settings
 from .workers import die_with_parent, supervise
@@ -25,6 +26,7 @@ class CannotListen(Exception):
 
 
 GC_GEN0_THRESHOLD = 50_000
+BACKLOG = 4096
 #: the soft limit on open files asked for when the hard limit is unlimited (Linux's default fs.nr_open)
 OPEN_FILES_WHEN_UNLIMITED = 1_048_576
 
@@ -47,23 +49,42 @@ async def serve(
         keepalive_timeout=settings.server.keepalive_timeout,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=reuse_port or None, backlog=4096)
     try:
-        await site.start()
+        listening = await _listen(app, runner, settings, reuse_port)
     except OSError as exc:
         await runner.cleanup()  # the app's clients and tasks, started by setup()
         where = f"{settings.server.host}:{settings.server.port}"
         raise CannotListen(f"cannot listen on {where}: {exc.strerror or exc}") from None
-    log.info("listening on http://%s:%s", settings.server.host, settings.server.port, extra={"event": "listening"})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if on_listening is not None:
+    if on_listening is not None:  # before the log line: whoever reads the line may rely on the parent knowing
         on_listening()
+    log.info("listening on http://%s:%s", settings.server.host, settings.server.port, extra={"event": "listening"})
     await stop.wait()
     log.info("shutting down: letting in-flight requests finish", extra={"event": "shutdown"})
+    if listening is not None:  # the fast lane's listener and connections; aiohttp's are the runner's
+        listener, lane = listening
+        listener.close()
+        await lane.shutdown(settings.server.shutdown_timeout)
     await runner.cleanup()
+
+
+async def _listen(
+    app: web.Application, runner: web.AppRunner, settings: Settings, reuse_port: bool
+) -> tuple[asyncio.AbstractServer, FastLane] | None:
+    """Listen through the fast lane (which hands what it does not serve to aiohttp's server), or through aiohttp."""
+    host, port = settings.server.host, settings.server.port
+    if not settings.server.fast_lane:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=BACKLOG)
+        await site.start()
+        return None
+    assert runner.server is not None  # made by setup()
+    lane = FastLane(app, runner.server, settings.server.keepalive_timeout)
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(lane, host, port, reuse_port=reuse_port or None, backlog=BACKLOG)
+    return listener, lane
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -46,6 +46,8 @@ class ServerSettings:
     log_level: str = "INFO"
     #: shed new analytics requests (503) while the event loop is this many ms behind; 0 (the default) never sheds.
     shed_lag_ms: float = 0.0
+    #: serve plain load and dry-run calls through the fast lane (proxy/fast_lane.py); false: aiohttp serves all.
+    fast_lane: bool = True
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
@@ -11,8 +12,11 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from proxy.app import create_app
+from proxy.fast_lane import FastLane
+from proxy.keys import SETTINGS
 from proxy.settings import Settings, settings_from_mapping
 from tests.fakes.cube import FakeCube
 from tests.fakes.gitlab import FakeGitLab
@@ -69,19 +73,59 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
-@pytest.fixture
-async def client(settings: Settings, aiohttp_client: ClientFactory) -> TestClient[web.Request, web.Application]:
-    return await aiohttp_client(create_app(settings))
+class FastLaneTestServer(TestServer):
+    """The app behind the fast lane, as ``python -m proxy`` serves it: aiohttp's server takes what it hands over."""
+
+    lane: FastLane
+    listener: asyncio.AbstractServer
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        await self.runner.setup()
+        assert self.runner.server is not None
+        settings = self.app[SETTINGS]
+        self.lane = FastLane(self.app, self.runner.server, settings.server.keepalive_timeout)
+        self.listener = await asyncio.get_running_loop().create_server(self.lane, self.host, 0)
+        self.port = self.listener.sockets[0].getsockname()[1]
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self.started and not self.closed:
+            self.listener.close()
+            await self.lane.shutdown(self.app[SETTINGS].server.shutdown_timeout)
+        await super().close()
+
+
+#: every test that talks to the proxy over HTTP runs twice: served by aiohttp alone, and through the fast lane
+SERVINGS = ("aiohttp", "fast_lane")
+
+
+@pytest.fixture(params=SERVINGS)
+def serving(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
 def make_client(
-    aiohttp_client: ClientFactory,
+    aiohttp_client: ClientFactory, serving: str
 ) -> Callable[[Settings], Awaitable[TestClient[web.Request, web.Application]]]:
     async def make(settings: Settings) -> TestClient[web.Request, web.Application]:
-        return await aiohttp_client(create_app(settings))
+        app = create_app(settings)
+        if serving == "fast_lane":
+            return await aiohttp_client(FastLaneTestServer(app))
+        return await aiohttp_client(app)
 
     return make
+
+
+@pytest.fixture
+async def client(
+    settings: Settings, make_client: Callable[[Settings], Awaitable[TestClient[web.Request, web.Application]]]
+) -> TestClient[web.Request, web.Application]:
+    return await make_client(settings)
 
 
 def replace(settings: Settings, section: str, **values: Any) -> Settings:

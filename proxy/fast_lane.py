@@ -1,0 +1,462 @@
+"""The fast lane: plain load and dry-run calls served by an asyncio protocol in front of aiohttp's server.
+
+aiohttp's server costs about 200k instructions per request here before the proxy does
+anything (bench/NOTES.md), which alone spends the pass-through budget of issue #4. So
+the proxy listens with this protocol instead. Each connection starts here. A request
+that is
+
+- ``POST`` to ``[/api/v4]/projects/<numeric id>/product_analytics/request/load`` or
+  ``.../dry-run``, with no query string;
+- HTTP/1.1 and keep-alive, framed by one ``Content-Length`` no larger than
+  ``[limits] max_body_bytes``, and wholly read (head and body);
+- without ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, and with no repeated
+  credential or request-id header;
+
+is served here, through the same functions the middlewares and the view call, in their
+order: request id, access log, error mapping, admission, credential and rate limit, then
+``answer_query`` (body checks, authorisation, signing, coalescing, the tenant slot and
+the Cube call). Anything else (another route or method, a body still arriving, a
+malformed or unusual request) hands the connection, with every byte read of the request,
+to aiohttp's server, which parses it from its first byte and serves the connection from
+then on. So the fast lane never decides an odd case: aiohttp's parser and the app's
+middlewares do, as they did before it existed.
+
+Answers are written as the aiohttp path writes them: the same status, body and headers
+(``Content-Type``, ``X-Request-Id``, ``Retry-After``), ``Content-Length`` or chunked
+framing, streamed with backpressure, and cut off (the connection aborted) when Cube's
+body breaks mid-stream. A caller that hangs up cancels its request. An idle connection,
+or one that does not finish a request's head, is closed after ``keepalive_timeout``. On
+shutdown the listener closes, idle connections close, and busy ones finish their answer
+(``Connection: close``) within ``shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import http
+import logging
+import re
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+import httptools
+import orjson
+from aiohttp import web
+
+from .coalesce import Outcome, StreamBroken
+from .cube import Buffered
+from .errors import INTERNAL_ERROR, ApiError
+from .keys import ACCESS_LOG, REQUEST_IDS, SETTINGS
+from .middlewares import admit, authenticate, log_exchange, log_unhandled
+from .request_id import normalise_request_id
+from .request_keys import ABORTED, CREDENTIAL, REQUEST_ID
+from .views import answer_query
+
+log = logging.getLogger(__name__)
+
+_ROUTE = re.compile(rb"(/api/v4)?/projects/([0-9]{1,20})/product_analytics/request/(load|dry-run)")
+#: the request headers the load path reads, by lower-cased name
+_READ = {
+    b"private-token": "PRIVATE-TOKEN",
+    b"authorization": "Authorization",
+    b"job-token": "JOB-TOKEN",
+    b"x-request-id": "X-Request-Id",
+}
+#: a request with one of these is aiohttp's to serve
+_ELSEWHERE = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+#: a head longer than this is handed to aiohttp, whose limits answer it
+MAX_HEAD = 16 * 1024
+#: while an answer is being written, at most this much of a pipelined next request is read
+MAX_PIPELINED = 64 * 1024
+_NO_QUERY: Mapping[str, str] = {}
+_NO_HEADERS: Mapping[str, str] = {}
+_JSON = b"application/json"
+_JSON_UTF8 = b"application/json; charset=utf-8"
+
+
+class _NotHere(Exception):
+    """This request is for aiohttp's server."""
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    return f"HTTP/1.1 {status} {reason}\r\n".encode()
+
+
+_STATUS_LINES = {status.value: _status_line(status.value) for status in http.HTTPStatus}
+
+
+class FastLane:
+    """The protocol factory the proxy listens with; one per app and listening socket."""
+
+    def __init__(self, app: web.Application, aiohttp_server: web.Server, keepalive_timeout: float) -> None:
+        self.app = app
+        self.aiohttp_server = aiohttp_server
+        self.keepalive_timeout = keepalive_timeout
+        self.max_body = app[SETTINGS].limits.max_body_bytes
+        self.request_ids = app[REQUEST_IDS]
+        self.access_log = app[ACCESS_LOG]
+        #: requests answered here, and connections handed to aiohttp's server (for tests and the bench)
+        self.served = 0
+        self.handed_over = 0
+        self.closing = False
+        self._connections: set[_Connection] = set()
+        self._drained: asyncio.Event | None = None
+        self._date = (0, b"")
+
+    def __call__(self) -> asyncio.Protocol:
+        return _Connection(self)
+
+    def date(self) -> bytes:
+        """The ``Date`` header's value, formatted once per second."""
+        now = int(time.time())
+        if now != self._date[0]:
+            self._date = (now, email.utils.formatdate(now, usegmt=True).encode())
+        return self._date[1]
+
+    def _add(self, conn: _Connection) -> None:
+        self._connections.add(conn)
+
+    def _forget(self, conn: _Connection) -> None:
+        self._connections.discard(conn)
+        if not self._connections and self._drained is not None:
+            self._drained.set()
+
+    async def shutdown(self, grace: float) -> None:
+        """Close idle connections now, busy ones once their answer is written; abort what is left after ``grace`` s."""
+        self.closing = True
+        for conn in list(self._connections):
+            conn.close_when_idle()
+        if not self._connections:
+            return
+        self._drained = asyncio.Event()
+        try:
+            async with asyncio.timeout(grace):
+                await self._drained.wait()
+        except TimeoutError:
+            for conn in list(self._connections):
+                conn.abort()
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, lane: FastLane) -> None:
+        self._lane = lane
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._buffer = b""
+        self._busy = False
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_active = 0.0
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._close_after = False
+        # the request being parsed
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._length: int | None = None
+        self._body = b""
+        self._begun = False
+        self._head_done = False
+        self._complete = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._lane._add(self)
+        if self._lane.closing:
+            self._transport.close()
+            return
+        self._last_active = self._loop.time()
+        self._timer = self._loop.call_later(self._lane.keepalive_timeout, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lane._forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()  # the caller hung up: stop its call, as aiohttp's handler_cancellation does
+        self._wake_writer()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer = self._buffer + data if self._buffer else data
+        if self._busy:
+            if len(self._buffer) > MAX_PIPELINED and not self._reading_paused:
+                self._reading_paused = True
+                assert self._transport is not None
+                self._transport.pause_reading()
+            return
+        self._next()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_writer()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._begun:
+            raise _NotHere  # a second message in what should be one: the framing is not what it seemed
+        self._begun = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.lower()
+        if key in _ELSEWHERE:
+            raise _NotHere
+        if key == b"content-length":
+            if self._length is not None or not value.isdigit():
+                raise _NotHere
+            self._length = int(value)
+        elif (canonical := _READ.get(key)) is not None:
+            if canonical in self._headers:
+                raise _NotHere  # repeated: aiohttp's rules decide which counts
+            self._headers[canonical] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        # asked here: once the message is complete, llhttp has reset what these read
+        if parser.get_method() != b"POST" or parser.get_http_version() != "1.1" or not parser.should_keep_alive():
+            raise _NotHere
+        self._head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Serve the next request in the buffer, wait for the rest of its head, or hand the connection over."""
+        buffer = self._buffer
+        if not buffer:
+            return
+        if self._close_after:
+            self._close()
+            return
+        end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
+        if end < 0:
+            if len(buffer) >= MAX_HEAD or b"\n\n" in buffer:
+                self._hand_over()
+            return  # the head is still arriving; the keep-alive timer bounds the wait
+        head = end + 4
+        self._url, self._headers, self._length, self._body = b"", {}, None, b""
+        self._begun = self._head_done = self._complete = False
+        parser = self._parser
+        try:
+            if buffer.find(b"\n\n", 0, end) >= 0:
+                raise _NotHere
+            parser.feed_data(buffer[:head])
+            length = self._length
+            if not self._head_done or length is None or length > self._lane.max_body or len(buffer) < head + length:
+                raise _NotHere
+            if not self._complete:
+                parser.feed_data(buffer[head : head + length])
+            if not self._complete or self._body != buffer[head : head + length]:
+                raise _NotHere
+            route = _ROUTE.fullmatch(self._url)
+            if route is None:
+                raise _NotHere
+        except (_NotHere, httptools.HttpParserError):
+            self._hand_over()
+            return
+        self._buffer = buffer[head + length :]
+        self._busy = True
+        self._lane.served += 1
+        prefix, project, endpoint = route.groups()
+        self._task = self._loop.create_task(
+            self._serve(endpoint.decode(), project.decode(), prefix is not None, self._headers, self._body)
+        )
+
+    def _hand_over(self) -> None:
+        """aiohttp's server takes this connection, and what was read of its request, from here on."""
+        lane = self._lane
+        transport = self._transport
+        assert transport is not None
+        lane._forget(self)
+        lane.handed_over += 1
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        handler = lane.aiohttp_server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._writing_paused:
+            handler.pause_writing()
+        buffer, self._buffer = self._buffer, b""
+        handler.data_received(buffer)
+
+    async def _serve(self, endpoint: str, project: str, v4: bool, headers: dict[str, str], raw: bytes) -> None:
+        lane = self._lane
+        app = lane.app
+        started = time.perf_counter()
+        record: dict[Any, Any] = {REQUEST_ID: normalise_request_id(headers.get("X-Request-Id"), lane.request_ids)}
+        status = 500
+        try:
+            try:
+                admit(app)
+                record[CREDENTIAL] = authenticate(app, headers, _NO_QUERY)
+                outcome = await answer_query(app, record, endpoint, project, raw, _NO_QUERY)
+            except ApiError as exc:
+                status = exc.status
+                self._write_whole(status, _JSON_UTF8, orjson.dumps(exc.body), record, exc.headers)
+            except Exception:
+                log_unhandled(record)
+                self._write_whole(500, _JSON_UTF8, orjson.dumps(INTERNAL_ERROR), record)
+            else:
+                status = 200 if not isinstance(outcome, Buffered) else outcome.status
+                await self._send(outcome, record)
+        finally:
+            if lane.access_log.enabled():
+                route = f"{'/api/v4' if v4 else ''}/projects/{{project}}/product_analytics/request/{endpoint}"
+                log_exchange(lane.access_log, "POST", route, status, started, record)
+        self._task = None
+        self._busy = False
+        self._last_active = self._loop.time()
+        if self._reading_paused:
+            self._reading_paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+        if self._close_after:
+            self._close()
+        else:
+            self._next()
+
+    # -- answers ------------------------------------------------------------------------------
+
+    def _head(
+        self, status: int, content_type: bytes, record: dict[Any, Any], extra: Mapping[str, str], framing: bytes
+    ) -> list[bytes]:
+        lines = [
+            _STATUS_LINES.get(status) or _status_line(status),
+            b"Content-Type: ",
+            content_type,
+            b"\r\nX-Request-Id: ",
+            record[REQUEST_ID].encode("latin-1"),
+            b"\r\nDate: ",
+            self._lane.date(),
+            b"\r\n",
+            framing,
+        ]
+        for name, value in extra.items():
+            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        if self._lane.closing:
+            self._close_after = True
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        return lines
+
+    def _write_whole(
+        self,
+        status: int,
+        content_type: bytes,
+        body: bytes,
+        record: dict[Any, Any],
+        extra: Mapping[str, str] = _NO_HEADERS,
+    ) -> None:
+        transport = self._transport
+        assert transport is not None
+        lines = self._head(status, content_type, record, extra, b"Content-Length: %d\r\n" % len(body))
+        lines.append(body)
+        transport.write(b"".join(lines))
+
+    async def _send(self, outcome: Outcome, record: dict[Any, Any]) -> None:
+        if isinstance(outcome, Buffered):
+            self._write_whole(outcome.status, _JSON, outcome.body, record)
+            return
+        transport = self._transport
+        assert transport is not None
+        length = outcome.content_length
+        chunked = length is None
+        framing = b"Transfer-Encoding: chunked\r\n" if length is None else b"Content-Length: %d\r\n" % length
+        try:
+            transport.write(b"".join(self._head(200, _JSON, record, _NO_HEADERS, framing)))
+            try:
+                async for chunk in outcome.chunks():
+                    if not chunk:
+                        continue
+                    if chunked:
+                        transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                    else:
+                        transport.write(chunk)
+                    if self._writing_paused:
+                        await self._drain()
+            except (ApiError, StreamBroken) as exc:  # Cube's body broke: the caller's answer must not look whole
+                log.warning(
+                    "upstream body broke mid-stream; aborting the caller's answer",
+                    extra={"event": "stream_aborted", "request_id": record[REQUEST_ID], "error": type(exc).__name__},
+                )
+                record[ABORTED] = True
+                self.abort()
+                return
+            except Exception:
+                log_unhandled(record)  # the 200 is on its way: all that is left is to cut it off
+                self.abort()
+                return
+            if chunked:
+                transport.write(b"0\r\n\r\n")
+        finally:
+            outcome.close()
+
+    async def _drain(self) -> None:
+        transport = self._transport
+        while self._writing_paused and transport is not None and not transport.is_closing():
+            waiter = self._drain_waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._drain_waiter = None
+
+    def _wake_writer(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def _check_idle(self) -> None:
+        """Close a connection idle (or stuck in a request's head) for ``keepalive_timeout``; one timer each."""
+        timeout = self._lane.keepalive_timeout
+        if self._busy:
+            self._timer = self._loop.call_later(timeout, self._check_idle)
+            return
+        idle = self._loop.time() - self._last_active
+        if idle >= timeout:
+            self._close()
+        else:
+            self._timer = self._loop.call_later(timeout - idle, self._check_idle)
+
+    def close_when_idle(self) -> None:
+        if self._busy:
+            self._close_after = True
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
