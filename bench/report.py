@@ -23,6 +23,7 @@ def _chart(results: dict[str, Any], path: Path) -> bool:
             ("proxy", "proxy_overload_256"),
             ("nginx\n2 workers", "nginx_2_workers_overload_256"),
             ("proxy\n2 workers", "proxy_2_workers_overload_256"),
+            ("proxy\naiohttp only", "proxy_aiohttp_only_overload_256"),
         ]
         labels = [
             "nginx",
@@ -31,8 +32,17 @@ def _chart(results: dict[str, Any], path: Path) -> bool:
             "protocol\nserver",
             "proxy\n1 worker",
             "proxy\n2 workers",
+            "proxy\naiohttp only",
         ]
-        keys = ["nginx", "aiohttp_floor", "plain_aiohttp_proxy", "protocol_proxy", "proxy_1_worker", "proxy_2_workers"]
+        keys = [
+            "nginx",
+            "aiohttp_floor",
+            "plain_aiohttp_proxy",
+            "protocol_proxy",
+            "proxy_1_worker",
+            "proxy_2_workers",
+            "proxy_aiohttp_only",
+        ]
         present = [(label, p[key]["cpu_us_per_request"]) for label, key in zip(labels, keys, strict=True) if key in p]
         panels.append(("CPU per request (µs), pass-through", [lb for lb, _ in present], [v for _, v in present]))
         panels.append(
@@ -149,10 +159,12 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             ("protocol_proxy", "protocol server + the proxy's Cube client (no auth, no JWT)", 64),
             ("proxy_1_worker", "proxy, 1 worker", 64),
             ("proxy_2_workers", "proxy, 2 workers", 64),
+            ("proxy_aiohttp_only", "proxy, fast lane off (aiohttp serves every request)", 64),
             ("nginx_overload_256", "nginx, overload", 256),
             ("nginx_2_workers_overload_256", "nginx, 2 workers, overload", 256),
             ("proxy_overload_256", "proxy, overload", 256),
             ("proxy_2_workers_overload_256", "proxy, 2 workers, overload", 256),
+            ("proxy_aiohttp_only_overload_256", "proxy, fast lane off, overload", 256),
         ]:
             if key not in p:
                 continue
@@ -182,8 +194,16 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             lines += [
                 "",
                 f"Outside aiohttp's server, a bare asyncio protocol server (httptools) forwarding through the proxy's "
-                f"own Cube client, with no features, costs {p['protocol_proxy_cpu_ratio']}x nginx: the floor of the "
-                f"other road, which the notes weigh.",
+                f"own Cube client, with no features, costs {p['protocol_proxy_cpu_ratio']}x nginx: the floor of "
+                f"serving without aiohttp's server.",
+            ]
+        if "aiohttp_only_cpu_ratio" in p:
+            lines += [
+                "",
+                f"The proxy serves plain load and dry-run calls through its fast lane (an asyncio protocol in front "
+                f"of aiohttp's server, `proxy/fast_lane.py`). With the lane off, aiohttp's server serving every "
+                f"request, the same proxy costs {p['aiohttp_only_cpu_ratio']}x nginx's CPU per request, and its p99 "
+                f"at 256 connections is {p.get('aiohttp_only_overload_p99_ratio', 'n/a')}x nginx's.",
             ]
     if "cached_meta" in s:
         m = s["cached_meta"]

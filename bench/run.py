@@ -108,6 +108,10 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
     # All callers are one tenant: the per-tenant cap (32) queues most of them, at no measurable cost (NOTES.md).
     one, one_port = proxy_process(workdir, "proxy-1-worker", gitlab_url, cube_url, KEY)
     two, two_port = proxy_process(workdir, "proxy-2-workers", gitlab_url, cube_url, KEY, server={"workers": 2})
+    # the same proxy with its fast lane off: aiohttp's server serves every request, as before the fifth round
+    bare, bare_port = proxy_process(
+        workdir, "proxy-aiohttp-only", gitlab_url, cube_url, KEY, server={"fast_lane": False}
+    )
     plain_port = free_port()
     plain = Process(
         ["-m", "bench.plain_proxy", str(plain_port), f"{cube_url}/cubejs-api/v1/load"],
@@ -130,13 +134,14 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
     try:
         one.start()
         two.start()
+        bare.start()
         plain.start()
         floor.start()
         protocol.start()
         upstream_load = f"http://127.0.0.1:{upstream.port}/cubejs-api/v1/load"
         nginx_load = f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load"
         # warm the auth caches (and, for two workers, each worker's)
-        for port in (one_port, two_port):
+        for port in (one_port, two_port, bare_port):
             wrk(f"http://127.0.0.1:{port}{LOAD}", [], seconds=1, connections=4, token=TOKEN, vary=True)
 
         def one_round() -> dict[str, WrkResult]:
@@ -152,6 +157,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
                 "protocol_proxy": proxied(protocol_port, protocol.pids, 64),
                 "proxy_1_worker": proxied(one_port, one.pids, 64),
                 "proxy_2_workers": proxied(two_port, two.pids, 64),
+                "proxy_aiohttp_only": proxied(bare_port, bare.pids, 64),
                 "nginx_overload_256": wrk(nginx_load, reference.pids, seconds=seconds, connections=256),
                 "nginx_2_workers_overload_256": wrk(
                     f"http://127.0.0.1:{reference_2.port}/cubejs-api/v1/load",
@@ -161,6 +167,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
                 ),
                 "proxy_overload_256": proxied(one_port, one.pids, 256),
                 "proxy_2_workers_overload_256": proxied(two_port, two.pids, 256),
+                "proxy_aiohttp_only_overload_256": proxied(bare_port, bare.pids, 256),
             }
 
         runs = [one_round() for _ in range(rounds)]
@@ -173,6 +180,10 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
                 "aiohttp_floor_cpu_ratio": median_ratio(runs, "aiohttp_floor", "nginx", "cpu_us_per_request"),
                 "plain_aiohttp_cpu_ratio": median_ratio(runs, "plain_aiohttp_proxy", "nginx", "cpu_us_per_request"),
                 "protocol_proxy_cpu_ratio": median_ratio(runs, "protocol_proxy", "nginx", "cpu_us_per_request"),
+                "aiohttp_only_cpu_ratio": median_ratio(runs, "proxy_aiohttp_only", "nginx", "cpu_us_per_request"),
+                "aiohttp_only_overload_p99_ratio": median_ratio(
+                    runs, "proxy_aiohttp_only_overload_256", "nginx_overload_256", "p99_ms"
+                ),
                 "proxy_vs_plain_aiohttp_cpu": median_ratio(
                     runs, "proxy_1_worker", "plain_aiohttp_proxy", "cpu_us_per_request"
                 ),
@@ -192,7 +203,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
             }
         )
     finally:
-        for process in (one, two, plain, floor, protocol, reference, reference_2, upstream):
+        for process in (one, two, bare, plain, floor, protocol, reference, reference_2, upstream):
             process.stop()
     return results
 

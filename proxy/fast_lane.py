@@ -67,8 +67,9 @@ _READ = {
 }
 #: a request with one of these is aiohttp's to serve
 _ELSEWHERE = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
-#: a head longer than this is handed to aiohttp, whose limits answer it
+#: a head longer than this, or a line or field longer than aiohttp's limit, is handed to aiohttp to answer
 MAX_HEAD = 16 * 1024
+MAX_FIELD = 8190
 #: while an answer is being written, at most this much of a pipelined next request is read
 MAX_PIPELINED = 64 * 1024
 _NO_QUERY: Mapping[str, str] = {}
@@ -216,8 +217,12 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > MAX_FIELD:
+            raise _NotHere
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > MAX_FIELD:
+            raise _NotHere
         key = name.lower()
         if key in _ELSEWHERE:
             raise _NotHere

@@ -31,6 +31,8 @@ def sample():
                         "protocol_proxy",
                         "proxy_1_worker",
                         "proxy_2_workers",
+                        "proxy_aiohttp_only",
+                        "proxy_aiohttp_only_overload_256",
                         "nginx_overload_256",
                         "nginx_2_workers_overload_256",
                         "proxy_2_workers_overload_256",
@@ -39,6 +41,8 @@ def sample():
                 },
                 "pass_through_cpu_ratio": 5.0,
                 "protocol_proxy_cpu_ratio": 1.7,
+                "aiohttp_only_cpu_ratio": 8.0,
+                "aiohttp_only_overload_p99_ratio": 3.5,
                 "added_p50_ms": 1.0,
                 "added_p99_ms": 2.0,
                 "nginx_added_p50_ms": 0.5,
@@ -80,7 +84,9 @@ def test_report_has_every_measured_scenario_and_a_chart(tmp_path):
     assert "| pass_through_cpu_ratio | 5.0 | <= 4 | **no** |" in text
     assert "## Pass-through load" in text and "## Held connections" in text
     assert "| protocol server + the proxy's Cube client (no auth, no JWT) | 64 |" in text
-    assert "costs 1.7x nginx: the floor of the other road" in text
+    assert "costs 1.7x nginx: the floor of serving without aiohttp's server" in text
+    assert "| proxy, fast lane off (aiohttp serves every request) | 64 |" in text
+    assert "the same proxy costs 8.0x nginx's CPU per request, and its p99 at 256 connections is 3.5x" in text
     assert "| nginx, 2 workers, overload | 256 |" in text
     assert "with two workers each (one per core, as both are deployed) the proxy's p99 is 1.5x nginx's" in text
     assert "## Cached meta" not in text  # not measured in this run

@@ -160,6 +160,7 @@ HANDED_OVER = {
     "line ends without CR": post().replace(b"\r\n", b"\n"),
     "garbage": b"\x16\x03\x01 not http at all\r\n\r\n",
     "an unknown route": post("/api/v4/projects/1/product_analytics/request/nothing"),
+    "a header over aiohttp's field limit": post(headers=f"X-Padding: {'x' * 9000}\r\n"),
 }
 #: a request aiohttp refuses (400 and a closed connection) or must close after
 CLOSING = {"HTTP/1.0", "Connection: close", "line ends without CR", "garbage"}
