@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .cube import Answer, Buffered, Streamed
 
@@ -55,15 +55,19 @@ class _LeaderLeft:
 _LEADER_LEFT = _LeaderLeft()
 
 
-@dataclass
 class _Flight:
-    #: callers that joined; caller n holds slot n (the leader, making the call, holds 0)
-    joined: int = 1
-    #: slots whose callers gave up before taking the answer
-    left: set[int] = field(default_factory=set)
-    #: each waiting follower's slot and the future its answer arrives on
-    followers: dict[int, asyncio.Future[Answer | _LeaderLeft]] = field(default_factory=dict)
-    broadcast: _Broadcast | None = None
+    """One call in flight and the callers sharing it (a plain slotted class: one is made per call)."""
+
+    __slots__ = ("broadcast", "followers", "joined", "left")
+
+    def __init__(self) -> None:
+        #: callers that joined; caller n holds slot n (the leader, making the call, holds 0)
+        self.joined = 1
+        #: slots whose callers gave up before taking the answer
+        self.left: set[int] = set()
+        #: each waiting follower's slot and the future its answer arrives on
+        self.followers: dict[int, asyncio.Future[Answer | _LeaderLeft]] = {}
+        self.broadcast: _Broadcast | None = None
 
     def settle(self, outcome: Answer | _LeaderLeft | BaseException) -> None:
         """Give every follower still waiting the leader's answer, its error, or word that it left."""

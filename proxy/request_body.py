@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -12,8 +11,7 @@ from .errors import ApiError, bad_request
 from .settings import CUBE_MAX_LIMIT
 
 
-@dataclass(frozen=True)
-class QueryRequest:
+class QueryRequest(NamedTuple):
     query: dict[str, Any]
     query_type: str
     include_token: bool

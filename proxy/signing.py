@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import jwt
-from cachetools import LRUCache
 
 from .tenants import Tenant
 
@@ -29,7 +28,9 @@ class Signer:
     def __init__(self, issuer: str, ttl: int, size: int = 4096) -> None:
         self._issuer = issuer
         self._ttl = ttl
-        self._recent: LRUCache[Tenant, tuple[int, str]] = LRUCache(maxsize=size)
+        #: a plain dict, emptied when full: every entry is stale a second after it was made anyway
+        self._recent: dict[Tenant, tuple[int, str]] = {}
+        self._size = size
 
     def sign(self, tenant: Tenant, now: int, gitlab_token: str | None = None) -> str:
         if gitlab_token is not None:
@@ -38,5 +39,7 @@ class Signer:
         if cached is not None and cached[0] == now:
             return cached[1]
         token = sign_security_context(tenant, self._issuer, now, self._ttl, None)
+        if len(self._recent) >= self._size:
+            self._recent.clear()
         self._recent[tenant] = (now, token)
         return token
