@@ -313,6 +313,24 @@ class _Connection(asyncio.Protocol):
         handler.data_received(buffer)
 
     async def _serve(self, endpoint: str, project: str, v4: bool, headers: dict[str, str], raw: bytes) -> None:
+        try:
+            await self._answer(endpoint, project, v4, headers, raw)
+        finally:  # whatever happened, this request is over (a failing log write must not wedge the connection)
+            self._task = None
+            self._busy = False
+        self._last_active = self._loop.time()
+        transport = self._transport
+        assert transport is not None
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        if self._close_after:
+            self._close()
+        elif not transport.is_closing():
+            self._next()
+
+    async def _answer(self, endpoint: str, project: str, v4: bool, headers: dict[str, str], raw: bytes) -> None:
+        """The middlewares' and the view's steps, in their order; errors become JSON answers; one access line."""
         lane = self._lane
         app = lane.app
         started = time.perf_counter()
@@ -336,17 +354,6 @@ class _Connection(asyncio.Protocol):
             if lane.access_log.enabled():
                 route = f"{'/api/v4' if v4 else ''}/projects/{{project}}/product_analytics/request/{endpoint}"
                 log_exchange(lane.access_log, "POST", route, status, started, record)
-        self._task = None
-        self._busy = False
-        self._last_active = self._loop.time()
-        if self._reading_paused:
-            self._reading_paused = False
-            assert self._transport is not None
-            self._transport.resume_reading()
-        if self._close_after:
-            self._close()
-        else:
-            self._next()
 
     # -- answers ------------------------------------------------------------------------------
 
