@@ -231,4 +231,9 @@ def _looks_like_error(prefix: bytes) -> bool:
 
 def _json_outline(raw: bytes) -> bool:
     """``{...}`` or ``[...]``, around any whitespace: not HTML, not cut short."""
-    return (raw.lstrip()[:1], raw.rstrip()[-1:]) in _OUTLINES
+    first, last = raw[:1], raw[-1:]
+    if first.isspace():  # rare: copy only then
+        first = raw.lstrip()[:1]
+    if last.isspace():
+        last = raw.rstrip()[-1:]
+    return (first, last) in _OUTLINES

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from cachetools import LRUCache
+from typing import NamedTuple
 
 from .settings import Settings
 
@@ -12,21 +10,18 @@ from .settings import Settings
 TENANT_CACHE_SIZE = 65_536
 
 
-@dataclass(frozen=True)
-class Tenant:
+class Tenant(NamedTuple):
+    """One Cube target: a NamedTuple, so hashing it (it keys the coalescer, the meta cache and the
+    signer, several times a request) is a C-level tuple hash over strings whose hashes are cached."""
+
     project_id: int
     app_id: str
     #: base URL with any path kept and no trailing slash.
     cube_base_url: str
-    cube_api_key: str = field(repr=False)
-    _hash: int = field(init=False, repr=False, compare=False)
+    cube_api_key: str
 
-    def __post_init__(self) -> None:
-        # a tenant keys the coalescer, the meta cache and the signer: hash it once, not per lookup
-        object.__setattr__(self, "_hash", hash((self.project_id, self.app_id, self.cube_base_url, self.cube_api_key)))
-
-    def __hash__(self) -> int:
-        return self._hash
+    def __repr__(self) -> str:
+        return f"Tenant(project_id={self.project_id}, app_id={self.app_id!r}, cube_base_url={self.cube_base_url!r})"
 
     def endpoint(self, name: str) -> str:
         return f"{self.cube_base_url}/cubejs-api/v1/{name}"
@@ -54,15 +49,19 @@ def resolve_tenant(settings: Settings, project_id: int) -> Tenant | None:
 
 
 class Tenants:
-    """Each project's tenant, resolved once from the settings and then kept (the same object)."""
+    """Each project's tenant, resolved once from the settings and then kept."""
 
     def __init__(self, settings: Settings, size: int = TENANT_CACHE_SIZE) -> None:
         self._settings = settings
-        self._known: LRUCache[int, Tenant | None] = LRUCache(maxsize=size)
+        #: a plain dict, emptied when full: only projects GitLab let a caller reach get here
+        self._known: dict[int, Tenant | None] = {}
+        self._size = size
 
     def get(self, project_id: int) -> Tenant | None:
         try:
             return self._known[project_id]
         except KeyError:
+            if len(self._known) >= self._size:
+                self._known.clear()
             tenant = self._known[project_id] = resolve_tenant(self._settings, project_id)
             return tenant
