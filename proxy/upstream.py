@@ -156,7 +156,7 @@ class Response:
     # -- called by the connection -------------------------------------------------------------
 
     async def _wait(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._conn.loop
         waiter = self._waiter = loop.create_future()
         timer = loop.call_later(self._read_timeout, self._timed_out, waiter)
         try:
@@ -199,6 +199,8 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: HttpPool) -> None:
         self._pool = pool
+        #: kept, not asked for per call: on Python 3.11 asking costs a getpid() system call each time
+        self.loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._response: Response | None = None
@@ -425,10 +427,9 @@ class HttpPool:
 
     def _idle_connection(self) -> _Connection | None:
         """The most recently used idle connection still worth reusing; stale ones are closed."""
-        now = asyncio.get_running_loop().time()
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed and now - conn.idle_since < self._idle_timeout:
+            if not conn.closed and conn.loop.time() - conn.idle_since < self._idle_timeout:
                 return conn
             conn.close()
         return None
@@ -488,7 +489,7 @@ class HttpPool:
         if self._closing:
             conn.close()
         elif not self._hand_over(conn):
-            conn.idle_since = asyncio.get_running_loop().time()
+            conn.idle_since = conn.loop.time()
             self._idle.append(conn)
 
     def _forget(self, conn: _Connection) -> None:
