@@ -179,3 +179,22 @@ def test_a_project_resolves_to_the_same_tenant_object_every_time() -> None:
     assert first is not None and tenants.get(1) is first
     assert tenants.get(9) is None and tenants.get(9) is None
     assert hash(first) == hash(resolve_tenant(s, 1)) and first == resolve_tenant(s, 1)
+
+
+def test_the_example_file_has_every_key_with_its_default():
+    """config/proxy.example.toml is where the README sends readers for every key: it must stay complete and true."""
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    from proxy.settings import _SECTIONS
+
+    example = tomllib.loads((Path(__file__).parent.parent / "config" / "proxy.example.toml").read_text())
+    defaults = Settings()
+    for section, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            default = getattr(getattr(defaults, section), f.name)
+            if default is None:
+                continue  # unset by default (the Cube URL and key): the file shows an example value
+            assert f.name in example[section], f"[{section}] {f.name} is missing from the example file"
+            assert example[section][f.name] == default, f"[{section}] {f.name}: the example says another default"
