@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 #: prctl(2): the signal a process gets when the thread that forked it ends
 PR_SET_PDEATHSIG = 1
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
 #: what a worker runs: given its parent's pid and a function to call once it is listening
 WorkerMain = Callable[[int, Callable[[], None]], None]
 
@@ -42,6 +44,21 @@ def die_with_parent(parent: int) -> None:
         log.warning("workers will outlive a killed parent: prctl failed (errno %d)", ctypes.get_errno())
     if os.getppid() != parent:  # the parent died before the line above: nobody will signal us
         raise SystemExit("product-analytics-proxy: the parent process is gone")
+
+
+def _worker(worker_main: WorkerMain, parent: int, on_listening: Callable[[], None]) -> None:
+    """A forked worker's first step: drop the parent's signal handlers, which the fork copied.
+
+    Until its event loop installs its own, a worker that got SIGTERM (the parent stopping
+    the others after one failed to start, say) ran the parent's handler on the parent's
+    copied bookkeeping, which failed with a traceback. The parent forks with the stop
+    signals blocked, so none can arrive before this; any that came meanwhile is delivered
+    on unblocking, and now ends the worker as SIGTERM's default does.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    worker_main(parent, on_listening)
 
 
 @dataclass
@@ -72,8 +89,12 @@ def supervise(worker_main: WorkerMain, workers: int) -> int:
 
     def start() -> None:
         listening = context.Event()
-        process = context.Process(target=worker_main, args=(parent, listening.set), daemon=False)
-        process.start()
+        process = context.Process(target=_worker, args=(worker_main, parent, listening.set), daemon=False)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # the child unblocks them once its handlers are reset
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         running[process.sentinel] = _Worker(process, listening)
         if stopping:  # the stop signal came while this one was being forked
             signal_all(signal.SIGTERM)

@@ -21,7 +21,7 @@ from proxy.app import create_app
 from proxy.keys import CUBE_HTTP
 from proxy.settings import Settings
 from tests.conftest import CUBE_KEY, QUERY, REPORTER, FastLaneTestServer
-from tests.fakes.cube import chunked, held_until
+from tests.fakes.cube import chunked, generated, held_until
 from tests.test_streaming import until
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
@@ -161,6 +161,7 @@ HANDED_OVER = {
     "garbage": b"\x16\x03\x01 not http at all\r\n\r\n",
     "an unknown route": post("/api/v4/projects/1/product_analytics/request/nothing"),
     "a header over aiohttp's field limit": post(headers=f"X-Padding: {'x' * 9000}\r\n"),
+    "a request line over aiohttp's limit": post(LOAD + "/" + "x" * 9000),
 }
 #: a request aiohttp refuses (400 and a closed connection) or must close after
 CLOSING = {"HTTP/1.0", "Connection: close", "line ends without CR", "garbage"}
@@ -351,3 +352,41 @@ def test_the_settings_key_for_the_lane_defaults_on(make_settings):
     assert make_settings().server.fast_lane is True
     assert make_settings(server={"fast_lane": False}).server.fast_lane is False
     assert CUBE_KEY  # the fixture's Cube is the one the lane's calls are signed for
+
+
+async def test_a_caller_that_reads_slowly_holds_back_the_stream_not_the_memory(start, cube):
+    """Backpressure: while the caller does not read, the lane stops writing (and so stops reading from Cube)."""
+    server = await start(cube={"buffer_limit": 64})
+    body_size = 8 * 1024 * 1024
+    cube.behaviour = generated(body_size)
+    reader, writer = await asyncio.open_connection(server.host, server.port, limit=1024 * 1024)
+    try:
+        writer.transport.pause_reading()  # the caller reads nothing for now
+        writer.write(post())
+        await until(lambda: any(conn._writing_paused for conn in lane_of(server)._connections), rounds=200_000)
+        writer.transport.resume_reading()
+        answer = await read_answer(reader)
+    finally:
+        writer.close()
+    assert answer.status == 200 and len(answer.body) == int(answer.headers["content-length"])
+    assert answer.body.endswith(b"]}]}") and orjson.loads(answer.body)["results"][0]["data"]
+
+
+async def test_a_request_pipelined_behind_a_slow_one_waits_with_reading_paused(start, cube):
+    """Data pipelined while an answer is pending is read up to a bound, then the socket is left unread."""
+    server = await start()
+    release = asyncio.Event()
+    cube.behaviour = held_until(release, cube.default)
+    big = post(body=orjson.dumps({"query": QUERY, "pad": "x" * (100 * 1024)}))
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(post())
+        await until(lambda: len(cube.calls) == 1)  # the first is being answered...
+        writer.write(big)  # ...when the next arrives
+        await until(lambda: any(conn._reading_paused for conn in lane_of(server)._connections), rounds=200_000)
+        release.set()
+        first, second = await read_answer(reader), await read_answer(reader)
+    finally:
+        writer.close()
+    assert (first.status, second.status) == (200, 200)
+    assert lane_of(server).served == 2

@@ -337,13 +337,15 @@ async def test_a_taken_port_stops_the_proxy_with_status_1_and_one_line(gitlab_ur
         assert text.count("failed before it was listening (exit code 1): stopping") == 1
 
 
-async def test_sigterm_lets_an_in_flight_stream_finish(cube, gitlab_url, cube_url, tmp_path):
-    """A real proxy process: SIGTERM arrives mid-stream; the caller still gets the whole answer."""
+@pytest.mark.parametrize("lane", ["true", "false"])
+async def test_sigterm_lets_an_in_flight_stream_finish(cube, gitlab_url, cube_url, tmp_path, lane):
+    """A real proxy process, with its fast lane and without: SIGTERM arrives mid-stream; the caller gets it all."""
     release = asyncio.Event()
     head = b'{"queryType":"regularQuery","results":[{"data":[' + b" " * 300
     tail = b'{"TrackedEvents.count":"9"}]}]}'
     cube.behaviour = chunked([head, tail], between=release)
-    async with proxy_process(tmp_path, gitlab_url, cube_url, "buffer_limit = 64") as (proc, port):
+    server = f"fast_lane = {lane}"
+    async with proxy_process(tmp_path, gitlab_url, cube_url, "buffer_limit = 64", server) as (proc, port):
         async with aiohttp.ClientSession() as session:
             resp = await session.post(f"http://127.0.0.1:{port}{LOAD}", json={"query": QUERY}, headers=REPORTER)
             assert resp.status == 200
@@ -443,3 +445,24 @@ def test_the_server_process_tunes_the_garbage_collector() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True"]
+
+
+def test_a_worker_stopped_before_it_listens_just_ends(tmp_path):
+    """Workers used to inherit the parent's SIGTERM handler: one stopped during start-up printed a traceback.
+
+    Each worker here stops the parent before listening and waits for the SIGTERM the parent
+    then forwards, so the signal always arrives while the worker is starting up.
+    """
+    script = tmp_path / "supervised.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from proxy.workers import supervise\n"
+        "def worker_main(parent, on_listening):\n"
+        "    os.kill(parent, signal.SIGTERM)\n"
+        "    signal.pause()\n"
+        "sys.exit(supervise(worker_main, 2))\n"
+    )
+    root = Path(__file__).parent.parent
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=root)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 0

@@ -38,6 +38,19 @@ async def test_caller_reads_the_first_chunk_while_cube_is_still_sending(stream_s
     assert orjson.loads(body)["results"][0]["data"] == [{"TrackedEvents.count": "1"}]
 
 
+async def test_an_answer_without_a_length_is_streamed_in_chunks(stream_settings, make_client, cube):
+    """Cube may answer without Content-Length: the caller gets chunked framing and every byte, in order."""
+    middle = b'{"TrackedEvents.count":"2"},' * 200
+    cube.behaviour = chunked([HEAD + b" " * 100, middle, TAIL], length=False)
+    client = await make_client(stream_settings)
+    resp = await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)
+    assert resp.status == 200
+    assert resp.headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in resp.headers
+    body = await resp.read()
+    assert body == HEAD + b" " * 100 + middle + TAIL
+    assert len(orjson.loads(body)["results"][0]["data"]) == 201
+
+
 async def test_upstream_dying_mid_body_aborts_the_callers_answer(stream_settings, make_client, cube, access_lines):
     cube.behaviour = chunked([HEAD + b" " * 100, b'{"a":"' + b"x" * 5000, TAIL], die_after=2)
     client = await make_client(stream_settings)

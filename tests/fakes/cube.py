@@ -161,13 +161,19 @@ def held_until(event: asyncio.Event, then: Behaviour | None = None) -> Behaviour
     return behaviour
 
 
-def chunked(chunks: list[bytes], between: asyncio.Event | None = None, die_after: int | None = None) -> Behaviour:
-    """Send ``chunks`` one by one (waiting for ``between`` after the first); optionally die mid-body."""
+def chunked(
+    chunks: list[bytes], between: asyncio.Event | None = None, die_after: int | None = None, length: bool = True
+) -> Behaviour:
+    """Send ``chunks`` one by one (waiting for ``between`` after the first); optionally die mid-body.
+
+    With ``length=False`` the answer has no Content-Length, so it goes out in chunked framing.
+    """
 
     async def behaviour(call: CubeCall, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(status=200)
         response.content_type = "application/json"
-        response.content_length = sum(len(c) for c in chunks)
+        if length:
+            response.content_length = sum(len(c) for c in chunks)
         await response.prepare(request)
         for index, chunk in enumerate(chunks):
             if die_after is not None and index == die_after:
