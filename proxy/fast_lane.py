@@ -72,6 +72,8 @@ MAX_HEAD = 16 * 1024
 MAX_FIELD = 8190
 #: while an answer is being written, at most this much of a pipelined next request is read
 MAX_PIPELINED = 64 * 1024
+#: connections waiting to be accepted
+BACKLOG = 4096
 _NO_QUERY: Mapping[str, str] = {}
 _NO_HEADERS: Mapping[str, str] = {}
 _JSON = b"application/json"
@@ -103,7 +105,7 @@ class FastLane:
         self.max_body = app[SETTINGS].limits.max_body_bytes
         self.request_ids = app[REQUEST_IDS]
         self.access_log = app[ACCESS_LOG]
-        #: requests answered here, and connections handed to aiohttp's server (for tests and the bench)
+        #: requests answered here, and connections handed to aiohttp's server (what tests observe)
         self.served = 0
         self.handed_over = 0
         self.closing = False
@@ -143,6 +145,18 @@ class FastLane:
         except TimeoutError:
             for conn in list(self._connections):
                 conn.abort()
+
+
+async def listen(
+    app: web.Application, runner: web.AppRunner, host: str, port: int, *, reuse_port: bool = False
+) -> tuple[asyncio.AbstractServer, FastLane]:
+    """Listen through a fast lane in front of ``runner``'s aiohttp server (set up already); port 0 picks one."""
+    assert runner.server is not None, "the runner must be set up first"
+    lane = FastLane(app, runner.server, app[SETTINGS].server.keepalive_timeout)
+    listener = await asyncio.get_running_loop().create_server(
+        lane, host, port, reuse_port=reuse_port or None, backlog=BACKLOG
+    )
+    return listener, lane
 
 
 class _Connection(asyncio.Protocol):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from . import fast_lane
 from .app import create_app
 from .fast_lane import FastLane
 from .logs import setup_logging
@@ -26,7 +27,6 @@ class CannotListen(Exception):
 
 
 GC_GEN0_THRESHOLD = 50_000
-BACKLOG = 4096
 #: the soft limit on open files asked for when the hard limit is unlimited (Linux's default fs.nr_open)
 OPEN_FILES_WHEN_UNLIMITED = 1_048_576
 
@@ -76,15 +76,11 @@ async def _listen(
 ) -> tuple[asyncio.AbstractServer, FastLane] | None:
     """Listen through the fast lane (which hands what it does not serve to aiohttp's server), or through aiohttp."""
     host, port = settings.server.host, settings.server.port
-    if not settings.server.fast_lane:
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=BACKLOG)
-        await site.start()
-        return None
-    assert runner.server is not None  # made by setup()
-    lane = FastLane(app, runner.server, settings.server.keepalive_timeout)
-    loop = asyncio.get_running_loop()
-    listener = await loop.create_server(lane, host, port, reuse_port=reuse_port or None, backlog=BACKLOG)
-    return listener, lane
+    if settings.server.fast_lane:
+        return await fast_lane.listen(app, runner, host, port, reuse_port=reuse_port)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=fast_lane.BACKLOG)
+    await site.start()
+    return None
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

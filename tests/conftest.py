@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
+from proxy import fast_lane
 from proxy.app import create_app
 from proxy.fast_lane import FastLane
 from proxy.keys import SETTINGS
@@ -84,10 +85,7 @@ class FastLaneTestServer(TestServer):
             return
         self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
         await self.runner.setup()
-        assert self.runner.server is not None
-        settings = self.app[SETTINGS]
-        self.lane = FastLane(self.app, self.runner.server, settings.server.keepalive_timeout)
-        self.listener = await asyncio.get_running_loop().create_server(self.lane, self.host, 0)
+        self.listener, self.lane = await fast_lane.listen(self.app, self.runner, self.host, 0)
         self.port = self.listener.sockets[0].getsockname()[1]
         self.scheme = "http"
         self._root = URL(f"http://{self.host}:{self.port}")
