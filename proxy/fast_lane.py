@@ -167,7 +167,12 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._buffer = b""
         self._busy = False
-        self._task: asyncio.Task[None] | None = None
+        #: the connection's one task, serving its requests in turn (made with the first)
+        self._worker: asyncio.Task[None] | None = None
+        self._pending: tuple[str, str, bool, dict[str, str], bytes] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        #: handed over or lost: the worker ends
+        self._done = False
         self._timer: asyncio.TimerHandle | None = None
         self._last_active = 0.0
         self._reading_paused = False
@@ -201,8 +206,9 @@ class _Connection(asyncio.Protocol):
         self._lane._forget(self)
         if self._timer is not None:
             self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()  # the caller hung up: stop its call, as aiohttp's handler_cancellation does
+        self._done = True
+        if self._worker is not None:
+            self._worker.cancel()  # the caller hung up: stop its call, as aiohttp's handler_cancellation does
         self._wake_writer()
 
     def data_received(self, data: bytes) -> None:
@@ -302,9 +308,27 @@ class _Connection(asyncio.Protocol):
         self._busy = True
         self._lane.served += 1
         prefix, project, endpoint = route.groups()
-        self._task = self._loop.create_task(
-            self._serve(endpoint.decode(), project.decode(), prefix is not None, self._headers, self._body)
-        )
+        self._pending = (endpoint.decode(), project.decode(), prefix is not None, self._headers, self._body)
+        worker = self._worker
+        if worker is None or worker.done():
+            self._worker = self._loop.create_task(self._work())
+        elif (wakeup := self._wakeup) is not None and not wakeup.done():
+            wakeup.set_result(None)
+        # else: the worker itself is here (a pipelined request, read as the last answer ended) and goes on to it
+
+    async def _work(self) -> None:
+        """Serve the connection's requests in turn: one task per connection, not one per request."""
+        while not self._done:
+            request = self._pending
+            if request is None:
+                waiter = self._wakeup = self._loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self._wakeup = None
+                continue
+            self._pending = None
+            await self._serve(*request)
 
     def _hand_over(self) -> None:
         """aiohttp's server takes this connection, and what was read of its request, from here on."""
@@ -313,6 +337,9 @@ class _Connection(asyncio.Protocol):
         assert transport is not None
         lane._forget(self)
         lane.handed_over += 1
+        self._done = True
+        if (wakeup := self._wakeup) is not None and not wakeup.done():
+            wakeup.set_result(None)  # an idle worker ends
         if self._timer is not None:
             self._timer.cancel()
         if self._reading_paused:
@@ -330,7 +357,6 @@ class _Connection(asyncio.Protocol):
         try:
             await self._answer(endpoint, project, v4, headers, raw)
         finally:  # whatever happened, this request is over (a failing log write must not wedge the connection)
-            self._task = None
             self._busy = False
         self._last_active = self._loop.time()
         transport = self._transport
