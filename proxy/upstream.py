@@ -279,6 +279,11 @@ class _Connection(asyncio.Protocol):
     def _chunked(response: Response) -> bool:
         return "chunked" in response.headers.get("transfer-encoding", "").lower()
 
+    @property
+    def headers_seen(self) -> bool:
+        """The current answer's status line and headers have arrived."""
+        return self._headers_seen
+
     def send(self, data: bytes, read_timeout: float) -> Response:
         assert self._transport is not None
         response = self._response = Response(self, read_timeout)
@@ -287,12 +292,6 @@ class _Connection(asyncio.Protocol):
         self.calls += 1
         self._transport.write(data)
         return response
-
-    async def headers(self, response: Response) -> None:
-        while not self._headers_seen:
-            if response._error is not None:
-                raise response._error
-            await response._wait()
 
     def finished(self, response: Response, reusable: bool) -> None:
         if response is self._response:
@@ -362,7 +361,10 @@ class HttpPool:
         Cube's API calls are reads, so asking twice is safe.
         """
         data = head + body if body else head
-        conn = await self._acquire()
+        # an idle connection and nobody waiting before us (most calls): take it without a coroutine
+        conn = None if self._waiters else self._idle_connection()
+        if conn is None:
+            conn = await self._acquire()
         reused = conn.calls > 0
         try:
             return await self._exchange(conn, data, read_timeout)
@@ -375,7 +377,10 @@ class HttpPool:
     async def _exchange(self, conn: _Connection, data: bytes, read_timeout: float) -> Response:
         response = conn.send(data, read_timeout)
         try:
-            await conn.headers(response)
+            while not conn.headers_seen:
+                if response._error is not None:
+                    raise response._error
+                await response._wait()
         except BaseException:
             response.release()
             raise
