@@ -5,6 +5,12 @@
 3. ``error_middleware``: every error becomes a JSON body; nothing internal leaks.
 4. ``admission_middleware``: analytics routes are shed (503) while the event loop lags (overload).
 5. ``credential_middleware``: analytics routes need a credential (401), within the rate limit (429).
+
+Each concern's work is a plain function here (``admit``, ``authenticate``, ``log_exchange``,
+``log_unhandled``), because the fast lane (``proxy/fast_lane.py``, ``_Connection._answer``)
+serves plain load and dry-run calls without this chain and calls the same functions in
+the same order. A concern added or changed here must be added or changed there too; every
+HTTP test runs against both, so a difference in what callers see fails them.
 """
 
 from __future__ import annotations
