@@ -37,10 +37,9 @@ import email.utils
 import http
 import logging
 import re
-import socket
 import time
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import httptools
 import orjson
@@ -53,6 +52,7 @@ from .keys import ACCESS_LOG, REQUEST_IDS, SETTINGS
 from .middlewares import admit, authenticate, log_exchange, log_unhandled
 from .request_id import normalise_request_id
 from .request_keys import ABORTED, CREDENTIAL, REQUEST_ID
+from .upstream import as_stream
 from .views import answer_query
 
 log = logging.getLogger(__name__)
@@ -98,11 +98,12 @@ _STATUS_LINES = {status.value: _status_line(status.value) for status in http.HTT
 class FastLane:
     """The protocol factory the proxy listens with; one per app and listening socket."""
 
-    def __init__(self, app: web.Application, aiohttp_server: web.Server, keepalive_timeout: float) -> None:
+    def __init__(self, app: web.Application, aiohttp_server: web.Server) -> None:
         self.app = app
         self.aiohttp_server = aiohttp_server
-        self.keepalive_timeout = keepalive_timeout
-        self.max_body = app[SETTINGS].limits.max_body_bytes
+        settings = app[SETTINGS]
+        self.keepalive_timeout = settings.server.keepalive_timeout
+        self.max_body = settings.limits.max_body_bytes
         self.request_ids = app[REQUEST_IDS]
         self.access_log = app[ACCESS_LOG]
         #: requests answered here, and connections handed to aiohttp's server (what tests observe)
@@ -152,7 +153,7 @@ async def listen(
 ) -> tuple[asyncio.AbstractServer, FastLane]:
     """Listen through a fast lane in front of ``runner``'s aiohttp server (set up already); port 0 picks one."""
     assert runner.server is not None, "the runner must be set up first"
-    lane = FastLane(app, runner.server, app[SETTINGS].server.keepalive_timeout)
+    lane = FastLane(app, runner.server)
     listener = await asyncio.get_running_loop().create_server(
         lane, host, port, reuse_port=reuse_port or None, backlog=BACKLOG
     )
@@ -191,10 +192,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._transport = as_stream(transport)
         self._lane._add(self)
         if self._lane.closing:
             self._transport.close()
@@ -294,9 +292,10 @@ class _Connection(asyncio.Protocol):
             length = self._length
             if not self._head_done or length is None or length > self._lane.max_body or len(buffer) < head + length:
                 raise _NotHere
+            body = buffer[head : head + length]
             if not self._complete:
-                parser.feed_data(buffer[head : head + length])
-            if not self._complete or self._body != buffer[head : head + length]:
+                parser.feed_data(body)
+            if not self._complete or self._body != body:
                 raise _NotHere
             route = _ROUTE.fullmatch(self._url)
             if route is None:

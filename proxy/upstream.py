@@ -194,6 +194,14 @@ class Response:
         self._wake()
 
 
+def as_stream(transport: asyncio.BaseTransport) -> asyncio.Transport:
+    """A new TCP connection's transport, with Nagle's algorithm off (answers go out as written)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; it carries at most one call at a time."""
 
@@ -213,10 +221,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._transport = as_stream(transport)
 
     def data_received(self, data: bytes) -> None:
         response = self._response
