@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from .dev_tokens import load_dev_tokens
-from .server import run
-from .settings import SettingsError, load_settings
+from proxy.auth.dev_tokens import load_dev_tokens
+from proxy.runtime.server import run
+from proxy.settings import SettingsError, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:

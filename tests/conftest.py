@@ -14,11 +14,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from proxy import fast_lane
-from proxy.app import create_app
-from proxy.fast_lane import FastLane
-from proxy.keys import SETTINGS
+from proxy.lane import protocol as fast_lane
+from proxy.lane.protocol import FastLane
 from proxy.settings import Settings, settings_from_mapping
+from proxy.web.app import create_app
+from proxy.web.keys import SETTINGS
 from tests.fakes.cube import FakeCube
 from tests.fakes.gitlab import FakeGitLab
 

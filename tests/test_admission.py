@@ -3,8 +3,8 @@
 import asyncio
 import time
 
-from proxy.admission import LoadShedder
-from proxy.keys import SHEDDER
+from proxy.limits.overload import LoadShedder
+from proxy.web.keys import SHEDDER
 from tests.conftest import QUERY, REPORTER
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from proxy.answers import error_text, is_continue_wait, map_cube_error
+from proxy.cube.answers import error_text, is_continue_wait, map_cube_error
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def test_error_text():
 
 
 def test_a_body_nobody_reads_is_passed_on_unparsed_once_its_outline_is_json():
-    from proxy.cube import classify_body
+    from proxy.cube.client import classify_body
     from proxy.errors import ApiError
 
     body = b'{"results":[{"data":[{"TrackedEvents.count":"1"}]}]}'

@@ -184,7 +184,7 @@ async def test_unexpected_failure_is_a_plain_500_without_details(client, cube, m
     def broken(settings, project_id):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr("proxy.tenants.resolve_tenant", broken)
+    monkeypatch.setattr("proxy.cube.tenants.resolve_tenant", broken)
     resp = await post(client)
     assert resp.status == 500
     assert await resp.json() == {"message": "500 Internal Server Error"}

@@ -3,10 +3,10 @@
 import aiohttp
 import pytest
 
-from proxy.auth import GitLabAuthorizer
-from proxy.credentials import Credential
+from proxy.auth.authorizer import GitLabAuthorizer
+from proxy.auth.credentials import Credential
+from proxy.auth.gitlab import GitLabClient
 from proxy.errors import ApiError
-from proxy.gitlab import GitLabClient
 from proxy.settings import settings_from_mapping
 from tests.fakes.gitlab import FakeToken
 

@@ -7,8 +7,8 @@ import time
 import pytest
 from aiohttp import web
 
-from proxy.keys import COALESCER, META_CACHE, SETTINGS
-from proxy.tenants import resolve_tenant
+from proxy.cube.tenants import resolve_tenant
+from proxy.web.keys import COALESCER, META_CACHE, SETTINGS
 from tests.conftest import QUERY, REPORTER
 from tests.fakes.cube import answer, continue_wait_then, held_until, load_answer
 from tests.test_streaming import until

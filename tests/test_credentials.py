@@ -1,6 +1,6 @@
 import pytest
 
-from proxy.credentials import extract_credential
+from proxy.auth.credentials import extract_credential
 from proxy.errors import ApiError
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from proxy.dev_tokens import load_dev_tokens, parse_dev_tokens
+from proxy.auth.dev_tokens import load_dev_tokens, parse_dev_tokens
 from proxy.settings import SettingsError
 from tests.conftest import QUERY
 

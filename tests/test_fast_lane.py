@@ -17,9 +17,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from proxy.app import create_app
-from proxy.keys import CUBE_HTTP
 from proxy.settings import Settings
+from proxy.web.app import create_app
+from proxy.web.keys import CUBE_HTTP
 from tests.conftest import CUBE_KEY, QUERY, REPORTER, FastLaneTestServer
 from tests.fakes.cube import chunked, generated, held_until
 from tests.test_streaming import until

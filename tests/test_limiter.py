@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from proxy.errors import ApiError
-from proxy.limiter import TenantLimiter
+from proxy.limits.tenant_cap import TenantLimiter
 from tests.test_streaming import until
 
 

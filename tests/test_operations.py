@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.logs import JsonFormatter, TextFormatter, redact, setup_logging
+from proxy.runtime.logs import JsonFormatter, TextFormatter, redact, setup_logging
 from tests.conftest import CUBE_KEY, QUERY, REPORTER
 from tests.fakes.cube import chunked
 
@@ -83,7 +83,7 @@ async def test_no_access_lines_above_info(client, cube, capsys, caplog):
 def test_access_lines_in_text_form_and_through_the_redaction_guard():
     import io
 
-    from proxy.access_log import AccessLog
+    from proxy.pipeline.access_log import AccessLog
 
     stream = io.StringIO()
     AccessLog("text", lambda: stream).write("GET /x?private_token=secret 200", {"status": 200})
@@ -440,7 +440,7 @@ async def test_installed_command_runs_workers_sharing_the_port(cube, gitlab_url,
 
 def test_the_server_process_tunes_the_garbage_collector() -> None:
     code = (
-        "import gc; from proxy.server import tune_gc, GC_GEN0_THRESHOLD as T; tune_gc(); "
+        "import gc; from proxy.runtime.server import tune_gc, GC_GEN0_THRESHOLD as T; tune_gc(); "
         "print(gc.get_threshold()[0] == T, gc.get_freeze_count() > 1000)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -456,7 +456,7 @@ def test_a_worker_stopped_before_it_listens_just_ends(tmp_path):
     script = tmp_path / "supervised.py"
     script.write_text(
         "import os, signal, sys\n"
-        "from proxy.workers import supervise\n"
+        "from proxy.runtime.workers import supervise\n"
         "def worker_main(parent, on_listening):\n"
         "    os.kill(parent, signal.SIGTERM)\n"
         "    signal.pause()\n"

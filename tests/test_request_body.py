@@ -2,7 +2,7 @@ import orjson
 import pytest
 
 from proxy.errors import ApiError
-from proxy.request_body import json_depth_ok, parse_body, query_request
+from proxy.pipeline.request_body import json_depth_ok, parse_body, query_request
 
 
 def test_only_query_and_query_type_reach_cube():

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from proxy.request_id import RequestIds, normalise_request_id
+from proxy.pipeline.request_id import RequestIds, normalise_request_id
 
 IDS = RequestIds()
 

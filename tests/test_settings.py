@@ -2,8 +2,8 @@ import textwrap
 
 import pytest
 
+from proxy.cube.tenants import resolve_tenant
 from proxy.settings import Settings, SettingsError, load_settings, settings_from_mapping
-from proxy.tenants import resolve_tenant
 
 KEY = "k" * 32
 
@@ -165,7 +165,7 @@ def test_analytics_off_or_unconfigured_serves_nothing():
 
 
 def test_a_project_resolves_to_the_same_tenant_object_every_time() -> None:
-    from proxy.tenants import Tenants
+    from proxy.cube.tenants import Tenants
 
     s = settings_from_mapping(
         {

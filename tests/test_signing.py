@@ -1,7 +1,7 @@
 import jwt
 
-from proxy.signing import Signer, security_claims, sign_security_context
-from proxy.tenants import Tenant
+from proxy.cube.signing import Signer, security_claims, sign_security_context
+from proxy.cube.tenants import Tenant
 
 KEY = "s" * 32
 TENANT = Tenant(7, "gitlab_project_7", "http://cube", KEY)

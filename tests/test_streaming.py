@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.keys import COALESCER
+from proxy.web.keys import COALESCER
 from tests.conftest import QUERY, REPORTER
 from tests.fakes.cube import chunked, generated, held_until
 

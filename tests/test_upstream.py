@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from proxy.upstream import (
+from proxy.http_client.pool import (
     HIGH_WATER,
     BadAnswer,
     ConnectFailed,
@@ -527,7 +527,7 @@ def chunked_answer(*pieces: bytes, end: bool = True) -> bytes:
 async def test_cube_answers_without_a_length_are_classified(
     client: HttpClient, raw: bytes, status: int, message: str | None
 ) -> None:
-    from proxy.cube import Buffered, CubeClient
+    from proxy.cube.client import Buffered, CubeClient
     from proxy.errors import ApiError
 
     cube = CubeClient(client, read_timeout=0.3, buffer_limit=1024)
@@ -546,7 +546,7 @@ async def test_cube_answers_without_a_length_are_classified(
 
 
 async def test_a_streamed_cube_answer_that_stalls_mid_body_is_a_504(client: HttpClient) -> None:
-    from proxy.cube import CubeClient, Streamed
+    from proxy.cube.client import CubeClient, Streamed
     from proxy.errors import ApiError
 
     cube = CubeClient(client, read_timeout=0.3, buffer_limit=4)

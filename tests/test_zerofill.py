@@ -1,6 +1,6 @@
 import copy
 
-from proxy.zerofill import MAX_FILL_DAYS, fill_plan, zero_fill
+from proxy.cube.zerofill import MAX_FILL_DAYS, fill_plan, zero_fill
 
 M = "TrackedEvents.derivedTstamp"
 

@@ -7,8 +7,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .errors import ApiError, bad_request
-from .settings import CUBE_MAX_LIMIT
+from proxy.errors import ApiError, bad_request
+from proxy.settings import CUBE_MAX_LIMIT
 
 
 class QueryRequest(NamedTuple):

@@ -11,9 +11,9 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from .bounded import read_at_most
-from .credentials import Credential
-from .errors import ApiError, gitlab_unavailable
+from proxy.auth.credentials import Credential
+from proxy.bounded import read_at_most
+from proxy.errors import ApiError, gitlab_unavailable
 
 log = logging.getLogger(__name__)
 

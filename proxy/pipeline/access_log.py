@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from .logs import redact
+from proxy.runtime.logs import redact
 
 LOGGER = "proxy.access"
 

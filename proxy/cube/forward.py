@@ -8,11 +8,11 @@ from typing import NamedTuple
 
 import orjson
 
-from .cube import Answer, Buffered, CubeClient, Streamed
-from .errors import ApiError
-from .limiter import TenantLimiter
-from .tenants import Tenant
-from .zerofill import FillPlan, zero_fill
+from proxy.cube.client import Answer, Buffered, CubeClient, Streamed
+from proxy.cube.tenants import Tenant
+from proxy.cube.zerofill import FillPlan, zero_fill
+from proxy.errors import ApiError
+from proxy.limits.tenant_cap import TenantLimiter
 
 log = logging.getLogger(__name__)
 

@@ -45,15 +45,15 @@ import httptools
 import orjson
 from aiohttp import web
 
-from .coalesce import Outcome, StreamBroken
-from .cube import Buffered
-from .errors import INTERNAL_ERROR, ApiError
-from .keys import ACCESS_LOG, REQUEST_IDS, SETTINGS
-from .middlewares import admit, authenticate, log_exchange, log_unhandled
-from .request_id import normalise_request_id
-from .request_keys import ABORTED, CREDENTIAL, REQUEST_ID
-from .upstream import as_stream
-from .views import answer_query
+from proxy.cube.client import Buffered
+from proxy.errors import INTERNAL_ERROR, ApiError
+from proxy.http_client.pool import as_stream
+from proxy.pipeline.coalesce import Outcome, StreamBroken
+from proxy.pipeline.request_id import normalise_request_id
+from proxy.web.keys import ACCESS_LOG, REQUEST_IDS, SETTINGS
+from proxy.web.middlewares import admit, authenticate, log_exchange, log_unhandled
+from proxy.web.request_keys import ABORTED, CREDENTIAL, REQUEST_ID
+from proxy.web.views import answer_query
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .auth import Caller, Grant, check_project_ref, required_scope
-from .credentials import Credential
-from .errors import access_denied, insufficient_scope, project_not_found, unauthorized
-from .settings import SettingsError
+from proxy.auth.authorizer import Caller, Grant, check_project_ref, required_scope
+from proxy.auth.credentials import Credential
+from proxy.errors import access_denied, insufficient_scope, project_not_found, unauthorized
+from proxy.settings import SettingsError
 
 ROLE_LEVELS = {"guest": 10, "reporter": 20, "developer": 30, "maintainer": 40, "owner": 50}
 

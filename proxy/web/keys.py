@@ -5,19 +5,19 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from .access_log import AccessLog
-from .admission import LoadShedder
-from .auth import Authorizer
-from .coalesce import Coalescer
-from .cube import Buffered
-from .forward import Forwarder
-from .ratelimit import RateLimiter
-from .request_id import RequestIds
-from .settings import Settings
-from .signing import Signer
-from .singleflight import SingleFlightCache
-from .tenants import Tenant, Tenants
-from .upstream import HttpClient
+from proxy.auth.authorizer import Authorizer
+from proxy.cube.client import Buffered
+from proxy.cube.forward import Forwarder
+from proxy.cube.signing import Signer
+from proxy.cube.tenants import Tenant, Tenants
+from proxy.http_client.pool import HttpClient
+from proxy.limits.caller_rate import RateLimiter
+from proxy.limits.overload import LoadShedder
+from proxy.pipeline.access_log import AccessLog
+from proxy.pipeline.coalesce import Coalescer
+from proxy.pipeline.request_id import RequestIds
+from proxy.settings import Settings
+from proxy.singleflight import SingleFlightCache
 
 SETTINGS = web.AppKey("settings", Settings)
 AUTHORIZER = web.AppKey("authorizer", Authorizer)

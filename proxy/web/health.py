@@ -6,8 +6,8 @@ import asyncio
 
 from aiohttp import web
 
-from .keys import CUBE_HTTP, SETTINGS
-from .upstream import UpstreamError
+from proxy.http_client.pool import UpstreamError
+from proxy.web.keys import CUBE_HTTP, SETTINGS
 
 READY_TIMEOUT = 2.0
 

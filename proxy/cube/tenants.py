@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .settings import Settings
+from proxy.settings import Settings
 
 #: projects whose resolved tenant is kept (a tenant is a few short strings).
 TENANT_CACHE_SIZE = 65_536

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
-from .errors import ApiError, unauthorized
+from proxy.errors import ApiError, unauthorized
 
 # Token prefixes GitLab gives CI job tokens, CI build tokens and deploy tokens: never accepted here.
 _REFUSED_PREFIXES = ("glcbt-", "gldt-")

@@ -10,16 +10,16 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import Grant
-from .coalesce import Outcome, SharedStream, StreamBroken
-from .cube import Buffered, Streamed
-from .errors import ApiError, bad_request, not_enabled
-from .forward import UpstreamCall
-from .keys import AUTHORIZER, COALESCER, FORWARDER, META_CACHE, SETTINGS, SIGNER, TENANTS
-from .request_body import QueryRequest, parse_body, query_request, too_large
-from .request_keys import ABORTED, CACHE, CREDENTIAL, PROJECT, REQUEST_ID
-from .tenants import Tenant
-from .zerofill import fill_plan
+from proxy.auth.authorizer import Grant
+from proxy.cube.client import Buffered, Streamed
+from proxy.cube.forward import UpstreamCall
+from proxy.cube.tenants import Tenant
+from proxy.cube.zerofill import fill_plan
+from proxy.errors import ApiError, bad_request, not_enabled
+from proxy.pipeline.coalesce import Outcome, SharedStream, StreamBroken
+from proxy.pipeline.request_body import QueryRequest, parse_body, query_request, too_large
+from proxy.web.keys import AUTHORIZER, COALESCER, FORWARDER, META_CACHE, SETTINGS, SIGNER, TENANTS
+from proxy.web.request_keys import ABORTED, CACHE, CREDENTIAL, PROJECT, REQUEST_ID
 
 log = logging.getLogger(__name__)
 

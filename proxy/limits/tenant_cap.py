@@ -7,7 +7,7 @@ import collections
 import contextlib
 from collections.abc import Callable
 
-from .errors import ApiError
+from proxy.errors import ApiError
 
 
 class _Slots:

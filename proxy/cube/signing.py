@@ -6,7 +6,7 @@ from typing import Any
 
 import jwt
 
-from .tenants import Tenant
+from proxy.cube.tenants import Tenant
 
 
 def security_claims(tenant: Tenant, issuer: str, now: int, ttl: int, gitlab_token: str | None) -> dict[str, Any]:

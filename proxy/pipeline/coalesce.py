@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
-from .cube import Answer, Buffered, Streamed
+from proxy.cube.client import Answer, Buffered, Streamed
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .credentials import Credential, credential_error
-from .errors import (
+from proxy.auth.credentials import Credential, credential_error
+from proxy.auth.gitlab import GitLabClient, GitLabReply, refusal
+from proxy.errors import (
     ApiError,
     access_denied,
     insufficient_scope,
@@ -18,9 +19,8 @@ from .errors import (
     project_not_found,
     unauthorized,
 )
-from .gitlab import GitLabClient, GitLabReply, refusal
-from .settings import GitLabSettings
-from .singleflight import SingleFlightCache
+from proxy.settings import GitLabSettings
+from proxy.singleflight import SingleFlightCache
 
 _FULL_PATH = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.+-]*(?:/[A-Za-z0-9_.][A-Za-z0-9_.+-]*)+")
 

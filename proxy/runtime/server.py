@@ -12,12 +12,12 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from . import fast_lane
-from .app import create_app
-from .fast_lane import FastLane
-from .logs import setup_logging
-from .settings import Settings
-from .workers import die_with_parent, supervise
+from proxy.lane import protocol as fast_lane
+from proxy.lane.protocol import FastLane
+from proxy.runtime.logs import setup_logging
+from proxy.runtime.workers import die_with_parent, supervise
+from proxy.settings import Settings
+from proxy.web.app import create_app
 
 log = logging.getLogger(__name__)
 

@@ -8,16 +8,24 @@ import aiohttp
 import yarl
 from aiohttp import web
 
-from .access_log import AccessLog
-from .admission import LoadShedder
-from .auth import Authorizer, GitLabAuthorizer
-from .coalesce import Coalescer
-from .cube import CubeClient
-from .dev_tokens import DevTokenAuthorizer, load_dev_tokens
-from .forward import Forwarder
-from .gitlab import GitLabClient
-from .health import setup_health
-from .keys import (
+from proxy.auth.authorizer import Authorizer, GitLabAuthorizer
+from proxy.auth.dev_tokens import DevTokenAuthorizer, load_dev_tokens
+from proxy.auth.gitlab import GitLabClient
+from proxy.cube.client import CubeClient
+from proxy.cube.forward import Forwarder
+from proxy.cube.signing import Signer
+from proxy.cube.tenants import Tenants
+from proxy.http_client.pool import HttpClient
+from proxy.limits.caller_rate import RateLimiter
+from proxy.limits.overload import LoadShedder
+from proxy.limits.tenant_cap import TenantLimiter
+from proxy.pipeline.access_log import AccessLog
+from proxy.pipeline.coalesce import Coalescer
+from proxy.pipeline.request_id import RequestIds
+from proxy.settings import Settings
+from proxy.singleflight import SingleFlightCache
+from proxy.web.health import setup_health
+from proxy.web.keys import (
     ACCESS_LOG,
     AUTHORIZER,
     COALESCER,
@@ -32,16 +40,8 @@ from .keys import (
     SIGNER,
     TENANTS,
 )
-from .limiter import TenantLimiter
-from .middlewares import MIDDLEWARES
-from .ratelimit import RateLimiter
-from .request_id import RequestIds
-from .settings import Settings
-from .signing import Signer
-from .singleflight import SingleFlightCache
-from .tenants import Tenants
-from .upstream import HttpClient
-from .views import dry_run, load, meta
+from proxy.web.middlewares import MIDDLEWARES
+from proxy.web.views import dry_run, load, meta
 
 PREFIXES = ("/api/v4", "")
 

@@ -11,10 +11,18 @@ from typing import Any
 
 import orjson
 
-from .answers import error_text, is_continue_wait, map_cube_error
-from .bounded import read_at_most
-from .errors import ApiError
-from .upstream import ConnectFailed, ConnectTimeout, HttpClient, PoolBusy, ReadTimeout, Response, UpstreamError
+from proxy.bounded import read_at_most
+from proxy.cube.answers import error_text, is_continue_wait, map_cube_error
+from proxy.errors import ApiError
+from proxy.http_client.pool import (
+    ConnectFailed,
+    ConnectTimeout,
+    HttpClient,
+    PoolBusy,
+    ReadTimeout,
+    Response,
+    UpstreamError,
+)
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .credentials import Credential
+from proxy.auth.credentials import Credential
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CREDENTIAL = web.RequestKey("credential", Credential)

@@ -24,12 +24,12 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .access_log import AccessLog
-from .credentials import Credential, extract_credential
-from .errors import INTERNAL_ERROR, ApiError
-from .keys import ACCESS_LOG, RATE_LIMITER, REQUEST_IDS, SHEDDER
-from .request_id import normalise_request_id
-from .request_keys import ABORTED, CACHE, CREDENTIAL, PROJECT, REQUEST_ID
+from proxy.auth.credentials import Credential, extract_credential
+from proxy.errors import INTERNAL_ERROR, ApiError
+from proxy.pipeline.access_log import AccessLog
+from proxy.pipeline.request_id import normalise_request_id
+from proxy.web.keys import ACCESS_LOG, RATE_LIMITER, REQUEST_IDS, SHEDDER
+from proxy.web.request_keys import ABORTED, CACHE, CREDENTIAL, PROJECT, REQUEST_ID
 
 log = logging.getLogger(__name__)
 
