@@ -2,7 +2,7 @@
 
 ``python -m bench.protocol_proxy PORT UPSTREAM_URL``: requests are parsed with httptools
 (llhttp) in a bare ``asyncio.Protocol`` on uvloop, and each POST is forwarded through the
-proxy's own Cube client (``proxy.http_client.pool.HttpClient``) in a task, its answer returned
+proxy's own Cube client (``proxy.http_client.HttpClient``) in a task, its answer returned
 whole. No auth, no JWT, no limits, no error mapping: it is a reference, not a product.
 The benchmark runs it beside the real proxy so the report shows, in the same run, what
 leaving aiohttp's server for a hand-written one would give (bench/NOTES.md).
@@ -16,7 +16,7 @@ import sys
 import httptools
 import uvloop
 
-from proxy.http_client.pool import HttpClient
+from proxy.http_client import HttpClient
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 

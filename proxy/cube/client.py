@@ -14,7 +14,7 @@ import orjson
 from proxy.bounded import read_at_most
 from proxy.cube.answers import error_text, is_continue_wait, map_cube_error
 from proxy.errors import ApiError
-from proxy.http_client.pool import (
+from proxy.http_client import (
     ConnectFailed,
     ConnectTimeout,
     HttpClient,

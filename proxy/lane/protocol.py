@@ -47,9 +47,9 @@ from aiohttp import web
 
 from proxy.cube.client import Buffered
 from proxy.errors import INTERNAL_ERROR, ApiError
-from proxy.http_client.pool import as_stream
 from proxy.pipeline.coalesce import Outcome, StreamBroken
 from proxy.pipeline.request_id import normalise_request_id
+from proxy.tcp import as_stream
 from proxy.web.keys import ACCESS_LOG, REQUEST_IDS, SETTINGS
 from proxy.web.middlewares import admit, authenticate, log_exchange, log_unhandled
 from proxy.web.request_keys import ABORTED, CREDENTIAL, REQUEST_ID

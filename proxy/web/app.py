@@ -15,7 +15,7 @@ from proxy.cube.client import CubeClient
 from proxy.cube.forward import Forwarder
 from proxy.cube.signing import Signer
 from proxy.cube.tenants import Tenants
-from proxy.http_client.pool import HttpClient
+from proxy.http_client import HttpClient
 from proxy.limits.caller_rate import RateLimiter
 from proxy.limits.overload import LoadShedder
 from proxy.limits.tenant_cap import TenantLimiter

@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from proxy.http_client.pool import UpstreamError
+from proxy.http_client import UpstreamError
 from proxy.web.keys import CUBE_HTTP, SETTINGS
 
 READY_TIMEOUT = 2.0
@@ -30,12 +30,9 @@ async def readiness(request: web.Request) -> web.Response:
     async def ready(url: str) -> bool:
         try:
             async with asyncio.timeout(READY_TIMEOUT):
-                response = await http.request("GET", f"{url}/readyz", {}, None, READY_TIMEOUT)
-                try:
+                async with await http.request("GET", f"{url}/readyz", {}, None, READY_TIMEOUT) as response:
                     await response.read()
-                finally:
-                    response.release()
-                return response.status == 200
+                    return response.status == 200
         except (TimeoutError, UpstreamError, ValueError):
             return False
 

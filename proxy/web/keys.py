@@ -10,7 +10,7 @@ from proxy.cube.client import Buffered
 from proxy.cube.forward import Forwarder
 from proxy.cube.signing import Signer
 from proxy.cube.tenants import Tenant, Tenants
-from proxy.http_client.pool import HttpClient
+from proxy.http_client import HttpClient
 from proxy.limits.caller_rate import RateLimiter
 from proxy.limits.overload import LoadShedder
 from proxy.pipeline.access_log import AccessLog

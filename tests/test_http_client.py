@@ -1,4 +1,4 @@
-"""The lean Cube client (proxy/upstream.py) against real sockets speaking raw HTTP/1.1."""
+"""The lean Cube client (proxy/http_client/) against real sockets speaking raw HTTP/1.1."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from proxy.http_client.pool import (
+from proxy.http_client import (
     HIGH_WATER,
     BadAnswer,
     ConnectFailed,
@@ -21,6 +21,7 @@ from proxy.http_client.pool import (
     Origin,
     PoolBusy,
     ReadTimeout,
+    State,
 )
 
 Handler = Callable[["Peer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -356,7 +357,7 @@ async def test_a_waiting_caller_that_leaves_passes_on_what_it_was_handed(handler
 
 @contextlib.contextmanager
 def counted_lookups(answers: list[str] | None = None) -> Iterator[list[str]]:
-    """Record the event loop's address lookups: real ones, or each of ``answers`` once, as a DNS server would."""
+    """Record the event loop's address lookups: real ones, or each of ``answers`` once (``"a,b"``: two addresses)."""
     loop = asyncio.get_running_loop()
     real = loop.getaddrinfo
     hosts: list[str] = []
@@ -365,7 +366,8 @@ def counted_lookups(answers: list[str] | None = None) -> Iterator[list[str]]:
     async def lookup(host: str, port: int, **kwargs: object) -> list[tuple[object, ...]]:
         hosts.append(host)
         if planned:
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (planned.pop(0), port))]
+            addresses = planned.pop(0).split(",")
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in addresses]
         return await real(host, port, **kwargs)  # type: ignore[arg-type]
 
     loop.getaddrinfo = lookup  # type: ignore[method-assign]
@@ -587,3 +589,87 @@ async def test_an_https_cube_is_reached_over_verified_tls() -> None:
         await trusting.close()
         await untrusting.close()
         server.close()
+
+
+@contextlib.contextmanager
+def black_hole(address: str) -> Iterator[int]:
+    """A port on ``address`` where a connection attempt is never answered: a listener whose accept queue is full."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind((address, 0))
+        listener.listen(0)
+        port: int = listener.getsockname()[1]
+        filler.connect((address, port))  # takes the queue's only place; later SYNs are dropped
+        yield port
+
+
+async def test_an_address_that_never_answers_costs_only_its_share_of_the_connect_timeout() -> None:
+    """Two addresses, the first a black hole: the second is still tried within ``connect_timeout``."""
+    with black_hole("127.0.0.3") as port:
+        cube = Peer(keep_alive)
+        server = await asyncio.start_server(cube._serve, "127.0.0.1", port)  # Cube: the second address, same port
+        pool = HttpPool(Origin("http", "cube.internal", port), limit=2, connect_timeout=1.0)
+        head = b"GET / HTTP/1.1\r\nHost: cube.internal\r\n\r\n"
+        try:
+            with counted_lookups(["127.0.0.3,127.0.0.1"]):
+                async with await pool.request(head, None, 5.0) as response:
+                    assert await response.read() == b'{"ok":true}'
+        finally:
+            await pool.close()
+            server.close()
+
+
+async def test_an_idle_connection_past_the_idle_timeout_is_closed_even_under_newer_ones() -> None:
+    """Connections are reused newest first; an older idle one is closed by the pool's timer, not left open."""
+    gate = asyncio.Event()
+    async with peer(answers_once_open(gate)) as p:
+        pool = HttpPool(Origin("http", "127.0.0.1", p.port), limit=4, connect_timeout=2.0, idle_timeout=0.2)
+        head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        first = asyncio.create_task(pool.request(head, None, 5.0))
+        await p.requests.get()
+        second = asyncio.create_task(pool.request(head, None, 5.0))  # the first is busy: a second connection
+        await p.requests.get()
+        gate.set()
+        for task in (first, second):  # the first goes idle first: the older of the two
+            async with await task as response:
+                await response.read()
+        assert pool.idle_connections == 2
+        # keep using the newest connection; the older one sits under it, unused
+        for _ in range(20_000):
+            async with await pool.request(head, None, 5.0) as response:
+                await response.read()
+            if p.closed.is_set():
+                break
+        await asyncio.wait_for(p.closed.wait(), 5.0)
+        assert pool.open_connections == 1 and p.connections == 2
+        await pool.close()
+
+
+async def test_a_response_used_with_async_with_is_released() -> None:
+    async with peer(keep_alive) as p:
+        pool = HttpPool(Origin("http", "127.0.0.1", p.port), limit=1, connect_timeout=2.0)
+        head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        for _ in range(3):  # a pool of one: a response not released would leave the next call waiting
+            async with await pool.request(head, None, 5.0) as response:
+                assert await response.read() == b'{"ok":true}'
+        assert p.connections == 1 and pool.idle_connections == 1
+        await pool.close()
+
+
+async def test_a_connection_moves_through_its_states() -> None:
+    gate = asyncio.Event()
+    async with peer(answers_once_open(gate)) as p:
+        pool = HttpPool(Origin("http", "127.0.0.1", p.port), limit=1, connect_timeout=2.0)
+        head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        task = asyncio.create_task(pool.request(head, None, 5.0))
+        await p.requests.get()
+        (conn,) = pool._open
+        assert conn.state is State.AWAITING_HEAD
+        gate.set()
+        response = await task
+        assert conn.state in (State.RECEIVING, State.ANSWERED)
+        await response.read()
+        assert conn.state is State.ANSWERED
+        response.release()
+        assert conn.state is State.IDLE
+        await pool.close()
+        assert conn.state is State.CLOSED
