@@ -18,7 +18,7 @@ from proxy.lane import protocol as fast_lane
 from proxy.lane.protocol import FastLane
 from proxy.settings import Settings, settings_from_mapping
 from proxy.web.app import create_app
-from proxy.web.keys import SETTINGS
+from proxy.web.keys import PIPELINE
 from tests.fakes.cube import FakeCube
 from tests.fakes.gitlab import FakeGitLab
 
@@ -85,7 +85,7 @@ class FastLaneTestServer(TestServer):
             return
         self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
         await self.runner.setup()
-        self.listener, self.lane = await fast_lane.listen(self.app, self.runner, self.host, 0)
+        self.listener, self.lane = await fast_lane.listen(self.app[PIPELINE], self.runner, self.host, 0)
         self.port = self.listener.sockets[0].getsockname()[1]
         self.scheme = "http"
         self._root = URL(f"http://{self.host}:{self.port}")
@@ -93,7 +93,7 @@ class FastLaneTestServer(TestServer):
     async def close(self) -> None:
         if self.started and not self.closed:
             self.listener.close()
-            await self.lane.shutdown(self.app[SETTINGS].server.shutdown_timeout)
+            await self.lane.shutdown(self.app[PIPELINE].settings.server.shutdown_timeout)
         await super().close()
 
 

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.settings import Settings
 from proxy.web.app import create_app
-from proxy.web.keys import CUBE_HTTP
+from proxy.web.keys import PIPELINE
 from tests.conftest import CUBE_KEY, QUERY, REPORTER, FastLaneTestServer
 from tests.fakes.cube import chunked, generated, held_until
 from tests.test_streaming import until
@@ -342,7 +342,7 @@ async def test_a_caller_that_hangs_up_stops_its_cube_call(start, cube):
     _reader, writer = await asyncio.open_connection(server.host, server.port)
     writer.write(post())
     await until(lambda: len(cube.calls) == 1)
-    pool = server.app[CUBE_HTTP].pools()[0]
+    pool = server.app[PIPELINE].cube_http.pools()[0]
     assert pool.open_connections == 1
     writer.transport.abort()
     # the call is cancelled: its Cube connection, mid-answer, is closed rather than waited on
@@ -356,20 +356,35 @@ def test_the_settings_key_for_the_lane_defaults_on(make_settings):
 
 
 async def test_a_caller_that_reads_slowly_holds_back_the_stream_not_the_memory(start, cube):
-    """Backpressure: while the caller does not read, the lane stops writing (and so stops reading from Cube)."""
+    """Backpressure: while the caller reads nothing, the lane stops writing, and so stops reading from Cube.
+
+    The lane's write buffer stays near the transport's high-water mark, the Cube client's
+    buffer fills to its own mark, and the Cube connection stops being read. Without the
+    lane's drain, the lane would take all of Cube's 8 MB into its write buffer instead.
+    """
     server = await start(cube={"buffer_limit": 64})
     body_size = 8 * 1024 * 1024
     cube.behaviour = generated(body_size)
     reader, writer = await asyncio.open_connection(server.host, server.port, limit=1024 * 1024)
+    pool = None
     try:
         writer.transport.pause_reading()  # the caller reads nothing for now
         writer.write(post())
-        await until(lambda: any(conn._writing_paused for conn in lane_of(server)._connections), rounds=200_000)
+        await until(lambda: any(conn._flow.paused for conn in lane_of(server)._connections), rounds=200_000)
+        pool = server.app[PIPELINE].cube_http.pools()[0]
+
+        def cube_unread() -> bool:
+            return any(not conn._transport.is_reading() for conn in pool._open)
+
+        await until(cube_unread, rounds=200_000)  # the lane stopped taking Cube's body
+        (conn,) = lane_of(server)._connections
+        assert conn._transport.get_write_buffer_size() < 1024 * 1024
+        assert lane_of(server).served == 1
         writer.transport.resume_reading()
         answer = await read_answer(reader)
     finally:
         writer.close()
-    assert answer.status == 200 and len(answer.body) == int(answer.headers["content-length"])
+    assert answer.status == 200 and len(answer.body) == int(answer.headers["content-length"]) > body_size - 64 * 1024
     assert answer.body.endswith(b"]}]}") and orjson.loads(answer.body)["results"][0]["data"]
 
 

@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.web.keys import COALESCER
+from proxy.web.keys import PIPELINE
 from tests.conftest import QUERY, REPORTER
 from tests.fakes.cube import chunked, generated, held_until
 
@@ -100,7 +100,7 @@ async def fanned_out(client, cube, callers, middle=b" " * 5000, die_after=None):
     cube.behaviour = held_until(
         hold, chunked([HEAD + b" " * 100, middle, TAIL], between=rest_may_come, die_after=die_after)
     )
-    coalescer = client.app[COALESCER]
+    coalescer = client.app[PIPELINE].coalescer
     tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(callers)]
     await until(lambda: coalescer.waiting() == callers)
     hold.set()

@@ -9,6 +9,12 @@ from typing import Literal
 
 from proxy.errors import ApiError, unauthorized
 
+PRIVATE_TOKEN = "PRIVATE-TOKEN"  # noqa: S105 - a header name
+AUTHORIZATION = "Authorization"
+JOB_TOKEN = "JOB-TOKEN"  # noqa: S105 - a header name
+#: the request headers a credential is read from (a job token's only to be refused)
+CREDENTIAL_HEADERS = (PRIVATE_TOKEN, AUTHORIZATION, JOB_TOKEN)
+
 # Token prefixes GitLab gives CI job tokens, CI build tokens and deploy tokens: never accepted here.
 _REFUSED_PREFIXES = ("glcbt-", "gldt-")
 #: printable ASCII without spaces, as every GitLab token is
@@ -35,18 +41,18 @@ class Credential:
 
     def gitlab_headers(self) -> dict[str, str]:
         if self.scheme == "private":
-            return {"PRIVATE-TOKEN": self.token}
-        return {"Authorization": f"Bearer {self.token}"}
+            return {PRIVATE_TOKEN: self.token}
+        return {AUTHORIZATION: f"Bearer {self.token}"}
 
 
 def extract_credential(headers: Mapping[str, str], query: Mapping[str, str]) -> Credential:
     """The request's credential, or a 401 ApiError: missing, malformed, or a refused kind."""
-    if "JOB-TOKEN" in headers or "job_token" in query:
+    if JOB_TOKEN in headers or "job_token" in query:
         raise unauthorized()
     credential: Credential | None = None
-    if (token := headers.get("PRIVATE-TOKEN")) is not None:
+    if (token := headers.get(PRIVATE_TOKEN)) is not None:
         credential = Credential("private", token.strip())
-    elif (authorization := headers.get("Authorization")) is not None:
+    elif (authorization := headers.get(AUTHORIZATION)) is not None:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer":
             raise unauthorized()

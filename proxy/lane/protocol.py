@@ -1,9 +1,6 @@
 """The fast lane: plain load and dry-run calls served by an asyncio protocol in front of aiohttp's server.
 
-aiohttp's server costs about 200k instructions per request here before the proxy does
-anything (bench/NOTES.md), which alone spends the pass-through budget of issue #4. So
-the proxy listens with this protocol instead. Each connection starts here. A request
-that is
+The proxy listens with this protocol; each connection starts here. A request that is
 
 - ``POST`` to ``[/api/v4]/projects/<numeric id>/product_analytics/request/load`` or
   ``.../dry-run``, with no query string;
@@ -12,10 +9,10 @@ that is
 - without ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, and with no repeated
   credential or request-id header;
 
-is served here, through the same functions the middlewares and the view call, in their
-order: request id, access log, error mapping, admission, credential and rate limit, then
-``answer_query`` (body checks, authorisation, signing, coalescing, the tenant slot and
-the Cube call). Anything else (another route or method, a body still arriving, a
+is served here, through the pipeline's steps (``proxy/pipeline/core.py``) in their order,
+as the web adapter's middlewares and views call them. The routes it takes, the headers
+it reads and the route names it logs come from ``proxy/pipeline/routes.py``, as the web
+adapter's do. Anything else (another route or method, a body still arriving, a
 malformed or unusual request) hands the connection, with every byte read of the request,
 to aiohttp's server, which parses it from its first byte and serves the connection from
 then on. So the fast lane never decides an odd case: aiohttp's parser and the app's
@@ -39,7 +36,6 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
 
 import httptools
 import orjson
@@ -47,24 +43,36 @@ from aiohttp import web
 
 from proxy.cube.client import Buffered
 from proxy.errors import INTERNAL_ERROR, ApiError
-from proxy.pipeline.coalesce import Outcome, StreamBroken
-from proxy.pipeline.request_id import normalise_request_id
+from proxy.lane.flow import FlowControl
+from proxy.pipeline.coalesce import Outcome
+from proxy.pipeline.core import Pipeline
+from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.request_id import REQUEST_ID_HEADER
+from proxy.pipeline.routes import ANALYTICS_ROOT, HEADERS_READ, PREFIXES, QUERY_ENDPOINTS, analytics_route
 from proxy.tcp import as_stream
-from proxy.web.keys import ACCESS_LOG, REQUEST_IDS, SETTINGS
-from proxy.web.middlewares import admit, authenticate, log_exchange, log_unhandled
-from proxy.web.request_keys import ABORTED, CREDENTIAL, REQUEST_ID
-from proxy.web.views import answer_query
 
 log = logging.getLogger(__name__)
 
-_ROUTE = re.compile(rb"(/api/v4)?/projects/([0-9]{1,20})/product_analytics/request/(load|dry-run)")
-#: the request headers the load path reads, by lower-cased name
-_READ = {
-    b"private-token": "PRIVATE-TOKEN",
-    b"authorization": "Authorization",
-    b"job-token": "JOB-TOKEN",
-    b"x-request-id": "X-Request-Id",
+
+def _route_pattern() -> re.Pattern[bytes]:
+    """``(prefix)?<root with the project as digits>/(endpoint)``, from the pipeline's route constants."""
+    prefixes = "|".join(re.escape(p) for p in PREFIXES if p)
+    root = re.escape(ANALYTICS_ROOT).replace(re.escape("{project}"), "([0-9]{1,20})")
+    endpoints = "|".join(re.escape(e) for e in QUERY_ENDPOINTS)
+    return re.compile(f"({prefixes})?{root}/({endpoints})".encode())
+
+
+_ROUTE = _route_pattern()
+#: (prefix, endpoint) as matched -> the route template the access line names, as aiohttp's router does
+_ROUTE_NAMES = {
+    (prefix.encode() or None, endpoint.encode()): analytics_route(prefix, endpoint)
+    for prefix in PREFIXES
+    for endpoint in QUERY_ENDPOINTS
 }
+#: the request headers the pipeline reads, by lower-cased name
+_READ = {name.lower().encode(): name for name in HEADERS_READ}
+#: the request id header line's start, between Content-Type and the id
+_REQUEST_ID_LINE = b"\r\n" + REQUEST_ID_HEADER.encode() + b": "
 #: a request with one of these is aiohttp's to serve
 _ELSEWHERE = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 #: a head longer than this, or a line or field longer than aiohttp's limit, is handed to aiohttp to answer
@@ -96,16 +104,14 @@ _STATUS_LINES = {status.value: _status_line(status.value) for status in http.HTT
 
 
 class FastLane:
-    """The protocol factory the proxy listens with; one per app and listening socket."""
+    """The protocol factory the proxy listens with; one per pipeline and listening socket."""
 
-    def __init__(self, app: web.Application, aiohttp_server: web.Server) -> None:
-        self.app = app
+    def __init__(self, pipeline: Pipeline, aiohttp_server: web.Server) -> None:
+        self.pipeline = pipeline
         self.aiohttp_server = aiohttp_server
-        settings = app[SETTINGS]
+        settings = pipeline.settings
         self.keepalive_timeout = settings.server.keepalive_timeout
         self.max_body = settings.limits.max_body_bytes
-        self.request_ids = app[REQUEST_IDS]
-        self.access_log = app[ACCESS_LOG]
         #: requests answered here, and connections handed to aiohttp's server (what tests observe)
         self.served = 0
         self.handed_over = 0
@@ -149,11 +155,11 @@ class FastLane:
 
 
 async def listen(
-    app: web.Application, runner: web.AppRunner, host: str, port: int, *, reuse_port: bool = False
+    pipeline: Pipeline, runner: web.AppRunner, host: str, port: int, *, reuse_port: bool = False
 ) -> tuple[asyncio.AbstractServer, FastLane]:
     """Listen through a fast lane in front of ``runner``'s aiohttp server (set up already); port 0 picks one."""
     assert runner.server is not None, "the runner must be set up first"
-    lane = FastLane(app, runner.server)
+    lane = FastLane(pipeline, runner.server)
     listener = await asyncio.get_running_loop().create_server(
         lane, host, port, reuse_port=reuse_port or None, backlog=BACKLOG
     )
@@ -170,15 +176,14 @@ class _Connection(asyncio.Protocol):
         self._busy = False
         #: the connection's one task, serving its requests in turn (made with the first)
         self._worker: asyncio.Task[None] | None = None
-        self._pending: tuple[str, str, bool, dict[str, str], bytes] | None = None
+        self._pending: tuple[str, str, str, dict[str, str], bytes] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         #: handed over or lost: the worker ends
         self._done = False
         self._timer: asyncio.TimerHandle | None = None
         self._last_active = 0.0
         self._reading_paused = False
-        self._writing_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._flow: FlowControl  # made with the transport
         self._close_after = False
         # the request being parsed
         self._url = b""
@@ -193,6 +198,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = as_stream(transport)
+        self._flow = FlowControl(self._loop, self._transport)
         self._lane._add(self)
         if self._lane.closing:
             self._transport.close()
@@ -207,7 +213,7 @@ class _Connection(asyncio.Protocol):
         self._done = True
         if self._worker is not None:
             self._worker.cancel()  # the caller hung up: stop its call, as aiohttp's handler_cancellation does
-        self._wake_writer()
+        self._flow.wake()
 
     def data_received(self, data: bytes) -> None:
         self._buffer = self._buffer + data if self._buffer else data
@@ -220,11 +226,10 @@ class _Connection(asyncio.Protocol):
         self._next()
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self._flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
-        self._wake_writer()
+        self._flow.resume_writing()
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -307,7 +312,8 @@ class _Connection(asyncio.Protocol):
         self._busy = True
         self._lane.served += 1
         prefix, project, endpoint = route.groups()
-        self._pending = (endpoint.decode(), project.decode(), prefix is not None, self._headers, self._body)
+        name = _ROUTE_NAMES[(prefix, endpoint)]
+        self._pending = (name, endpoint.decode(), project.decode(), self._headers, self._body)
         worker = self._worker
         if worker is None or worker.done():
             self._worker = self._loop.create_task(self._work())
@@ -347,15 +353,21 @@ class _Connection(asyncio.Protocol):
         handler = lane.aiohttp_server()
         transport.set_protocol(handler)
         handler.connection_made(transport)
-        if self._writing_paused:
+        if self._flow.paused:
             handler.pause_writing()
         buffer, self._buffer = self._buffer, b""
         handler.data_received(buffer)
 
-    async def _serve(self, endpoint: str, project: str, v4: bool, headers: dict[str, str], raw: bytes) -> None:
+    async def _serve(self, route: str, endpoint: str, project: str, headers: dict[str, str], raw: bytes) -> None:
         try:
-            await self._answer(endpoint, project, v4, headers, raw)
-        finally:  # whatever happened, this request is over (a failing log write must not wedge the connection)
+            await self._answer(route, endpoint, project, headers, raw)
+        except Exception:
+            # a fault outside the answer's own handling (its access line failed to write, say): the
+            # answer, if any, is written whole; close the connection rather than leave pipelined
+            # requests behind it waiting for the keep-alive timeout
+            log.exception("the lane failed serving a request; closing the connection", extra={"event": "unhandled"})
+            self._close_after = True
+        finally:  # whatever happened, this request is over
             self._busy = False
         self._last_active = self._loop.time()
         transport = self._transport
@@ -368,43 +380,38 @@ class _Connection(asyncio.Protocol):
         elif not transport.is_closing():
             self._next()
 
-    async def _answer(self, endpoint: str, project: str, v4: bool, headers: dict[str, str], raw: bytes) -> None:
-        """The middlewares' and the view's steps, in their order; errors become JSON answers; one access line."""
-        lane = self._lane
-        app = lane.app
-        started = time.perf_counter()
-        record: dict[Any, Any] = {REQUEST_ID: normalise_request_id(headers.get("X-Request-Id"), lane.request_ids)}
+    async def _answer(self, route: str, endpoint: str, project: str, headers: dict[str, str], raw: bytes) -> None:
+        """The pipeline's steps, in order (``proxy/pipeline/core.py``); errors become JSON answers; one access line."""
+        pipeline = self._lane.pipeline
+        exchange = pipeline.begin("POST", route, headers.get(REQUEST_ID_HEADER))
         status = 500
         try:
             try:
-                admit(app)
-                record[CREDENTIAL] = authenticate(app, headers, _NO_QUERY)
-                outcome = await answer_query(app, record, endpoint, project, raw, _NO_QUERY)
+                pipeline.gate(exchange, headers, _NO_QUERY)
+                outcome = await pipeline.answer_query(exchange, endpoint, project, raw, _NO_QUERY)
             except ApiError as exc:
                 status = exc.status
-                self._write_whole(status, _JSON_UTF8, orjson.dumps(exc.body), record, exc.headers)
+                self._write_whole(status, _JSON_UTF8, orjson.dumps(exc.body), exchange, exc.headers)
             except Exception:
-                log_unhandled(record)
-                self._write_whole(500, _JSON_UTF8, orjson.dumps(INTERNAL_ERROR), record)
+                pipeline.fault(exchange)
+                self._write_whole(500, _JSON_UTF8, orjson.dumps(INTERNAL_ERROR), exchange)
             else:
                 status = 200 if not isinstance(outcome, Buffered) else outcome.status
-                await self._send(outcome, record)
+                await self._send(outcome, exchange)
         finally:
-            if lane.access_log.enabled():
-                route = f"{'/api/v4' if v4 else ''}/projects/{{project}}/product_analytics/request/{endpoint}"
-                log_exchange(lane.access_log, "POST", route, status, started, record)
+            pipeline.finish(exchange, status)
 
     # -- answers ------------------------------------------------------------------------------
 
     def _head(
-        self, status: int, content_type: bytes, record: dict[Any, Any], extra: Mapping[str, str], framing: bytes
+        self, status: int, content_type: bytes, exchange: Exchange, extra: Mapping[str, str], framing: bytes
     ) -> list[bytes]:
         lines = [
             _STATUS_LINES.get(status) or _status_line(status),
             b"Content-Type: ",
             content_type,
-            b"\r\nX-Request-Id: ",
-            record[REQUEST_ID].encode("latin-1"),
+            _REQUEST_ID_LINE,
+            exchange.request_id.encode("latin-1"),
             b"\r\nDate: ",
             self._lane.date(),
             b"\r\n",
@@ -423,18 +430,18 @@ class _Connection(asyncio.Protocol):
         status: int,
         content_type: bytes,
         body: bytes,
-        record: dict[Any, Any],
+        exchange: Exchange,
         extra: Mapping[str, str] = _NO_HEADERS,
     ) -> None:
         transport = self._transport
         assert transport is not None
-        lines = self._head(status, content_type, record, extra, b"Content-Length: %d\r\n" % len(body))
+        lines = self._head(status, content_type, exchange, extra, b"Content-Length: %d\r\n" % len(body))
         lines.append(body)
         transport.write(b"".join(lines))
 
-    async def _send(self, outcome: Outcome, record: dict[Any, Any]) -> None:
+    async def _send(self, outcome: Outcome, exchange: Exchange) -> None:
         if isinstance(outcome, Buffered):
-            self._write_whole(outcome.status, _JSON, outcome.body, record)
+            self._write_whole(outcome.status, _JSON, outcome.body, exchange)
             return
         transport = self._transport
         assert transport is not None
@@ -442,7 +449,7 @@ class _Connection(asyncio.Protocol):
         chunked = length is None
         framing = b"Transfer-Encoding: chunked\r\n" if length is None else b"Content-Length: %d\r\n" % length
         try:
-            transport.write(b"".join(self._head(200, _JSON, record, _NO_HEADERS, framing)))
+            transport.write(b"".join(self._head(200, _JSON, exchange, _NO_HEADERS, framing)))
             try:
                 async for chunk in outcome.chunks():
                     if not chunk:
@@ -451,38 +458,16 @@ class _Connection(asyncio.Protocol):
                         transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
                     else:
                         transport.write(chunk)
-                    if self._writing_paused:
-                        await self._drain()
-            except (ApiError, StreamBroken) as exc:  # Cube's body broke: the caller's answer must not look whole
-                log.warning(
-                    "upstream body broke mid-stream; aborting the caller's answer",
-                    extra={"event": "stream_aborted", "request_id": record[REQUEST_ID], "error": type(exc).__name__},
-                )
-                record[ABORTED] = True
-                self.abort()
-                return
-            except Exception:
-                log_unhandled(record)  # the 200 is on its way: all that is left is to cut it off
+                    if self._flow.paused:
+                        await self._flow.drain()
+            except Exception as exc:  # Cube's body broke, or a fault: the 200 is out, so only cutting it off is left
+                self._lane.pipeline.stream_failed(exchange, exc)
                 self.abort()
                 return
             if chunked:
                 transport.write(b"0\r\n\r\n")
         finally:
             outcome.close()
-
-    async def _drain(self) -> None:
-        transport = self._transport
-        while self._writing_paused and transport is not None and not transport.is_closing():
-            waiter = self._drain_waiter = self._loop.create_future()
-            try:
-                await waiter
-            finally:
-                self._drain_waiter = None
-
-    def _wake_writer(self) -> None:
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # -- closing ------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from proxy.runtime.logs import redact
+from proxy.pipeline.redaction import redact
 
 LOGGER = "proxy.access"
 

@@ -6,6 +6,7 @@ import itertools
 import re
 import uuid
 
+REQUEST_ID_HEADER = "X-Request-Id"
 _ALLOWED = re.compile(r"[A-Za-z0-9+/=._:-]{1,128}")
 _SPAN_SUFFIX = re.compile(r"-span-\d+$")
 _LAST_GROUP = 0xFFFFFFFFFFFF

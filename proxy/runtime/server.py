@@ -18,6 +18,7 @@ from proxy.runtime.logs import setup_logging
 from proxy.runtime.workers import die_with_parent, supervise
 from proxy.settings import Settings
 from proxy.web.app import create_app
+from proxy.web.keys import PIPELINE
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,25 @@ async def serve(
     log.info("listening on http://%s:%s", settings.server.host, settings.server.port, extra={"event": "listening"})
     await stop.wait()
     log.info("shutting down: letting in-flight requests finish", extra={"event": "shutdown"})
-    if listening is not None:  # the fast lane's listener and connections; aiohttp's are the runner's
-        listener, lane = listening
-        listener.close()
-        await lane.shutdown(settings.server.shutdown_timeout)
+    await drain(runner, listening, settings.server.shutdown_timeout)
+
+
+async def drain(runner: web.AppRunner, listening: tuple[asyncio.AbstractServer, FastLane] | None, grace: float) -> None:
+    """Stop accepting; let in-flight answers on both front doors finish within one ``grace`` of seconds; clean up.
+
+    The lane's connections and aiohttp's (its own, and those the lane handed over) drain
+    at the same time, against the same deadline; the runner's own clean-up then finds no
+    connection left to wait for.
+    """
+    if listening is None:
+        await runner.cleanup()  # aiohttp's site stops accepting, then its connections get shutdown_timeout
+        return
+    listener, lane = listening
+    listener.close()
+    server = runner.server
+    assert server is not None
+    server.pre_shutdown()  # idle handed-over connections close now
+    await asyncio.gather(lane.shutdown(grace), server.shutdown(grace))
     await runner.cleanup()
 
 
@@ -77,7 +93,7 @@ async def _listen(
     """Listen through the fast lane (which hands what it does not serve to aiohttp's server), or through aiohttp."""
     host, port = settings.server.host, settings.server.port
     if settings.server.fast_lane:
-        return await fast_lane.listen(app, runner, host, port, reuse_port=reuse_port)
+        return await fast_lane.listen(app[PIPELINE], runner, host, port, reuse_port=reuse_port)
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=fast_lane.BACKLOG)
     await site.start()
     return None

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from proxy.http_client import UpstreamError
-from proxy.web.keys import CUBE_HTTP, SETTINGS
+from proxy.web.keys import PIPELINE
 
 READY_TIMEOUT = 2.0
 
@@ -17,7 +17,7 @@ async def liveness(request: web.Request) -> web.Response:
 
 
 def cube_urls(request: web.Request) -> list[str]:
-    settings = request.app[SETTINGS]
+    settings = request.app[PIPELINE].settings
     urls = {settings.product_analytics.cube_api_base_url}
     urls.update(p.cube_api_base_url for p in settings.projects.values())
     return sorted(u.rstrip("/") for u in urls if u)
@@ -25,7 +25,7 @@ def cube_urls(request: web.Request) -> list[str]:
 
 async def readiness(request: web.Request) -> web.Response:
     """Ready only when every configured Cube answers ``/readyz`` with 200."""
-    http = request.app[CUBE_HTTP]
+    http = request.app[PIPELINE].cube_http
 
     async def ready(url: str) -> bool:
         try:

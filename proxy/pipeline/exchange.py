@@ -1,0 +1,35 @@
+"""The per-request record both front doors carry through the pipeline."""
+
+from __future__ import annotations
+
+from proxy.auth.credentials import Credential
+
+
+class Exchange:
+    """What the pipeline notes about one request as it goes: one is made per request, by ``Pipeline.begin``.
+
+    A slotted class, not a mapping: every step reads and writes named, typed fields, and
+    the access line is written from them.
+    """
+
+    __slots__ = ("aborted", "cache", "credential", "method", "project", "request_id", "route", "started")
+
+    def __init__(self, request_id: str, method: str, route: str | None, started: float) -> None:
+        #: Cube's ``<id>-span-<n>`` form, returned to the caller and sent to Cube
+        self.request_id = request_id
+        self.method = method
+        #: the route template (never a raw path), or None when no route matched
+        self.route = route
+        #: ``time.perf_counter()`` when the request began
+        self.started = started
+        #: set by the gate on analytics routes
+        self.credential: Credential | None = None
+        #: the numeric project id, once authorised
+        self.project: int | None = None
+        #: "hit", "miss" or "shared": where the answer came from
+        self.cache: str | None = None
+        #: a streamed 200 was cut off because Cube's body broke
+        self.aborted = False
+
+    def __repr__(self) -> str:
+        return f"Exchange(request_id={self.request_id!r}, route={self.route!r}, project={self.project!r})"

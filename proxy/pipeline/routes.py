@@ -1,0 +1,24 @@
+"""The routes and request headers the pipeline serves and reads: the one source both front doors build from."""
+
+from __future__ import annotations
+
+from proxy.auth.credentials import CREDENTIAL_HEADERS
+from proxy.pipeline.request_id import REQUEST_ID_HEADER
+
+API_PREFIX = "/api/v4"
+#: every analytics route answers with and without GitLab's API prefix
+PREFIXES = (API_PREFIX, "")
+#: a route's path after its prefix, up to the endpoint
+ANALYTICS_ROOT = "/projects/{project}/product_analytics/request"
+LOAD = "load"
+DRY_RUN = "dry-run"
+META = "meta"
+#: the endpoints that run a query (POST, a body with ``query``)
+QUERY_ENDPOINTS = (LOAD, DRY_RUN)
+#: the request headers the analytics steps read; nothing else of a request's head is used
+HEADERS_READ = (*CREDENTIAL_HEADERS, REQUEST_ID_HEADER)
+
+
+def analytics_route(prefix: str, endpoint: str) -> str:
+    """The route template, as aiohttp's router knows it and as the access log names it."""
+    return f"{prefix}{ANALYTICS_ROOT}/{endpoint}"
