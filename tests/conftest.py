@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -108,15 +108,36 @@ def serving(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_client(
-    aiohttp_client: ClientFactory, serving: str
-) -> Callable[[Settings], Awaitable[TestClient[web.Request, web.Application]]]:
+    aiohttp_client: ClientFactory, serving: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[[Settings], Awaitable[TestClient[web.Request, web.Application]]]]:
+    """Clients of the app served ``serving``'s way; through the lane, the test must prove the lane served.
+
+    A test run through the fast lane fails unless the lane served at least one of its
+    requests, so a test meant for the lane cannot pass through aiohttp alone unnoticed. A
+    test whose every request is one the lane hands to aiohttp (meta, health, a query
+    string...) says so with ``@pytest.mark.handed_over``, and then the lane must serve none.
+    """
+    lanes: list[FastLane] = []
+
     async def make(settings: Settings) -> TestClient[web.Request, web.Application]:
         app = create_app(settings)
         if serving == "fast_lane":
-            return await aiohttp_client(FastLaneTestServer(app))
+            server = FastLaneTestServer(app)
+            test_client = await aiohttp_client(server)
+            lanes.append(server.lane)
+            return test_client
         return await aiohttp_client(app)
 
-    return make
+    yield make
+    if serving == "fast_lane" and lanes:
+        served = sum(lane.served for lane in lanes)
+        if request.node.get_closest_marker("handed_over") is not None:
+            assert served == 0, f"marked handed_over, but the fast lane served {served} of this test's requests"
+        else:
+            assert served > 0, (
+                "this test ran through the fast lane, but the lane served none of its requests:"
+                " mark it @pytest.mark.handed_over if aiohttp-only shapes are what it tests"
+            )
 
 
 @pytest.fixture

@@ -155,6 +155,7 @@ async def test_bad_input_costs_nothing_upstream(client, cube, gitlab, data, stat
     assert sum(gitlab.calls.values()) == 0
 
 
+@pytest.mark.handed_over
 async def test_body_over_the_limit_is_413(make_settings, make_client, cube):
     client = await make_client(make_settings(limits={"max_body_bytes": 1000, "rate_limit": 0.0}))
     resp = await client.post(LOAD, data=b'{"query": {"x": "' + b"y" * 2000 + b'"}}', headers=REPORTER)
@@ -171,6 +172,7 @@ async def test_body_over_the_limit_is_413(make_settings, make_client, cube):
     assert cube.calls == []
 
 
+@pytest.mark.handed_over
 async def test_unknown_routes_and_methods_are_json(client):
     resp = await client.get("/api/v4/projects/1/product_analytics/request/nope", headers=REPORTER)
     assert resp.status == 404
@@ -192,6 +194,7 @@ async def test_unexpected_failure_is_a_plain_500_without_details(client, cube, m
     assert cube.calls == []
 
 
+@pytest.mark.handed_over
 async def test_a_trickling_body_is_cut_off_with_408(make_settings, make_client, cube, gitlab):
     client = await make_client(make_settings(limits={"body_timeout": 0.3, "rate_limit": 0.0}))
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)

@@ -33,6 +33,7 @@ async def a_load_held_at_cube(client, cube):
     return held, release
 
 
+@pytest.mark.handed_over
 async def test_meta_is_fetched_once_per_tenant_within_its_ttl(client, cube):
     for _ in range(5):
         resp = await client.get(META.format(1), headers=REPORTER)
@@ -41,6 +42,7 @@ async def test_meta_is_fetched_once_per_tenant_within_its_ttl(client, cube):
     assert len(cube.calls_to("meta")) == 1
 
 
+@pytest.mark.handed_over
 async def test_meta_is_never_shared_across_tenants(client, cube):
     one = await (await client.get(META.format(1), headers=REPORTER)).json()
     two = await (await client.get(META.format(2), headers=REPORTER)).json()
@@ -49,6 +51,7 @@ async def test_meta_is_never_shared_across_tenants(client, cube):
     assert [c.claims["appId"] for c in cube.calls_to("meta")] == ["gitlab_project_1", "gitlab_project_2"]
 
 
+@pytest.mark.handed_over
 async def test_meta_cache_expires(make_settings, make_client, cube):
     client = await make_client(make_settings(cube={"meta_cache_ttl": 0.0}))
     for _ in range(3):
@@ -56,6 +59,7 @@ async def test_meta_cache_expires(make_settings, make_client, cube):
     assert len(cube.calls_to("meta")) == 3
 
 
+@pytest.mark.handed_over
 async def test_concurrent_meta_misses_make_one_upstream_call(client, cube):
     release = asyncio.Event()
     cube.behaviour = held_until(release, cube.default)
@@ -68,6 +72,7 @@ async def test_concurrent_meta_misses_make_one_upstream_call(client, cube):
     assert len(cube.calls_to("meta")) == 1
 
 
+@pytest.mark.handed_over
 async def test_meta_errors_and_continue_wait_are_never_cached(make_settings, make_client, cube):
     client = await make_client(make_settings(cube={"continue_wait_budget": 0.0}))
     cube.behaviour = answer(500, {"error": "Error: compile failed", "stack": "/srv"})
@@ -266,6 +271,7 @@ async def test_a_call_that_finds_every_cube_connection_busy_past_the_queue_timeo
     assert len(cube.calls) == 2
 
 
+@pytest.mark.handed_over
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 async def test_a_meta_answer_over_max_whole_bytes_is_502_and_not_cached(make_settings, make_client, cube, framing):
     """Meta is read whole (to be cached): its size is bounded, so a runaway answer cannot take the memory."""
@@ -297,6 +303,7 @@ async def test_a_meta_answer_over_max_whole_bytes_is_502_and_not_cached(make_set
     assert len(cube.calls_to("meta")) == 2
 
 
+@pytest.mark.handed_over
 async def test_a_meta_answer_that_trickles_past_the_read_timeout_as_a_whole_is_504(make_settings, make_client, cube):
     """Each gap is under read_timeout, so only a bound on the whole read stops a peer sending a byte at a time."""
     client = await make_client(make_settings(cube={"buffer_limit": 64, "read_timeout": 0.5}))

@@ -9,6 +9,7 @@ answer aiohttp alone gives), pipelining, timeouts and shutdown.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,6 +18,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
+from proxy.pipeline.access_log import AccessLog
 from proxy.settings import Settings
 from proxy.web.app import create_app
 from proxy.web.keys import PIPELINE
@@ -406,3 +408,27 @@ async def test_a_request_pipelined_behind_a_slow_one_waits_with_reading_paused(s
         writer.close()
     assert (first.status, second.status) == (200, 200)
     assert lane_of(server).served == 2
+
+
+async def test_a_failure_outside_an_answer_closes_the_connection_at_once(start, cube, caplog):
+    """A request's handling raising past its answer (here its access line fails to write) must not leave
+    the requests pipelined behind it waiting for the keep-alive timeout: the connection closes at once."""
+
+    class BrokenStream:
+        def write(self, text: str) -> int:
+            raise OSError("stderr is gone")
+
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    server = await start()
+    pipeline = server.app[PIPELINE]
+    pipeline.access_log = AccessLog("json", stream=BrokenStream)
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(post() + post())  # two requests, pipelined
+        first = await read_answer(reader)
+        rest = await asyncio.wait_for(reader.read(), 10)  # keepalive_timeout is 75 s: only a close ends this
+    finally:
+        writer.close()
+    assert first.status == 200 and rest == b""
+    assert lane_of(server).served >= 1
+    assert any("closing the connection" in r.getMessage() for r in caplog.records)

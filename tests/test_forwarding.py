@@ -32,6 +32,7 @@ async def test_cube_receives_exactly_query_and_query_type(client, cube):
     assert cube.calls[1].body == {"query": {**QUERY, "limit": 3}, "queryType": "multi"}
 
 
+@pytest.mark.handed_over
 async def test_credentials_cookies_and_headers_never_reach_cube(client, cube):
     headers = {
         **REPORTER,

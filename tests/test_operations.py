@@ -24,12 +24,14 @@ from tests.fakes.cube import chunked
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 
 
+@pytest.mark.handed_over
 async def test_liveness(client):
     resp = await client.get("/-/liveness")
     assert resp.status == 200
     assert await resp.json() == {"status": "ok"}
 
 
+@pytest.mark.handed_over
 async def test_readiness_follows_cube(client, cube):
     resp = await client.get("/-/readiness")
     assert resp.status == 200
@@ -40,6 +42,7 @@ async def test_readiness_follows_cube(client, cube):
     assert (await resp.json())["status"] == "unavailable"
 
 
+@pytest.mark.handed_over
 async def test_not_ready_when_cube_is_unreachable_or_unset(make_settings, make_client, unused_tcp_port):
     client = await make_client(
         make_settings(product_analytics={"cube_api_base_url": f"http://127.0.0.1:{unused_tcp_port}"})
@@ -51,6 +54,7 @@ async def test_not_ready_when_cube_is_unreachable_or_unset(make_settings, make_c
     assert (await client.get("/-/readiness")).status == 503
 
 
+@pytest.mark.handed_over
 async def test_one_access_log_line_per_request_without_tokens(client, cube, access_lines, capsys):
     await client.post(
         LOAD + "?private_token=glpat-reporter-0000000001", json={"query": QUERY}, headers={"X-Request-Id": "trace-1"}
@@ -74,6 +78,24 @@ async def test_one_access_log_line_per_request_without_tokens(client, cube, acce
     assert "glpat" not in orjson.dumps(lines).decode()
 
 
+@pytest.mark.parametrize("prefix", ["/api/v4", ""])
+async def test_the_access_line_of_a_plain_load_and_of_a_refused_one(client, cube, access_lines, serving, prefix):
+    """The fields of the line each front door writes for the calls the lane serves (a plain load, a 401)."""
+    path = f"{prefix}/projects/1/product_analytics/request/load"
+    served = await client.post(path, json={"query": QUERY}, headers={**REPORTER, "X-Request-Id": "abc"})
+    refused = await client.post(path, json={"query": QUERY})
+    assert (served.status, refused.status) == (200, 401)
+    ok, no = access_lines()
+    route = f"{prefix}/projects/{{project}}/product_analytics/request/load"
+    assert ok["message"] == f"POST {route} 200"
+    assert (ok["route"], ok["method"], ok["status"], ok["project"], ok["cache"]) == (route, "POST", 200, 1, "miss")
+    assert ok["request_id"] == served.headers["X-Request-Id"] == "abc-span-1"
+    assert isinstance(ok["duration_ms"], float) and ok["duration_ms"] >= 0 and ok["aborted"] is False
+    assert (no["route"], no["status"], no["project"], no["cache"]) == (route, 401, None, None)
+    assert no["request_id"] == refused.headers["X-Request-Id"]
+
+
+@pytest.mark.handed_over
 async def test_no_access_lines_above_info(client, cube, capsys, caplog):
     caplog.set_level(logging.WARNING, logger="proxy.access")
     await client.get("/api/v4/projects/1/product_analytics/request/meta", headers=REPORTER)
@@ -193,12 +215,15 @@ async def wait_for_line(stream, needle, limit=200):
 
 
 @contextlib.asynccontextmanager
-async def proxy_process(tmp_path, gitlab_url, cube_url, cube_section="", server_section="", preexec_fn=None):
+async def proxy_process(
+    tmp_path, gitlab_url, cube_url, cube_section="", server_section="", preexec_fn=None, shutdown_timeout=20
+):
     """The proxy as production runs it (``python -m proxy``), listening; killed if a test leaves it running."""
     port = free_port()
     config = tmp_path / "proxy.toml"
     config.write_text(
-        f'[server]\nport = {port}\nshutdown_timeout = 20\n{server_section}\n[gitlab]\nurl = "{gitlab_url}"\n'
+        f"[server]\nport = {port}\nshutdown_timeout = {shutdown_timeout}\n{server_section}\n"
+        f'[gitlab]\nurl = "{gitlab_url}"\n'
         f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{CUBE_KEY}"\n[cube]\n{cube_section}\n'
     )
     proc = await asyncio.create_subprocess_exec(
@@ -356,6 +381,43 @@ async def test_sigterm_lets_an_in_flight_stream_finish(cube, gitlab_url, cube_ur
             rest = await resp.read()
             assert orjson.loads(head + rest)["results"][0]["data"] == [{"TrackedEvents.count": "9"}]
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+@pytest.mark.parametrize("lane", ["true", "false"])
+async def test_shutdown_drains_both_front_doors_against_one_deadline(cube, gitlab_url, cube_url, tmp_path, lane):
+    """Two calls held at Cube (through the lane, one in the lane and one in aiohttp's server): SIGTERM ends
+    the process within one shutdown_timeout, not one per front door, nor two for aiohttp's own shutdown."""
+    grace = 3.0
+    arrived, both = [], asyncio.Event()
+
+    async def held(call, request):
+        arrived.append(call)
+        if len(arrived) == 2:
+            both.set()
+        await asyncio.Event().wait()  # Cube never answers
+
+    cube.behaviour = held
+    server = f"fast_lane = {lane}"
+    async with proxy_process(tmp_path, gitlab_url, cube_url, "read_timeout = 60", server, shutdown_timeout=grace) as (
+        proc,
+        port,
+    ):
+        url = f"http://127.0.0.1:{port}{LOAD}"
+        async with aiohttp.ClientSession() as session:
+            calls = [
+                asyncio.ensure_future(session.post(url, json={"query": QUERY}, headers=REPORTER)),  # the lane's
+                asyncio.ensure_future(  # a query string: aiohttp's
+                    session.post(url + "?include_token=false", json={"query": {**QUERY, "limit": 5}}, headers=REPORTER)
+                ),
+            ]
+            await asyncio.wait_for(both.wait(), 15)
+            loop = asyncio.get_running_loop()
+            signalled = loop.time()
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            took = loop.time() - signalled
+            await asyncio.gather(*calls, return_exceptions=True)
+    assert grace <= took < grace * 1.5, took
 
 
 async def test_a_caller_that_hangs_up_stops_its_call_to_cube(cube, gitlab_url, cube_url, tmp_path):

@@ -148,3 +148,37 @@ async def test_caller_leaving_mid_stream_frees_the_tenant_slot(make_settings, ma
     resp = await client.post(LOAD, json={"query": {"measures": ["TrackedEvents.count"], "limit": 1}}, headers=REPORTER)
     assert resp.status == 200
     never.set()
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
+async def test_a_fault_after_a_streamed_200_cuts_the_connection_off(
+    stream_settings, make_client, cube, monkeypatch, caplog, length
+):
+    """A bug that strikes once the 200 is out: the caller's connection is aborted, never a 500 inside the 200."""
+    from proxy.cube.client import Streamed
+
+    real_chunks = Streamed.chunks
+
+    async def first_chunk_then_a_bug(self):  # stands in for any unexpected error mid-stream
+        async for chunk in real_chunks(self):
+            yield chunk
+            raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Streamed, "chunks", first_chunk_then_a_bug)
+    cube.behaviour = chunked([HEAD + b" " * 100, TAIL], between=asyncio.Event(), length=length)  # the rest never comes
+    client = await make_client(stream_settings)
+    body = orjson.dumps({"query": QUERY})
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(
+            f"POST {LOAD} HTTP/1.1\r\nHost: proxy\r\nPRIVATE-TOKEN: {REPORTER['PRIVATE-TOKEN']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = await asyncio.wait_for(reader.read(), 10)  # until the proxy closes the connection
+    finally:
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"HTTP/1.1 500" not in received and b"Internal Server Error" not in received
+    assert TAIL not in received and not received.endswith(b"0\r\n\r\n")  # cut short, never looking whole
+    assert any(r.getMessage() == "unhandled error" and r.exc_info for r in caplog.records)

@@ -8,7 +8,7 @@ import gc
 import logging
 import resource
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -69,21 +69,35 @@ async def serve(
 
 
 async def drain(runner: web.AppRunner, listening: tuple[asyncio.AbstractServer, FastLane] | None, grace: float) -> None:
-    """Stop accepting; let in-flight answers on both front doors finish within one ``grace`` of seconds; clean up.
+    """Stop accepting; let in-flight answers on both front doors finish within one ``grace``; then clean up.
 
     The lane's connections and aiohttp's (its own, and those the lane handed over) drain
-    at the same time, against the same deadline; the runner's own clean-up then finds no
-    connection left to wait for.
+    at the same time against the same deadline; whatever is still busy then is closed.
+    aiohttp's own shutdown would wait ``grace`` for a handler, then up to ``grace`` again
+    after cancelling it, so it runs under the one deadline here, and the runner's clean-up
+    finds no connection left to wait for.
     """
-    if listening is None:
-        await runner.cleanup()  # aiohttp's site stops accepting, then its connections get shutdown_timeout
-        return
-    listener, lane = listening
-    listener.close()
     server = runner.server
     assert server is not None
-    server.pre_shutdown()  # idle handed-over connections close now
-    await asyncio.gather(lane.shutdown(grace), server.shutdown(grace))
+    if listening is None:
+        for site in list(runner.sites):
+            await site.stop()
+        lane_drained: Awaitable[None] = asyncio.sleep(0)
+    else:
+        listener, lane = listening
+        listener.close()
+        lane_drained = lane.shutdown(grace)
+    server.pre_shutdown()  # idle connections close now
+
+    async def aiohttp_drained() -> None:
+        try:
+            async with asyncio.timeout(grace):
+                await server.shutdown(grace)
+        except TimeoutError:
+            for handler in server.connections:
+                handler.force_close()  # its handler is cancelled as its connection goes
+
+    await asyncio.gather(lane_drained, aiohttp_drained())
     await runner.cleanup()
 
 
