@@ -123,7 +123,7 @@ class LimitsSettings:
     max_json_depth: int = 32
     #: seconds a request body may take to arrive (408 after), so a trickling caller holds nothing long.
     body_timeout: float = 30.0
-    #: sustained requests per second per caller (token, or address without one); 0 disables.
+    #: sustained requests per second per caller (one bucket per credential); 0 disables.
     rate_limit: float = 50.0
     #: requests a caller may burst above the sustained rate.
     rate_limit_burst: int = 200

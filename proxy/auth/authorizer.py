@@ -39,8 +39,6 @@ class Grant:
 
     caller: Caller
     project_id: int
-    #: whether any step came from a cache (for the access log).
-    cached: bool
 
 
 class Authorizer(Protocol):
@@ -117,21 +115,20 @@ class GitLabAuthorizer:
         self, credential: Credential, project_ref: str, needed: str, satisfying: frozenset[str]
     ) -> Grant:
         key = credential.key
-        caller, hit_caller = await self._callers.get(key, lambda: self._load_caller(credential))
+        caller, _ = await self._callers.get(key, lambda: self._load_caller(credential))
         if not caller.scopes & satisfying:
             raise insufficient_scope(needed)
-        project_id, hit_project = await self._projects.get(
+        project_id, _ = await self._projects.get(
             (key, project_ref), lambda: self._load_project(credential, project_ref)
         )
-        hit_member = True
         if not caller.is_admin:
             user_id = caller.user_id
-            level, hit_member = await self._members.get(
+            level, _ = await self._members.get(
                 (key, project_id), lambda: self._load_member(credential, project_id, user_id)
             )
             if level < self._min_level:
                 raise access_denied()
-        return Grant(caller, project_id, hit_caller and hit_project and hit_member)
+        return Grant(caller, project_id)
 
     def _remember(self, memo_key: tuple[str, str, str], grant: Grant) -> None:
         key, project_ref, _ = memo_key
@@ -143,7 +140,7 @@ class GitLabAuthorizer:
             return  # an answer was not cached (cache_ttl = 0): nothing to remember
         if len(self._grants) >= self._grants_size:
             del self._grants[next(iter(self._grants))]  # the oldest
-        self._grants[memo_key] = (Grant(grant.caller, grant.project_id, True), min(expiries))
+        self._grants[memo_key] = (grant, min(expiries))
 
     async def mint_token(self, credential: Credential, grant: Grant) -> str:
         reply = await self._client.create_project_access_token(credential, grant.project_id, dt.date.today())

@@ -120,7 +120,7 @@ class DevTokenAuthorizer:
             raise project_not_found()
         if not entry.caller.is_admin and entry.roles[project_id] < self._min_level:
             raise access_denied()
-        return Grant(entry.caller, project_id, True)
+        return Grant(entry.caller, project_id)
 
     async def mint_token(self, credential: Credential, grant: Grant) -> str:
         """No GitLab to mint with: a random stand-in, marked as such."""
