@@ -46,10 +46,11 @@ test: install postgres ## Run every test (unit and real-stack) with coverage of 
 test-unit: install ## Only the tests that need no PostgreSQL or Cube
 	$(PY) -m pytest -m "not stack"
 
-lint: install ## ruff and mypy --strict
+lint: install ## ruff, mypy --strict, and the layering contracts of proxy/ (import-linter, pyproject.toml)
 	$(VENV)/bin/ruff check proxy tests stack bench
 	$(VENV)/bin/ruff format --check proxy tests stack bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: install ## Format the code
 	$(VENV)/bin/ruff format proxy tests stack bench
