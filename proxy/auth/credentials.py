@@ -22,11 +22,7 @@ _TOKEN = re.compile(r"[!-~]{1,1024}")
 
 
 class Credential:
-    """A caller's token and the header form GitLab should see it in.
-
-    A slotted class rather than a frozen dataclass: one is made per request, and a frozen
-    dataclass sets each field through ``object.__setattr__`` (about three times slower).
-    """
+    """A caller's token and the header form GitLab should see it in; its repr never shows the token."""
 
     __slots__ = ("key", "scheme", "token")
 

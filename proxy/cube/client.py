@@ -94,9 +94,9 @@ def classify_body(raw: bytes, parse: bool = True) -> Buffered:
     """Map a whole body Cube sent to the caller's answer (spec section 5).
 
     With ``parse=False`` (no step of the proxy reads the data), a 200 body that is not an
-    error is checked only for its outline, ``{...}`` or ``[...]``, as a streamed body is:
-    turning 2 KB of rows into Python objects, only to free them, cost about 9% of a
-    pass-through request. Cube writes its errors with ``error`` first, so they are still seen.
+    error is checked only for its outline, ``{...}`` or ``[...]``, as a streamed body is,
+    not parsed into objects only to be freed. Cube writes its errors with ``error`` first,
+    so they are still seen.
     """
     if not parse and not _looks_like_error(raw) and _json_outline(raw):
         return Buffered(200, raw)

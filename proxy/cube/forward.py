@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class UpstreamCall(NamedTuple):
-    """One call to make (a NamedTuple: immutable, and made per request at a third of a frozen dataclass's cost)."""
+    """One call to make: immutable, made per request."""
 
     tenant: Tenant
     endpoint: str  # "load", "dry-run" or "meta"

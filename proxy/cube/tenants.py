@@ -11,8 +11,7 @@ TENANT_CACHE_SIZE = 65_536
 
 
 class Tenant(NamedTuple):
-    """One Cube target: a NamedTuple, so hashing it (it keys the coalescer, the meta cache and the
-    signer, several times a request) is a C-level tuple hash over strings whose hashes are cached."""
+    """One Cube target; hashable and immutable, as it keys the coalescer, the meta cache and the signer."""
 
     project_id: int
     app_id: str

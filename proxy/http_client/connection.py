@@ -37,6 +37,16 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+# module-level aliases: on Python 3.11 reading an Enum member off its class costs six times a global
+IDLE, AWAITING_HEAD, RECEIVING, ANSWERED, CLOSED = (
+    State.IDLE,
+    State.AWAITING_HEAD,
+    State.RECEIVING,
+    State.ANSWERED,
+    State.CLOSED,
+)
+
+
 class Owner(Protocol):
     """What a connection tells its pool."""
 
@@ -61,13 +71,13 @@ class Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._response: Response | None = None
         self._head_bytes = 0
-        self.state = State.IDLE
+        self.state = IDLE
         self.idle_since = 0.0
         self.calls = 0
 
     @property
     def closed(self) -> bool:
-        return self.state is State.CLOSED
+        return self.state is CLOSED
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -76,7 +86,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         response = self._response
-        if response is None or (self.state is not State.AWAITING_HEAD and self.state is not State.RECEIVING):
+        if response is None or (self.state is not AWAITING_HEAD and self.state is not RECEIVING):
             self.close()  # nothing was asked: a peer that talks unprompted is not reused
             return
         try:
@@ -91,11 +101,11 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
-        self.state = State.CLOSED
+        self.state = CLOSED
         response = self._response
         if response is not None and not response.complete:
             framed = "content-length" in response.headers or _chunked(response)
-            if exc is None and was is State.RECEIVING and not framed:
+            if exc is None and was is RECEIVING and not framed:
                 response.finish(keep_alive=False)  # the body ran until the connection was closed cleanly
             else:
                 response.fail(Disconnected("Cube closed the connection before its answer was complete"))
@@ -104,7 +114,7 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self.state is not State.AWAITING_HEAD:
+        if self.state is not AWAITING_HEAD:
             raise BadAnswer("Cube sent an answer nobody asked for")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -118,7 +128,7 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self._response is not None
-        self.state = State.RECEIVING
+        self.state = RECEIVING
         self._response.status = self._parser.get_status_code()
         self._response.wake()
 
@@ -128,16 +138,16 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self._response is not None
-        self.state = State.ANSWERED
+        self.state = ANSWERED
         self._response.finish(self._parser.should_keep_alive())
 
     # -- used by the pool and the response ----------------------------------------------------
 
     def send(self, data: bytes, read_timeout: float) -> Response:
-        assert self._transport is not None and self.state is State.IDLE
+        assert self._transport is not None and self.state is IDLE
         response = self._response = Response(self, read_timeout)
         self._head_bytes = 0
-        self.state = State.AWAITING_HEAD
+        self.state = AWAITING_HEAD
         self.calls += 1
         self._transport.write(data)
         return response
@@ -145,23 +155,23 @@ class Connection(asyncio.Protocol):
     def finished(self, response: Response, reusable: bool) -> None:
         if response is self._response:
             self._response = None
-        if reusable and self.state is State.ANSWERED:
-            self.state = State.IDLE
+        if reusable and self.state is ANSWERED:
+            self.state = IDLE
             self._owner.give_back(self)
         else:
             self.close()
 
     def pause_reading(self) -> None:
-        if self._transport is not None and self.state is not State.CLOSED:
+        if self._transport is not None and self.state is not CLOSED:
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._transport is not None and self.state is not State.CLOSED:
+        if self._transport is not None and self.state is not CLOSED:
             self._transport.resume_reading()
 
     def close(self) -> None:
-        if self.state is not State.CLOSED:
-            self.state = State.CLOSED
+        if self.state is not CLOSED:
+            self.state = CLOSED
             if self._transport is not None:
                 self._transport.close()
             self._owner.forget(self)

@@ -157,16 +157,17 @@ class HttpPool:
                 self.give_back(handed)
 
     def _idle_connection(self) -> Connection | None:
-        """The most recently used idle connection still worth reusing; stale ones are closed."""
-        self._reap()
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed:
+        """The most recently used idle connection still worth reusing (older ones are the reaper's)."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.loop.time() - conn.idle_since < self._idle_timeout:
                 return conn
+            conn.close()
         return None
 
     def _reap(self) -> None:
-        """Close every idle connection older than ``idle_timeout`` (the oldest are first), then re-arm the timer."""
+        """The timer: close every idle connection older than ``idle_timeout`` (the oldest are first); re-arm."""
         self._reaper = None
         idle = self._idle
         if not idle:

@@ -27,10 +27,8 @@ class TenantLimiter:
 
     Callers wait in turn: a slot given back goes straight to the longest waiting caller,
     so one arriving at that moment cannot take it past them (as the Cube pool's
-    connections do). Written on futures rather than ``asyncio.Semaphore`` and
-    ``asyncio.timeout``: on Python 3.11 each of those asks for the running loop, which
-    costs a ``getpid()`` system call, several times for every caller that queues. Under a
-    dashboard backend's load most callers queue here.
+    connections do). Written on futures and one timer, never asking for the running loop
+    per call (on Python 3.11 that is a system call; ``bench/NOTES.md``).
     """
 
     def __init__(self, limit: int, queue_timeout: float) -> None:

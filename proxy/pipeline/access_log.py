@@ -1,12 +1,9 @@
 """The access log: one line per request, written without ``logging``'s per-record machinery.
 
-Through ``logging``, the line cost about 181k instructions, a quarter of a pass-through
-request at INFO: a ``LogRecord`` with some twenty attributes, a stack walk for the
-caller, the handler chain and a generic formatter. This writer makes the same line (the
-same fields, in the JSON or text form ``[server] log_format`` picks, through the same
-redaction guard) directly, and writes it to the stream the log handler writes to.
-Whether it writes at all follows the ``proxy.access`` logger: a ``log_level`` above INFO
-turns it off, as before.
+It writes the line a ``logging`` handler would (the same fields, in the JSON or text form
+``[server] log_format`` picks, through the same redaction guard) straight to the stream
+the log handler writes to (why: ``bench/NOTES.md``). Whether it writes at all follows
+the ``proxy.access`` logger: a ``log_level`` above INFO turns it off.
 """
 
 from __future__ import annotations
