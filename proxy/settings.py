@@ -17,6 +17,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yarl
 
+from proxy.ids import project_id
+
 AuthBackendName = Literal["gitlab", "dev_tokens"]
 
 #: Cube rejects (with a 500) any query asking for more rows than this.
@@ -293,8 +295,8 @@ def _validate(s: Settings, problems: list[str]) -> None:
     _validate_cube_target(
         "[product_analytics]", s.product_analytics.cube_api_base_url, s.product_analytics.cube_api_key, problems
     )
-    for project_id, override in s.projects.items():
-        _validate_cube_target(f"[projects.{project_id}]", override.cube_api_base_url, override.cube_api_key, problems)
+    for number, override in s.projects.items():
+        _validate_cube_target(f"[projects.{number}]", override.cube_api_base_url, override.cube_api_key, problems)
 
 
 def _validate_cube_target(where: str, url: str | None, key: str | None, problems: list[str]) -> None:
@@ -333,7 +335,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
         problems.append("[projects]: must be a table of [projects.<numeric id>] tables")
         raw_projects = {}
     for key, value in raw_projects.items():
-        if not str(key).isdigit():
+        if project_id(str(key)) is None:
             problems.append(f"[projects.{key}]: the key must be a numeric project id")
             continue
         if not isinstance(value, Mapping):

@@ -198,3 +198,10 @@ def test_the_example_file_has_every_key_with_its_default():
                 continue  # unset by default (the Cube URL and key): the file shows an example value
             assert f.name in example[section], f"[{section}] {f.name} is missing from the example file"
             assert example[section][f.name] == default, f"[{section}] {f.name}: the example says another default"
+
+
+@pytest.mark.parametrize("key", ["\u0661", "\uff11", "\u00b2", "0"])
+def test_project_override_keys_are_ascii_digits(key):
+    """[projects.<id>] keys in other scripts' digits are refused, not read as another project."""
+    with pytest.raises(SettingsError, match="the key must be a numeric project id"):
+        settings_from_mapping({"projects": {key: {"enabled": False}}}, {})

@@ -19,6 +19,7 @@ from proxy.errors import (
     project_not_found,
     unauthorized,
 )
+from proxy.ids import project_id
 from proxy.settings import GitLabSettings
 from proxy.singleflight import SingleFlightCache
 
@@ -60,7 +61,7 @@ def required_scope(method: str) -> tuple[str, frozenset[str]]:
 
 def check_project_ref(project_ref: str) -> str:
     """A numeric id or a full path; anything else is a 404 without asking anyone."""
-    if project_ref.isdigit() and len(project_ref) <= 18 and int(project_ref) > 0:
+    if project_id(project_ref) is not None:
         return project_ref
     if len(project_ref) <= 1024 and _FULL_PATH.fullmatch(project_ref):
         return project_ref

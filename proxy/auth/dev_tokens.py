@@ -17,6 +17,7 @@ from typing import Any
 from proxy.auth.authorizer import Caller, Grant, check_project_ref, required_scope
 from proxy.auth.credentials import Credential
 from proxy.errors import access_denied, insufficient_scope, project_not_found, unauthorized
+from proxy.ids import project_id
 from proxy.settings import SettingsError
 
 ROLE_LEVELS = {"guest": 10, "reporter": 20, "developer": 30, "maintainer": 40, "owner": 50}
@@ -50,7 +51,7 @@ def parse_dev_tokens(raw: Mapping[str, Any], source: str) -> DevTokens:
     problems: list[str] = []
     paths: dict[str, int] = {}
     for key, project in dict(raw.get("projects", {})).items():
-        if not str(key).isdigit() or not isinstance(project, dict) or not isinstance(project.get("path"), str):
+        if project_id(str(key)) is None or not isinstance(project, dict) or not isinstance(project.get("path"), str):
             problems.append(f'{source} [projects.{key}]: needs a numeric id and a path = "group/project"')
             continue
         paths[project["path"]] = int(key)
@@ -68,7 +69,7 @@ def parse_dev_tokens(raw: Mapping[str, Any], source: str) -> DevTokens:
             continue
         levels = {}
         for project_key, role in roles.items():
-            if not str(project_key).isdigit():
+            if project_id(str(project_key)) is None:
                 problems.append(f"{where}: roles are keyed by numeric project id, not {project_key!r}")
                 continue
             levels[int(project_key)] = _level(role, where, problems)
@@ -115,12 +116,13 @@ class DevTokenAuthorizer:
         needed, satisfying = required_scope(method)
         if not entry.caller.scopes & satisfying:
             raise insufficient_scope(needed)
-        project_id = int(project_ref) if project_ref.isdigit() else self._tokens.paths.get(project_ref)
-        if project_id is None or (project_id not in entry.roles and not entry.caller.is_admin):
+        numeric = project_id(project_ref)
+        project = numeric if numeric is not None else self._tokens.paths.get(project_ref)
+        if project is None or (project not in entry.roles and not entry.caller.is_admin):
             raise project_not_found()
-        if not entry.caller.is_admin and entry.roles[project_id] < self._min_level:
+        if not entry.caller.is_admin and entry.roles[project] < self._min_level:
             raise access_denied()
-        return Grant(entry.caller, project_id)
+        return Grant(entry.caller, project)
 
     async def mint_token(self, credential: Credential, grant: Grant) -> str:
         """No GitLab to mint with: a random stand-in, marked as such."""
