@@ -1,6 +1,15 @@
+import asyncio
 import copy
 
-from proxy.cube.zerofill import MAX_FILL_DAYS, fill_plan, zero_fill
+import pytest
+from aiohttp import web
+
+from proxy.cube.zerofill import MAX_FILL_DAYS, MAX_FILL_ROWS, fill_plan, zero_fill
+from proxy.errors import ApiError
+from tests.conftest import REPORTER
+from tests.fakes.cube import load_answer
+
+LOAD = "/api/v4/projects/1/product_analytics/request/load"
 
 M = "TrackedEvents.derivedTstamp"
 
@@ -87,3 +96,80 @@ def test_hostile_range_is_not_filled():
 
     end = (dt.date(2000, 1, 1) + dt.timedelta(days=MAX_FILL_DAYS)).isoformat()
     assert fill_plan(query(start=start, end=end)) is not None
+
+
+def ten_years(copies=1, compare=0):
+    q = query(start="2016-01-01", end="2025-12-31")
+    q["filters"] = q["filters"] * copies
+    if compare:
+        q["timeDimensions"][0]["compareDateRange"] = [["2026-01-01", "2026-01-02"]] * compare
+    return q
+
+
+def test_a_range_repeated_counts_once():
+    """1,000 copies of one ten-year range used to fill ranges x days x rows on the event loop."""
+    plan = fill_plan(ten_years(copies=1000))
+    assert len(plan.ranges) == 1 and plan.days == 3653
+    body = zero_fill(plan, answer([row(1, 1)]))
+    assert len(body["results"][0]["data"]) == 3653 + 1
+
+
+def test_a_fill_over_the_row_cap_is_refused_before_cube_is_asked():
+    """compareDateRange multiplies the fill by its ranges: 100 of them with a ten-year filter was 365,300 rows."""
+    with pytest.raises(ApiError) as refused:
+        fill_plan(ten_years(compare=100))
+    assert refused.value.status == 400
+    assert "at most 50000" in refused.value.body["message"] and "compareDateRange" in refused.value.body["message"]
+    assert fill_plan(ten_years(compare=MAX_FILL_ROWS // 3653)).days == 3653  # just under the cap
+
+
+def test_overlapping_ranges_of_one_member_fill_each_day_once():
+    q = query(start="2026-11-01", end="2026-11-03")
+    q["filters"].append({"member": M, "operator": "inDateRange", "values": ["2026-11-02", "2026-11-04"]})
+    data = zero_fill(fill_plan(q), answer([row(3, 5)]))["results"][0]["data"]
+    assert [r[M] for r in data] == [day(1), day(2), day(3), day(4)]
+
+
+async def test_a_hostile_fill_does_not_hold_the_event_loop(make_settings, make_client, cube):
+    """While the proxy fills 1,000 copies of a ten-year range, the event loop keeps turning (it stalled 6 s)."""
+
+    async def thirty_days(call, request):
+        rows = [
+            {
+                f"{M}.day": f"2016-01-{d:02d}T00:00:00.000",
+                M: f"2016-01-{d:02d}T00:00:00.000",
+                "TrackedEvents.count": "1",
+            }
+            for d in range(1, 31)
+        ]
+        return web.json_response(load_answer(call.body["query"], rows))
+
+    cube.behaviour = thirty_days
+    client = await make_client(make_settings())
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = loop.time()
+        while not done.is_set():
+            await asyncio.sleep(0)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    watching = asyncio.create_task(ticker())
+    resp = await client.post(LOAD, json={"query": ten_years(copies=1000)}, headers=REPORTER)
+    done.set()
+    await watching
+    assert resp.status == 200
+    assert len((await resp.json())["results"][0]["data"]) == 3653
+    assert max(gaps) < 1.0, max(gaps)  # a whole second would be a stall, not scheduling noise
+    assert len(cube.calls) == 1
+
+
+async def test_a_fill_over_the_cap_is_a_400_without_a_cube_call(client, cube):
+    resp = await client.post(LOAD, json={"query": ten_years(compare=100)}, headers=REPORTER)
+    assert resp.status == 400
+    assert "at most 50000" in (await resp.json())["message"]
+    assert cube.calls == []

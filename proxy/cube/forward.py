@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -15,6 +16,11 @@ from proxy.errors import ApiError
 from proxy.limits.tenant_cap import TenantLimiter
 
 log = logging.getLogger(__name__)
+
+#: a zero-fill that may add more rows than this, or fills an answer larger than FILL_ON_LOOP_BYTES,
+#: runs in a worker thread: the event loop keeps serving others meanwhile
+FILL_ON_LOOP_DAYS = 1000
+FILL_ON_LOOP_BYTES = 256 * 1024
 
 
 class UpstreamCall(NamedTuple):
@@ -81,5 +87,11 @@ class Forwarder:
             last = answer
             log.debug("continue wait", extra={"event": "continue_wait", "attempt": attempt})
         if call.fill is not None and answer.status == 200 and not answer.continue_wait:
-            return Buffered(200, orjson.dumps(zero_fill(call.fill, answer.parsed)), None)
+            if call.fill.days <= FILL_ON_LOOP_DAYS and len(answer.body) <= FILL_ON_LOOP_BYTES:
+                return Buffered(200, _filled(call.fill, answer.parsed), None)
+            return Buffered(200, await asyncio.to_thread(_filled, call.fill, answer.parsed), None)
         return answer
+
+
+def _filled(plan: FillPlan, parsed: Any) -> bytes:
+    return orjson.dumps(zero_fill(plan, parsed))
