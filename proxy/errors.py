@@ -16,6 +16,10 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+class CallerStalled(TimeoutError):
+    """The caller read nothing of an answer being written for ``[server] write_timeout`` seconds."""
+
+
 #: the body of a 500: what failed is in the log, never in the answer
 INTERNAL_ERROR: Mapping[str, str] = {"message": "500 Internal Server Error"}
 

@@ -43,12 +43,14 @@ class ServerSettings:
     shutdown_timeout: float = 30.0
     #: seconds a connection may sit idle between requests, or take to send a request's head.
     keepalive_timeout: float = 75.0
+    #: seconds a caller may read nothing of an answer still being written; then it is cut off.
+    write_timeout: float = 30.0
     #: "json" (one JSON object per line) or "text".
     log_format: str = "json"
     log_level: str = "INFO"
     #: shed new analytics requests (503) while the event loop is this many ms behind; 0 (the default) never sheds.
     shed_lag_ms: float = 0.0
-    #: serve plain load and dry-run calls through the fast lane (proxy/fast_lane.py); false: aiohttp serves all.
+    #: serve plain load and dry-run calls through the fast lane (proxy/lane/); false: aiohttp serves all.
     fast_lane: bool = True
 
 
@@ -102,6 +104,8 @@ class CubeSettings:
     read_timeout: float = 30.0
     #: seconds the proxy keeps asking again while Cube says "Continue wait"; 0 passes it through.
     continue_wait_budget: float = 25.0
+    #: the least seconds between two Continue-wait rounds (Cube itself holds a call about 5 s).
+    continue_wait_pause: float = 0.5
     #: concurrent upstream calls per tenant; more wait up to queue_timeout, then 503.
     max_concurrent_per_tenant: int = 32
     #: seconds a call may wait for a tenant slot, and again for a free connection to Cube, before a 503.
@@ -245,6 +249,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
         "[server] port": s.server.port,
         "[server] workers": s.server.workers,
         "[server] keepalive_timeout": s.server.keepalive_timeout,
+        "[server] write_timeout": s.server.write_timeout,
         "[gitlab] timeout": s.gitlab.timeout,
         "[gitlab] cache_size": s.gitlab.cache_size,
         "[gitlab] min_access_level": s.gitlab.min_access_level,
@@ -272,6 +277,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
         "[server] shutdown_timeout": s.server.shutdown_timeout,
         "[server] shed_lag_ms": s.server.shed_lag_ms,
         "[cube] continue_wait_budget": s.cube.continue_wait_budget,
+        "[cube] continue_wait_pause": s.cube.continue_wait_pause,
         "[cube] queue_timeout": s.cube.queue_timeout,
         "[cube] meta_cache_ttl": s.cube.meta_cache_ttl,
         "[limits] rate_limit": s.limits.rate_limit,

@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import socket
 import tracemalloc
 
 import aiohttp
@@ -182,3 +183,70 @@ async def test_a_fault_after_a_streamed_200_cuts_the_connection_off(
     assert b"HTTP/1.1 500" not in received and b"Internal Server Error" not in received
     assert TAIL not in received and not received.endswith(b"0\r\n\r\n")  # cut short, never looking whole
     assert any(r.getMessage() == "unhandled error" and r.exc_info for r in caplog.records)
+
+
+async def stalled_caller(client, query):
+    """A caller that sends a load and then reads nothing, with a small receive buffer (so the proxy feels it)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (client.server.host, client.server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.transport.pause_reading()
+    body = orjson.dumps({"query": query})
+    writer.write(
+        f"POST {LOAD} HTTP/1.1\r\nHost: proxy\r\nPRIVATE-TOKEN: {REPORTER['PRIVATE-TOKEN']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return reader, writer
+
+
+async def received_until_closed(reader, writer):
+    writer.transport.resume_reading()
+    total = 0
+    try:
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), 10):
+            total += len(chunk)
+    except ConnectionResetError:
+        pass
+    writer.close()
+    return total
+
+
+async def test_a_caller_that_reads_nothing_is_cut_off_and_frees_its_tenant_slot(make_settings, make_client, cube):
+    """write_timeout: a caller holding a large answer unread loses it, and its slot goes to the next caller."""
+    size = 32 * 1024 * 1024
+    cube.behaviour = generated(size)
+    settings = make_settings(
+        server={"write_timeout": 0.5}, cube={"buffer_limit": 64, "max_concurrent_per_tenant": 1, "queue_timeout": 5.0}
+    )
+    client = await make_client(settings)
+    reader, writer = await stalled_caller(client, QUERY)
+    await until(lambda: len(cube.calls) == 1)
+    # the project's one slot is the stalled caller's: this one waits for it (another query: no sharing)
+    resp = await client.post(LOAD, json={"query": {**QUERY, "limit": 10}}, headers=REPORTER)
+    assert resp.status == 200
+    assert len(await resp.read()) > size - 64 * 1024
+    assert await received_until_closed(reader, writer) < size  # the stalled caller was cut off
+
+
+async def test_a_shared_stream_drops_a_caller_that_falls_behind_instead_of_stalling_the_others(
+    make_settings, make_client, cube
+):
+    """Two callers share one 32 MB answer; one reads nothing: the other still gets all of it, at once."""
+    size = 32 * 1024 * 1024
+    go = asyncio.Event()
+    cube.behaviour = held_until(go, generated(size))
+    client = await make_client(make_settings(server={"write_timeout": 60.0}, cube={"buffer_limit": 64}))
+    reader, writer = await stalled_caller(client, QUERY)
+    await until(lambda: len(cube.calls) == 1)
+    reading = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
+    coalescer = client.app[PIPELINE].coalescer
+    await until(lambda: coalescer.waiting() == 2)
+    go.set()
+    resp = await asyncio.wait_for(reading, 10)
+    body = await asyncio.wait_for(resp.read(), 20)  # not held for the stalled caller's write_timeout (60 s)
+    assert resp.status == 200 and len(body) > size - 64 * 1024
+    assert len(cube.calls) == 1  # it was one shared call
+    assert await received_until_closed(reader, writer) < size  # the one that fell behind was cut off

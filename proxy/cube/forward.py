@@ -38,16 +38,22 @@ class UpstreamCall(NamedTuple):
 
 
 class Forwarder:
-    def __init__(self, cube: CubeClient, limiter: TenantLimiter, continue_wait_budget: float) -> None:
+    def __init__(
+        self, cube: CubeClient, limiter: TenantLimiter, continue_wait_budget: float, continue_wait_pause: float = 0.5
+    ) -> None:
         self._cube = cube
         self._limiter = limiter
         self._budget = continue_wait_budget
+        #: the least seconds from one round's start to the next's (a Cube that answers at once is not hammered)
+        self._pause = continue_wait_pause
 
     async def fetch(self, call: UpstreamCall) -> Answer:
         """Ask Cube, asking again on Continue wait until the budget runs out.
 
         The first attempt always gets Cube's full read timeout; a later one only
         what is left of the budget, after which the last Continue wait is the answer.
+        Rounds start at least ``continue_wait_pause`` apart, so the rounds one call can
+        make are bounded by the budget over the pause, however fast Cube answers.
         """
         # time.monotonic, not the loop's clock: on Python 3.11 asking for the running loop costs a getpid() call
         deadline = time.monotonic() + self._budget
@@ -56,7 +62,8 @@ class Forwarder:
         last: Buffered | None = None
         while True:
             attempt += 1
-            remaining = deadline - time.monotonic()
+            started = time.monotonic()
+            remaining = deadline - started
             read_timeout = None if attempt == 1 else min(self._cube.read_timeout, remaining)
             release = await self._limiter.acquire(call.tenant.app_id)
             try:
@@ -86,6 +93,9 @@ class Forwarder:
                 break
             last = answer
             log.debug("continue wait", extra={"event": "continue_wait", "attempt": attempt})
+            wait = min(started + self._pause, deadline) - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)  # the pause itself, not a synchronisation
         if call.fill is not None and answer.status == 200 and not answer.continue_wait:
             if call.fill.days <= FILL_ON_LOOP_DAYS and len(answer.body) <= FILL_ON_LOOP_BYTES:
                 return Buffered(200, _filled(call.fill, answer.parsed), None)

@@ -111,6 +111,7 @@ class FastLane:
         self.aiohttp_server = aiohttp_server
         settings = pipeline.settings
         self.keepalive_timeout = settings.server.keepalive_timeout
+        self.write_timeout = settings.server.write_timeout
         self.max_body = settings.limits.max_body_bytes
         #: requests answered here, and connections handed to aiohttp's server (what tests observe)
         self.served = 0
@@ -459,7 +460,7 @@ class _Connection(asyncio.Protocol):
                     else:
                         transport.write(chunk)
                     if self._flow.paused:
-                        await self._flow.drain()
+                        await self._flow.drain(self._lane.write_timeout)
             except Exception as exc:  # Cube's body broke, or a fault: the 200 is out, so only cutting it off is left
                 self._lane.pipeline.stream_failed(exchange, exc)
                 self.abort()
@@ -479,7 +480,11 @@ class _Connection(asyncio.Protocol):
             return
         idle = self._loop.time() - self._last_active
         if idle >= timeout:
-            self._close()
+            transport = self._transport
+            if transport is not None and transport.get_write_buffer_size():
+                self.abort()  # an answer the caller never read: closing would wait for it for ever
+            else:
+                self._close()
         else:
             self._timer = self._loop.call_later(timeout - idle, self._check_idle)
 

@@ -1,48 +1,86 @@
 """Identical in-flight calls of one tenant share one upstream call (spec section 6).
 
 A call's answer is either whole (shared as bytes) or a stream. A stream is fanned
-out chunk by chunk to every caller that joined before it began; each caller has a
-small bounded queue, so memory does not grow with the result's size. Callers that
-arrive once the body has started make a call of their own.
+out chunk by chunk to every caller that joined before it began. Callers that arrive
+once the body has started make a call of their own.
+
+The fan-out is paced by the fastest subscriber, never held by the slowest: Cube is read
+while any subscriber has less than ``PACE_BYTES`` waiting, and a subscriber that falls
+``MAX_LAG_BYTES`` behind is dropped (its answer is cut off) rather than stalling the
+others. So a stream holds at most ``MAX_LAG_BYTES`` per subscriber, whatever its size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from dataclasses import dataclass
 
 from proxy.cube.client import Answer, Buffered, Streamed
 
 log = logging.getLogger(__name__)
 
-QUEUE_CHUNKS = 8
+#: the pump reads on from Cube while any subscriber has less than this waiting
+PACE_BYTES = 256 * 1024
+#: a subscriber with more than this waiting has fallen behind: it is dropped
+MAX_LAG_BYTES = 4 * 1024 * 1024
 
 
 class StreamBroken(Exception):
     """The upstream body ended early: the caller's answer must not look complete."""
 
 
-@dataclass
+class _Subscriber:
+    """One caller's place in a fan-out: the chunks waiting for it, and its end."""
+
+    __slots__ = ("chunks", "end", "size", "waiter")
+
+    def __init__(self) -> None:
+        self.chunks: collections.deque[bytes] = collections.deque()
+        #: bytes in ``chunks``
+        self.size = 0
+        #: None while the stream goes on; then True (it ended whole) or why it broke
+        self.end: bool | BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
 class SharedStream:
     """One subscriber's view of a fanned-out stream."""
 
-    content_length: int | None
-    _queue: asyncio.Queue[bytes | BaseException | None]
-    _leave: Callable[[], None]
+    __slots__ = ("_broadcast", "_sub", "content_length")
+
+    def __init__(self, content_length: int | None, broadcast: _Broadcast, sub: _Subscriber) -> None:
+        self.content_length = content_length
+        self._broadcast = broadcast
+        self._sub = sub
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        sub = self._sub
         while True:
-            item = await self._queue.get()
-            if item is None:
+            if sub.chunks:
+                chunk = sub.chunks.popleft()
+                sub.size -= len(chunk)
+                if sub.size < PACE_BYTES:
+                    self._broadcast.room()
+                yield chunk
+            elif sub.end is True:
                 return
-            if isinstance(item, BaseException):
-                raise StreamBroken(str(item)) from item
-            yield item
+            elif isinstance(sub.end, BaseException):
+                raise StreamBroken(str(sub.end)) from sub.end
+            else:
+                sub.waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await sub.waiter
+                finally:
+                    sub.waiter = None
 
     def close(self) -> None:
-        self._leave()
+        self._broadcast.leave(self._sub)
 
 
 Outcome = Buffered | Streamed | SharedStream
@@ -83,44 +121,63 @@ class _Flight:
 class _Broadcast:
     def __init__(self, source: Streamed, slots: list[int], tasks: set[asyncio.Task[None]]) -> None:
         self._source = source
-        self.queues: dict[int, asyncio.Queue[bytes | BaseException | None]] = {
-            slot: asyncio.Queue(QUEUE_CHUNKS) for slot in slots
-        }
+        self.subscribers: dict[int, _Subscriber] = {slot: _Subscriber() for slot in slots}
+        self._room: asyncio.Future[None] | None = None
         self._task = asyncio.ensure_future(self._pump())
         tasks.add(self._task)
         self._task.add_done_callback(tasks.discard)
 
     def subscriber(self, slot: int) -> SharedStream:
-        return SharedStream(self._source.content_length, self.queues[slot], lambda: self.leave(slot))
+        return SharedStream(self._source.content_length, self, self.subscribers[slot])
 
-    def leave(self, slot: int) -> None:
-        queue = self.queues.pop(slot, None)
-        if queue is not None:
-            while not queue.empty():  # unblock a pump waiting on this queue
-                queue.get_nowait()
-        if not self.queues and not self._task.done():
+    def leave(self, sub: _Subscriber) -> None:
+        for slot, each in list(self.subscribers.items()):
+            if each is sub:
+                del self.subscribers[slot]
+        sub.chunks.clear()
+        self.room()
+        if not self.subscribers and not self._task.done():
             self._task.cancel()
 
-    async def _put(self, item: bytes | BaseException | None) -> None:
-        for slot, queue in list(self.queues.items()):
-            if self.queues.get(slot) is queue:
-                await queue.put(item)
+    def room(self) -> None:
+        """A subscriber caught up (or left): the pump may read on."""
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
+
+    def _deliver(self, chunk: bytes) -> None:
+        for slot, sub in list(self.subscribers.items()):
+            sub.chunks.append(chunk)
+            sub.size += len(chunk)
+            if sub.size > MAX_LAG_BYTES:  # fallen behind: cut it off rather than hold the others
+                del self.subscribers[slot]
+                sub.chunks.clear()
+                sub.size = 0
+                sub.end = StreamBroken(f"this caller fell more than {MAX_LAG_BYTES} bytes behind the others")
+            sub.wake()
 
     async def _pump(self) -> None:
         try:
             async for chunk in self._source.chunks():
-                await self._put(chunk)
-                if not self.queues:
+                self._deliver(chunk)
+                while self.subscribers and all(sub.size >= PACE_BYTES for sub in self.subscribers.values()):
+                    self._room = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._room
+                    finally:
+                        self._room = None
+                if not self.subscribers:
                     return
-            await self._put(None)
+            for sub in self.subscribers.values():
+                sub.end = True
+                sub.wake()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("upstream stream broke during fan-out: %s", type(exc).__name__)
-            for queue in self.queues.values():
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(exc)
+            for sub in self.subscribers.values():
+                sub.chunks.clear()
+                sub.end = exc
+                sub.wake()
         finally:
             self._source.close()
 
@@ -197,8 +254,9 @@ class Coalescer:
     def _abandon(self, flight: _Flight, slot: int) -> None:
         flight.left.add(slot)
         flight.followers.pop(slot, None)
-        if flight.broadcast is not None:
-            flight.broadcast.leave(slot)
+        broadcast = flight.broadcast
+        if broadcast is not None and (sub := broadcast.subscribers.get(slot)) is not None:
+            broadcast.leave(sub)
 
     async def close(self) -> None:
         for task in list(self._pumps):

@@ -37,7 +37,7 @@ from proxy.cube.forward import Forwarder, UpstreamCall
 from proxy.cube.signing import Signer
 from proxy.cube.tenants import Tenant, Tenants
 from proxy.cube.zerofill import fill_plan
-from proxy.errors import ApiError, not_enabled
+from proxy.errors import ApiError, CallerStalled, not_enabled
 from proxy.http_client import HttpClient
 from proxy.limits.caller_rate import RateLimiter
 from proxy.limits.overload import LoadShedder
@@ -82,6 +82,8 @@ class Pipeline:
         self.rate_limiter = RateLimiter(limits.rate_limit, limits.rate_limit_burst, limits.rate_limit_callers)
         self.shedder = LoadShedder(settings.server.shed_lag_ms / 1000)
         self.max_json_depth = limits.max_json_depth
+        #: seconds a caller may read nothing of an answer being written (both doors enforce it)
+        self.write_timeout = settings.server.write_timeout
 
     # -- lifecycle (the web adapter's cleanup_ctx) ---------------------------------------------
 
@@ -97,6 +99,7 @@ class Pipeline:
             CubeClient(self.cube_http, cube.read_timeout, cube.buffer_limit, cube.max_whole_bytes),
             TenantLimiter(cube.max_concurrent_per_tenant, cube.queue_timeout),
             cube.continue_wait_budget,
+            cube.continue_wait_pause,
         )
         try:
             yield
@@ -226,6 +229,8 @@ class Pipeline:
                 "upstream body broke mid-stream; aborting the caller's answer",
                 extra={"event": "stream_aborted", "request_id": exchange.request_id, "error": type(exc).__name__},
             )
+        elif isinstance(exc, CallerStalled):
+            log.warning("%s; cutting it off", exc, extra={"event": "caller_stalled", "request_id": exchange.request_id})
         else:
             self.fault(exchange)
 

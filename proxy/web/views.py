@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from proxy.cube.client import Buffered, Streamed
-from proxy.errors import bad_request
+from proxy.errors import CallerStalled, bad_request
 from proxy.pipeline.coalesce import SharedStream
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.request_body import too_large
@@ -71,9 +71,14 @@ async def stream_response(
         response.content_length = outcome.content_length
     try:
         await response.prepare(request)
+        write_timeout = request.app[PIPELINE].write_timeout
         try:
             async for chunk in outcome.chunks():
-                await response.write(chunk)
+                try:
+                    async with asyncio.timeout(write_timeout):  # the caller must read within this
+                        await response.write(chunk)
+                except TimeoutError:
+                    raise CallerStalled(f"the caller read nothing for {write_timeout:g} s") from None
         except (ConnectionResetError, ConnectionAbortedError):
             raise  # the caller left
         except Exception as exc:  # Cube's body broke, or a fault: the 200 is out, so only cutting it off is left
