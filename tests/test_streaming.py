@@ -250,3 +250,18 @@ async def test_a_shared_stream_drops_a_caller_that_falls_behind_instead_of_stall
     assert resp.status == 200 and len(body) > size - 64 * 1024
     assert len(cube.calls) == 1  # it was one shared call
     assert await received_until_closed(reader, writer) < size  # the one that fell behind was cut off
+
+
+@pytest.mark.parametrize("whitespace", [512 * 1024, 20 * 1024 * 1024], ids=["half-a-mib", "20-mib"])
+async def test_leading_whitespace_costs_linear_work_and_is_bounded(stream_settings, make_client, cube, whitespace):
+    """Cube's body in 16 KiB pieces after a run of whitespace: read in linear time (it was quadratic:
+    the prefix grew by concatenation), passed on when short, a 502 past 1 MiB (Cube writes none)."""
+    piece = b" " * 16384
+    cube.behaviour = chunked([piece] * (whitespace // len(piece)) + [HEAD, TAIL], length=False)
+    client = await make_client(stream_settings)
+    resp = await asyncio.wait_for(client.post(LOAD, json={"query": QUERY}, headers=REPORTER), 10)
+    body = await asyncio.wait_for(resp.read(), 10)
+    if whitespace < 1024 * 1024:
+        assert resp.status == 200 and body.strip() == HEAD + TAIL
+    else:
+        assert resp.status == 502 and b"whitespace" in body

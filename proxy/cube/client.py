@@ -224,13 +224,23 @@ async def _read_bounded(response: Response, limit: int, what: str) -> bytes:
 
 
 async def _read_prefix(response: Response) -> bytes:
-    prefix = b""
-    while len(prefix.lstrip()) < _PREFIX_BYTES:
+    """The body's first pieces, until ``_PREFIX_BYTES`` of it are not whitespace (or it ends).
+
+    Linear in what it reads (the pieces are joined once), and bounded: Cube writes no
+    leading whitespace, so more than ``MAX_ERROR_BODY`` bytes of it is a 502.
+    """
+    parts: list[bytes] = []
+    size = meaningful = 0
+    while meaningful < _PREFIX_BYTES:
         chunk = await response.read_chunk()
         if not chunk:
             break
-        prefix += chunk
-    return prefix
+        parts.append(chunk)
+        size += len(chunk)
+        meaningful += len(chunk.lstrip()) if meaningful == 0 else len(chunk)
+        if meaningful == 0 and size > MAX_ERROR_BODY:
+            raise upstream_fault(502, f"Cube's answer began with more than {MAX_ERROR_BODY} bytes of whitespace")
+    return b"".join(parts)
 
 
 def _looks_like_error(prefix: bytes) -> bool:
