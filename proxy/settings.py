@@ -119,6 +119,8 @@ class CubeSettings:
     max_whole_bytes: int = 128 * 1024 * 1024
     #: open connections per Cube origin; more calls wait for one, up to queue_timeout.
     pool_size: int = 256
+    #: seconds a readiness probe's answer is reused (probes use their own few connections).
+    readiness_ttl: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
         "[cube] continue_wait_pause": s.cube.continue_wait_pause,
         "[cube] queue_timeout": s.cube.queue_timeout,
         "[cube] meta_cache_ttl": s.cube.meta_cache_ttl,
+        "[cube] readiness_ttl": s.cube.readiness_ttl,
         "[limits] rate_limit": s.limits.rate_limit,
     }
     for where, value in non_negative.items():

@@ -59,7 +59,7 @@ def make_settings(gitlab_url: str, cube_url: str) -> Callable[..., Settings]:
         raw: dict[str, Any] = {
             "gitlab": {"url": gitlab_url},
             "product_analytics": {"cube_api_base_url": cube_url, "cube_api_key": CUBE_KEY},
-            "cube": {"continue_wait_budget": 5.0, "continue_wait_pause": 0.01},
+            "cube": {"continue_wait_budget": 5.0, "continue_wait_pause": 0.01, "readiness_ttl": 0.0},
             "limits": {"rate_limit": 0.0},
         }
         for name, values in sections.items():

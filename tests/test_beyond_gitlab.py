@@ -237,6 +237,15 @@ async def test_rate_limit_is_429_with_retry_after(make_settings, make_client, cu
     assert len(cube.calls) == 4  # three allowed + the other caller; the 429s cost nothing upstream
 
 
+async def test_one_rate_limit_bucket_per_token_whatever_header_carries_it(make_settings, make_client, cube):
+    """The same token as PRIVATE-TOKEN and as Bearer used to get two buckets, doubling its rate."""
+    client = await make_client(make_settings(limits={"rate_limit": 0.01, "rate_limit_burst": 2}))
+    token = REPORTER["PRIVATE-TOKEN"]
+    forms = [REPORTER, {"Authorization": f"Bearer {token}"}, REPORTER, {"Authorization": f"Bearer {token}"}]
+    statuses = [(await client.post(LOAD, json={"query": QUERY}, headers=form)).status for form in forms]
+    assert statuses == [200, 200, 429, 429]
+
+
 async def test_concurrent_upstream_calls_are_capped_per_tenant(make_settings, make_client, cube):
     client = await make_client(make_settings(cube={"max_concurrent_per_tenant": 2, "queue_timeout": 0.2}))
     release = asyncio.Event()

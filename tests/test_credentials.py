@@ -25,7 +25,7 @@ def test_query_parameters_become_headers(param, header):
 def test_key_is_a_hash_never_the_token():
     c = extract_credential({"PRIVATE-TOKEN": "glpat-secret"}, {})
     assert "glpat-secret" not in c.key and "glpat-secret" not in repr(c)
-    assert len(c.key) == 64
+    assert len(c.caller_key) == 64 and c.key.endswith(c.caller_key)
     assert c.key != extract_credential({"Authorization": "Bearer glpat-secret"}, {}).key
 
 

@@ -43,6 +43,31 @@ async def test_readiness_follows_cube(client, cube):
 
 
 @pytest.mark.handed_over
+async def test_readiness_probes_cube_once_per_ttl_however_many_ask(make_settings, make_client, cube):
+    """Unauthenticated readiness calls used to reach Cube one for one, over the analytics pool."""
+    client = await make_client(make_settings(cube={"readiness_ttl": 60.0}))
+    answers = await asyncio.gather(*(client.get("/-/readiness") for _ in range(12)))
+    assert [resp.status for resp in answers] == [200] * 12
+    assert cube.readyz_calls == 1
+
+
+async def test_readiness_does_not_wait_for_a_busy_analytics_pool(make_settings, make_client, cube):
+    """With every analytics connection to Cube busy, readiness still asks Cube (over its own connections)."""
+    from tests.fakes.cube import held_until
+
+    release = asyncio.Event()
+    cube.behaviour = held_until(release)
+    client = await make_client(make_settings(cube={"pool_size": 1, "queue_timeout": 30.0}))
+    load = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
+    while not cube.calls:
+        await asyncio.sleep(0)
+    resp = await client.get("/-/readiness")
+    assert resp.status == 200 and cube.readyz_calls == 1
+    release.set()
+    assert (await load).status == 200
+
+
+@pytest.mark.handed_over
 async def test_not_ready_when_cube_is_unreachable_or_unset(make_settings, make_client, unused_tcp_port):
     client = await make_client(
         make_settings(product_analytics={"cube_api_base_url": f"http://127.0.0.1:{unused_tcp_port}"})

@@ -24,13 +24,17 @@ _TOKEN = re.compile(r"[!-~]{1,1024}")
 class Credential:
     """A caller's token and the header form GitLab should see it in; its repr never shows the token."""
 
-    __slots__ = ("key", "scheme", "token")
+    __slots__ = ("caller_key", "key", "scheme", "token")
 
     def __init__(self, scheme: Literal["private", "bearer"], token: str) -> None:
         self.scheme = scheme
         self.token = token
-        #: sha256 of scheme and token: the only form of the token used as a key or logged.
-        self.key = hashlib.sha256(f"{scheme}:{token}".encode()).hexdigest()
+        #: sha256 of the token alone: the caller, whatever header carried it (its rate-limit bucket)
+        self.caller_key = hashlib.sha256(token.encode()).hexdigest()
+        #: the token's hash with its header form: the key of GitLab's answers, since a token may be
+        #: valid in one form only (an OAuth token as Bearer, not as PRIVATE-TOKEN). Hashes are the
+        #: only forms of the token used as keys or logged.
+        self.key = f"{scheme}:{self.caller_key}"
 
     def __repr__(self) -> str:
         return f"Credential(scheme={self.scheme!r}, key={self.key!r})"  # never the token

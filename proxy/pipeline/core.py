@@ -34,6 +34,7 @@ from proxy.auth.dev_tokens import DevTokenAuthorizer, load_dev_tokens
 from proxy.auth.gitlab import GitLabClient
 from proxy.cube.client import Buffered, CubeClient
 from proxy.cube.forward import Forwarder, UpstreamCall
+from proxy.cube.readiness import CubeReadiness, cube_urls
 from proxy.cube.signing import Signer
 from proxy.cube.tenants import Tenant, Tenants
 from proxy.cube.zerofill import fill_plan
@@ -65,6 +66,7 @@ class Pipeline:
     """The steps of an analytics request and the services they use; one per process (and app)."""
 
     cube_http: HttpClient
+    readiness: CubeReadiness
     forwarder: Forwarder
     authorizer: Authorizer
 
@@ -101,11 +103,13 @@ class Pipeline:
             cube.continue_wait_budget,
             cube.continue_wait_pause,
         )
+        self.readiness = CubeReadiness(cube_urls(self.settings), cube.readiness_ttl)
         try:
             yield
         finally:
             await self.coalescer.close()
             await self.cube_http.close()
+            await self.readiness.close()
 
     @contextlib.asynccontextmanager
     async def open_gitlab(self) -> AsyncIterator[None]:
@@ -146,7 +150,7 @@ class Pipeline:
         credential = extract_credential(headers, query)
         limiter = self.rate_limiter
         if limiter.enabled:
-            wait = limiter.check(credential.key, time.monotonic())
+            wait = limiter.check(credential.caller_key, time.monotonic())
             if wait is not None:
                 raise ApiError(
                     429,

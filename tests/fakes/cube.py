@@ -60,6 +60,7 @@ class FakeCube:
     behaviour: Behaviour | None = None
     rows: list[dict[str, Any]] = field(default_factory=lambda: [{"TrackedEvents.count": "5"}])
     ready: bool = True
+    readyz_calls: int = 0
     #: set whenever a call arrives, so a test can wait for the upstream side.
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -107,6 +108,7 @@ class FakeCube:
         return web.json_response(load_answer(query, self.rows))
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        self.readyz_calls += 1
         if self.ready:
             return web.json_response({"health": "HEALTH"})
         return web.json_response({"health": "DOWN"}, status=500)
