@@ -69,6 +69,11 @@ class GitLabSettings:
     cache_size: int = 10_000
     #: Retry-After seconds sent with 503 when GitLab is unavailable.
     retry_after: int = 5
+    #: GitLab calls in flight at once (more wait, within ``timeout``).
+    max_concurrent_calls: int = 32
+    #: credentials not seen yet that GitLab is asked about per second, and in a burst; more get a 503.
+    new_credentials_per_second: float = 50.0
+    new_credentials_burst: int = 500
 
 
 @dataclass(frozen=True)
@@ -255,6 +260,8 @@ def _validate(s: Settings, problems: list[str]) -> None:
         "[gitlab] timeout": s.gitlab.timeout,
         "[gitlab] cache_size": s.gitlab.cache_size,
         "[gitlab] min_access_level": s.gitlab.min_access_level,
+        "[gitlab] max_concurrent_calls": s.gitlab.max_concurrent_calls,
+        "[gitlab] new_credentials_burst": s.gitlab.new_credentials_burst,
         "[product_analytics] jwt_ttl": s.product_analytics.jwt_ttl,
         "[cube] connect_timeout": s.cube.connect_timeout,
         "[cube] read_timeout": s.cube.read_timeout,
@@ -276,6 +283,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
         "[gitlab] cache_ttl": s.gitlab.cache_ttl,
         "[gitlab] negative_cache_ttl": s.gitlab.negative_cache_ttl,
         "[gitlab] retry_after": s.gitlab.retry_after,
+        "[gitlab] new_credentials_per_second": s.gitlab.new_credentials_per_second,
         "[server] shutdown_timeout": s.server.shutdown_timeout,
         "[server] shed_lag_ms": s.server.shed_lag_ms,
         "[cube] continue_wait_budget": s.cube.continue_wait_budget,

@@ -43,6 +43,14 @@ class SingleFlightCache(Generic[K, V]):
         """The cached value and when it expires, without loading anything."""
         return None if self._values is None else self._values.get(key)
 
+    def known(self, key: K) -> bool:
+        """Whether ``key`` has an answer, cached (fresh) or on its way: asking for it costs no new load."""
+        return (
+            (self._values is not None and key in self._values)
+            or (self._errors is not None and key in self._errors)
+            or key in self._in_flight
+        )
+
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
         """The value and whether it came from the cache (or a load already in flight)."""
         if self._values is not None and (entry := self._values.get(key)) is not None:

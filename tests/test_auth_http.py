@@ -318,3 +318,18 @@ async def test_an_oversized_gitlab_answer_fails_closed_without_being_read_whole(
     assert "GitLab's answer is larger than 1048576 bytes" in caplog.text
     assert sent < 16 * 1024 * 1024  # stopped after about 1 MiB (plus what the sockets buffer), not 64 MiB
     assert cube.calls == []
+
+
+async def test_a_flood_of_unknown_tokens_costs_gitlab_a_bounded_number_of_calls(make_settings, make_client, gitlab):
+    """2,500 random tokens used to cost 2,501 GitLab calls; now at most the new-credential burst, and a
+    caller GitLab already answered for goes on being served."""
+    settings = make_settings(gitlab={"new_credentials_per_second": 0.001, "new_credentials_burst": 3})
+    client = await make_client(settings)
+    assert (await post_load(client, REPORTER)).status == 200  # known from now on (one of the three)
+    flood = await asyncio.gather(*(post_load(client, {"PRIVATE-TOKEN": f"glpat-random-{n:012d}"}) for n in range(20)))
+    statuses = sorted(resp.status for resp in flood)
+    assert statuses == [401] * 2 + [503] * 18
+    refused = next(resp for resp in flood if resp.status == 503)
+    assert refused.headers["Retry-After"] and "new credentials" in (await refused.json())["message"]
+    assert gitlab.calls["/api/v4/user"] == 3
+    assert (await post_load(client, REPORTER)).status == 200

@@ -20,6 +20,7 @@ from proxy.errors import (
     unauthorized,
 )
 from proxy.ids import project_id
+from proxy.limits.caller_rate import RateLimiter
 from proxy.settings import GitLabSettings
 from proxy.singleflight import SingleFlightCache
 
@@ -99,6 +100,9 @@ class GitLabAuthorizer:
         #: (token hash, project ref, scope needed) -> the grant, and when its first answer expires
         self._grants: dict[tuple[str, str, str], tuple[Grant, float]] = {}
         self._grants_size = settings.cache_size
+        #: one bucket for every credential GitLab has not been asked about yet: a flood of random
+        #: tokens costs GitLab at most this rate (and burst), and the callers it knows go on
+        self._new_credentials = RateLimiter(settings.new_credentials_per_second, settings.new_credentials_burst, 1)
 
     async def authorize(self, credential: Credential, project_ref: str, method: str) -> Grant:
         needed, satisfying = required_scope(method)
@@ -116,6 +120,14 @@ class GitLabAuthorizer:
         self, credential: Credential, project_ref: str, needed: str, satisfying: frozenset[str]
     ) -> Grant:
         key = credential.key
+        if not self._callers.known(key) and self._new_credentials.enabled:
+            wait = self._new_credentials.check("new", self._timer())
+            if wait is not None:
+                raise ApiError(
+                    503,
+                    {"message": "Too many new credentials at once; retry shortly"},
+                    {"Retry-After": str(wait)},
+                )
         caller, _ = await self._callers.get(key, lambda: self._load_caller(credential))
         if not caller.scopes & satisfying:
             raise insufficient_scope(needed)

@@ -121,7 +121,7 @@ class Pipeline:
             yield
             return
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(limit=settings.gitlab.max_concurrent_calls, ttl_dns_cache=300),
             cookie_jar=aiohttp.DummyCookieJar(),  # callers share this session: GitLab's cookies must not
         )
         try:
