@@ -152,6 +152,22 @@ def test_redaction_guard():
     assert "secret" not in redact("Author\u0131zation: secret")  # the dotless i, which re folds to i
     assert "secret" not in redact("job_to\u212aen=secret")  # the Kelvin sign, which re folds to k
     assert redact('{"route":"/x","status":200}') == '{"route":"/x","status":200}'
+    # every credential form, any case and spacing: headers, query strings, cookies, CSRF tokens, bare tokens
+    for line in [
+        "PRIVATE-TOKEN : secret",
+        "private-token:secret",
+        "JOB-TOKEN: secret",
+        "b'job-token :\\tsecret\\x01'",
+        "Cookie: theme=dark; _gitlab_session=secret; other=secret",
+        "b'Cookie: _gitlab_session=secret\\x01'",
+        "X-CSRF-Token: secret",
+        "csrf_token=secret",
+        "_gitlab_session=secret",
+        "Authorization: Basic secret",
+        "the caller sent glpat-secretsecret1234 somewhere",
+        "gloas-secretsecret1234",
+    ]:
+        assert "secret" not in redact(line), line
     record = logging.makeLogRecord({"msg": "token access_token=secret", "levelname": "INFO", "name": "x"})
     assert "secret" not in TextFormatter("%(message)s").format(record)
     try:
@@ -443,6 +459,30 @@ async def test_shutdown_drains_both_front_doors_against_one_deadline(cube, gitla
             took = loop.time() - signalled
             await asyncio.gather(*calls, return_exceptions=True)
     assert grace <= took < grace * 1.5, took
+
+
+@pytest.mark.parametrize("lane", ["true", "false"])
+async def test_malformed_requests_are_one_warning_line_with_no_credential(gitlab_url, cube_url, tmp_path, lane):
+    """aiohttp logged an ERROR traceback quoting the offending header, credentials and all."""
+    malformed = [
+        b"POST /api/v4/projects/1/product_analytics/request/load HTTP/1.1\r\nHost: x\r\n"
+        b"PRIVATE-TOKEN : glpat-secret000000000001\r\nContent-Length: 2\r\n\r\n{}",
+        b"GET /-/liveness HTTP/1.1\r\nHost: x\r\nJOB-TOKEN: secret-job-token\x01\r\n\r\n",
+        b"GET /-/liveness HTTP/1.1\r\nHost: x\r\nCookie: _gitlab_session=secret-session\x01\r\n\r\n",
+        b"GET /-/liveness HTTP/1.1\r\nHost: x\r\nx-csrf-token: secret-csrf\x7f\r\n\r\n",
+    ]
+    async with proxy_process(tmp_path, gitlab_url, cube_url, server_section=f"fast_lane = {lane}") as (proc, port):
+        for raw in malformed:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw)
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0]
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        log = (await proc.stderr.read()).decode()
+    assert "secret" not in log and "Traceback" not in log and '"level":"ERROR"' not in log
+    assert log.count("malformed request refused (400") == len(malformed)
 
 
 async def test_a_caller_that_hangs_up_stops_its_call_to_cube(cube, gitlab_url, cube_url, tmp_path):

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 from proxy.pipeline.redaction import redact
 
@@ -29,6 +30,27 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp's "Error handling request" for a request it could not parse becomes one WARNING line.
+
+    aiohttp logs those at ERROR with a traceback whose message quotes the offending bytes,
+    a credential header among them (``PRIVATE-TOKEN : <token>``). The line keeps the
+    error's kind and drops its text and traceback: a malformed request is the caller's
+    fault, not the proxy's.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "malformed request refused (%d %s)"
+            record.args = (exc.code, type(exc).__name__)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.WARNING
+            record.levelname = "WARNING"
+        return True
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
@@ -44,3 +66,6 @@ def setup_logging(fmt: str, level: str) -> None:
     root.setLevel(level.upper())
     # aiohttp's own access log would repeat ours and print raw query strings (private_token=...).
     logging.getLogger("aiohttp.access").disabled = True
+    server = logging.getLogger("aiohttp.server")
+    server.filters[:] = [f for f in server.filters if not isinstance(f, MalformedRequests)]
+    server.addFilter(MalformedRequests())
