@@ -9,6 +9,7 @@ answer aiohttp alone gives), pipelining, timeouts and shutdown.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -165,6 +166,15 @@ HANDED_OVER = {
     "a header over aiohttp's field limit": post(headers=f"X-Padding: {'x' * 9000}\r\n"),
     "a request line over aiohttp's limit": post(LOAD + "/" + "x" * 9000),
     "two Content-Lengths": post(headers=f"Content-Length: {len(BODY)}\r\n"),
+    # shapes the lane used to serve though aiohttp refuses them or reads them differently
+    "no Host": post().replace(b"Host: proxy\r\n", b""),
+    "two Hosts": post(headers="Host: other\r\n"),
+    "a repeated Content-Type": post(headers="Content-Type: application/json\r\n"),
+    "a repeated User-Agent": post(headers="User-Agent: a\r\nUser-Agent: b\r\n"),
+    "more than 128 header fields": post(headers="".join(f"X-Field-{n}: v\r\n" for n in range(130))),
+    "more header fields than the lane takes": post(headers="".join(f"X-Field-{n}: v\r\n" for n in range(70))),
+    "a gzip-encoded body": post(body=gzip.compress(BODY), headers="Content-Encoding: gzip\r\n"),
+    "a head ending in LF CR LF": post().replace(b"\r\n\r\n", b"\n\r\n", 1),
 }
 #: a request aiohttp refuses (400 and a closed connection) or must close after
 CLOSING = {"HTTP/1.0", "Connection: close", "line ends without CR", "garbage"}
@@ -432,3 +442,38 @@ async def test_a_failure_outside_an_answer_closes_the_connection_at_once(start, 
     assert first.status == 200 and rest == b""
     assert lane_of(server).served >= 1
     assert any("closing the connection" in r.getMessage() for r in caplog.records)
+
+
+def test_the_lane_refuses_repeats_of_every_header_aiohttp_refuses_repeated():
+    from aiohttp.http_parser import SINGLETON_HEADERS
+
+    from proxy.lane.protocol import _SINGLETONS
+
+    assert {name.decode() for name in _SINGLETONS} >= set(SINGLETON_HEADERS)
+
+
+async def test_a_request_id_with_spaces_around_it_is_kept_as_aiohttp_keeps_it(start, cube):
+    data = post(headers="X-Request-Id:   spaced-id  \t\r\n")
+    lane, plain = await start(), await start(lane=False)
+    [fast] = await exchange(lane, data)
+    [slow] = await exchange(plain, data)
+    assert lane_of(lane).served == 1
+    assert fast.headers["x-request-id"] == slow.headers["x-request-id"] == "spaced-id-span-1"
+
+
+async def test_a_slow_head_handed_over_keeps_the_lanes_deadline(start):
+    """A head past 16 KiB arriving just before keepalive_timeout went to aiohttp, which started its own timer."""
+    server = await start(server={"keepalive_timeout": 2.0})
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    opened = loop.time()
+    try:
+        writer.write(f"POST {LOAD} HTTP/1.1\r\nHost: proxy\r\n".encode())
+        await asyncio.sleep(1.5)  # the slow caller's pace, not a synchronisation
+        writer.write(b"".join(f"X-Pad-{n}: {'x' * 1000}\r\n".encode() for n in range(20)))  # past 16 KiB, unfinished
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        closed = loop.time() - opened
+    finally:
+        writer.close()
+    assert lane_of(server).handed_over == 1
+    assert closed < 2.0 + 0.8, closed  # the lane's deadline, not a fresh one

@@ -74,7 +74,30 @@ _READ = {name.lower().encode(): name for name in HEADERS_READ}
 #: the request id header line's start, between Content-Type and the id
 _REQUEST_ID_LINE = b"\r\n" + REQUEST_ID_HEADER.encode() + b": "
 #: a request with one of these is aiohttp's to serve
-_ELSEWHERE = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+_ELSEWHERE = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"content-encoding"})
+#: headers aiohttp refuses to see twice (its SINGLETON_HEADERS, a test keeps them in step): a bit each
+_SINGLETONS = {
+    name: 1 << bit
+    for bit, name in enumerate(
+        (
+            b"host",
+            b"content-length",
+            b"content-location",
+            b"content-range",
+            b"content-type",
+            b"etag",
+            b"max-forwards",
+            b"server",
+            b"transfer-encoding",
+            b"user-agent",
+        )
+    )
+}
+_HOST = _SINGLETONS[b"host"]
+#: a request with more header fields than this goes to aiohttp (which refuses more than 128)
+MAX_FIELDS = 64
+#: what aiohttp strips around a header's value
+_OWS = " \t"
 #: a head longer than this, or a line or field longer than aiohttp's limit, is handed to aiohttp to answer
 MAX_HEAD = 16 * 1024
 MAX_FIELD = 8190
@@ -90,6 +113,17 @@ _JSON_UTF8 = b"application/json; charset=utf-8"
 
 class _NotHere(Exception):
     """This request is for aiohttp's server."""
+
+
+def _bare_lf(buffer: bytes, end: int) -> bool:
+    """A line in ``buffer[:end]`` ends in LF without CR (aiohttp refuses it; llhttp may not)."""
+    return buffer.count(b"\n", 0, end) != buffer.count(b"\r\n", 0, end)
+
+
+def _close_if_no_request(handler: web.RequestHandler) -> None:
+    """Close a handed-over connection whose request's head has not arrived by the lane's deadline."""
+    if getattr(handler, "_request_count", 1) == 0 and handler.transport is not None:
+        handler.force_close()
 
 
 def _status_line(status: int) -> bytes:
@@ -194,6 +228,9 @@ class _Connection(asyncio.Protocol):
         self._begun = False
         self._head_done = False
         self._complete = False
+        #: the header fields counted, and the singletons seen (a bit each), of the request being parsed
+        self._fields = 0
+        self._seen = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -245,11 +282,16 @@ class _Connection(asyncio.Protocol):
             raise _NotHere
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > MAX_FIELD:
+        self._fields += 1
+        if len(name) + len(value) > MAX_FIELD or self._fields > MAX_FIELDS:
             raise _NotHere
         key = name.lower()
         if key in _ELSEWHERE:
             raise _NotHere
+        if (bit := _SINGLETONS.get(key)) is not None:
+            if self._seen & bit:
+                raise _NotHere  # repeated: aiohttp refuses it
+            self._seen |= bit
         if key == b"content-length":
             if self._length is not None or not value.isdigit():
                 raise _NotHere
@@ -257,13 +299,15 @@ class _Connection(asyncio.Protocol):
         elif (canonical := _READ.get(key)) is not None:
             if canonical in self._headers:
                 raise _NotHere  # repeated: aiohttp's rules decide which counts
-            self._headers[canonical] = value.decode("latin-1")
+            self._headers[canonical] = value.decode("latin-1").strip(_OWS)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         # asked here: once the message is complete, llhttp has reset what these read
         if parser.get_method() != b"POST" or parser.get_http_version() != "1.1" or not parser.should_keep_alive():
             raise _NotHere
+        if not self._seen & _HOST:
+            raise _NotHere  # no Host: aiohttp's to answer
         self._head_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -284,15 +328,18 @@ class _Connection(asyncio.Protocol):
             return
         end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
         if end < 0:
-            if len(buffer) >= MAX_HEAD or b"\n\n" in buffer:
+            if len(buffer) >= MAX_HEAD:
+                self._hand_over(head_incomplete=True)
+            elif _bare_lf(buffer, len(buffer)):
                 self._hand_over()
             return  # the head is still arriving; the keep-alive timer bounds the wait
         head = end + 4
         self._url, self._headers, self._length, self._body = b"", {}, None, b""
         self._begun = self._head_done = self._complete = False
+        self._fields = self._seen = 0
         parser = self._parser
         try:
-            if buffer.find(b"\n\n", 0, end) >= 0:
+            if _bare_lf(buffer, end):
                 raise _NotHere
             parser.feed_data(buffer[:head])
             length = self._length
@@ -336,8 +383,12 @@ class _Connection(asyncio.Protocol):
             self._pending = None
             await self._serve(*request)
 
-    def _hand_over(self) -> None:
-        """aiohttp's server takes this connection, and what was read of its request, from here on."""
+    def _hand_over(self, head_incomplete: bool = False) -> None:
+        """aiohttp's server takes this connection, and what was read of its request, from here on.
+
+        A head still incomplete keeps the deadline it had here: aiohttp's server would start
+        a fresh keep-alive timer, giving a slow head twice ``keepalive_timeout``.
+        """
         lane = self._lane
         transport = self._transport
         assert transport is not None
@@ -358,6 +409,9 @@ class _Connection(asyncio.Protocol):
             handler.pause_writing()
         buffer, self._buffer = self._buffer, b""
         handler.data_received(buffer)
+        if head_incomplete:
+            deadline = self._last_active + lane.keepalive_timeout
+            self._loop.call_at(deadline, _close_if_no_request, handler)
 
     async def _serve(self, route: str, endpoint: str, project: str, headers: dict[str, str], raw: bytes) -> None:
         try:
