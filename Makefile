@@ -6,7 +6,7 @@ CUBE_DIR := stack/cube
 CLIENT_DIR := stack/client
 
 .DEFAULT_GOAL := help
-.PHONY: help install postgres bench-tools run test test-unit lint format bench clean
+.PHONY: help install postgres bench-tools run test test-unit fuzz lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ test: install postgres ## Run every test (unit and real-stack) with coverage of 
 
 test-unit: install ## Only the tests that need no PostgreSQL or Cube
 	$(PY) -m pytest -m "not stack"
+
+fuzz: install ## The differential fuzzing of the two front doors, long and randomised (3,000 examples)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -p no:cacheprovider tests/test_differential_fuzz.py
 
 lint: install ## ruff, mypy --strict, and the layering contracts of proxy/ (import-linter, pyproject.toml)
 	$(VENV)/bin/ruff check proxy tests stack bench

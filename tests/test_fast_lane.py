@@ -214,8 +214,9 @@ async def test_content_length_with_transfer_encoding_is_aiohttps_to_refuse(start
     assert cube.calls == []
 
 
-async def test_pipelined_requests_are_answered_in_order(start, cube):
-    """Two loads served by the lane, then a GET that hands the connection over: three answers, in order."""
+async def test_requests_pipelined_in_one_read_go_to_aiohttp_and_are_answered_in_order(start, cube):
+    """aiohttp parses what arrives together as a whole (refusing all of it if any is malformed), so
+    the lane hands a request with more bytes behind it to aiohttp: three answers, in order."""
     server = await start()
     meta = HANDED_OVER["meta (GET)"]
     dry = post("/api/v4/projects/1/product_analytics/request/dry-run")
@@ -224,7 +225,26 @@ async def test_pipelined_requests_are_answered_in_order(start, cube):
     assert "results" in orjson.loads(answers[0].body)
     assert "normalizedQueries" in orjson.loads(answers[1].body)
     assert "cubes" in orjson.loads(answers[2].body)
-    assert (lane_of(server).served, lane_of(server).handed_over) == (2, 1)
+    assert (lane_of(server).served, lane_of(server).handed_over) == (0, 1)
+
+
+async def test_requests_pipelined_while_an_answer_is_pending_are_served_by_the_lane(start, cube):
+    server = await start()
+    release = asyncio.Event()
+    cube.behaviour = held_until(release, cube.default)
+    dry = post("/api/v4/projects/1/product_analytics/request/dry-run")
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(post())
+        await until(lambda: len(cube.calls) == 1)
+        writer.write(dry)
+        await until(lambda: len(lane_of(server)._connections) == 1 and next(iter(lane_of(server)._connections))._buffer)
+        release.set()
+        first, second = await read_answer(reader), await read_answer(reader)
+    finally:
+        writer.close()
+    assert (first.status, second.status) == (200, 200) and "normalizedQueries" in orjson.loads(second.body)
+    assert (lane_of(server).served, lane_of(server).handed_over) == (2, 0)
 
 
 async def test_a_handed_over_connection_stays_with_aiohttp(start, cube):
@@ -432,9 +452,15 @@ async def test_a_failure_outside_an_answer_closes_the_connection_at_once(start, 
     server = await start()
     pipeline = server.app[PIPELINE]
     pipeline.access_log = AccessLog("json", stream=BrokenStream)
+    release = asyncio.Event()
+    cube.behaviour = held_until(release, cube.default)
     reader, writer = await asyncio.open_connection(server.host, server.port)
     try:
-        writer.write(post() + post())  # two requests, pipelined
+        writer.write(post())
+        await until(lambda: len(cube.calls) == 1)
+        writer.write(post())  # pipelined behind the first, which is still being answered
+        await until(lambda: next(iter(lane_of(server)._connections))._buffer)
+        release.set()
         first = await read_answer(reader)
         rest = await asyncio.wait_for(reader.read(), 10)  # keepalive_timeout is 75 s: only a close ends this
     finally:

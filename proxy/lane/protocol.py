@@ -343,7 +343,9 @@ class _Connection(asyncio.Protocol):
                 raise _NotHere
             parser.feed_data(buffer[:head])
             length = self._length
-            if not self._head_done or length is None or length > self._lane.max_body or len(buffer) < head + length:
+            if not self._head_done or length is None or length > self._lane.max_body or len(buffer) != head + length:
+                # a body still arriving, or more bytes behind the request in the same read: aiohttp parses
+                # what arrived together as a whole (and refuses all of it if any of it is malformed)
                 raise _NotHere
             body = buffer[head : head + length]
             if not self._complete:
