@@ -6,6 +6,7 @@ call is counted so tests can prove what GitLab was (or was not) asked.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 from collections import Counter
@@ -79,6 +80,8 @@ class FakeGitLab:
         self.created_tokens: list[dict[str, Any]] = []
         #: when set, every call answers this status (a GitLab outage).
         self.fail_with: int | None = None
+        #: when set, every call waits for this event first (a GitLab slower than the proxy's timeout)
+        self.hold: asyncio.Event | None = None
         #: answer with a session cookie, as GitLab may
         self.set_cookies = False
         #: current GitLab answers 400 to /personal_access_tokens/self for OAuth tokens; older ones 401 or 404.
@@ -114,6 +117,8 @@ class FakeGitLab:
         route = request.match_info.route.resource
         self.calls[route.canonical if route else request.path] += 1
         self.seen_headers.append(dict(request.headers))
+        if self.hold is not None:
+            await self.hold.wait()
         if self.fail_with is not None:
             return web.json_response({"message": "boom"}, status=self.fail_with)
         response: web.StreamResponse = await handler(request)
