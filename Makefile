@@ -6,7 +6,7 @@ CUBE_DIR := stack/cube
 CLIENT_DIR := stack/client
 
 .DEFAULT_GOAL := help
-.PHONY: help install postgres bench-tools run test test-unit fuzz lint format bench clean
+.PHONY: help install postgres bench-tools run test test-unit fuzz soak lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test-unit: install ## Only the tests that need no PostgreSQL or Cube
 
 fuzz: install ## The differential fuzzing of the two front doors, long and randomised (3,000 examples)
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -p no:cacheprovider tests/test_differential_fuzz.py
+
+soak: install postgres ## Ten minutes of mixed traffic on the real stack, two workers: RSS, files, tasks and Cube connections must stay flat
+	$(PY) -m bench.soak
 
 lint: install ## ruff, mypy --strict, and the layering contracts of proxy/ (import-linter, pyproject.toml)
 	$(VENV)/bin/ruff check proxy tests stack bench

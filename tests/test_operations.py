@@ -31,6 +31,19 @@ async def test_liveness(client):
     assert await resp.json() == {"status": "ok"}
 
 
+async def test_the_runtime_view_is_for_loopback_callers_only(client, cube, monkeypatch):
+    await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)
+    resp = await client.get("/-/runtime")
+    assert resp.status == 200
+    view = await resp.json()
+    assert view["pid"] == os.getpid() and view["tasks"] >= 1
+    assert view["cube_connections"] == {"open": 1, "idle": 1}
+    from aiohttp import web
+
+    monkeypatch.setattr(web.BaseRequest, "remote", property(lambda self: "203.0.113.9"))  # a caller from afar
+    assert (await client.get("/-/runtime")).status == 404
+
+
 @pytest.mark.handed_over
 async def test_readiness_follows_cube(client, cube):
     resp = await client.get("/-/readiness")

@@ -1,6 +1,10 @@
-"""Liveness and readiness routes for load balancers and orchestrators."""
+"""Liveness and readiness routes for load balancers and orchestrators, and a loopback-only runtime view."""
 
 from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
 
 from aiohttp import web
 
@@ -21,6 +25,34 @@ async def readiness(request: web.Request) -> web.Response:
     )
 
 
+def _from_loopback(request: web.Request) -> bool:
+    try:
+        return request.remote is not None and ipaddress.ip_address(request.remote).is_loopback
+    except ValueError:
+        return False
+
+
+async def runtime(request: web.Request) -> web.Response:
+    """This worker's process id, asyncio tasks and Cube connections, to loopback callers only (404 to others).
+
+    What ``make soak`` watches for leaks; no setting, secret or caller data is in it.
+    """
+    if not _from_loopback(request):
+        raise web.HTTPNotFound()
+    pools = request.app[PIPELINE].cube_http.pools()
+    return web.json_response(
+        {
+            "pid": os.getpid(),
+            "tasks": len(asyncio.all_tasks()),
+            "cube_connections": {
+                "open": sum(pool.open_connections for pool in pools),
+                "idle": sum(pool.idle_connections for pool in pools),
+            },
+        }
+    )
+
+
 def setup_health(app: web.Application) -> None:
     app.router.add_get("/-/liveness", liveness, name="health.liveness")
     app.router.add_get("/-/readiness", readiness, name="health.readiness")
+    app.router.add_get("/-/runtime", runtime, name="health.runtime")
