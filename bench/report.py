@@ -201,7 +201,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             lines += [
                 "",
                 f"The proxy serves plain load and dry-run calls through its fast lane (an asyncio protocol in front "
-                f"of aiohttp's server, `proxy/fast_lane.py`). With the lane off, aiohttp's server serving every "
+                f"of aiohttp's server, `proxy/lane/`). With the lane off, aiohttp's server serving every "
                 f"request, the same proxy costs {p['aiohttp_only_cpu_ratio']}x nginx's CPU per request, and its p99 "
                 f"at 256 connections is {p.get('aiohttp_only_overload_p99_ratio', 'n/a')}x nginx's.",
             ]

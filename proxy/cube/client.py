@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 #: an error body larger than this is not an error body Cube writes.
 MAX_ERROR_BODY = 1024 * 1024
+#: a body read whole is parsed on the event loop only up to this size; a larger one (data: Cube's
+#: errors are small) is handed on as bytes, for whoever needs its data to parse it off the loop
+PARSE_ON_LOOP_BYTES = 256 * 1024
 #: enough bytes of a body to tell ``{"error": ...}`` from data.
 _PREFIX_BYTES = 16
 _ERROR_FIRST = re.compile(rb'\s*\{\s*"error"')
@@ -180,7 +183,8 @@ class CubeClient:
             if length is not None and length <= self._buffer_limit:
                 return classify_body(await response.read(), parse)
             if need_whole:
-                return classify_body(await self._read_whole(response), parse)
+                raw = await self._read_whole(response)
+                return classify_body(raw, parse and len(raw) <= PARSE_ON_LOOP_BYTES)
             prefix = await _read_prefix(response)
             if response.at_eof():
                 return classify_body(prefix, parse)  # the whole body arrived with the prefix

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, NamedTuple
+from concurrent.futures import Executor
+from typing import NamedTuple
 
 import orjson
 
@@ -17,10 +18,9 @@ from proxy.limits.tenant_cap import TenantLimiter
 
 log = logging.getLogger(__name__)
 
-#: a zero-fill that may add more rows than this, or fills an answer larger than FILL_ON_LOOP_BYTES,
-#: runs in a worker thread: the event loop keeps serving others meanwhile
+#: a zero-fill that may add more rows than this, or of an answer the Cube client left unparsed (larger
+#: than PARSE_ON_LOOP_BYTES), is parsed, filled and serialised in the fill process, off the event loop
 FILL_ON_LOOP_DAYS = 1000
-FILL_ON_LOOP_BYTES = 256 * 1024
 
 
 class UpstreamCall(NamedTuple):
@@ -39,9 +39,16 @@ class UpstreamCall(NamedTuple):
 
 class Forwarder:
     def __init__(
-        self, cube: CubeClient, limiter: TenantLimiter, continue_wait_budget: float, continue_wait_pause: float = 0.5
+        self,
+        cube: CubeClient,
+        limiter: TenantLimiter,
+        continue_wait_budget: float,
+        continue_wait_pause: float = 0.5,
+        fill_pool: Executor | None = None,
     ) -> None:
         self._cube = cube
+        #: where large zero-fills run (a process of its own); None fills here, on the loop
+        self._fill_pool = fill_pool
         self._limiter = limiter
         self._budget = continue_wait_budget
         #: the least seconds from one round's start to the next's (a Cube that answers at once is not hammered)
@@ -97,11 +104,21 @@ class Forwarder:
             if wait > 0:
                 await asyncio.sleep(wait)  # the pause itself, not a synchronisation
         if call.fill is not None and answer.status == 200 and not answer.continue_wait:
-            if call.fill.days <= FILL_ON_LOOP_DAYS and len(answer.body) <= FILL_ON_LOOP_BYTES:
-                return Buffered(200, _filled(call.fill, answer.parsed), None)
-            return Buffered(200, await asyncio.to_thread(_filled, call.fill, answer.parsed), None)
+            if answer.parsed is not None and call.fill.days <= FILL_ON_LOOP_DAYS:
+                return Buffered(200, orjson.dumps(zero_fill(call.fill, answer.parsed)), None)
+            return Buffered(200, await self._fill_elsewhere(call.fill, answer.body), None)
         return answer
 
+    async def _fill_elsewhere(self, plan: FillPlan, raw: bytes) -> bytes:
+        """Parse, fill and serialise in the fill process: the loop only copies the bytes there and back."""
+        if self._fill_pool is None:
+            return filled(plan, raw)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._fill_pool, filled, plan, raw)
+        except orjson.JSONDecodeError:
+            raise ApiError(502, {"message": "Cube answered with a body that is not valid JSON"}) from None
 
-def _filled(plan: FillPlan, parsed: Any) -> bytes:
-    return orjson.dumps(zero_fill(plan, parsed))
+
+def filled(plan: FillPlan, raw: bytes) -> bytes:
+    """Cube's answer zero-filled, as bytes (run in the fill process for large answers)."""
+    return orjson.dumps(zero_fill(plan, orjson.loads(raw)))

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import time
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 
 import aiohttp
 import yarl
@@ -97,16 +99,21 @@ class Pipeline:
         self.cube_http = HttpClient(
             limit=cube.pool_size, connect_timeout=cube.connect_timeout, pool_timeout=cube.queue_timeout
         )
+        # large zero-fills are parsed, filled and serialised here, so no request holds the event loop for
+        # them (a spawned process: nothing of this one's loop or sockets is copied into it; started on first use)
+        fill_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         self.forwarder = Forwarder(
             CubeClient(self.cube_http, cube.read_timeout, cube.buffer_limit, cube.max_whole_bytes),
             TenantLimiter(cube.max_concurrent_per_tenant, cube.queue_timeout),
             cube.continue_wait_budget,
             cube.continue_wait_pause,
+            fill_pool,
         )
         self.readiness = CubeReadiness(cube_urls(self.settings), cube.readiness_ttl)
         try:
             yield
         finally:
+            fill_pool.shutdown(wait=False, cancel_futures=True)
             await self.coalescer.close()
             await self.cube_http.close()
             await self.readiness.close()
