@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from proxy.web.app import create_app
 from tests.conftest import REPORTER, FastLaneTestServer
 from tests.fakes.cube import FakeCube
+from tests.test_fast_lane import read_answer
 
 settings.register_profile(
     "ci",
@@ -161,32 +162,11 @@ async def answers(server: TestServer, data: bytes) -> list[tuple[int, bytes] | s
         writer.write(data + SENTINEL)
         while True:
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            except (asyncio.IncompleteReadError, ConnectionResetError):
+                answer = await read_answer(reader)
+            except (asyncio.IncompleteReadError, ConnectionResetError):  # closed, or cut off mid-answer
                 got.append("closed")
                 return got
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-            if status == 100:
-                continue
-            try:
-                if "content-length" in headers:
-                    body = await reader.readexactly(int(headers["content-length"]))
-                elif headers.get("transfer-encoding") == "chunked":
-                    parts = []
-                    while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
-                        parts.append(await reader.readexactly(size))
-                        await reader.readexactly(2)
-                    await reader.readexactly(2)
-                    body = b"".join(parts)
-                else:
-                    body = await reader.read()
-            except (asyncio.IncompleteReadError, ConnectionResetError):
-                got.append((status, b"<cut>"))
-                got.append("closed")
-                return got
-            got.append((status, body))
+            got.append((answer.status, answer.body))
     finally:
         writer.close()
 
