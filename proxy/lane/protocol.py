@@ -292,8 +292,8 @@ class _Connection(asyncio.Protocol):
             if self._seen & bit:
                 raise _NotHere  # repeated: aiohttp refuses it
             self._seen |= bit
-        if key == b"content-length":
-            if self._length is not None or not value.isdigit():
+        if key == b"content-length":  # a singleton: a second one was refused above
+            if not value.isdigit():
                 raise _NotHere
             self._length = int(value)
         elif (canonical := _READ.get(key)) is not None:
