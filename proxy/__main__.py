@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from proxy import __version__
 from proxy.auth.dev_tokens import load_dev_tokens
 from proxy.runtime.server import run
 from proxy.settings import SettingsError, load_settings
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         "--config", default=os.environ.get("PROXY_CONFIG"), help="settings TOML file (default: $PROXY_CONFIG)"
     )
     parser.add_argument("--check", action="store_true", help="validate the settings and exit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--workers", type=int, help="worker processes sharing the port (overrides [server] workers)")
     args = parser.parse_args(argv)
     env = dict(os.environ)
