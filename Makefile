@@ -6,7 +6,7 @@ CUBE_DIR := stack/cube
 CLIENT_DIR := stack/client
 
 .DEFAULT_GOAL := help
-.PHONY: help install postgres bench-tools run test test-unit fuzz soak lint format bench clean
+.PHONY: help install postgres bench-tools run test test-unit test-pythons fuzz soak lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,17 @@ test: install postgres ## Run every test (unit and real-stack) with coverage of 
 test-unit: install ## Only the tests that need no PostgreSQL or Cube
 	$(PY) -m pytest -m "not stack"
 
+test-pythons: ## The unit tests on Python 3.12 and 3.13 too (pyenv's; a .venv-3.x each)
+	@for minor in 3.12 3.13; do \
+		home=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$minor.* 2>/dev/null | sort -V | tail -n 1); \
+		[ -x "$$home/bin/python" ] || { echo "no Python $$minor under pyenv's versions"; exit 1; }; \
+		[ -x .venv-$$minor/bin/python ] || "$$home/bin/python" -m venv .venv-$$minor; \
+		.venv-$$minor/bin/python -m pip install -q --upgrade pip && \
+		.venv-$$minor/bin/python -m pip install -q -e '.[dev,bench]' && \
+		echo "== $$home: the unit tests" && \
+		.venv-$$minor/bin/python -m pytest -p no:cacheprovider -q -m "not stack" || exit 1; \
+	done
+
 fuzz: install ## The differential fuzzing of the two front doors, long and randomised (3,000 examples)
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -p no:cacheprovider tests/test_differential_fuzz.py
 
@@ -66,4 +77,4 @@ bench: install postgres bench-tools ## Benchmarks against nginx and Cube; writes
 	$(PY) -m bench.run
 
 clean: ## Remove the virtualenv and node modules
-	rm -rf $(VENV) $(CUBE_DIR)/node_modules $(CLIENT_DIR)/node_modules .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.12 .venv-3.13 $(CUBE_DIR)/node_modules $(CLIENT_DIR)/node_modules .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache
