@@ -5,11 +5,15 @@ a real Cube, the fake GitLab and the proxy (``--workers 2``), then runs, all at 
 for the whole time: loads of varied queries, meta, slow queries (real Continue wait),
 hostile requests (bad JSON, over-limit queries, unknown tokens, malformed bytes), and slow
 readers (a large answer read a little at a time, or not at all). Every ``--every`` seconds
-it samples each worker (RSS and open files from /proc; asyncio tasks and Cube connections
-from the loopback-only ``/-/runtime``) and prints a row. It passes when, from the first
-sample after warm-up to the last, no worker's RSS grew by more than ``RSS_SLACK_MB``, and
-its open files, tasks and Cube connections stayed within ``COUNT_SLACK`` of where they
-were; it prints one line saying so, and exits 1 otherwise. Not part of ``make test``.
+it samples each worker: RSS and open files from /proc, and asyncio tasks, Cube connections
+and live Python objects from the loopback-only ``/-/runtime?collect=1``, which runs a full
+garbage collection first (a leak is what is still held after one; without it, RSS also
+carries cyclic garbage waiting for the next full collection, which the server's tuned
+collector runs rarely: ``bench/NOTES.md``). It prints a row per sample. It passes when,
+from the first sample after warm-up to the last, no worker's RSS grew by more than
+``RSS_SLACK_MB``, its live objects by more than ``BLOCKS_SLACK``, and its open files,
+tasks and Cube connections by more than ``COUNT_SLACK``; it prints one line saying so,
+and exits 1 otherwise. Not part of ``make test``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ BASE = "/api/v4/projects/{}/product_analytics/request/{}"
 RSS_SLACK_MB = 24.0
 #: open files, tasks and Cube connections a worker may hold above its warm level (work in flight)
 COUNT_SLACK = 40
+#: live Python objects may grow by this share over warm-up (objects of requests in flight)
+BLOCKS_SLACK = 0.10
 QUERIES = [
     {"measures": ["TrackedEvents.count"]},
     {"measures": ["TrackedEvents.count"], "dimensions": ["TrackedEvents.eventName"]},
@@ -60,6 +66,8 @@ class Sample:
     files: int
     tasks: int
     cube_open: int
+    #: live Python objects after a full collection: what a leak would grow
+    blocks: int
 
 
 def proc_rss_mb(pid: int) -> float:
@@ -160,7 +168,7 @@ class Soak:
         views: dict[int, dict[str, object]] = {}
         for _ in range(200):
             connector_session = aiohttp.ClientSession()  # a new connection each time, so either worker answers
-            async with connector_session, connector_session.get(self.url + "/-/runtime") as resp:
+            async with connector_session, connector_session.get(self.url + "/-/runtime?collect=1") as resp:
                 view = await resp.json()
             views[int(view["pid"])] = view
             if set(pids) <= set(views):
@@ -168,11 +176,19 @@ class Soak:
         now = time.monotonic()
         samples = []
         for pid in pids:
-            view = views.get(pid, {"tasks": -1, "cube_connections": {"open": -1}})
+            view = views.get(pid, {"tasks": -1, "cube_connections": {"open": -1}, "python_blocks": -1})
             connections = view["cube_connections"]
             assert isinstance(connections, dict)
             samples.append(
-                Sample(now, pid, proc_rss_mb(pid), proc_files(pid), int(str(view["tasks"])), int(connections["open"]))
+                Sample(
+                    now,
+                    pid,
+                    proc_rss_mb(pid),
+                    proc_files(pid),
+                    int(str(view["tasks"])),
+                    int(connections["open"]),
+                    int(str(view["python_blocks"])),
+                )
             )
         return samples
 
@@ -206,13 +222,16 @@ async def run(port: int, parent: int, minutes: float, every: float) -> bool:
             *(soak.slow_reader() for _ in range(2)),
         ]
         traffic = asyncio.gather(*workers)
-        print(f"{'s':>5} " + " ".join(f"{'pid':>7} {'rss MB':>7} {'files':>5} {'tasks':>5} {'cube':>4}" for _ in pids))
+        head = f"{'pid':>7} {'rss MB':>7} {'blocks':>8} {'files':>5} {'tasks':>5} {'cube':>4}"
+        print(f"{'s':>5} " + " ".join(head for _ in pids))
         try:
             while soak.running():
                 await asyncio.sleep(min(every, max(0.0, soak.deadline - time.monotonic())))  # the sampling period
                 row = await soak.sample(session, pids)
                 rows.append(row)
-                cells = " ".join(f"{s.pid:>7} {s.rss_mb:>7.1f} {s.files:>5} {s.tasks:>5} {s.cube_open:>4}" for s in row)
+                cells = " ".join(
+                    f"{s.pid:>7} {s.rss_mb:>7.1f} {s.blocks:>8} {s.files:>5} {s.tasks:>5} {s.cube_open:>4}" for s in row
+                )
                 print(f"{row[0].at - started:>5.0f} {cells}", flush=True)
         finally:
             await traffic
@@ -222,6 +241,8 @@ async def run(port: int, parent: int, minutes: float, every: float) -> bool:
     for before, after in zip(warm, last, strict=True):
         if after.rss_mb - before.rss_mb > RSS_SLACK_MB:
             problems.append(f"worker {after.pid}: RSS grew {after.rss_mb - before.rss_mb:.1f} MB")
+        if after.blocks > before.blocks * (1 + BLOCKS_SLACK):
+            problems.append(f"worker {after.pid}: live Python objects {before.blocks} -> {after.blocks}")
         for what in ("files", "tasks", "cube_open"):
             if getattr(after, what) - getattr(before, what) > COUNT_SLACK or getattr(after, what) < 0:
                 problems.append(f"worker {after.pid}: {what} {getattr(before, what)} -> {getattr(after, what)}")

@@ -38,6 +38,8 @@ async def test_the_runtime_view_is_for_loopback_callers_only(client, cube, monke
     view = await resp.json()
     assert view["pid"] == os.getpid() and view["tasks"] >= 1
     assert view["cube_connections"] == {"open": 1, "idle": 1}
+    collected = await (await client.get("/-/runtime?collect=1")).json()
+    assert collected["python_blocks"] > 0
     from aiohttp import web
 
     monkeypatch.setattr(web.BaseRequest, "remote", property(lambda self: "203.0.113.9"))  # a caller from afar

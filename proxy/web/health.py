@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import os
+import sys
 
 from aiohttp import web
 
@@ -33,17 +35,21 @@ def _from_loopback(request: web.Request) -> bool:
 
 
 async def runtime(request: web.Request) -> web.Response:
-    """This worker's process id, asyncio tasks and Cube connections, to loopback callers only (404 to others).
+    """This worker's process id, asyncio tasks, Cube connections and live Python objects, to loopback callers
+    only (404 to others); ``?collect=1`` runs a full garbage collection first, so what is left is what is held.
 
     What ``make soak`` watches for leaks; no setting, secret or caller data is in it.
     """
     if not _from_loopback(request):
         raise web.HTTPNotFound()
+    if request.query.get("collect") == "1":
+        gc.collect()
     pools = request.app[PIPELINE].cube_http.pools()
     return web.json_response(
         {
             "pid": os.getpid(),
             "tasks": len(asyncio.all_tasks()),
+            "python_blocks": sys.getallocatedblocks(),
             "cube_connections": {
                 "open": sum(pool.open_connections for pool in pools),
                 "idle": sum(pool.idle_connections for pool in pools),
