@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 from proxy import __version__
 from proxy.auth.dev_tokens import load_dev_tokens
 from proxy.runtime.server import run
-from proxy.settings import SettingsError, load_settings
+from proxy.settings import SettingsError, load_settings, redacted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,11 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="validate the settings and exit")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the effective settings as JSON, secrets redacted, and exit"
+    )
     parser.add_argument("--workers", type=int, help="worker processes sharing the port (overrides [server] workers)")
     args = parser.parse_args(argv)
     env = dict(os.environ)
     if args.workers is not None:
-        env["PROXY_WORKERS"] = str(args.workers)
+        env["PROXY_SERVER__WORKERS"] = str(args.workers)  # the command line wins over the environment
     try:
         settings = load_settings(args.config, env)
         if settings.auth.backend == "dev_tokens":
@@ -31,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"product-analytics-proxy: {exc}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(json.dumps(redacted(settings), indent=2, sort_keys=True))
+        return 0
     if args.check:
         print(
             f"settings are valid ({settings.server.workers} worker(s) on {settings.server.host}:{settings.server.port})"

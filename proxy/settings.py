@@ -90,6 +90,8 @@ class ProjectOverride:
     enabled: bool | None = None
     cube_api_base_url: str | None = None
     cube_api_key: str | None = None
+    #: a file holding the key (a mounted secret), instead of cube_api_key
+    cube_api_key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class AnalyticsSettings:
     enabled: bool = True
     cube_api_base_url: str | None = None
     cube_api_key: str | None = None
+    #: a file holding the key (a mounted secret), instead of cube_api_key
+    cube_api_key_file: str | None = None
     #: seconds between the JWT's iat and exp.
     jwt_ttl: int = 180
 
@@ -155,7 +159,9 @@ class Settings:
     projects: Mapping[int, ProjectOverride] = field(default_factory=dict)
 
 
-#: environment variable -> (section, key)
+#: every setting also comes from the environment as PROXY_<SECTION>__<KEY> (PROXY_CUBE__READ_TIMEOUT),
+#: a project's as PROXY_PROJECTS__<ID>__<KEY>; these older short names still work too
+ENV_PREFIX = "PROXY_"
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "PROXY_HOST": ("server", "host"),
     "PROXY_PORT": ("server", "port"),
@@ -342,6 +348,18 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
         if var in env:
             sections[section_name][key] = env[var]
             env_keys[section_name].add(key)
+    raw_projects_env: dict[str, dict[str, Any]] = {}
+    for var, value in env.items():  # the general rule, which wins over the short names
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        parts = var[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) == 2 and parts[0] in _SECTIONS:
+            sections[parts[0]][parts[1]] = value
+            env_keys[parts[0]].add(parts[1])
+        elif len(parts) == 3 and parts[0] == "projects":
+            raw_projects_env.setdefault(parts[1], {})[parts[2]] = value
+        else:
+            problems.append(f"{var}: not a setting (PROXY_<SECTION>__<KEY> or PROXY_PROJECTS__<ID>__<KEY>)")
     built = {
         name: _build_section(cls, sections[name], name, problems, env_keys[name]) for name, cls in _SECTIONS.items()
     }
@@ -351,6 +369,10 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
     if not isinstance(raw_projects, Mapping):
         problems.append("[projects]: must be a table of [projects.<numeric id>] tables")
         raw_projects = {}
+    raw_projects = {str(k): v for k, v in raw_projects.items()}
+    for key, values in raw_projects_env.items():
+        existing = raw_projects.get(key, {})
+        raw_projects[key] = {**existing, **values} if isinstance(existing, Mapping) else existing
     for key, value in raw_projects.items():
         if project_id(str(key)) is None:
             problems.append(f"[projects.{key}]: the key must be a numeric project id")
@@ -358,13 +380,42 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
         if not isinstance(value, Mapping):
             problems.append(f"[projects.{key}]: must be a table")
             continue
-        projects[int(key)] = _build_section(ProjectOverride, value, f"projects.{key}", problems, set())
+        env_project_keys = set(raw_projects_env.get(key, {}))
+        override = _build_section(ProjectOverride, value, f"projects.{key}", problems, env_project_keys)
+        projects[int(key)] = _with_key_from_file(override, f"[projects.{key}]", problems)
 
+    built["product_analytics"] = _with_key_from_file(built["product_analytics"], "[product_analytics]", problems)
     settings = Settings(projects=projects, **built)
     _validate(settings, problems)
     if problems:
         raise SettingsError(problems)
     return settings
+
+
+def _with_key_from_file(section: Any, where: str, problems: list[str]) -> Any:
+    """``cube_api_key`` read from ``cube_api_key_file`` (a mounted secret), stripped of surrounding whitespace."""
+    path = section.cube_api_key_file
+    if path is None:
+        return section
+    if section.cube_api_key is not None:
+        problems.append(f"{where}: set cube_api_key or cube_api_key_file, not both")
+        return section
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as exc:
+        problems.append(f"{where} cube_api_key_file: cannot read {path}: {exc.strerror or exc}")
+        return section
+    return dataclasses.replace(section, cube_api_key=key)
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, every secret replaced (for --print-config)."""
+    data = dataclasses.asdict(settings)
+    data["projects"] = {str(k): v for k, v in data["projects"].items()}
+    for section in (data["product_analytics"], *data["projects"].values()):
+        if section.get("cube_api_key") is not None:
+            section["cube_api_key"] = "[REDACTED]"
+    return data
 
 
 def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Settings:

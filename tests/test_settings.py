@@ -1,5 +1,9 @@
+import os
+import subprocess
+import sys
 import textwrap
 
+import orjson
 import pytest
 
 from proxy.cube.tenants import resolve_tenant
@@ -205,3 +209,84 @@ def test_project_override_keys_are_ascii_digits(key):
     """[projects.<id>] keys in other scripts' digits are refused, not read as another project."""
     with pytest.raises(SettingsError, match="the key must be a numeric project id"):
         settings_from_mapping({"projects": {key: {"enabled": False}}}, {})
+
+
+def test_every_setting_comes_from_the_environment_by_one_rule(tmp_path):
+    """PROXY_<SECTION>__<KEY> for every key of every section, PROXY_PROJECTS__<ID>__<KEY> for a project."""
+    import dataclasses
+
+    from proxy.settings import _SECTIONS
+
+    defaults = Settings()
+    for section, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f"PROXY_{section.upper()}__{f.name.upper()}"  # the rule names every key
+    env = {
+        "PROXY_CUBE__READ_TIMEOUT": "7.5",
+        "PROXY_SERVER__FAST_LANE": "false",
+        "PROXY_LIMITS__RATE_LIMIT_BURST": "9",
+        "PROXY_PRODUCT_ANALYTICS__CUBE_API_BASE_URL": "http://cube:4000",
+        "PROXY_PRODUCT_ANALYTICS__CUBE_API_KEY": "k" * 32,
+        "PROXY_PROJECTS__7__ENABLED": "false",
+        "PATH": "/usr/bin",
+    }
+    s = settings_from_mapping(
+        {"cube": {"read_timeout": 30.0}, "projects": {"7": {"cube_api_base_url": "http://b"}}}, env
+    )
+    assert (s.cube.read_timeout, s.server.fast_lane, s.limits.rate_limit_burst) == (7.5, False, 9)
+    assert s.projects[7].enabled is False and s.projects[7].cube_api_base_url == "http://b"
+    assert s.server.port == defaults.server.port
+    with pytest.raises(SettingsError, match=r"\[cube\] read_timout: unknown setting") as bad:  # a typo is named
+        settings_from_mapping({}, {"PROXY_CUBE__READ_TIMOUT": "1", "PROXY_NOPE__X": "1"})
+    assert "PROXY_NOPE__X: not a setting" in str(bad.value)
+    with pytest.raises(SettingsError, match=r"\[cube\] read_timeout"):
+        settings_from_mapping({}, {"PROXY_CUBE__READ_TIMEOUT": "soon"})
+
+
+def test_precedence_is_command_line_then_environment_then_file(tmp_path):
+    from proxy.__main__ import main
+
+    config = tmp_path / "proxy.toml"
+    config.write_text("[server]\nworkers = 2\nport = 9001\n[cube]\nread_timeout = 11.0\n")
+    env = {"PROXY_SERVER__WORKERS": "3", "PROXY_CUBE__READ_TIMEOUT": "12"}
+    s = load_settings(config, env)
+    assert (s.server.workers, s.server.port, s.cube.read_timeout) == (3, 9001, 12.0)  # environment over file
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "--config", str(config), "--workers", "4", "--print-config"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    printed = orjson.loads(out)
+    assert printed["server"]["workers"] == 4 and printed["cube"]["read_timeout"] == 12.0  # command line over both
+    assert main is not None
+
+
+def test_a_cube_key_from_a_file_and_print_config_redacts_every_key(tmp_path):
+    key_file = tmp_path / "cube-key"
+    key_file.write_text("f" * 40 + "\n")  # as a mounted secret holds it, with a trailing newline
+    project_key = tmp_path / "project-key"
+    project_key.write_text("p" * 40)
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        f'[product_analytics]\ncube_api_base_url = "http://cube:4000"\ncube_api_key_file = "{key_file}"\n'
+        f'[projects.5]\ncube_api_key_file = "{project_key}"\n'
+    )
+    s = load_settings(config, {})
+    assert s.product_analytics.cube_api_key == "f" * 40 and s.projects[5].cube_api_key == "p" * 40
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "--config", str(config), "--print-config"],
+        env={k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "CUBE_", "GITLAB_"))},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "f" * 40 not in out and "p" * 40 not in out
+    printed = orjson.loads(out)
+    assert printed["product_analytics"]["cube_api_key"] == "[REDACTED]" == printed["projects"]["5"]["cube_api_key"]
+    with pytest.raises(SettingsError, match="cannot read") as bad:
+        settings_from_mapping({"product_analytics": {"cube_api_key_file": str(tmp_path / "missing")}}, {})
+    assert "missing" in str(bad.value)
+    with pytest.raises(SettingsError, match="not both"):
+        settings_from_mapping({"product_analytics": {"cube_api_key": "x" * 40, "cube_api_key_file": str(key_file)}}, {})
