@@ -187,6 +187,7 @@ async def test_a_fill_over_the_cap_is_a_400_without_a_cube_call(client, cube):
     assert cube.calls == []
 
 
+@pytest.mark.loop_timing
 async def test_a_large_zero_fill_is_parsed_and_filled_off_the_event_loop(make_settings, make_client, cube):
     """Three results of 50,000 day rows (about 33 MB): parsing, filling and serialising them on the loop
     would hold it for as long as the parse itself takes; off the loop, no gap comes near half of that."""
