@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,10 @@ class GitLabSettings:
     #: credentials not seen yet that GitLab is asked about per second, and in a burst; more get a 503.
     new_credentials_per_second: float = 50.0
     new_credentials_burst: int = 500
+    #: accept GitLab's own browser session (the dashboards' callers, spec section 2.1)
+    sessions: bool = True
+    #: the name of GitLab's session cookie
+    session_cookie: str = "_gitlab_session"
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,9 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CUBE_API_BASE_URL": ("product_analytics", "cube_api_base_url"),
     "CUBE_API_KEY": ("product_analytics", "cube_api_key"),
 }
+
+#: a cookie name: an RFC 6265 token
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}")
 
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerSettings,
@@ -308,6 +316,11 @@ def _validate(s: Settings, problems: list[str]) -> None:
         problems.append(f"[server] log_format: must be 'json' or 'text', not {s.server.log_format!r}")
     if s.server.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"[server] log_level: must be DEBUG, INFO, WARNING or ERROR, not {s.server.log_level!r}")
+    if not _COOKIE_NAME.fullmatch(s.gitlab.session_cookie):
+        problems.append(
+            f"[gitlab] session_cookie: must be a cookie name (letters, digits and !#$%&'*+-.^_`|~),"
+            f" not {s.gitlab.session_cookie!r}"
+        )
     if s.auth.backend == "gitlab" and not _is_http_url(s.gitlab.url):
         problems.append(f"[gitlab] url: must be an http(s) URL, not {s.gitlab.url!r}")
     if s.auth.backend == "dev_tokens" and not is_loopback(s.server.host) and not s.auth.allow_dev_tokens_off_loopback:

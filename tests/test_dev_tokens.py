@@ -69,3 +69,11 @@ def test_bad_files_list_every_problem(tmp_path):
     assert len(info.value.problems) == 6
     with pytest.raises(SettingsError, match="cannot be read"):
         load_dev_tokens(str(tmp_path / "none.toml"))
+
+
+async def test_a_session_cookie_is_no_dev_token(dev_client, cube, gitlab):
+    # a cookie whose value is a dev token is still a session, and the dev backend has no GitLab to ask about one
+    headers = {"Cookie": "_gitlab_session=dev-maintainer-token-0001", "X-CSRF-Token": "anything"}
+    resp = await dev_client.post(LOAD.format(1), json={"query": QUERY}, headers=headers)
+    assert resp.status == 401
+    assert cube.calls == []

@@ -24,6 +24,7 @@ from proxy.limits.caller_rate import RateLimiter
 from proxy.settings import GitLabSettings
 from proxy.singleflight import SingleFlightCache
 
+_USER_GID = "gid://gitlab/User/"
 _FULL_PATH = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.+-]*(?:/[A-Za-z0-9_.][A-Za-z0-9_.+-]*)+")
 
 
@@ -50,6 +51,8 @@ class Authorizer(Protocol):
 
 
 _READ_SCOPES = frozenset({"api", "read_api"})
+#: a session carries no scopes: it may do what its user may do
+_SESSION_SCOPES = _READ_SCOPES
 _WRITE_SCOPES = frozenset({"api"})
 
 
@@ -58,6 +61,18 @@ def required_scope(method: str) -> tuple[str, frozenset[str]]:
     if method in {"GET", "HEAD"}:
         return "read_api", _READ_SCOPES
     return "api", _WRITE_SCOPES
+
+
+def csrf_key_needed(credential: Credential, needed: str) -> str | None:
+    """The key of the session's CSRF verdict when the request needs one (a session's non-GET), else None.
+
+    Raises 401 for a session's non-GET request that sent no CSRF token: GitLab is not asked.
+    """
+    if credential.scheme != "session" or needed != "api":
+        return None
+    if credential.csrf_key is None:
+        raise unauthorized()
+    return credential.csrf_key
 
 
 def check_project_ref(project_ref: str) -> str:
@@ -93,12 +108,14 @@ class GitLabAuthorizer:
                 timer=timer,
             )
 
-        # keyed by the token's hash: the caller; the project id per project ref; the level per project id
+        # keyed by the token's hash: the caller; the project id per project ref; the level per project id;
+        # a session's CSRF verdict (the user GitLab's GraphQL named) by the hash of session and CSRF token
         self._callers: SingleFlightCache[str, Caller] = cache()
+        self._csrf: SingleFlightCache[str, int] = cache()
         self._projects: SingleFlightCache[tuple[str, str], int] = cache()
         self._members: SingleFlightCache[tuple[str, int], int] = cache()
-        #: (token hash, project ref, scope needed) -> the grant, and when its first answer expires
-        self._grants: dict[tuple[str, str, str], tuple[Grant, float]] = {}
+        #: (token hash, CSRF verdict key, project ref, scope needed) -> the grant, and when its first answer expires
+        self._grants: dict[tuple[str, str | None, str, str], tuple[Grant, float]] = {}
         self._grants_size = settings.cache_size
         #: one bucket for every credential GitLab has not been asked about yet: a flood of random
         #: tokens costs GitLab at most this rate (and burst), and the callers it knows go on
@@ -106,18 +123,19 @@ class GitLabAuthorizer:
 
     async def authorize(self, credential: Credential, project_ref: str, method: str) -> Grant:
         needed, satisfying = required_scope(method)
-        memo_key = (credential.key, project_ref, needed)
+        csrf_key = csrf_key_needed(credential, needed)
+        memo_key = (credential.key, csrf_key, project_ref, needed)
         memo = self._grants.get(memo_key)
         if memo is not None:
             if self._timer() < memo[1]:
                 return memo[0]
             del self._grants[memo_key]
-        grant = await self._work_out(credential, check_project_ref(project_ref), needed, satisfying)
+        grant = await self._work_out(credential, check_project_ref(project_ref), needed, satisfying, csrf_key)
         self._remember(memo_key, grant)
         return grant
 
     async def _work_out(
-        self, credential: Credential, project_ref: str, needed: str, satisfying: frozenset[str]
+        self, credential: Credential, project_ref: str, needed: str, satisfying: frozenset[str], csrf_key: str | None
     ) -> Grant:
         key = credential.key
         if not self._callers.known(key) and self._new_credentials.enabled:
@@ -131,6 +149,10 @@ class GitLabAuthorizer:
         caller, _ = await self._callers.get(key, lambda: self._load_caller(credential))
         if not caller.scopes & satisfying:
             raise insufficient_scope(needed)
+        if csrf_key is not None:
+            csrf_user, _ = await self._csrf.get(csrf_key, lambda: self._load_csrf_verdict(credential))
+            if csrf_user != caller.user_id:
+                raise unauthorized()
         project_id, _ = await self._projects.get(
             (key, project_ref), lambda: self._load_project(credential, project_ref)
         )
@@ -143,9 +165,11 @@ class GitLabAuthorizer:
                 raise access_denied()
         return Grant(caller, project_id)
 
-    def _remember(self, memo_key: tuple[str, str, str], grant: Grant) -> None:
-        key, project_ref, _ = memo_key
+    def _remember(self, memo_key: tuple[str, str | None, str, str], grant: Grant) -> None:
+        key, csrf_key, project_ref, _ = memo_key
         entries = [self._callers.peek(key), self._projects.peek((key, project_ref))]
+        if csrf_key is not None:
+            entries.append(self._csrf.peek(csrf_key))
         if not grant.caller.is_admin:
             entries.append(self._members.peek((key, grant.project_id)))
         expiries = [entry[1] for entry in entries if entry is not None]
@@ -171,8 +195,21 @@ class GitLabAuthorizer:
         body = user.body
         if body.get("state", "active") != "active" or not isinstance(body.get("id"), int):
             raise unauthorized()
-        scopes = await self._load_scopes(credential)
+        scopes = _SESSION_SCOPES if credential.scheme == "session" else await self._load_scopes(credential)
         return Caller(body["id"], str(body.get("username", "")), body.get("is_admin") is True, scopes)
+
+    async def _load_csrf_verdict(self, credential: Credential) -> int:
+        """The user id GitLab's GraphQL names for the session with this CSRF token; 401 when it names none."""
+        reply = await self._client.csrf_verdict(credential)
+        body = reply.body
+        data = body.get("data") if reply.status == 200 and isinstance(body, dict) else None
+        user = data.get("currentUser") if isinstance(data, dict) else None
+        gid = user.get("id") if isinstance(user, dict) else None
+        if isinstance(gid, str) and gid.startswith(_USER_GID):
+            number = gid[len(_USER_GID) :]
+            if number.isascii() and number.isdigit():
+                return int(number)
+        raise unauthorized()
 
     async def _load_scopes(self, credential: Credential) -> frozenset[str]:
         info = await self._client.personal_token_info(credential)

@@ -101,6 +101,8 @@ class DevTokenAuthorizer:
         self._min_level = min_access_level
 
     def _find(self, credential: Credential) -> DevToken:
+        if credential.scheme == "session":
+            raise unauthorized()  # no GitLab to ask about a session: tokens only
         found = None
         given = credential.token.encode()
         for entry in self._tokens.tokens:  # no early exit: the time does not tell which token matched

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 #: The answers the proxy reads from GitLab are a few KB of JSON; one larger than this is not
 #: GitLab's (a misconfigured URL, or a hostile peer), and is not read into memory.
 MAX_ANSWER_BYTES = 1024 * 1024
+_CURRENT_USER = {"query": "{ currentUser { id } }"}
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,15 @@ class GitLabClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._retry_after = retry_after
 
-    async def _call(self, method: str, path: str, credential: Credential, json: Any = None) -> GitLabReply:
+    async def _call(
+        self, method: str, path: str, credential: Credential, json: Any = None, with_csrf: bool = False
+    ) -> GitLabReply:
         url = f"{self._base}{path}"
         try:
             async with self._session.request(
                 method,
                 url,
-                headers=credential.gitlab_headers(),
+                headers=credential.gitlab_headers(with_csrf),
                 json=json,
                 timeout=self._timeout,
                 allow_redirects=False,
@@ -86,6 +89,15 @@ class GitLabClient:
     async def oauth_token_info(self, credential: Credential) -> GitLabReply:
         return await self._call("GET", "/oauth/token/info", credential)
 
+    async def csrf_verdict(self, credential: Credential) -> GitLabReply:
+        """GraphQL's ``currentUser`` with the session and its CSRF token: null unless the token fits the session.
+
+        GitLab's GraphQL controller forgets the session on a wrong CSRF token
+        (``protect_from_forgery with: :null_session``), so this is how a proxy without
+        GitLab's secrets learns whether a CSRF token is valid (spec section 2.1).
+        """
+        return await self._call("POST", "/api/graphql", credential, json=_CURRENT_USER, with_csrf=True)
+
     async def project(self, credential: Credential, project_ref: str) -> GitLabReply:
         return await self._call("GET", f"/api/v4/projects/{quote(project_ref, safe='')}", credential)
 
@@ -99,7 +111,8 @@ class GitLabClient:
             "access_level": 20,
             "expires_at": (today + dt.timedelta(days=1)).isoformat(),
         }
-        return await self._call("POST", f"/api/v4/projects/{project_id}/access_tokens", credential, json=body)
+        path = f"/api/v4/projects/{project_id}/access_tokens"
+        return await self._call("POST", path, credential, json=body, with_csrf=True)
 
 
 def message_of(reply: GitLabReply, fallback: str) -> str:

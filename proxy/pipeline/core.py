@@ -86,6 +86,8 @@ class Pipeline:
         self.rate_limiter = RateLimiter(limits.rate_limit, limits.rate_limit_burst, limits.rate_limit_callers)
         self.shedder = LoadShedder(settings.server.shed_lag_ms / 1000)
         self.max_json_depth = limits.max_json_depth
+        #: the session cookie's name when GitLab's browser sessions are accepted, else None
+        self.session_cookie = settings.gitlab.session_cookie if settings.gitlab.sessions else None
         #: seconds a caller may read nothing of an answer being written (both doors enforce it)
         self.write_timeout = settings.server.write_timeout
 
@@ -154,7 +156,7 @@ class Pipeline:
         shedder = self.shedder
         if shedder.enabled and shedder.overloaded():
             raise ApiError(503, {"message": "The proxy is overloaded; retry shortly"}, {"Retry-After": "1"})
-        credential = extract_credential(headers, query)
+        credential = extract_credential(headers, query, self.session_cookie)
         limiter = self.rate_limiter
         if limiter.enabled:
             wait = limiter.check(credential.caller_key, time.monotonic())

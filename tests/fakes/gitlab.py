@@ -7,8 +7,11 @@ call is counted so tests can prove what GitLab was (or was not) asked.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import hmac
 import itertools
+import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +46,18 @@ class FakeProject:
     visibility: str = "private"
     members: dict[int, int] = field(default_factory=dict)  # user id -> access level
     awaiting: set[int] = field(default_factory=set)  # memberships not yet approved
+
+
+@dataclass
+class FakeSession:
+    """A signed-in browser session, as GitLab's session store holds it: its user and its CSRF secret."""
+
+    user_id: int
+    csrf_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    signed_in: bool = True
+
+
+SESSION_COOKIE = "_gitlab_session"
 
 
 class FakeGitLab:
@@ -87,16 +102,63 @@ class FakeGitLab:
         #: current GitLab answers 400 to /personal_access_tokens/self for OAuth tokens; older ones 401 or 404.
         self.oauth_self_status = 400
         self._minted = itertools.count(1)
+        #: browser sessions by cookie value (GitLab's session store)
+        self.sessions: dict[str, FakeSession] = {}
+        #: extra routes a test adds (pages of GitLab's web UI, say) before ``app()``
+        self.extra_routes: list[web.RouteDef] = []
+
+    # -- sessions, as GitLab's web UI makes them -----------------------------------
+    def sign_in(self, user_id: int) -> str:
+        """A new signed-in session for a user; its cookie value."""
+        session_id = secrets.token_hex(16)
+        self.sessions[session_id] = FakeSession(user_id)
+        return session_id
+
+    def sign_out(self, session_id: str) -> None:
+        self.sessions[session_id].signed_in = False
+
+    def csrf_token(self, session_id: str) -> str:
+        """A CSRF token for the session as Rails renders one in a page: masked with a fresh one-time pad."""
+        real = self.sessions[session_id].csrf_secret
+        pad = secrets.token_bytes(32)
+        return base64.urlsafe_b64encode(pad + bytes(a ^ b for a, b in zip(pad, real, strict=True))).decode()
+
+    def _csrf_valid(self, session: FakeSession, given: str | None) -> bool:
+        """Rails' ``valid_authenticity_token?``: the masked or the raw form of the session's own token."""
+        if not given:
+            return False
+        try:
+            raw = base64.urlsafe_b64decode(given.encode() + b"=" * (-len(given) % 4))
+        except (ValueError, TypeError):
+            return False
+        if len(raw) == 64:
+            raw = bytes(a ^ b for a, b in zip(raw[:32], raw[32:], strict=True))
+        return len(raw) == 32 and hmac.compare_digest(raw, session.csrf_secret)
+
+    def _session(self, request: web.Request) -> FakeSession | None:
+        session = self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        return session if session is not None and session.signed_in else None
+
+    def _session_user(self, request: web.Request, csrf_checked: bool) -> int | None:
+        """The session's user, as GitLab's API finds it (warden): any method but GET/HEAD needs the CSRF token."""
+        session = self._session(request)
+        if session is None:
+            return None
+        if csrf_checked and not self._csrf_valid(session, request.headers.get("X-CSRF-Token")):
+            return None
+        return session.user_id
 
     # -- helpers -------------------------------------------------------------------
     def _token(self, request: web.Request) -> FakeToken | None:
+        """The caller's token, or (with no token) its session as a token with every scope, as GitLab's API does."""
         raw = request.headers.get("PRIVATE-TOKEN")
         if raw is None:
             auth = request.headers.get("Authorization", "")
             if auth.startswith("Bearer "):
                 raw = auth[len("Bearer ") :]
         if raw is None:
-            return None
+            user_id = self._session_user(request, csrf_checked=request.method not in {"GET", "HEAD"})
+            return None if user_id is None else FakeToken(user_id, ["api"], kind="session")
         token = self.tokens.get(raw)
         if token is None or not token.active or token.revoked:
             return None
@@ -143,6 +205,8 @@ class FakeGitLab:
         raw_token = self._token(request)
         if raw_token is None:
             return self._unauthorized()
+        if raw_token.kind == "session":
+            return web.json_response({"message": "404 Not Found"}, status=404)
         if raw_token.kind == "oauth":
             return web.json_response(
                 {"message": "400 Bad request - not a personal access token"}, status=self.oauth_self_status
@@ -255,8 +319,30 @@ class FakeGitLab:
             status=201,
         )
 
+    async def graphql(self, request: web.Request) -> web.Response:
+        """``{ currentUser { id } }`` only: a token's user, or the session's when its CSRF token fits, else null.
+
+        GitLab's GraphqlController has ``protect_from_forgery with: :null_session``: a wrong or
+        missing CSRF token does not fail the request, it forgets the session.
+        """
+        body = await request.json()
+        if body.get("query", "").replace(" ", "") != "{currentUser{id}}":
+            return web.json_response({"errors": [{"message": "this fake answers currentUser only"}]})
+        has_token = "PRIVATE-TOKEN" in request.headers or request.headers.get("Authorization", "").startswith("Bearer ")
+        if has_token:
+            token = self._token(request)
+            if token is None:
+                return web.json_response({"errors": [{"message": "Invalid token"}]}, status=401)
+            user_id: int | None = token.user_id
+        else:
+            user_id = self._session_user(request, csrf_checked=True)
+        current = None if user_id is None else {"id": f"gid://gitlab/User/{user_id}"}
+        return web.json_response({"data": {"currentUser": current}})
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
+        app.router.add_routes(self.extra_routes)
+        app.router.add_post("/api/graphql", self.graphql)
         app.router.add_get("/api/v4/user", self.user)
         app.router.add_get("/api/v4/personal_access_tokens/self", self.token_self)
         app.router.add_get("/oauth/token/info", self.oauth_info)
