@@ -6,7 +6,7 @@ CUBE_DIR := stack/cube
 CLIENT_DIR := stack/client
 
 .DEFAULT_GOAL := help
-.PHONY: help install postgres bench-tools run test test-unit test-pythons fuzz soak lint format bench clean
+.PHONY: help install postgres browser-tools bench-tools run test test-unit test-pythons fuzz soak lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,11 @@ postgres: ## Make sure PostgreSQL's server is installed (Debian's postgresql; ne
 		echo "installing PostgreSQL from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
+browser-tools: ## Make sure Chromium and nginx are installed for the browser tests (Debian's packages; needs root)
+	@command -v chromium >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
+		echo "installing chromium and nginx from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light >/dev/null; }
+
 bench-tools: ## Make sure wrk and nginx are installed (Debian's packages; needs root)
 	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
 		echo "installing wrk and nginx from Debian"; \
@@ -40,7 +45,7 @@ bench-tools: ## Make sure wrk and nginx are installed (Debian's packages; needs 
 run: install postgres ## Run the proxy on a local stack (PostgreSQL + demo data + Cube); Ctrl-C stops it
 	$(PY) -m stack.run
 
-test: install postgres ## Run every test (unit and real-stack) with coverage of proxy/
+test: install postgres browser-tools ## Run every test (unit and real-stack) with coverage of proxy/
 	$(PY) -m pytest --cov=proxy --cov-report=term-missing
 
 test-unit: install ## Only the tests that need no PostgreSQL or Cube

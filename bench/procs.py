@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stack.localstack import free_port, stop_process, wait_until
+from stack.nginx import start_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -102,41 +102,7 @@ class Nginx(Managed):
     workers: int = 1
 
     def start(self) -> None:
-        root = self.workdir / self.name
-        (root / "logs").mkdir(parents=True, exist_ok=True)
-        conf = root / "nginx.conf"
-        conf.write_text(
-            textwrap.dedent(
-                f"""
-                worker_processes {self.workers};
-                daemon off;
-                master_process on;
-                pid {root}/nginx.pid;
-                error_log {root}/logs/error.log warn;
-                worker_rlimit_nofile 20000;
-                events {{ worker_connections 10000; }}
-                http {{
-                    access_log off;
-                    client_body_temp_path {root}/body;
-                    proxy_temp_path {root}/proxy;
-                    fastcgi_temp_path {root}/fastcgi;
-                    uwsgi_temp_path {root}/uwsgi;
-                    scgi_temp_path {root}/scgi;
-                    keepalive_requests 1000000;
-                """
-            )
-            + self.server_block.replace("PORT", str(self.port))
-            + "\n}\n"
-        )
-        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(root)], stderr=subprocess.DEVNULL)
-        wait_until(lambda: _port_open(self.port), f"nginx {self.name}", 15, self.proc)
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        self.proc = start_nginx(self.workdir / self.name, self.server_block, self.port, self.workers)
 
 
 def fast_upstream(workdir: Path) -> Nginx:
