@@ -53,6 +53,11 @@ class ServerSettings:
     shed_lag_ms: float = 0.0
     #: serve plain load and dry-run calls through the fast lane (proxy/lane/); false: aiohttp serves all.
     fast_lane: bool = True
+    #: serve the query explorer page at /-/explorer (it calls the proxy's own API, as any caller)
+    explorer: bool = True
+    #: a page of GitLab's, on the explorer's origin, whose csrf-token meta tag the explorer reads for a
+    #: session's POSTs (when a load balancer serves the explorer on GitLab's origin)
+    explorer_csrf_page: str = "/"
 
 
 @dataclass(frozen=True)
@@ -316,6 +321,10 @@ def _validate(s: Settings, problems: list[str]) -> None:
         problems.append(f"[server] log_format: must be 'json' or 'text', not {s.server.log_format!r}")
     if s.server.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"[server] log_level: must be DEBUG, INFO, WARNING or ERROR, not {s.server.log_level!r}")
+    if not s.server.explorer_csrf_page.startswith("/") or s.server.explorer_csrf_page.startswith("//"):
+        problems.append(
+            f"[server] explorer_csrf_page: must be a path on the explorer's origin, not {s.server.explorer_csrf_page!r}"
+        )
     if not _COOKIE_NAME.fullmatch(s.gitlab.session_cookie):
         problems.append(
             f"[gitlab] session_cookie: must be a cookie name (letters, digits and !#$%&'*+-.^_`|~),"

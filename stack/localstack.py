@@ -28,6 +28,9 @@ CUBE_DIR = HERE / "cube"
 PG_BIN_CANDIDATES = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgresql/16/bin"), Path("/usr/local/bin")]
 DATABASE = "analytics"
 
+#: a page title in project 2's demo data that runs a script if a page ever renders Cube's values as HTML
+PLANTED_MARKUP = "<img src=x onerror=\"document.title='pwned'\">"
+
 #: demo data per project: (event names, pages, users) so each project's rows differ.
 DEMO_PROJECTS: dict[int, dict[str, list[str]]] = {
     1: {
@@ -37,8 +40,9 @@ DEMO_PROJECTS: dict[int, dict[str, list[str]]] = {
     },
     2: {
         "events": ["page_view", "comment", "subscribe"],
-        "pages": ["/", "/posts/hello-world", "/posts/cube-and-gitlab", "/about"],
-        "titles": ["Blog", "Hello world", "Cube and GitLab", "About"],
+        "pages": ["/", "/posts/hello-world", "/posts/cube-and-gitlab", "/about", "/posts/markup"],
+        # the last title is markup a page must show as text (the explorer's tests look for it)
+        "titles": ["Blog", "Hello world", "Cube and GitLab", "About", PLANTED_MARKUP],
     },
 }
 

@@ -58,7 +58,12 @@ def main() -> int:
                 f"    -d '{body}' \\\n    {url}\n",
                 flush=True,
             )
-            print(f"It answers now: {_sample(url, body)}\n\nCtrl-C stops everything.", flush=True)
+            print(f"It answers now: {_sample(url, body)}\n", flush=True)
+            print(
+                f"The query explorer: {proxy_url}/-/explorer\n"
+                f"  (project 1, and paste the dev token {TOKEN} into its token field)\n\nCtrl-C stops everything.",
+                flush=True,
+            )
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
             proxy.wait()
         except KeyboardInterrupt:

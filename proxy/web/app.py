@@ -9,6 +9,7 @@ from aiohttp import web
 from proxy.pipeline.core import Pipeline
 from proxy.pipeline.routes import DRY_RUN, LOAD, META, PREFIXES, analytics_route
 from proxy.settings import Settings
+from proxy.web.explorer import setup_explorer
 from proxy.web.health import setup_health
 from proxy.web.keys import PIPELINE
 from proxy.web.middlewares import MIDDLEWARES, PROTECTED_PREFIX
@@ -49,4 +50,5 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_cube_ctx)
     app.cleanup_ctx.append(_gitlab_ctx)
     setup_routes(app)
+    setup_explorer(app, settings)
     return app

@@ -96,6 +96,16 @@ def web_ui_routes(gitlab: FakeGitLab, password: str = "password") -> list[web.Ro
         )
         return web.Response(text=page, content_type="text/html")
 
+    async def home(request: web.Request) -> web.Response:
+        """GitLab's home page for a signed-in user: like every GitLab page, it carries the session's CSRF token."""
+        session_id = request.cookies.get(SESSION_COOKIE, "")
+        session = gitlab.sessions.get(session_id)
+        if session is None or not session.signed_in:
+            raise web.HTTPFound("/users/sign_in")
+        csrf = gitlab.csrf_token(session_id)
+        page = f'<!doctype html><html><head><meta name="csrf-token" content="{csrf}"></head><body>Home</body></html>'
+        return web.Response(text=page, content_type="text/html")
+
     async def asset(request: web.Request) -> web.FileResponse:
         found = SCRIPTS.get(request.match_info["name"])
         if found is None:
@@ -106,6 +116,7 @@ def web_ui_routes(gitlab: FakeGitLab, password: str = "password") -> list[web.Ro
         web.get("/users/sign_in", sign_in_page),
         web.post("/users/sign_in", sign_in),
         web.post("/users/sign_out", sign_out),
+        web.get("/", home),
         web.get("/assets/{name}", asset),
         web.get("/{path:.+}/-/analytics/dashboards", dashboard),
     ]

@@ -34,7 +34,11 @@ log_format routed '$status $request_method $request_uri session=$has_session ups
 server {{
     listen 127.0.0.1:PORT;
     access_log {root}/logs/access.log routed;
-    location ~ ^/api/v4/projects/[^/]+/product_analytics/request/ {{
+    location /-/explorer {{
+        proxy_pass http://127.0.0.1:{proxy_port};
+        proxy_set_header Host $http_host;
+    }}
+    location ~ ^/api/v4/projects/.+/product_analytics/request/ {{
         proxy_pass http://127.0.0.1:{proxy_port};
         proxy_http_version 1.1;
         proxy_set_header Connection "";

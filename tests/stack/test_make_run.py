@@ -66,6 +66,10 @@ async def test_launcher_prints_a_working_curl_and_ctrl_c_stops_everything(tmp_pa
         assert f"The proxy is ready at http://127.0.0.1:{proxy_port}" in text
         assert "curl -s -H 'PRIVATE-TOKEN: dev-maintainer-token-0001'" in text
         assert re.search(r"It answers now: \d{4}-\d\d-\d\d: \d+", text)  # real numbers
+        explorer = f"http://127.0.0.1:{proxy_port}/-/explorer"
+        assert f"The query explorer: {explorer}" in text and "dev token dev-maintainer-token-0001" in text
+        page = await asyncio.to_thread(lambda: urllib.request.urlopen(explorer, timeout=10).read())
+        assert b"Product analytics explorer" in page
         # the printed curl's request, made here: the numbers are real and per project
         body = re.search(r"-d '(\{.*\})'", text).group(1)
         request = urllib.request.Request(
