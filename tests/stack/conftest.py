@@ -10,8 +10,23 @@ import pytest
 
 from proxy.settings import settings_from_mapping
 from stack.localstack import Stack, cube_token, running_stack
+from tests.fakes.gitlab import FakeGitLab
+from tests.fakes.gitlab_web import web_ui_routes
 
 STACK_KEY = "integration-tests-cube-api-key-0123456789"
+
+
+@pytest.fixture
+def gitlab() -> FakeGitLab:
+    """The fake GitLab with its web UI too (sign-in, pages with CSRF tokens), for the browser tests."""
+    fake = FakeGitLab()
+    fake.extra_routes = web_ui_routes(fake)
+    return fake
+
+
+@pytest.fixture
+def gitlab_port(gitlab_url: str) -> int:
+    return int(gitlab_url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="session")

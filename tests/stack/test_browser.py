@@ -16,8 +16,6 @@ import pytest
 from aiohttp import web
 
 from stack.localstack import wait_until
-from tests.fakes.gitlab import FakeGitLab
-from tests.fakes.gitlab_web import web_ui_routes
 from tests.stack.browser import chromium, load_balancer
 from tests.stack.conftest import direct
 
@@ -44,18 +42,6 @@ fetch("{target}", {{
          () => {{ document.getElementById("fetch").textContent = "refused"; }});
 document.getElementById("form").submit();
 </script></body></html>"""
-
-
-@pytest.fixture
-def gitlab() -> FakeGitLab:
-    fake = FakeGitLab()
-    fake.extra_routes = web_ui_routes(fake)
-    return fake
-
-
-@pytest.fixture
-def gitlab_port(gitlab_url: str) -> int:
-    return int(gitlab_url.rsplit(":", 1)[1])
 
 
 async def sign_in(page: Any, origin: str, target: str, username: str = "alice") -> None:

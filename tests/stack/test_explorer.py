@@ -20,8 +20,6 @@ import pytest
 from proxy.web.explorer import CONTENT_SECURITY_POLICY
 from stack.localstack import PLANTED_MARKUP
 from tests.conftest import REPORTER
-from tests.fakes.gitlab import FakeGitLab
-from tests.fakes.gitlab_web import web_ui_routes
 from tests.stack.browser import chromium, load_balancer
 from tests.stack.conftest import direct
 
@@ -32,16 +30,9 @@ TOKEN = REPORTER["PRIVATE-TOKEN"]
 
 
 @pytest.fixture
-def gitlab() -> FakeGitLab:
-    fake = FakeGitLab()
-    fake.extra_routes = web_ui_routes(fake)
-    return fake
-
-
-@pytest.fixture
-def origin(proxy, gitlab_url, tmp_path) -> Iterator[str]:
+def origin(proxy, gitlab_port, tmp_path) -> Iterator[str]:
     """GitLab's origin: nginx in front of the proxy and the fake GitLab."""
-    with load_balancer(tmp_path, proxy.server.port, int(gitlab_url.rsplit(":", 1)[1])) as url:
+    with load_balancer(tmp_path, proxy.server.port, gitlab_port) as url:
         yield url
 
 
@@ -186,3 +177,23 @@ async def test_the_explorer_on_gitlabs_origin_uses_the_session(stack, gitlab, or
     assert rows == [[answer["results"][0]["data"][0]["TrackedEvents.count"]]]
     assert "TrackedEvents" in cubes
     assert gitlab.calls["/api/graphql"] == 1  # the CSRF token the explorer read from GitLab's page was confirmed
+
+
+async def test_the_explorer_shows_cubes_continue_wait_rounds_then_the_answer(
+    stack, gitlab_url, gitlab_port, make_client, tmp_path
+):
+    from tests.stack.conftest import stack_settings
+    from tests.stack.test_real_cube import fresh_slow_query
+
+    # the proxy passes Cube's "Continue wait" straight on (no server-side wait): the page asks again
+    proxy = await make_client(stack_settings(stack, gitlab_url, continue_wait_budget=1.0))
+    query = fresh_slow_query()
+    with load_balancer(tmp_path, proxy.server.port, gitlab_port) as origin:
+        async with chromium() as context:
+            page, _ = await open_explorer(context, origin, "1")
+            await page.fill("#query", json.dumps(query))
+            await page.click("#run")
+            await page.locator("#status").filter(has_text="Continue wait, round 1").wait_for()
+            assert (await finished(page, "load")).startswith("load: done"), await page.locator("#error").text_content()
+            _, rows = await table(page)
+    assert rows == [["0"]]  # SlowQueries.count, after Cube's 7 s of pg_sleep
