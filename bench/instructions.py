@@ -28,10 +28,12 @@ from stack.localstack import wait_until
 CONNECTIONS = 16
 
 
-def count(checkout: Path, workdir: Path, gitlab_url: str, cube_url: str, seconds: int) -> tuple[int, int]:
+def count(
+    checkout: Path, workdir: Path, gitlab_url: str, cube_url: str, seconds: int, server: dict[str, object]
+) -> tuple[int, int]:
     """Total instructions of one proxy process that served ``seconds`` of wrk, and the requests served."""
     # the benchmark's own proxy settings: auth cache warm for the run, rate limit off
-    process, port = proxy_process(workdir, "counted", gitlab_url, cube_url, KEY)
+    process, port = proxy_process(workdir, "counted", gitlab_url, cube_url, KEY, server=server)
     out = workdir / f"callgrind.{port}.out"
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, *process.args],
@@ -58,15 +60,18 @@ def count(checkout: Path, workdir: Path, gitlab_url: str, cube_url: str, seconds
     return int(found.group(1)), result.requests
 
 
-def per_request(checkout: Path, workdir: Path, gitlab_url: str, cube_url: str) -> int:
-    short_total, short_requests = count(checkout, workdir, gitlab_url, cube_url, 4)
-    long_total, long_requests = count(checkout, workdir, gitlab_url, cube_url, 12)
+def per_request(checkout: Path, workdir: Path, gitlab_url: str, cube_url: str, server: dict[str, object]) -> int:
+    short_total, short_requests = count(checkout, workdir, gitlab_url, cube_url, 4, server)
+    long_total, long_requests = count(checkout, workdir, gitlab_url, cube_url, 12, server)
     return round((long_total - short_total) / (long_requests - short_requests))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkouts", nargs="*", type=Path, default=[ROOT], help="source trees to compare")
+    parser.add_argument(
+        "--metrics-off", action="store_true", help="also count each checkout with [server] metrics = false"
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
@@ -78,9 +83,15 @@ def main() -> int:
         gitlab, gitlab_url = fake_gitlab(workdir)
         gitlab.start()
         try:
+            variants: list[tuple[str, dict[str, object]]] = [("", {})]
+            if args.metrics_off:
+                variants.append((" with metrics off", {"metrics": False}))
             for checkout in args.checkouts:
-                n = per_request(checkout.resolve(), workdir, gitlab_url, f"http://127.0.0.1:{upstream.port}")
-                print(f"{checkout}: {n:,} instructions per pass-through request ({CONNECTIONS} connections)")
+                for label, server in variants:
+                    n = per_request(
+                        checkout.resolve(), workdir, gitlab_url, f"http://127.0.0.1:{upstream.port}", server
+                    )
+                    print(f"{checkout}{label}: {n:,} instructions per pass-through request ({CONNECTIONS} connections)")
         finally:
             gitlab.stop()
             upstream.stop()

@@ -168,7 +168,7 @@ def proxy_process(
 ) -> tuple[Process, int]:
     port = free_port()
     settings: dict[str, dict[str, object]] = {
-        "server": {"port": port, "log_level": "WARNING", "shutdown_timeout": 5},
+        "server": {"port": port, "log_level": "WARNING", "shutdown_timeout": 5, "drain_delay": 0},
         "gitlab": {"url": gitlab_url, "cache_ttl": 3600.0},
         "product_analytics": {"cube_api_base_url": cube_url, "cube_api_key": key},
         "limits": {"rate_limit": 0.0},

@@ -46,6 +46,7 @@ OUT = Path(__file__).resolve().parent
 
 TARGETS = {
     "pass_through_cpu_ratio": ("<=", 4.0),
+    "metrics_cpu_cost_ratio": ("<=", 1.05),
     "overload_p99_ratio": ("<=", 3.0),
     "cached_meta_rps_ratio": (">=", 10.0),
     "burst_upstream_call_ratio": (">=", 10.0),
@@ -112,6 +113,10 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
     bare, bare_port = proxy_process(
         workdir, "proxy-aiohttp-only", gitlab_url, cube_url, KEY, server={"fast_lane": False}
     )
+    # the same proxy counting nothing: the baseline of the metrics' cost
+    quiet, quiet_port = proxy_process(
+        workdir, "proxy-metrics-off", gitlab_url, cube_url, KEY, server={"metrics": False}
+    )
     plain_port = free_port()
     plain = Process(
         ["-m", "bench.plain_proxy", str(plain_port), f"{cube_url}/cubejs-api/v1/load"],
@@ -135,13 +140,14 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
         one.start()
         two.start()
         bare.start()
+        quiet.start()
         plain.start()
         floor.start()
         protocol.start()
         upstream_load = f"http://127.0.0.1:{upstream.port}/cubejs-api/v1/load"
         nginx_load = f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load"
         # warm the auth caches (and, for two workers, each worker's)
-        for port in (one_port, two_port, bare_port):
+        for port in (one_port, two_port, bare_port, quiet_port):
             wrk(f"http://127.0.0.1:{port}{LOAD}", [], seconds=1, connections=4, token=TOKEN, vary=True)
 
         def one_round() -> dict[str, WrkResult]:
@@ -158,6 +164,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
                 "proxy_1_worker": proxied(one_port, one.pids, 64),
                 "proxy_2_workers": proxied(two_port, two.pids, 64),
                 "proxy_aiohttp_only": proxied(bare_port, bare.pids, 64),
+                "proxy_metrics_off": proxied(quiet_port, quiet.pids, 64),
                 "nginx_overload_256": wrk(nginx_load, reference.pids, seconds=seconds, connections=256),
                 "nginx_2_workers_overload_256": wrk(
                     f"http://127.0.0.1:{reference_2.port}/cubejs-api/v1/load",
@@ -200,10 +207,17 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
                     runs, "proxy_2_workers_overload_256", "nginx_2_workers_overload_256", "p99_ms"
                 ),
                 "two_workers_rps_ratio": median_ratio(runs, "proxy_2_workers", "proxy_1_worker", "rps"),
+                # CPU per request with metrics on over the same proxy counting nothing ([server] metrics = false)
+                "metrics_cpu_cost_ratio": median_ratio(
+                    runs, "proxy_1_worker", "proxy_metrics_off", "cpu_us_per_request"
+                ),
+                "metrics_cpu_cost_ratio_range": ratio_range(
+                    runs, "proxy_1_worker", "proxy_metrics_off", "cpu_us_per_request"
+                ),
             }
         )
     finally:
-        for process in (one, two, bare, plain, floor, protocol, reference, reference_2, upstream):
+        for process in (one, two, bare, quiet, plain, floor, protocol, reference, reference_2, upstream):
             process.stop()
     return results
 

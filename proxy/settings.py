@@ -58,6 +58,17 @@ class ServerSettings:
     #: a page of GitLab's, on the explorer's origin, whose csrf-token meta tag the explorer reads for a
     #: session's POSTs (when a load balancer serves the explorer on GitLab's origin)
     explorer_csrf_page: str = "/"
+    #: count requests for /-/metrics and /-/status (false: both are 404, and nothing is counted)
+    metrics: bool = True
+    #: serve /-/metrics (and /-/status) on this loopback port instead of the public listener; 0: on the public one
+    metrics_port: int = 0
+    #: label analytics request metrics with the project id (up to ``metrics_max_projects`` ids; the rest "other")
+    metrics_project_label: bool = False
+    metrics_max_projects: int = 100
+    #: seconds between SIGTERM (readiness turns 503 at once) and the drain, while the listener keeps serving
+    drain_delay: float = 5.0
+    #: peers whose X-Forwarded-For is believed (addresses or networks, e.g. ["10.0.0.0/8"]); none by default
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,8 @@ class GitLabSettings:
     #: credentials not seen yet that GitLab is asked about per second, and in a burst; more get a 503.
     new_credentials_per_second: float = 50.0
     new_credentials_burst: int = 500
+    #: readiness also needs GitLab to answer (any HTTP answer below 500 from its /-/liveness)
+    ready_check: bool = False
     #: accept GitLab's own browser session (the dashboards' callers, spec section 2.1)
     sessions: bool = True
     #: the name of GitLab's session cookie
@@ -210,6 +223,13 @@ def _coerce(value: Any, typ: Any, where: str, problems: list[str], from_env: boo
             return None
         inner = next(a for a in args if a is not type(None))
         return _coerce(value, inner, where, problems, from_env)
+    if origin is tuple:  # tuple[str, ...]: a TOML array, or a comma-separated environment value
+        if from_env and isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        problems.append(f"{where}: must be a list of strings, not {value!r}")
+        return None
     if typ is bool:
         if from_env and isinstance(value, str) and value.lower() in {"1", "true", "yes", "0", "false", "no"}:
             return value.lower() in {"1", "true", "yes"}
@@ -276,6 +296,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
         "[server] workers": s.server.workers,
         "[server] keepalive_timeout": s.server.keepalive_timeout,
         "[server] write_timeout": s.server.write_timeout,
+        "[server] metrics_max_projects": s.server.metrics_max_projects,
         "[gitlab] timeout": s.gitlab.timeout,
         "[gitlab] cache_size": s.gitlab.cache_size,
         "[gitlab] min_access_level": s.gitlab.min_access_level,
@@ -305,6 +326,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
         "[gitlab] new_credentials_per_second": s.gitlab.new_credentials_per_second,
         "[server] shutdown_timeout": s.server.shutdown_timeout,
         "[server] shed_lag_ms": s.server.shed_lag_ms,
+        "[server] drain_delay": s.server.drain_delay,
         "[cube] continue_wait_budget": s.cube.continue_wait_budget,
         "[cube] continue_wait_pause": s.cube.continue_wait_pause,
         "[cube] queue_timeout": s.cube.queue_timeout,
@@ -325,6 +347,13 @@ def _validate(s: Settings, problems: list[str]) -> None:
         problems.append(
             f"[server] explorer_csrf_page: must be a path on the explorer's origin, not {s.server.explorer_csrf_page!r}"
         )
+    for proxy_address in s.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy_address, strict=False)
+        except ValueError:
+            problems.append(f"[server] trusted_proxies: {proxy_address!r} is not an address or network")
+    if not 0 <= s.server.metrics_port <= 65535:
+        problems.append(f"[server] metrics_port: must be a port (1-65535) or 0 (off), not {s.server.metrics_port}")
     if not _COOKIE_NAME.fullmatch(s.gitlab.session_cookie):
         problems.append(
             f"[gitlab] session_cookie: must be a cookie name (letters, digits and !#$%&'*+-.^_`|~),"

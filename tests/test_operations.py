@@ -5,12 +5,12 @@ import contextlib
 import json
 import logging
 import os
+import re
 import resource
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -152,11 +152,10 @@ def test_access_lines_in_text_form_and_through_the_redaction_guard():
     AccessLog("json", lambda: stream).write("GET /y 200", {"note": "Authorization: Bearer secret"})
     text, json_line = stream.getvalue().splitlines()
     assert text.endswith(" INFO proxy.access GET /x?private_token=[REDACTED] 200")
-    assert time.strptime(text[:19], "%Y-%m-%d %H:%M:%S")
-    assert text[19] == "," and text[20:23].isdigit()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", text.split(" ")[0])  # UTC, ms, zone
     entry = json.loads(json_line)
     assert entry["note"] == "Authorization: [REDACTED]"
-    assert time.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
 
 
 def test_redaction_guard():
@@ -194,14 +193,20 @@ def test_redaction_guard():
     assert "secret" not in JsonFormatter().format(record)
 
 
-def test_json_lines_carry_each_record_s_own_second():
-    formatter = JsonFormatter()
-    times = []
-    for created in (1000.2, 1000.9, 1001.0):
+def test_log_lines_carry_each_record_s_own_time_in_utc_to_the_millisecond():
+    formatter, text = JsonFormatter(), TextFormatter("%(asctime)s %(message)s")
+    times, texts = [], []
+    for created in (1000.2, 1000.9, 1001.0, 1764619801.5):
         record = logging.makeLogRecord({"msg": "x", "levelname": "INFO", "name": "x", "created": created})
         times.append(orjson.loads(formatter.format(record))["time"])
-    expected = [time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second)) for second in (1000, 1000, 1001)]
-    assert times == expected
+        texts.append(text.format(record).split(" ")[0])
+    expected = [
+        "1970-01-01T00:16:40.200Z",
+        "1970-01-01T00:16:40.900Z",
+        "1970-01-01T00:16:41.000Z",
+        "2025-12-01T20:10:01.500Z",
+    ]
+    assert times == texts == expected
 
 
 def test_setup_logging_installs_one_handler():
@@ -272,13 +277,21 @@ async def wait_for_line(stream, needle, limit=200):
 
 @contextlib.asynccontextmanager
 async def proxy_process(
-    tmp_path, gitlab_url, cube_url, cube_section="", server_section="", preexec_fn=None, shutdown_timeout=20
+    tmp_path,
+    gitlab_url,
+    cube_url,
+    cube_section="",
+    server_section="",
+    preexec_fn=None,
+    shutdown_timeout=20,
+    drain_delay=0.0,
 ):
     """The proxy as production runs it (``python -m proxy``), listening; killed if a test leaves it running."""
     port = free_port()
     config = tmp_path / "proxy.toml"
     config.write_text(
-        f"[server]\nport = {port}\nshutdown_timeout = {shutdown_timeout}\n{server_section}\n"
+        f"[server]\nport = {port}\nshutdown_timeout = {shutdown_timeout}\n"
+        f"drain_delay = {drain_delay}\n{server_section}\n"
         f'[gitlab]\nurl = "{gitlab_url}"\n'
         f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{CUBE_KEY}"\n[cube]\n{cube_section}\n'
     )
@@ -560,7 +573,7 @@ async def test_installed_command_runs_workers_sharing_the_port(cube, gitlab_url,
     port = free_port()
     config = tmp_path / "proxy.toml"
     config.write_text(
-        f'[server]\nport = {port}\nworkers = 2\n[gitlab]\nurl = "{gitlab_url}"\n'
+        f'[server]\nport = {port}\nworkers = 2\ndrain_delay = 0\n[gitlab]\nurl = "{gitlab_url}"\n'
         f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{CUBE_KEY}"\n'
     )
     proc = await asyncio.create_subprocess_exec(str(command), "--config", str(config), stderr=asyncio.subprocess.PIPE)

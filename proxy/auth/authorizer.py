@@ -21,6 +21,7 @@ from proxy.errors import (
 )
 from proxy.ids import project_id
 from proxy.limits.caller_rate import RateLimiter
+from proxy.observe.metrics import Metrics
 from proxy.settings import GitLabSettings
 from proxy.singleflight import SingleFlightCache
 
@@ -46,6 +47,8 @@ class Grant:
 
 class Authorizer(Protocol):
     async def authorize(self, credential: Credential, project_ref: str, method: str) -> Grant: ...
+
+    async def identify(self, credential: Credential) -> Caller: ...
 
     async def mint_token(self, credential: Credential, grant: Grant) -> str: ...
 
@@ -93,9 +96,15 @@ class GitLabAuthorizer:
     """
 
     def __init__(
-        self, client: GitLabClient, settings: GitLabSettings, timer: Callable[[], float] = time.monotonic
+        self,
+        client: GitLabClient,
+        settings: GitLabSettings,
+        timer: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._client = client
+        #: authorisations answered from the cached grant (hit) or worked out (miss); new-credential refusals
+        self._metrics = metrics if metrics is not None else Metrics()
         self._min_level = settings.min_access_level
         self._timer = timer
 
@@ -128,8 +137,10 @@ class GitLabAuthorizer:
         memo = self._grants.get(memo_key)
         if memo is not None:
             if self._timer() < memo[1]:
+                self._metrics.auth_hits += 1
                 return memo[0]
             del self._grants[memo_key]
+        self._metrics.auth_misses += 1
         grant = await self._work_out(credential, check_project_ref(project_ref), needed, satisfying, csrf_key)
         self._remember(memo_key, grant)
         return grant
@@ -141,6 +152,7 @@ class GitLabAuthorizer:
         if not self._callers.known(key) and self._new_credentials.enabled:
             wait = self._new_credentials.check("new", self._timer())
             if wait is not None:
+                self._metrics.refusal("new_credentials")
                 raise ApiError(
                     503,
                     {"message": "Too many new credentials at once; retry shortly"},
@@ -164,6 +176,11 @@ class GitLabAuthorizer:
             if level < self._min_level:
                 raise access_denied()
         return Grant(caller, project_id)
+
+    async def identify(self, credential: Credential) -> Caller:
+        """Who the credential belongs to (GitLab's answer, cached as for authorisations); 401 if nobody."""
+        caller, _ = await self._callers.get(credential.key, lambda: self._load_caller(credential))
+        return caller
 
     def _remember(self, memo_key: tuple[str, str | None, str, str], grant: Grant) -> None:
         key, csrf_key, project_ref, _ = memo_key

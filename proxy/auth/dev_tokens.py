@@ -126,6 +126,9 @@ class DevTokenAuthorizer:
             raise access_denied()
         return Grant(entry.caller, project)
 
+    async def identify(self, credential: Credential) -> Caller:
+        return self._find(credential).caller
+
     async def mint_token(self, credential: Credential, grant: Grant) -> str:
         """No GitLab to mint with: a random stand-in, marked as such."""
         self._find(credential)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -14,6 +15,7 @@ import orjson
 from proxy.auth.credentials import Credential
 from proxy.bounded import read_at_most
 from proxy.errors import ApiError, gitlab_unavailable
+from proxy.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +34,44 @@ class GitLabReply:
 class GitLabClient:
     """Calls GitLab with the caller's own credential; fails closed with 503 on any fault."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, timeout: float, retry_after: int) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        timeout: float,
+        retry_after: int,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._session = session
+        #: each call counted by endpoint and status, and timed
+        self._metrics = metrics if metrics is not None else Metrics()
         self._base = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._retry_after = retry_after
 
     async def _call(
-        self, method: str, path: str, credential: Credential, json: Any = None, with_csrf: bool = False
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        credential: Credential,
+        json: Any = None,
+        with_csrf: bool = False,
+    ) -> GitLabReply:
+        started = time.monotonic()
+        status = "unreachable"
+        try:
+            reply = await self._exchange(method, path, credential, json, with_csrf)
+            status = str(reply.status)
+            return reply
+        except ApiError as exc:
+            status = str(exc.status) if exc.status != 503 else status
+            raise
+        finally:
+            self._metrics.gitlab_call(endpoint, status, time.monotonic() - started)
+
+    async def _exchange(
+        self, method: str, path: str, credential: Credential, json: Any, with_csrf: bool
     ) -> GitLabReply:
         url = f"{self._base}{path}"
         try:
@@ -80,14 +112,24 @@ class GitLabClient:
             body = None
         return GitLabReply(status, body)
 
+    async def reachable(self) -> bool:
+        """Whether GitLab answers at all (any HTTP answer below 500 from ``/-/liveness``), for readiness."""
+        try:
+            async with self._session.get(
+                f"{self._base}/-/liveness", timeout=self._timeout, allow_redirects=False
+            ) as resp:
+                return resp.status < 500
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+
     async def current_user(self, credential: Credential) -> GitLabReply:
-        return await self._call("GET", "/api/v4/user", credential)
+        return await self._call("user", "GET", "/api/v4/user", credential)
 
     async def personal_token_info(self, credential: Credential) -> GitLabReply:
-        return await self._call("GET", "/api/v4/personal_access_tokens/self", credential)
+        return await self._call("token_self", "GET", "/api/v4/personal_access_tokens/self", credential)
 
     async def oauth_token_info(self, credential: Credential) -> GitLabReply:
-        return await self._call("GET", "/oauth/token/info", credential)
+        return await self._call("oauth_token_info", "GET", "/oauth/token/info", credential)
 
     async def csrf_verdict(self, credential: Credential) -> GitLabReply:
         """GraphQL's ``currentUser`` with the session and its CSRF token: null unless the token fits the session.
@@ -96,13 +138,13 @@ class GitLabClient:
         (``protect_from_forgery with: :null_session``), so this is how a proxy without
         GitLab's secrets learns whether a CSRF token is valid (spec section 2.1).
         """
-        return await self._call("POST", "/api/graphql", credential, json=_CURRENT_USER, with_csrf=True)
+        return await self._call("graphql", "POST", "/api/graphql", credential, json=_CURRENT_USER, with_csrf=True)
 
     async def project(self, credential: Credential, project_ref: str) -> GitLabReply:
-        return await self._call("GET", f"/api/v4/projects/{quote(project_ref, safe='')}", credential)
+        return await self._call("project", "GET", f"/api/v4/projects/{quote(project_ref, safe='')}", credential)
 
     async def member(self, credential: Credential, project_id: int, user_id: int) -> GitLabReply:
-        return await self._call("GET", f"/api/v4/projects/{project_id}/members/all/{user_id}", credential)
+        return await self._call("member", "GET", f"/api/v4/projects/{project_id}/members/all/{user_id}", credential)
 
     async def create_project_access_token(self, credential: Credential, project_id: int, today: dt.date) -> GitLabReply:
         body = {
@@ -112,7 +154,7 @@ class GitLabClient:
             "expires_at": (today + dt.timedelta(days=1)).isoformat(),
         }
         path = f"/api/v4/projects/{project_id}/access_tokens"
-        return await self._call("POST", path, credential, json=body, with_csrf=True)
+        return await self._call("access_tokens", "POST", path, credential, json=body, with_csrf=True)
 
 
 def message_of(reply: GitLabReply, fallback: str) -> str:

@@ -139,6 +139,7 @@ class CubeClient:
         read_timeout: float | None = None,
         need_whole: bool = False,
         parse: bool = True,
+        traceparent: str | None = None,
     ) -> Answer:
         """Send one call; a fault raises ApiError (502/504) and leaves nothing open."""
         read_timeout = self.read_timeout if read_timeout is None else read_timeout
@@ -146,6 +147,8 @@ class CubeClient:
         headers = {"Authorization": jwt, "X-Request-Id": request_id, "Accept-Encoding": "identity"}
         if payload is not None:
             headers["Content-Type"] = "application/json"
+        if traceparent is not None:
+            headers["traceparent"] = traceparent  # W3C trace context: the caller's trace crosses the proxy
         try:
             # read_timeout bounds the wait for headers and for each later piece of the body
             response = await self._http.request(method, url, headers, payload, read_timeout)

@@ -15,12 +15,28 @@ from proxy.cube.tenants import Tenant
 from proxy.cube.zerofill import FillPlan, zero_fill
 from proxy.errors import ApiError
 from proxy.limits.tenant_cap import TenantLimiter
+from proxy.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 #: a zero-fill that may add more rows than this, or of an answer the Cube client left unparsed (larger
 #: than PARSE_ON_LOOP_BYTES), is parsed, filled and serialised in the fill process, off the event loop
 FILL_ON_LOOP_DAYS = 1000
+
+
+#: a Cube call that failed, as its metrics outcome
+_FAULTS = {504: "timeout", 502: "unreachable", 503: "queue_timeout"}
+
+
+def _outcome(answer: Answer) -> str:
+    """A Cube answer as a metrics outcome: data, continue_wait, cube_4xx or cube_5xx."""
+    if isinstance(answer, Streamed):
+        return "data"
+    if answer.continue_wait:
+        return "continue_wait"
+    if answer.status < 400:
+        return "data"
+    return "cube_4xx" if answer.status < 500 else "cube_5xx"
 
 
 class UpstreamCall(NamedTuple):
@@ -35,6 +51,8 @@ class UpstreamCall(NamedTuple):
     fill: FillPlan | None = None
     #: read the whole body even when large (meta, which is cached whole).
     whole: bool = False
+    #: the caller's W3C trace context, sent on to Cube
+    traceparent: str | None = None
 
 
 class Forwarder:
@@ -45,8 +63,11 @@ class Forwarder:
         continue_wait_budget: float,
         continue_wait_pause: float = 0.5,
         fill_pool: Executor | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._cube = cube
+        #: each attempt counted by endpoint and outcome, and timed
+        self._metrics = metrics if metrics is not None else Metrics()
         #: where large zero-fills run (a process of its own); None fills here, on the loop
         self._fill_pool = fill_pool
         self._limiter = limiter
@@ -73,6 +94,7 @@ class Forwarder:
             remaining = deadline - started
             read_timeout = None if attempt == 1 else min(self._cube.read_timeout, remaining)
             release = await self._limiter.acquire(call.tenant.app_id)
+            asked = time.monotonic()
             try:
                 answer = await self._cube.call(
                     url,
@@ -83,8 +105,12 @@ class Forwarder:
                     read_timeout=read_timeout,
                     need_whole=call.whole or call.fill is not None,
                     parse=call.fill is not None,  # only the zero-fill reads the data itself
+                    traceparent=call.traceparent,
                 )
             except ApiError as exc:
+                self._metrics.cube_call(
+                    call.endpoint, _FAULTS.get(exc.status, "error"), time.monotonic() - asked, call.tenant.cube_base_url
+                )
                 release()
                 if attempt > 1 and exc.status == 504 and last is not None:
                     return last
@@ -92,6 +118,9 @@ class Forwarder:
             except BaseException:
                 release()
                 raise
+            self._metrics.cube_call(
+                call.endpoint, _outcome(answer), time.monotonic() - asked, call.tenant.cube_base_url
+            )
             if isinstance(answer, Streamed):
                 answer.release = release  # held until the stream is closed
                 return answer

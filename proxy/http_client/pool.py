@@ -79,6 +79,11 @@ class HttpPool:
     def open_connections(self) -> int:
         return len(self._open)
 
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a connection."""
+        return len(self._waiters)
+
     async def request(self, head: bytes, body: bytes | None, read_timeout: float) -> Response:
         """Send ``head`` (request line and headers, ending in a blank line) and ``body``; await the headers.
 

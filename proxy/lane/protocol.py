@@ -195,6 +195,7 @@ async def listen(
     """Listen through a fast lane in front of ``runner``'s aiohttp server (set up already); port 0 picks one."""
     assert runner.server is not None, "the runner must be set up first"
     lane = FastLane(pipeline, runner.server)
+    pipeline.lane_counts = lambda: (lane.served, lane.handed_over)
     listener = await asyncio.get_running_loop().create_server(
         lane, host, port, reuse_port=reuse_port or None, backlog=BACKLOG
     )
@@ -231,11 +232,15 @@ class _Connection(asyncio.Protocol):
         #: the header fields counted, and the singletons seen (a bit each), of the request being parsed
         self._fields = 0
         self._seen = 0
+        #: the peer's address (the access line's client, unless a trusted proxy names another)
+        self._peer: str | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = as_stream(transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else None
         self._flow = FlowControl(self._loop, self._transport)
         self._lane._add(self)
         if self._lane.closing:
@@ -440,7 +445,7 @@ class _Connection(asyncio.Protocol):
     async def _answer(self, route: str, endpoint: str, project: str, headers: dict[str, str], raw: bytes) -> None:
         """The pipeline's steps, in order (``proxy/pipeline/core.py``); errors become JSON answers; one access line."""
         pipeline = self._lane.pipeline
-        exchange = pipeline.begin("POST", route, headers.get(REQUEST_ID_HEADER))
+        exchange = pipeline.begin("POST", route, headers, self._peer)
         status = 500
         try:
             try:
@@ -495,6 +500,7 @@ class _Connection(asyncio.Protocol):
         lines = self._head(status, content_type, exchange, extra, b"Content-Length: %d\r\n" % len(body))
         lines.append(body)
         transport.write(b"".join(lines))
+        exchange.bytes_sent = len(body)
 
     async def _send(self, outcome: Outcome, exchange: Exchange) -> None:
         if isinstance(outcome, Buffered):
@@ -515,6 +521,7 @@ class _Connection(asyncio.Protocol):
                         transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
                     else:
                         transport.write(chunk)
+                    exchange.bytes_sent += len(chunk)
                     if self._flow.paused:
                         await self._flow.drain(self._lane.write_timeout)
             except Exception as exc:  # Cube's body broke, or a fault: the 200 is out, so only cutting it off is left

@@ -31,8 +31,10 @@ class TenantLimiter:
     per call (on Python 3.11 that is a system call; ``bench/NOTES.md``).
     """
 
-    def __init__(self, limit: int, queue_timeout: float) -> None:
+    def __init__(self, limit: int, queue_timeout: float, on_wait: Callable[[], None] = lambda: None) -> None:
         self._limit = limit
+        #: told each time a caller has to wait for a slot (the metrics count it)
+        self._on_wait = on_wait
         self._queue_timeout = queue_timeout
         self._slots: dict[str, _Slots] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -46,6 +48,7 @@ class TenantLimiter:
         if slots.free > 0 and not slots.waiters:
             slots.free -= 1
         else:
+            self._on_wait()
             await self._wait(key, slots)
         released = False
 
@@ -57,6 +60,10 @@ class TenantLimiter:
                 self._leave(key, slots)
 
         return release
+
+    def queued(self) -> dict[str, int]:
+        """Callers waiting for a slot now, by key (the status page's per-tenant queue)."""
+        return {key: len(slots.waiters) for key, slots in self._slots.items() if slots.waiters}
 
     async def _wait(self, key: str, slots: _Slots) -> None:
         loop = self._loop

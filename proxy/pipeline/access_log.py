@@ -24,32 +24,41 @@ LOGGER = "proxy.access"
 class AccessLog:
     def __init__(self, fmt: str, stream: Callable[[], TextIO] = lambda: sys.stderr) -> None:
         self._json = fmt == "json"
-        self._time_form = "%Y-%m-%dT%H:%M:%S" if self._json else "%Y-%m-%d %H:%M:%S"
         #: looked up per line, so a stream replaced after start-up (tests capturing stderr) is honoured
         self._stream = stream
         self._logger = logging.getLogger(LOGGER)
-        self._second: tuple[int, str] = (-1, "")
+        self._stamp = UtcStamps()
 
-    def enabled(self) -> bool:
-        return self._logger.isEnabledFor(logging.INFO)
+    def enabled(self, probe: bool = False) -> bool:
+        """Whether a line would be written: INFO for requests, DEBUG for probes (health, metrics, status)."""
+        return self._logger.isEnabledFor(logging.DEBUG if probe else logging.INFO)
 
-    def write(self, message: str, fields: dict[str, Any]) -> None:
+    def write(self, message: str, fields: dict[str, Any], probe: bool = False) -> None:
         now = time.time()
+        stamp = self._stamp(now)
+        level = "DEBUG" if probe else "INFO"
         if self._json:
-            entry = {
-                "time": self._time(now),
-                "level": "INFO",
-                "logger": LOGGER,
-                "message": message,
-            }
+            entry = {"time": stamp, "level": level, "logger": LOGGER, "message": message}
             line = orjson.dumps(entry | fields, default=str).decode()
         else:
-            line = f"{self._time(now)},{int(now % 1 * 1000):03d} INFO {LOGGER} {message}"
+            line = f"{stamp} {level} {LOGGER} {message}"
         self._stream().write(redact(line) + "\n")
 
-    def _time(self, now: float) -> str:
-        """The local time to the second, formatted once per second."""
+
+class UtcStamps:
+    """Times as UTC to the millisecond with their zone, ``2026-12-01T19:50:01.123Z``.
+
+    The part to the second is formatted once per second (the rest is arithmetic).
+    """
+
+    __slots__ = ("_second",)
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(self, now: float) -> str:
         second = int(now)
         if second != self._second[0]:
-            self._second = (second, time.strftime(self._time_form, time.localtime(second)))
-        return self._second[1]
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        # rounded, not truncated: 1000.9 is 1000.89999... in binary; capped so a rounding never reaches 1000
+        return f"{self._second[1]}.{min(999, round((now - second) * 1000)):03d}Z"

@@ -24,8 +24,9 @@ import contextlib
 import logging
 import multiprocessing
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import aiohttp
 import yarl
@@ -45,11 +46,14 @@ from proxy.http_client import HttpClient
 from proxy.limits.caller_rate import RateLimiter
 from proxy.limits.overload import LoadShedder
 from proxy.limits.tenant_cap import TenantLimiter
+from proxy.observe.metrics import Metrics, NoMetrics
 from proxy.pipeline.access_log import AccessLog
+from proxy.pipeline.client_info import client_address, traceparent, trusted_networks
 from proxy.pipeline.coalesce import Coalescer, Outcome, StreamBroken
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.request_body import QueryRequest, parse_body, query_request
-from proxy.pipeline.request_id import RequestIds, normalise_request_id
+from proxy.pipeline.request_id import REQUEST_ID_HEADER, RequestIds, normalise_request_id
+from proxy.pipeline.routes import FORWARDED_FOR, PROBE_ROUTES, TRACEPARENT, USER_AGENT
 from proxy.settings import Settings
 from proxy.singleflight import SingleFlightCache
 
@@ -86,6 +90,19 @@ class Pipeline:
         self.rate_limiter = RateLimiter(limits.rate_limit, limits.rate_limit_burst, limits.rate_limit_callers)
         self.shedder = LoadShedder(settings.server.shed_lag_ms / 1000)
         self.max_json_depth = limits.max_json_depth
+        server = settings.server
+        #: every count the metrics and the status page show (this process's)
+        self.metrics = (
+            Metrics(server.metrics_project_label, server.metrics_max_projects) if server.metrics else NoMetrics()
+        )
+        #: the fast lane's (served, handed over) counts, when a lane serves this pipeline
+        self.lane_counts: Callable[[], tuple[int, int]] | None = None
+        #: shutting down: readiness says so from SIGTERM on, while requests are still served
+        self.draining = False
+        self._trusted = trusted_networks(server.trusted_proxies)
+        self._gitlab_client: GitLabClient | None = None
+        #: GitLab's reachability for readiness, asked at most once per ``readiness_ttl``
+        self._gitlab_up: SingleFlightCache[str, bool] = SingleFlightCache(1, settings.cube.readiness_ttl)
         #: the session cookie's name when GitLab's browser sessions are accepted, else None
         self.session_cookie = settings.gitlab.session_cookie if settings.gitlab.sessions else None
         #: seconds a caller may read nothing of an answer being written (both doors enforce it)
@@ -104,12 +121,16 @@ class Pipeline:
         # large zero-fills are parsed, filled and serialised here, so no request holds the event loop for
         # them (a spawned process: nothing of this one's loop or sockets is copied into it; started on first use)
         fill_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.tenant_cap = TenantLimiter(
+            cube.max_concurrent_per_tenant, cube.queue_timeout, self.metrics.tenant_cap_wait
+        )
         self.forwarder = Forwarder(
             CubeClient(self.cube_http, cube.read_timeout, cube.buffer_limit, cube.max_whole_bytes),
-            TenantLimiter(cube.max_concurrent_per_tenant, cube.queue_timeout),
+            self.tenant_cap,
             cube.continue_wait_budget,
             cube.continue_wait_pause,
             fill_pool,
+            self.metrics,
         )
         self.readiness = CubeReadiness(cube_urls(self.settings), cube.readiness_ttl)
         try:
@@ -134,8 +155,11 @@ class Pipeline:
             cookie_jar=aiohttp.DummyCookieJar(),  # callers share this session: GitLab's cookies must not
         )
         try:
-            client = GitLabClient(session, settings.gitlab.url, settings.gitlab.timeout, settings.gitlab.retry_after)
-            self.authorizer = GitLabAuthorizer(client, settings.gitlab)
+            client = GitLabClient(
+                session, settings.gitlab.url, settings.gitlab.timeout, settings.gitlab.retry_after, self.metrics
+            )
+            self.authorizer = GitLabAuthorizer(client, settings.gitlab, metrics=self.metrics)
+            self._gitlab_client = client
             yield
         finally:
             await session.close()
@@ -147,20 +171,34 @@ class Pipeline:
 
     # -- the steps, in order ---------------------------------------------------------------
 
-    def begin(self, method: str, route: str | None, request_id: str | None) -> Exchange:
-        """Step 1: the request's id (the caller's if well-formed, else a fresh one) and its clock."""
-        return Exchange(normalise_request_id(request_id, self.request_ids), method, route, time.perf_counter())
+    def begin(self, method: str, route: str | None, headers: Mapping[str, str], peer: str | None) -> Exchange:
+        """Step 1: the request's id (the caller's if well-formed, else a fresh one), its clock, and its caller.
+
+        The caller is its address (``X-Forwarded-For`` believed only from ``trusted_proxies``),
+        its ``User-Agent`` and its W3C ``traceparent`` (kept if valid, and sent on to Cube).
+        """
+        exchange = Exchange(
+            normalise_request_id(headers.get(REQUEST_ID_HEADER), self.request_ids), method, route, time.perf_counter()
+        )
+        exchange.client = client_address(peer, headers.get(FORWARDED_FOR), self._trusted) if self._trusted else peer
+        exchange.user_agent = headers.get(USER_AGENT)
+        if (trace := headers.get(TRACEPARENT)) is not None:
+            exchange.traceparent = traceparent(trace)
+        self.metrics.in_flight += 1
+        return exchange
 
     def gate(self, exchange: Exchange, headers: Mapping[str, str], query: Mapping[str, str]) -> None:
         """Step 2, for analytics routes: shed while overloaded (503); a credential (401) within its rate (429)."""
         shedder = self.shedder
         if shedder.enabled and shedder.overloaded():
+            self.metrics.refusal("shed")
             raise ApiError(503, {"message": "The proxy is overloaded; retry shortly"}, {"Retry-After": "1"})
         credential = extract_credential(headers, query, self.session_cookie)
         limiter = self.rate_limiter
         if limiter.enabled:
             wait = limiter.check(credential.caller_key, time.monotonic())
             if wait is not None:
+                self.metrics.refusal("rate_limited")
                 raise ApiError(
                     429,
                     {"message": f"Too many requests from this caller; retry after {wait} s"},
@@ -186,12 +224,24 @@ class Pipeline:
             request_id=exchange.request_id,
             payload=query.payload,
             fill=fill_plan(query.query) if endpoint == "load" else None,
+            traceparent=exchange.traceparent,
         )
         forwarder = self.forwarder
-        outcome, shared = await self.coalescer.run(
-            _coalesce_key(tenant, endpoint, query), lambda: forwarder.fetch(call)
-        )
+        asked = time.perf_counter()
+        try:
+            outcome, shared = await self.coalescer.run(
+                _coalesce_key(tenant, endpoint, query), lambda: forwarder.fetch(call)
+            )
+        finally:
+            exchange.cube_ms = round((time.perf_counter() - asked) * 1000, 2)
+        exchange.cube_status = outcome.status if isinstance(outcome, Buffered) else 200
         exchange.cache = "shared" if shared else "miss"
+        if shared:
+            self.metrics.shared_calls += 1
+            if (tally := exchange.tally) is not None:  # set by the authorisation
+                tally.coalesced += 1
+        else:
+            self.metrics.own_calls += 1
         return outcome
 
     async def answer_meta(self, exchange: Exchange, project_ref: str, method: str, raw: bytes | None) -> Buffered:
@@ -209,6 +259,7 @@ class Pipeline:
                 request_id=exchange.request_id,
                 payload=None,
                 whole=True,
+                traceparent=exchange.traceparent,
             )
             answer = await self.forwarder.fetch(call)
             assert isinstance(answer, Buffered)  # meta is asked for whole (call.whole)
@@ -219,11 +270,23 @@ class Pipeline:
                 raise ApiError(answer.status, body)
             return answer
 
+        asked = time.perf_counter()
         try:
             answer, hit = await self.meta_cache.get(tenant, load_meta)
         except ContinueWaitAnswer as cw:
             answer, hit = cw.answer, False
+        finally:
+            exchange.cube_ms = round((time.perf_counter() - asked) * 1000, 2)
         exchange.cache = "hit" if hit else "miss"
+        exchange.cube_status = answer.status
+        tally = exchange.tally
+        assert tally is not None  # set by the authorisation
+        if hit:
+            self.metrics.meta_hits += 1
+            tally.meta_hits += 1
+        else:
+            self.metrics.meta_misses += 1
+            tally.meta_misses += 1
         return answer
 
     def fault(self, exchange: Exchange) -> None:
@@ -248,11 +311,24 @@ class Pipeline:
             self.fault(exchange)
 
     def finish(self, exchange: Exchange, status: int) -> None:
-        """Step 5: one access line (when the access log is on)."""
-        access_log = self.access_log
-        if not access_log.enabled():
-            return
+        """Step 5: the request counted (metrics, its project's tally), and one access line (when the log is on).
+
+        Probes (health, metrics, status) are logged at DEBUG, everything else at INFO.
+        """
+        seconds = time.perf_counter() - exchange.started
         method, route = exchange.method, exchange.route
+        metrics = self.metrics
+        metrics.request_finished(route or "unmatched", method, status, seconds, exchange.bytes_sent)
+        tally = exchange.tally
+        if tally is not None:
+            tally.in_flight -= 1
+            tally.requests += 1
+            if status >= 400:
+                tally.errors += 1
+        access_log = self.access_log
+        probe = route in PROBE_ROUTES
+        if not access_log.enabled(probe):
+            return
         access_log.write(
             f"{method} {route or '-'} {status}",
             {
@@ -262,11 +338,48 @@ class Pipeline:
                 "route": route,
                 "project": exchange.project,
                 "status": status,
-                "duration_ms": round((time.perf_counter() - exchange.started) * 1000, 2),
+                "duration_ms": round(seconds * 1000, 2),
+                "bytes": exchange.bytes_sent,
+                "client": exchange.client,
+                "user_agent": exchange.user_agent,
+                "user_id": exchange.user_id,
                 "cache": exchange.cache,
+                "cube_status": exchange.cube_status,
+                "cube_ms": exchange.cube_ms,
+                "trace": exchange.traceparent,
                 "aborted": exchange.aborted,
             },
+            probe,
         )
+
+    async def readiness_report(self) -> tuple[bool, dict[str, Any]]:
+        """Whether this proxy can serve, and why: not while shutting down, nor while every Cube is down (one
+        tenant's Cube down is not an outage of the others), nor (``[gitlab] ready_check``) while GitLab is."""
+        if self.draining:
+            return False, {"status": "shutting down"}
+        cubes = await self.readiness.check()
+        report: dict[str, Any] = {
+            "cubes": {shown_url(url): "up" if up else "down" for url, up in cubes.items()},
+            "down": [shown_url(url) for url, up in cubes.items() if not up],
+        }
+        ready = any(cubes.values())
+        if self.settings.gitlab.ready_check and self._gitlab_client is not None:
+            gitlab_up, _ = await self._gitlab_up.get("gitlab", self._gitlab_client.reachable)
+            report["gitlab"] = "up" if gitlab_up else "down"
+            ready = ready and gitlab_up
+        report["status"] = "ready" if ready else "unavailable"
+        return ready, report
+
+    def gauges(self) -> dict[str, float]:
+        """This process's gauges for a metrics snapshot: Cube pool connections, the lane's counts."""
+        found: dict[str, float] = {}
+        pools = self.cube_http.pools() if hasattr(self, "cube_http") else []
+        found["pool_open"] = sum(pool.open_connections for pool in pools)
+        found["pool_idle"] = sum(pool.idle_connections for pool in pools)
+        found["pool_waiting"] = sum(pool.waiting for pool in pools)
+        if self.lane_counts is not None:
+            found["lane_served"], found["lane_handed_over"] = self.lane_counts()
+        return found
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -275,6 +388,9 @@ class Pipeline:
         assert exchange.credential is not None, "the gate runs first"
         grant = await self.authorizer.authorize(exchange.credential, project_ref, method)
         exchange.project = grant.project_id
+        exchange.user_id = grant.caller.user_id
+        tally = exchange.tally = self.metrics.project(grant.project_id)
+        tally.in_flight += 1
         tenant = self.tenants.get(grant.project_id)
         if tenant is None:
             raise not_enabled()
@@ -285,6 +401,11 @@ def _coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[T
     if query.include_token:
         return None  # each such call carries its own minted token
     return (tenant, endpoint, query.fingerprint)
+
+
+def shown_url(url: str) -> str:
+    """A Cube URL as a report may show it: without any user or password in it."""
+    return str(yarl.URL(url).with_user(None))
 
 
 def _issuer(settings: Settings) -> str:

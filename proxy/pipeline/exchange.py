@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from proxy.auth.credentials import Credential
+from proxy.observe.metrics import ProjectTally
 
 
 class Exchange:
@@ -12,7 +13,24 @@ class Exchange:
     the access line is written from them.
     """
 
-    __slots__ = ("aborted", "cache", "credential", "method", "project", "request_id", "route", "started")
+    __slots__ = (
+        "aborted",
+        "bytes_sent",
+        "cache",
+        "client",
+        "credential",
+        "cube_ms",
+        "cube_status",
+        "method",
+        "project",
+        "request_id",
+        "route",
+        "started",
+        "tally",
+        "traceparent",
+        "user_agent",
+        "user_id",
+    )
 
     def __init__(self, request_id: str, method: str, route: str | None, started: float) -> None:
         #: Cube's ``<id>-span-<n>`` form, returned to the caller and sent to Cube
@@ -30,6 +48,19 @@ class Exchange:
         self.cache: str | None = None
         #: a streamed 200 was cut off because Cube's body broke
         self.aborted = False
+        #: bytes of the answer's body written (set by the front door)
+        self.bytes_sent = 0
+        #: the caller's address (through trusted proxies), its User-Agent, its W3C traceparent if valid
+        self.client: str | None = None
+        self.user_agent: str | None = None
+        self.traceparent: str | None = None
+        #: the GitLab user id, once authorised (never a name or a token)
+        self.user_id: int | None = None
+        #: the project's tally in the metrics, once authorised
+        self.tally: ProjectTally | None = None
+        #: what Cube answered this request (or the call it shared), and how long that took
+        self.cube_status: int | None = None
+        self.cube_ms: float | None = None
 
     def __repr__(self) -> str:
         return f"Exchange(request_id={self.request_id!r}, route={self.route!r}, project={self.project!r})"

@@ -5,6 +5,12 @@ from __future__ import annotations
 from proxy.auth.credentials import CREDENTIAL_HEADERS
 from proxy.pipeline.request_id import REQUEST_ID_HEADER
 
+USER_AGENT = "User-Agent"
+FORWARDED_FOR = "X-Forwarded-For"
+TRACEPARENT = "traceparent"
+#: what the access line says of the caller (its address through trusted proxies, its agent, its trace)
+CLIENT_HEADERS = (USER_AGENT, FORWARDED_FOR, TRACEPARENT)
+
 API_PREFIX = "/api/v4"
 #: every analytics route answers with and without GitLab's API prefix
 PREFIXES = (API_PREFIX, "")
@@ -16,7 +22,9 @@ META = "meta"
 #: the endpoints that run a query (POST, a body with ``query``)
 QUERY_ENDPOINTS = (LOAD, DRY_RUN)
 #: the request headers the analytics steps read; nothing else of a request's head is used
-HEADERS_READ = (*CREDENTIAL_HEADERS, REQUEST_ID_HEADER)
+HEADERS_READ = (*CREDENTIAL_HEADERS, REQUEST_ID_HEADER, *CLIENT_HEADERS)
+#: routes a load balancer or a scraper polls: their access lines are DEBUG, not INFO
+PROBE_ROUTES = frozenset({"/-/liveness", "/-/readiness", "/-/metrics", "/-/status"})
 
 
 def analytics_route(prefix: str, endpoint: str) -> str:

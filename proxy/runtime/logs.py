@@ -9,15 +9,20 @@ from typing import Any
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
+from proxy.pipeline.access_log import UtcStamps
 from proxy.pipeline.redaction import redact
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamp = UtcStamps()
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": self._stamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": redact(record.getMessage()),
@@ -52,8 +57,15 @@ class MalformedRequests(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._stamp = UtcStamps()
+
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return self._stamp(record.created)
 
 
 def setup_logging(fmt: str, level: str) -> None:

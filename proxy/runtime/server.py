@@ -7,13 +7,17 @@ import contextlib
 import gc
 import logging
 import resource
+import shutil
 import signal
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from proxy.lane import protocol as fast_lane
 from proxy.lane.protocol import FastLane
+from proxy.observe.store import retire
 from proxy.runtime.logs import setup_logging
 from proxy.runtime.workers import die_with_parent, supervise
 from proxy.settings import Settings
@@ -33,10 +37,15 @@ OPEN_FILES_WHEN_UNLIMITED = 1_048_576
 
 
 async def serve(
-    settings: Settings, *, reuse_port: bool = False, on_listening: Callable[[], None] | None = None
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    on_listening: Callable[[], None] | None = None,
+    metrics_folder: Path | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; then stop accepting and let in-flight answers finish."""
-    app = create_app(settings)
+    """Serve until SIGTERM or SIGINT; then readiness fails at once, serving goes on for ``drain_delay``
+    seconds (a load balancer's time to stop sending), and in-flight answers get ``shutdown_timeout``."""
+    app = create_app(settings, metrics_folder)
     # handler_cancellation: a caller that hangs up cancels its request, freeing its tenant slot and its
     # Cube connection (a shared call carries on for the others). aiohttp's default keeps the handler
     # running until Cube answers; the tests' server has always cancelled, and now production does too.
@@ -64,6 +73,17 @@ async def serve(
         on_listening()
     log.info("listening on http://%s:%s", settings.server.host, settings.server.port, extra={"event": "listening"})
     await stop.wait()
+    app[PIPELINE].draining = True
+    delay = settings.server.drain_delay
+    if delay > 0:
+        log.info(
+            "stopping: readiness fails now; serving on for %g s before draining",
+            delay,
+            extra={"event": "drain_delay"},
+        )
+        stop.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)  # a second SIGTERM or SIGINT drains at once
     log.info("shutting down: letting in-flight requests finish", extra={"event": "shutdown"})
     await drain(runner, listening, settings.server.shutdown_timeout)
 
@@ -106,6 +126,10 @@ async def _listen(
 ) -> tuple[asyncio.AbstractServer, FastLane] | None:
     """Listen through the fast lane (which hands what it does not serve to aiohttp's server), or through aiohttp."""
     host, port = settings.server.host, settings.server.port
+    if settings.server.metrics_port:
+        # metrics and status on loopback only, served by aiohttp beside the public listener
+        metrics_site = web.TCPSite(runner, "127.0.0.1", settings.server.metrics_port, reuse_port=reuse_port or None)
+        await metrics_site.start()
     if settings.server.fast_lane:
         return await fast_lane.listen(app[PIPELINE], runner, host, port, reuse_port=reuse_port)
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=fast_lane.BACKLOG)
@@ -155,7 +179,11 @@ def raise_open_files_limit() -> None:
 
 
 def _run_one(
-    settings: Settings, reuse_port: bool, parent: int | None = None, on_listening: Callable[[], None] | None = None
+    settings: Settings,
+    reuse_port: bool,
+    parent: int | None = None,
+    on_listening: Callable[[], None] | None = None,
+    metrics_folder: Path | None = None,
 ) -> None:
     if parent is not None:
         die_with_parent(parent)
@@ -163,7 +191,7 @@ def _run_one(
     tune_gc()
     try:
         with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(serve(settings, reuse_port=reuse_port, on_listening=on_listening))
+            runner.run(serve(settings, reuse_port=reuse_port, on_listening=on_listening, metrics_folder=metrics_folder))
     except CannotListen as exc:
         log.error("%s", exc, extra={"event": "listen_failed"})
         raise SystemExit(1) from None
@@ -178,7 +206,13 @@ def run(settings: Settings) -> int:
         _run_one(settings, reuse_port=False)
         return 0
 
-    def worker_main(parent: int, on_listening: Callable[[], None]) -> None:
-        _run_one(settings, True, parent, on_listening)
+    # the workers' metrics meet here: each writes its snapshot, a scrape adds them up, a dead one's are kept
+    folder = Path(tempfile.mkdtemp(prefix="product-analytics-proxy-metrics-"))
 
-    return supervise(worker_main, workers)
+    def worker_main(parent: int, on_listening: Callable[[], None]) -> None:
+        _run_one(settings, True, parent, on_listening, folder)
+
+    try:
+        return supervise(worker_main, workers, on_exit=lambda pid: retire(folder, pid))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -67,8 +67,11 @@ class _Worker:
     listening: Event
 
 
-def supervise(worker_main: WorkerMain, workers: int) -> int:
-    """Run ``workers`` forked workers until SIGTERM or SIGINT; 0 after a requested stop, 1 after a failed start."""
+def supervise(worker_main: WorkerMain, workers: int, on_exit: Callable[[int], None] = lambda pid: None) -> int:
+    """Run ``workers`` forked workers until SIGTERM or SIGINT; 0 after a requested stop, 1 after a failed start.
+
+    ``on_exit`` is told each worker's pid as it is reaped (its metrics are kept by it).
+    """
     context = multiprocessing.get_context("fork")
     parent = os.getpid()
     running: dict[int, _Worker] = {}  # by the process's sentinel
@@ -108,6 +111,8 @@ def supervise(worker_main: WorkerMain, workers: int) -> int:
             assert isinstance(sentinel, int)
             worker = running.pop(sentinel)
             worker.process.join()
+            if worker.process.pid is not None:
+                on_exit(worker.process.pid)
             if stopping:
                 continue
             code = worker.process.exitcode

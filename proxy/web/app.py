@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
 from proxy.pipeline.core import Pipeline
 from proxy.pipeline.routes import DRY_RUN, LOAD, META, PREFIXES, analytics_route
 from proxy.settings import Settings
-from proxy.web.explorer import setup_explorer
+from proxy.web.explorer import setup_explorer, setup_templates
 from proxy.web.health import setup_health
 from proxy.web.keys import PIPELINE
 from proxy.web.middlewares import MIDDLEWARES, PROTECTED_PREFIX
+from proxy.web.observability import setup_observability
 from proxy.web.views import dry_run, load, meta
 
 
@@ -42,13 +44,18 @@ async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The proxy as an aiohttp application; upstream clients open on start-up and close on clean-up."""
+def create_app(settings: Settings, metrics_folder: Path | None = None) -> web.Application:
+    """The proxy as an aiohttp application; upstream clients open on start-up and close on clean-up.
+
+    ``metrics_folder``: with several workers, the folder their metrics snapshots meet in.
+    """
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.limits.max_body_bytes)
     app[PIPELINE] = Pipeline(settings)
     app.cleanup_ctx.append(_overload_ctx)
     app.cleanup_ctx.append(_cube_ctx)
     app.cleanup_ctx.append(_gitlab_ctx)
     setup_routes(app)
+    setup_templates(app)
     setup_explorer(app, settings)
+    setup_observability(app, settings, metrics_folder)
     return app

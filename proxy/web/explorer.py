@@ -69,15 +69,19 @@ async def explorer_asset(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC / name, headers=headers)
 
 
-def setup_explorer(app: web.Application, settings: Settings) -> None:
-    """The explorer's routes (when ``[server] explorer`` is on), its templates with autoescape always on."""
-    if not settings.server.explorer:
-        return
+def setup_templates(app: web.Application) -> None:
+    """The pages' Jinja2 templates (``proxy/web/templates/``), with autoescape always on."""
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
+
+
+def setup_explorer(app: web.Application, settings: Settings) -> None:
+    """The explorer's routes, when ``[server] explorer`` is on."""
+    if not settings.server.explorer:
+        return
     app.router.add_get(EXPLORER_PATH, _page(settings), name="explorer.page")
     app.router.add_get(EXPLORER_PATH + "/static/{name:.+}", explorer_asset, name="explorer.static")

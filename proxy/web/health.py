@@ -18,13 +18,9 @@ async def liveness(request: web.Request) -> web.Response:
 
 
 async def readiness(request: web.Request) -> web.Response:
-    """Ready only when every configured Cube answers ``/readyz`` with 200 (probed at most once a second)."""
-    results = await request.app[PIPELINE].readiness.check()
-    ok = bool(results) and all(results.values())
-    return web.json_response(
-        {"status": "ready" if ok else "unavailable", "cubes": len(results), "ready": sum(results.values())},
-        status=200 if ok else 503,
-    )
+    """200 while the proxy can serve; 503 from SIGTERM on, or when every Cube is down (each named in the body)."""
+    ready, report = await request.app[PIPELINE].readiness_report()
+    return web.json_response(report, status=200 if ready else 503)
 
 
 def _from_loopback(request: web.Request) -> bool:

@@ -27,9 +27,7 @@ PROTECTED_PREFIX = "analytics."
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else None
-    exchange = request[EXCHANGE] = request.app[PIPELINE].begin(
-        request.method, route, request.headers.get(REQUEST_ID_HEADER)
-    )
+    exchange = request[EXCHANGE] = request.app[PIPELINE].begin(request.method, route, request.headers, request.remote)
     response = await handler(request)
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = exchange.request_id
@@ -39,12 +37,16 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     status = 500
+    exchange = request[EXCHANGE]
     try:
         response = await handler(request)
         status = response.status
+        # a streamed answer has been written (its count kept as it went); a whole one is about to be
+        if not response.prepared and isinstance(response, web.Response):
+            exchange.bytes_sent = response.content_length or 0
         return response
     finally:
-        request.app[PIPELINE].finish(request[EXCHANGE], status)
+        request.app[PIPELINE].finish(exchange, status)
 
 
 def error_response(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> web.Response:

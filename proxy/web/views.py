@@ -77,6 +77,7 @@ async def stream_response(
                 try:
                     async with asyncio.timeout(write_timeout):  # the caller must read within this
                         await response.write(chunk)
+                    exchange.bytes_sent += len(chunk)
                 except TimeoutError:
                     raise CallerStalled(f"the caller read nothing for {write_timeout:g} s") from None
         except (ConnectionResetError, ConnectionAbortedError):

@@ -1,0 +1,214 @@
+"""What the proxy counts, per process: plain tallies on the hot path, snapshotted for exposition.
+
+Rules it keeps:
+- recording is a dictionary increment or two (no lock, no system call, no allocation per
+  request beyond a tuple key): the tallies are turned into Prometheus' form only when
+  scraped (``proxy/observe/exposition.py``), and, with several workers, written to a file
+  of their own once a second for the scraping worker to add up (``proxy/observe/store.py``);
+- every label set is bounded: routes are templates (never raw paths), statuses HTTP
+  codes, endpoints and outcomes fixed words; projects only up to ``max_projects``
+  distinct ids, the rest counted as ``other``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import time
+from typing import Any
+
+#: seconds: request, Cube and GitLab latencies
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+OTHER_PROJECT = "other"
+
+
+class Timed:
+    """Counts per latency bucket (not cumulative; the last is above every bound), their sum, and counts by kind.
+
+    One per route (kinds: (method, status); plus bytes sent) or per Cube endpoint (kinds:
+    outcomes): a request's numbers are one dictionary lookup and a few additions.
+    """
+
+    __slots__ = ("counts", "kinds", "sent", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+        self.sent = 0
+        self.kinds: dict[Any, int] = {}
+
+    def rows(self, label: str) -> list[Any]:
+        return [label, self.counts, self.total]
+
+
+class ProjectTally:
+    """One tenant's numbers for the status page: requests, errors, in flight, shared calls, meta cache."""
+
+    __slots__ = ("coalesced", "errors", "in_flight", "meta_hits", "meta_misses", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.in_flight = 0
+        self.coalesced = 0
+        self.meta_hits = 0
+        self.meta_misses = 0
+
+
+def _timed(table: dict[str, Timed], key: str) -> Timed:
+    timed = table.get(key)
+    if timed is None:
+        timed = table[key] = Timed()
+    return timed
+
+
+class Metrics:
+    """This process's tallies; one per pipeline. Counters a step bumps itself are plain attributes."""
+
+    def __init__(self, project_label: bool = False, max_projects: int = 100) -> None:
+        #: expose the project id as a label (off by default: a label per tenant is a series per tenant)
+        self.project_label = project_label
+        self.max_projects = max_projects
+        self.started = time.time()
+        #: by route template: latency, bytes sent, and counts by (method, status)
+        self.routes: dict[str, Timed] = {}
+        #: requests begun and not finished (the pipeline's begin adds, finish takes away)
+        self.in_flight = 0
+        #: by Cube endpoint: latency and counts by outcome
+        self.cube: dict[str, Timed] = {}
+        #: by the Cube's configured base URL: calls and their seconds (the status page's per-Cube latency)
+        self.cube_urls: dict[str, list[float]] = {}
+        #: load and dry-run callers that made their upstream call, and those that shared one in flight
+        self.own_calls = 0
+        self.shared_calls = 0
+        self.meta_hits = 0
+        self.meta_misses = 0
+        #: authorisations answered from the cached grant, and those worked out
+        self.auth_hits = 0
+        self.auth_misses = 0
+        #: by GitLab endpoint: latency and counts by GitLab's status ("unreachable" when it did not answer)
+        self.gitlab: dict[str, Timed] = {}
+        #: requests refused before any work: "rate_limited" (429), "shed" (503), "new_credentials" (503)
+        self.refused: dict[str, int] = {}
+        self.tenant_cap_waits = 0
+        self.projects: dict[str, ProjectTally] = {}
+
+    # -- recording (the hot path) ---------------------------------------------------------------
+
+    def request_finished(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
+        self.in_flight -= 1
+        timed = self.routes.get(route)
+        if timed is None:
+            timed = self.routes[route] = Timed()
+        timed.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        timed.total += seconds
+        timed.sent += sent
+        kinds = timed.kinds
+        key = (method, status)
+        kinds[key] = kinds.get(key, 0) + 1
+
+    def project(self, project_id: int) -> ProjectTally:
+        """The tally of a project, or of ``other`` once ``max_projects`` distinct ones are counted."""
+        key = str(project_id)
+        tally = self.projects.get(key)
+        if tally is None:
+            if len(self.projects) >= self.max_projects:
+                key = OTHER_PROJECT
+                tally = self.projects.get(key)
+            if tally is None:
+                tally = self.projects[key] = ProjectTally()
+        return tally
+
+    def cube_call(self, endpoint: str, outcome: str, seconds: float, cube_url: str = "") -> None:
+        timed = self.cube.get(endpoint)
+        if timed is None:
+            timed = self.cube[endpoint] = Timed()
+        timed.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        timed.total += seconds
+        kinds = timed.kinds
+        kinds[outcome] = kinds.get(outcome, 0) + 1
+        per_url = self.cube_urls.get(cube_url)
+        if per_url is None:
+            per_url = self.cube_urls[cube_url] = [0, 0.0]
+        per_url[0] += 1
+        per_url[1] += seconds
+
+    def gitlab_call(self, endpoint: str, status: str, seconds: float) -> None:
+        timed = _timed(self.gitlab, endpoint)
+        timed.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        timed.total += seconds
+        timed.kinds[status] = timed.kinds.get(status, 0) + 1
+
+    def refusal(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def tenant_cap_wait(self) -> None:
+        self.tenant_cap_waits += 1
+
+    # -- snapshots -------------------------------------------------------------------------------
+
+    def snapshot(self, gauges: dict[str, float] | None = None) -> dict[str, Any]:
+        """Everything counted so far, as JSON-ready rows (what a worker writes for the others to add up)."""
+        routes, cube, gitlab = self.routes.items(), self.cube.items(), self.gitlab.items()
+        return {
+            "pid": os.getpid(),
+            "started": self.started,
+            "requests": [[route, *key, n] for route, t in routes for key, n in t.kinds.items()],
+            "latency": [t.rows(route) for route, t in routes],
+            "bytes_sent": [[route, t.sent] for route, t in routes],
+            "cube_calls": [[endpoint, outcome, n] for endpoint, t in cube for outcome, n in t.kinds.items()],
+            "cube_latency": [t.rows(endpoint) for endpoint, t in cube],
+            "cube_by_url": [[url, [int(calls)], total] for url, (calls, total) in self.cube_urls.items()],
+            "continue_wait_rounds": [
+                [endpoint, t.kinds["continue_wait"]] for endpoint, t in cube if "continue_wait" in t.kinds
+            ],
+            "query_callers": [["own", self.own_calls], ["shared", self.shared_calls]],
+            "meta_cache": [["hit", self.meta_hits], ["miss", self.meta_misses]],
+            "gitlab_calls": [[endpoint, status, n] for endpoint, t in gitlab for status, n in t.kinds.items()],
+            "gitlab_latency": [t.rows(endpoint) for endpoint, t in gitlab],
+            "auth_cache": [["hit", self.auth_hits], ["miss", self.auth_misses]],
+            "refused": list(self.refused.items()),
+            "tenant_cap_waits": self.tenant_cap_waits,
+            "projects": [
+                [key, t.requests, t.errors, t.in_flight, t.coalesced, t.meta_hits, t.meta_misses]
+                for key, t in self.projects.items()
+            ],
+            "gauges": {"in_flight": self.in_flight, **(gauges or {})},
+            "process": process_stats(),
+        }
+
+
+class NoMetrics(Metrics):
+    """Counts nothing (``[server] metrics = false``): the baseline the benchmark measures the metrics' cost against.
+
+    The plain attribute counters still add up (they cost next to nothing); nothing is exposed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_projects=1)
+        self._nowhere = ProjectTally()
+
+    def request_finished(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
+        self.in_flight -= 1
+
+    def project(self, project_id: int) -> ProjectTally:
+        return self._nowhere
+
+    def cube_call(self, endpoint: str, outcome: str, seconds: float, cube_url: str = "") -> None:
+        pass
+
+    def gitlab_call(self, endpoint: str, status: str, seconds: float) -> None:
+        pass
+
+
+def process_stats() -> dict[str, float]:
+    """This process's CPU seconds, resident memory, open files and start time (Linux's /proc)."""
+    times = os.times()
+    stats = {"cpu_seconds": times.user + times.system}
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            stats["resident_bytes"] = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        stats["open_fds"] = len(os.listdir("/proc/self/fd"))
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return stats

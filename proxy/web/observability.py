@@ -1,0 +1,234 @@
+"""What an operator sees: ``/-/metrics`` (Prometheus) and ``/-/status`` (a page, or JSON), for every worker at once.
+
+Rules it keeps:
+- with several workers, each writes its tallies to the runtime's folder once a second
+  (and the one answering a scrape writes its own first), so a scrape adds up every
+  worker, and the counts of a worker that died are kept (``proxy/observe/store.py``);
+- with ``[server] metrics_port``, ``/-/metrics`` is served on that loopback port only (404
+  on the public listener), else publicly (as a scraper expects); ``/-/status`` is for the
+  metrics port, loopback callers (when there is no metrics port) and GitLab
+  administrators (by token or session): anyone else gets a 404 that tells nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import platform
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from proxy import __version__
+from proxy.auth.credentials import extract_credential
+from proxy.errors import ApiError
+from proxy.observe.exposition import CONTENT_TYPE, Exposition
+from proxy.observe.store import merge, read_snapshots, write_snapshot
+from proxy.pipeline.core import Pipeline, shown_url
+from proxy.settings import Settings, redacted
+from proxy.web.keys import PIPELINE
+
+METRICS_PATH = "/-/metrics"
+STATUS_PATH = "/-/status"
+#: seconds between a worker's snapshots (how stale another worker's counts may be in a scrape)
+SNAPSHOT_INTERVAL = 1.0
+
+
+class Observability:
+    """The exposition and, with several workers, the folder their snapshots meet in."""
+
+    def __init__(self, pipeline: Pipeline, settings: Settings, folder: Path | None) -> None:
+        self.pipeline = pipeline
+        self.settings = settings
+        self.folder = folder
+        self.exposition = Exposition(__version__, settings.server.metrics_project_label)
+
+    def current(self) -> dict[str, Any]:
+        """Every worker's tallies added up (this one's fresh; the others' at most a second old)."""
+        pipeline = self.pipeline
+        mine = pipeline.metrics.snapshot(pipeline.gauges())
+        if self.folder is None:
+            return merge([mine], alive=lambda _: True)
+        write_snapshot(self.folder, mine)
+        return merge(read_snapshots(self.folder))
+
+    async def keep_writing(self) -> None:
+        assert self.folder is not None
+        while True:
+            await asyncio.sleep(SNAPSHOT_INTERVAL)  # the period itself, not a synchronisation
+            pipeline = self.pipeline
+            with contextlib.suppress(OSError):
+                write_snapshot(self.folder, pipeline.metrics.snapshot(pipeline.gauges()))
+
+
+#: the app's observability state (defined beside its class: the keys module cannot import this one)
+OBSERVE = web.AppKey("observe", Observability)
+
+
+def _local_port(request: web.Request) -> int | None:
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    return int(sockname[1]) if isinstance(sockname, tuple) and len(sockname) >= 2 else None
+
+
+def _on_metrics_port(request: web.Request, settings: Settings) -> bool:
+    return settings.server.metrics_port != 0 and _local_port(request) == settings.server.metrics_port
+
+
+def _peer_is_loopback(request: web.Request) -> bool:
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    try:
+        return isinstance(peer, tuple) and ipaddress.ip_address(peer[0]).is_loopback
+    except ValueError:
+        return False
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    observe = request.app[OBSERVE]
+    if observe.settings.server.metrics_port and not _on_metrics_port(request, observe.settings):
+        raise web.HTTPNotFound()
+    body = observe.exposition.render(observe.current())
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _status_allowed(request: web.Request, observe: Observability) -> bool:
+    """The metrics port; else a loopback peer (when there is no metrics port); else a GitLab administrator.
+
+    The peer is the socket's own address, never ``X-Forwarded-For`` (a caller writes that).
+    """
+    settings = observe.settings
+    if _on_metrics_port(request, settings):
+        return True
+    if not settings.server.metrics_port and _peer_is_loopback(request):
+        return True
+    pipeline = observe.pipeline
+    try:
+        credential = extract_credential(request.headers, request.query, pipeline.session_cookie)
+        caller = await pipeline.authorizer.identify(credential)
+    except ApiError:
+        return False
+    return caller.is_admin
+
+
+async def status_view(request: web.Request) -> web.StreamResponse:
+    observe = request.app[OBSERVE]
+    if not await _status_allowed(request, observe):
+        raise web.HTTPNotFound()
+    report = await status_report(observe)
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response(report, headers={"Cache-Control": "no-store"})
+    response = aiohttp_jinja2.render_template("status.html.j2", request, {"s": report})
+    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'self'; frame-ancestors 'none'"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _mean_ms(histogram: list[Any] | None) -> float | None:
+    if not histogram:
+        return None
+    _, counts, total = histogram
+    calls = sum(counts)
+    return round(total / calls * 1000, 1) if calls else None
+
+
+def _ratio(hits: float, misses: float) -> float | None:
+    return round(hits / (hits + misses), 3) if hits + misses else None
+
+
+async def status_report(observe: Observability) -> dict[str, Any]:
+    """The status page's numbers: the proxy, each Cube, each tenant (capped), GitLab, the effective settings."""
+    pipeline = observe.pipeline
+    merged = observe.current()
+    processes = merged["processes"]
+    started = min((p.get("started", time.time()) for p in processes.values()), default=pipeline.metrics.started)
+    ready, readiness = await pipeline.readiness_report()
+    latency_by_url = {row[0]: row for row in merged["cube_by_url"]}
+    pools = {pool.origin: pool for pool in pipeline.cube_http.pools()}
+    cubes = []
+    for url, up in (await pipeline.readiness.check()).items():
+        origin = next((o for o in pools if url.startswith(f"{o.scheme}://{o.host}")), None)
+        pool = pools.get(origin) if origin is not None else None
+        cubes.append(
+            {
+                "url": shown_url(url),
+                "ready": up,
+                "calls": sum(latency_by_url[url][1]) if url in latency_by_url else 0,
+                "mean_ms": _mean_ms(latency_by_url.get(url)),
+                "pool": {
+                    "open": pool.open_connections if pool else 0,
+                    "idle": pool.idle_connections if pool else 0,
+                    "waiting": pool.waiting if pool else 0,
+                },
+            }
+        )
+    queued = {app_id.removeprefix("gitlab_project_"): count for app_id, count in pipeline.tenant_cap.queued().items()}
+    tenants = [
+        {
+            "project": project,
+            "requests": requests,
+            "errors": errors,
+            "in_flight": in_flight,
+            "queued": queued.get(project, 0),
+            "coalesced": coalesced,
+            "meta_cache_hit_ratio": _ratio(hits, misses),
+        }
+        for project, requests, errors, in_flight, coalesced, hits, misses in merged["projects"]
+    ]
+    tenants.sort(key=lambda t: (-t["requests"], t["project"]))
+    gitlab_calls = merged["gitlab_calls"]
+    gitlab_latency = merged["gitlab_latency"]
+    gitlab_all = [
+        "all",
+        [sum(counts) for counts in zip(*(row[1] for row in gitlab_latency), strict=True)],
+        sum(row[2] for row in gitlab_latency),
+    ]
+    auth = {key: value for key, value in merged["auth_cache"]}
+    requests_total = sum(row[-1] for row in merged["requests"])
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "uptime_seconds": round(time.time() - started, 1),
+        "workers": max(1, len(processes)),
+        "ready": ready,
+        "readiness": readiness,
+        "requests": {"total": requests_total, "in_flight": merged["gauges"].get("in_flight", 0)},
+        "cubes": cubes,
+        "tenants": tenants[: observe.settings.server.metrics_max_projects],
+        "gitlab": {
+            "url": shown_url(observe.settings.gitlab.url),
+            "calls": sum(row[-1] for row in gitlab_calls),
+            "failed": sum(row[-1] for row in gitlab_calls if row[1] == "unreachable" or row[1].startswith("5")),
+            "mean_ms": _mean_ms(gitlab_all) if gitlab_latency else None,
+            "auth_cache": {
+                "hits": auth.get("hit", 0),
+                "misses": auth.get("miss", 0),
+                "hit_ratio": _ratio(auth.get("hit", 0), auth.get("miss", 0)),
+            },
+        },
+        "settings": redacted(observe.settings),
+    }
+
+
+async def _snapshots(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.get_running_loop().create_task(app[OBSERVE].keep_writing())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def setup_observability(app: web.Application, settings: Settings, folder: Path | None) -> None:
+    """``/-/metrics`` and ``/-/status``; with a snapshot folder (several workers), the writer that feeds it."""
+    app[OBSERVE] = Observability(app[PIPELINE], settings, folder)
+    if not settings.server.metrics:
+        return
+    app.router.add_get(METRICS_PATH, metrics_view, name="observe.metrics")
+    app.router.add_get(STATUS_PATH, status_view, name="observe.status")
+    if folder is not None:
+        app.cleanup_ctx.append(_snapshots)
