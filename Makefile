@@ -6,7 +6,7 @@ CUBE_DIR := stack/cube
 CLIENT_DIR := stack/client
 
 .DEFAULT_GOAL := help
-.PHONY: help install postgres browser-tools bench-tools run test test-unit test-pythons fuzz soak lint format bench clean
+.PHONY: help install postgres browser-tools bench-tools lock run test test-unit test-pythons fuzz soak lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,11 +68,16 @@ fuzz: install ## The differential fuzzing of the two front doors, long and rando
 soak: install postgres ## Ten minutes of mixed traffic on the real stack, two workers: RSS, files, tasks and Cube connections must stay flat
 	$(PY) -m bench.soak
 
-lint: install ## ruff, mypy --strict, and the layering contracts of proxy/ (import-linter, pyproject.toml)
+lint: install ## ruff, mypy --strict, the layering contracts of proxy/ (import-linter, pyproject.toml), hadolint
+	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/ruff check proxy tests stack bench
 	$(VENV)/bin/ruff format --check proxy tests stack bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+lock: install ## Write requirements.lock (the image's dependencies, with hashes) from pyproject.toml with uv
+	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.11 \
+		--custom-compile-command "make lock" -q -o requirements.lock
 
 format: install ## Format the code
 	$(VENV)/bin/ruff format proxy tests stack bench

@@ -9,6 +9,7 @@ import sys
 
 from proxy import __version__
 from proxy.auth.dev_tokens import load_dev_tokens
+from proxy.runtime.preflight import check_connections, health, nothing_to_serve
 from proxy.runtime.server import run
 from proxy.settings import SettingsError, load_settings, redacted
 
@@ -19,6 +20,14 @@ def main(argv: list[str] | None = None) -> int:
         "--config", default=os.environ.get("PROXY_CONFIG"), help="settings TOML file (default: $PROXY_CONFIG)"
     )
     parser.add_argument("--check", action="store_true", help="validate the settings and exit")
+    parser.add_argument(
+        "--connect",
+        action="store_true",
+        help="with --check: also reach GitLab, and ask each Cube's /meta with a JWT signed with its key",
+    )
+    parser.add_argument(
+        "--health", action="store_true", help="exit 0 if the proxy on the configured port answers /-/liveness"
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--print-config", action="store_true", help="print the effective settings as JSON, secrets redacted, and exit"
@@ -38,11 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(redacted(settings), indent=2, sort_keys=True))
         return 0
+    if args.health:
+        return health(settings)
+    missing = nothing_to_serve(settings)
+    if missing is not None:
+        print(f"product-analytics-proxy: {missing}", file=sys.stderr)
+        return 2
     if args.check:
         print(
             f"settings are valid ({settings.server.workers} worker(s) on {settings.server.host}:{settings.server.port})"
         )
-        return 0
+        return check_connections(settings) if args.connect else 0
     return run(settings)
 
 

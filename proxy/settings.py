@@ -31,7 +31,10 @@ class SettingsError(Exception):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems))
+        if len(problems) == 1:  # one line, as a container's log shows it
+            super().__init__(f"invalid settings: {problems[0]}")
+        else:
+            super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 @dataclass(frozen=True)
@@ -473,7 +476,7 @@ def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | 
     """Read the TOML file (if any) and the environment; raise :class:`SettingsError` on any problem."""
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
-    if path is not None:
+    if path:  # None or "": no file, the environment alone
         try:
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:

@@ -296,4 +296,4 @@ def test_project_tallies_are_capped():
     metrics = Metrics(max_projects=2)
     for project in (1, 2, 3, 4):
         metrics.project(project).requests += 1
-    assert {key: tally.requests for key, tally in metrics.projects.items()} == {"1": 1, "2": 1, "other": 2}
+    assert {key: tally.requests for key, tally in metrics.projects.items()} == {1: 1, 2: 1, "other": 2}

@@ -132,7 +132,7 @@ class GitLabAuthorizer:
 
     async def authorize(self, credential: Credential, project_ref: str, method: str) -> Grant:
         needed, satisfying = required_scope(method)
-        csrf_key = csrf_key_needed(credential, needed)
+        csrf_key = csrf_key_needed(credential, needed) if credential.scheme == "session" else None
         memo_key = (credential.key, csrf_key, project_ref, needed)
         memo = self._grants.get(memo_key)
         if memo is not None:

@@ -218,6 +218,14 @@ def _classify_error_status(status: int, raw: bytes) -> Buffered:
     message = error_text(parsed)
     if message is None:
         raise upstream_fault(502, f"Cube answered {status} without an error message")
+    if status == 403:
+        # Cube refused the token this proxy signed: its key is not Cube's CUBEJS_API_SECRET (a configuration
+        # fault, not the caller's); the caller still gets Cube's message as a 400 (spec section 5)
+        log.error(
+            "Cube refused the proxy's signed token (%s): check cube_api_key against Cube's CUBEJS_API_SECRET",
+            message,
+            extra={"event": "cube_key_refused"},
+        )
     code, body = map_cube_error(message)
     return buffered_json(code, body)
 

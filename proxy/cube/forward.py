@@ -28,17 +28,6 @@ FILL_ON_LOOP_DAYS = 1000
 _FAULTS = {504: "timeout", 502: "unreachable", 503: "queue_timeout"}
 
 
-def _outcome(answer: Answer) -> str:
-    """A Cube answer as a metrics outcome: data, continue_wait, cube_4xx or cube_5xx."""
-    if isinstance(answer, Streamed):
-        return "data"
-    if answer.continue_wait:
-        return "continue_wait"
-    if answer.status < 400:
-        return "data"
-    return "cube_4xx" if answer.status < 500 else "cube_5xx"
-
-
 class UpstreamCall(NamedTuple):
     """One call to make: immutable, made per request."""
 
@@ -118,9 +107,13 @@ class Forwarder:
             except BaseException:
                 release()
                 raise
-            self._metrics.cube_call(
-                call.endpoint, _outcome(answer), time.monotonic() - asked, call.tenant.cube_base_url
-            )
+            if isinstance(answer, Streamed):
+                outcome = "data"
+            elif answer.continue_wait:
+                outcome = "continue_wait"
+            else:
+                outcome = "data" if answer.status < 400 else "cube_4xx" if answer.status < 500 else "cube_5xx"
+            self._metrics.cube_call(call.endpoint, outcome, time.monotonic() - asked, call.tenant.cube_base_url)
             if isinstance(answer, Streamed):
                 answer.release = release  # held until the stream is closed
                 return answer

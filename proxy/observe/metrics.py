@@ -74,10 +74,8 @@ class Metrics:
         self.routes: dict[str, Timed] = {}
         #: requests begun and not finished (the pipeline's begin adds, finish takes away)
         self.in_flight = 0
-        #: by Cube endpoint: latency and counts by outcome
-        self.cube: dict[str, Timed] = {}
-        #: by the Cube's configured base URL: calls and their seconds (the status page's per-Cube latency)
-        self.cube_urls: dict[str, list[float]] = {}
+        #: by Cube endpoint and the Cube's configured base URL: latency and counts by outcome
+        self.cube: dict[tuple[str, str], Timed] = {}
         #: load and dry-run callers that made their upstream call, and those that shared one in flight
         self.own_calls = 0
         self.shared_calls = 0
@@ -91,7 +89,8 @@ class Metrics:
         #: requests refused before any work: "rate_limited" (429), "shed" (503), "new_credentials" (503)
         self.refused: dict[str, int] = {}
         self.tenant_cap_waits = 0
-        self.projects: dict[str, ProjectTally] = {}
+        #: by project id (int), and OTHER_PROJECT once ``max_projects`` ids are counted
+        self.projects: dict[int | str, ProjectTally] = {}
 
     # -- recording (the hot path) ---------------------------------------------------------------
 
@@ -109,9 +108,9 @@ class Metrics:
 
     def project(self, project_id: int) -> ProjectTally:
         """The tally of a project, or of ``other`` once ``max_projects`` distinct ones are counted."""
-        key = str(project_id)
-        tally = self.projects.get(key)
+        tally = self.projects.get(project_id)
         if tally is None:
+            key: int | str = project_id
             if len(self.projects) >= self.max_projects:
                 key = OTHER_PROJECT
                 tally = self.projects.get(key)
@@ -120,18 +119,14 @@ class Metrics:
         return tally
 
     def cube_call(self, endpoint: str, outcome: str, seconds: float, cube_url: str = "") -> None:
-        timed = self.cube.get(endpoint)
+        key = (endpoint, cube_url)
+        timed = self.cube.get(key)
         if timed is None:
-            timed = self.cube[endpoint] = Timed()
+            timed = self.cube[key] = Timed()
         timed.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         timed.total += seconds
         kinds = timed.kinds
         kinds[outcome] = kinds.get(outcome, 0) + 1
-        per_url = self.cube_urls.get(cube_url)
-        if per_url is None:
-            per_url = self.cube_urls[cube_url] = [0, 0.0]
-        per_url[0] += 1
-        per_url[1] += seconds
 
     def gitlab_call(self, endpoint: str, status: str, seconds: float) -> None:
         timed = _timed(self.gitlab, endpoint)
@@ -149,7 +144,17 @@ class Metrics:
 
     def snapshot(self, gauges: dict[str, float] | None = None) -> dict[str, Any]:
         """Everything counted so far, as JSON-ready rows (what a worker writes for the others to add up)."""
-        routes, cube, gitlab = self.routes.items(), self.cube.items(), self.gitlab.items()
+        routes, gitlab = self.routes.items(), self.gitlab.items()
+        by_endpoint: dict[str, Timed] = {}
+        by_url: dict[str, Timed] = {}
+        for (endpoint, url), timed in self.cube.items():
+            for table, key in ((by_endpoint, endpoint), (by_url, url)):
+                total = _timed(table, key)
+                total.counts = [a + b for a, b in zip(total.counts, timed.counts, strict=True)]
+                total.total += timed.total
+                for kind, n in timed.kinds.items():
+                    total.kinds[kind] = total.kinds.get(kind, 0) + n
+        cube = by_endpoint.items()
         return {
             "pid": os.getpid(),
             "started": self.started,
@@ -158,7 +163,7 @@ class Metrics:
             "bytes_sent": [[route, t.sent] for route, t in routes],
             "cube_calls": [[endpoint, outcome, n] for endpoint, t in cube for outcome, n in t.kinds.items()],
             "cube_latency": [t.rows(endpoint) for endpoint, t in cube],
-            "cube_by_url": [[url, [int(calls)], total] for url, (calls, total) in self.cube_urls.items()],
+            "cube_by_url": [t.rows(url) for url, t in by_url.items()],
             "continue_wait_rounds": [
                 [endpoint, t.kinds["continue_wait"]] for endpoint, t in cube if "continue_wait" in t.kinds
             ],
@@ -170,7 +175,7 @@ class Metrics:
             "refused": list(self.refused.items()),
             "tenant_cap_waits": self.tenant_cap_waits,
             "projects": [
-                [key, t.requests, t.errors, t.in_flight, t.coalesced, t.meta_hits, t.meta_misses]
+                [str(key), t.requests, t.errors, t.in_flight, t.coalesced, t.meta_hits, t.meta_misses]
                 for key, t in self.projects.items()
             ],
             "gauges": {"in_flight": self.in_flight, **(gauges or {})},

@@ -233,7 +233,7 @@ class Pipeline:
                 _coalesce_key(tenant, endpoint, query), lambda: forwarder.fetch(call)
             )
         finally:
-            exchange.cube_ms = round((time.perf_counter() - asked) * 1000, 2)
+            exchange.cube_seconds = time.perf_counter() - asked
         exchange.cube_status = outcome.status if isinstance(outcome, Buffered) else 200
         exchange.cache = "shared" if shared else "miss"
         if shared:
@@ -276,7 +276,7 @@ class Pipeline:
         except ContinueWaitAnswer as cw:
             answer, hit = cw.answer, False
         finally:
-            exchange.cube_ms = round((time.perf_counter() - asked) * 1000, 2)
+            exchange.cube_seconds = time.perf_counter() - asked
         exchange.cache = "hit" if hit else "miss"
         exchange.cube_status = answer.status
         tally = exchange.tally
@@ -345,7 +345,7 @@ class Pipeline:
                 "user_id": exchange.user_id,
                 "cache": exchange.cache,
                 "cube_status": exchange.cube_status,
-                "cube_ms": exchange.cube_ms,
+                "cube_ms": None if exchange.cube_seconds is None else round(exchange.cube_seconds * 1000, 2),
                 "trace": exchange.traceparent,
                 "aborted": exchange.aborted,
             },

@@ -19,7 +19,7 @@ class Exchange:
         "cache",
         "client",
         "credential",
-        "cube_ms",
+        "cube_seconds",
         "cube_status",
         "method",
         "project",
@@ -60,7 +60,7 @@ class Exchange:
         self.tally: ProjectTally | None = None
         #: what Cube answered this request (or the call it shared), and how long that took
         self.cube_status: int | None = None
-        self.cube_ms: float | None = None
+        self.cube_seconds: float | None = None
 
     def __repr__(self) -> str:
         return f"Exchange(request_id={self.request_id!r}, route={self.route!r}, project={self.project!r})"
