@@ -11,7 +11,7 @@ from proxy import __version__
 from proxy.auth.dev_tokens import load_dev_tokens
 from proxy.runtime.preflight import check_connections, health, nothing_to_serve
 from proxy.runtime.server import run
-from proxy.settings import SettingsError, load_settings, redacted
+from proxy.settings import Settings, SettingsError, load_settings, redacted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +58,16 @@ def main(argv: list[str] | None = None) -> int:
             f"settings are valid ({settings.server.workers} worker(s) on {settings.server.host}:{settings.server.port})"
         )
         return check_connections(settings) if args.connect else 0
-    return run(settings)
+
+    def load_again() -> Settings:  # SIGHUP: the same file and environment, read again and checked as at start-up
+        fresh = load_settings(args.config, env)
+        if fresh.auth.backend == "dev_tokens":
+            load_dev_tokens(fresh.auth.dev_tokens_file)
+        if (missing := nothing_to_serve(fresh)) is not None:
+            raise SettingsError([missing])
+        return fresh
+
+    return run(settings, load_again)
 
 
 if __name__ == "__main__":

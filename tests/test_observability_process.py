@@ -98,6 +98,7 @@ async def test_sigterm_fails_readiness_at_once_serves_through_the_drain_delay_th
             assert (ready.status, (await ready.json())["status"]) == (503, "shutting down")
             served = await session.post(f"{base}{LOAD}", json={"query": QUERY}, headers=REPORTER)
             assert served.status == 200  # the listener still serves while the load balancer catches up
+            assert served.headers["Connection"] == "close"  # and moves its callers on
             assert time.monotonic() - signalled < delay
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         assert time.monotonic() - signalled >= delay

@@ -34,6 +34,7 @@ import email.utils
 import http
 import logging
 import re
+import socket
 import time
 from collections.abc import Mapping
 
@@ -190,15 +191,23 @@ class FastLane:
 
 
 async def listen(
-    pipeline: Pipeline, runner: web.AppRunner, host: str, port: int, *, reuse_port: bool = False
+    pipeline: Pipeline,
+    runner: web.AppRunner,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    sock: socket.socket | None = None,
 ) -> tuple[asyncio.AbstractServer, FastLane]:
-    """Listen through a fast lane in front of ``runner``'s aiohttp server (set up already); port 0 picks one."""
+    """Listen through a fast lane in front of ``runner``'s aiohttp server (set up already): on ``sock`` (a
+    listening socket the parent made), or on ``host`` and ``port`` (0 picks one)."""
     assert runner.server is not None, "the runner must be set up first"
     lane = FastLane(pipeline, runner.server)
     pipeline.lane_counts = lambda: (lane.served, lane.handed_over)
-    listener = await asyncio.get_running_loop().create_server(
-        lane, host, port, reuse_port=reuse_port or None, backlog=BACKLOG
-    )
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        listener = await loop.create_server(lane, sock=sock, backlog=BACKLOG)
+    else:
+        listener = await loop.create_server(lane, host, port or 0, backlog=BACKLOG)
     return listener, lane
 
 
@@ -481,7 +490,8 @@ class _Connection(asyncio.Protocol):
         ]
         for name, value in extra.items():
             lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-        if self._lane.closing:
+        lane = self._lane
+        if lane.closing or lane.pipeline.draining:  # draining: callers move to another worker or replica
             self._close_after = True
             lines.append(b"Connection: close\r\n")
         lines.append(b"\r\n")

@@ -9,8 +9,10 @@ import logging
 import resource
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -19,8 +21,8 @@ from proxy.lane import protocol as fast_lane
 from proxy.lane.protocol import FastLane
 from proxy.observe.store import retire
 from proxy.runtime.logs import setup_logging
-from proxy.runtime.workers import die_with_parent, supervise
-from proxy.settings import Settings
+from proxy.runtime.workers import Supervisor, die_with_parent
+from proxy.settings import Settings, SettingsError
 from proxy.web.app import create_app
 from proxy.web.keys import PIPELINE
 
@@ -32,19 +34,23 @@ class CannotListen(Exception):
 
 
 GC_GEN0_THRESHOLD = 50_000
+#: seconds a worker retired by a reload keeps its connections open for their next request before draining
+RETIRE_HANDOFF = 2.0
 #: the soft limit on open files asked for when the hard limit is unlimited (Linux's default fs.nr_open)
 OPEN_FILES_WHEN_UNLIMITED = 1_048_576
 
 
 async def serve(
     settings: Settings,
+    sockets: Sockets,
     *,
-    reuse_port: bool = False,
     on_listening: Callable[[], None] | None = None,
     metrics_folder: Path | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; then readiness fails at once, serving goes on for ``drain_delay``
-    seconds (a load balancer's time to stop sending), and in-flight answers get ``shutdown_timeout``."""
+    """Serve on the parent's sockets until SIGTERM or SIGINT; then readiness fails at once, serving goes on for
+    ``drain_delay`` seconds (a load balancer's time to stop sending), and in-flight answers get
+    ``shutdown_timeout``. SIGUSR2 (a reload retiring this worker) drains at once: the new workers
+    already accept on the same sockets."""
     app = create_app(settings, metrics_folder)
     # handler_cancellation: a caller that hangs up cancels its request, freeing its tenant slot and its
     # Cube connection (a shared call carries on for the others). aiohttp's default keeps the handler
@@ -59,22 +65,31 @@ async def serve(
         keepalive_timeout=settings.server.keepalive_timeout,
     )
     await runner.setup()
-    try:
-        listening = await _listen(app, runner, settings, reuse_port)
-    except OSError as exc:
-        await runner.cleanup()  # the app's clients and tasks, started by setup()
-        where = f"{settings.server.host}:{settings.server.port}"
-        raise CannotListen(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    listening = await _listen(app, runner, settings, sockets)
     stop = asyncio.Event()
+    retiring = False
+
+    def retire() -> None:
+        nonlocal retiring
+        retiring = True
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR2, retire)
     if on_listening is not None:  # before the log line: whoever reads the line may rely on the parent knowing
         on_listening()
     log.info("listening on http://%s:%s", settings.server.host, settings.server.port, extra={"event": "listening"})
     await stop.wait()
-    app[PIPELINE].draining = True
-    delay = settings.server.drain_delay
+    app[PIPELINE].draining = True  # readiness fails; every answer from now on says Connection: close
+    if retiring:
+        # a reload: the new workers accept on the same sockets already. Stop accepting here, and give the
+        # connections this worker holds a moment to bring their next request (answered with Connection:
+        # close, so its caller reconnects to a new worker) before the idle ones are closed
+        await stop_accepting(runner, listening)
+        await asyncio.sleep(RETIRE_HANDOFF)  # the hand-off period itself, not a synchronisation
+    delay = 0.0 if retiring else settings.server.drain_delay
     if delay > 0:
         log.info(
             "stopping: readiness fails now; serving on for %g s before draining",
@@ -86,6 +101,14 @@ async def serve(
             await asyncio.wait_for(stop.wait(), delay)  # a second SIGTERM or SIGINT drains at once
     log.info("shutting down: letting in-flight requests finish", extra={"event": "shutdown"})
     await drain(runner, listening, settings.server.shutdown_timeout)
+
+
+async def stop_accepting(runner: web.AppRunner, listening: tuple[asyncio.AbstractServer, FastLane] | None) -> None:
+    """No new connections on this worker's copies of the sockets (the parent's and the other workers' stay open)."""
+    if listening is not None:
+        listening[0].close()
+    for site in list(runner.sites):
+        await site.stop()
 
 
 async def drain(runner: web.AppRunner, listening: tuple[asyncio.AbstractServer, FastLane] | None, grace: float) -> None:
@@ -122,19 +145,51 @@ async def drain(runner: web.AppRunner, listening: tuple[asyncio.AbstractServer, 
 
 
 async def _listen(
-    app: web.Application, runner: web.AppRunner, settings: Settings, reuse_port: bool
+    app: web.Application, runner: web.AppRunner, settings: Settings, sockets: Sockets
 ) -> tuple[asyncio.AbstractServer, FastLane] | None:
-    """Listen through the fast lane (which hands what it does not serve to aiohttp's server), or through aiohttp."""
-    host, port = settings.server.host, settings.server.port
-    if settings.server.metrics_port:
-        # metrics and status on loopback only, served by aiohttp beside the public listener
-        metrics_site = web.TCPSite(runner, "127.0.0.1", settings.server.metrics_port, reuse_port=reuse_port or None)
-        await metrics_site.start()
+    """Accept on the parent's sockets: through the fast lane (which hands what it does not serve to aiohttp's
+    server), or through aiohttp; the metrics port (loopback) through aiohttp beside them."""
+    if (metrics := sockets.get("metrics")) is not None:
+        await web.SockSite(runner, metrics).start()
+    public = sockets["public"]
     if settings.server.fast_lane:
-        return await fast_lane.listen(app[PIPELINE], runner, host, port, reuse_port=reuse_port)
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=fast_lane.BACKLOG)
-    await site.start()
+        return await fast_lane.listen(app[PIPELINE], runner, sock=public)
+    await web.SockSite(runner, public).start()
     return None
+
+
+#: the listening sockets a generation of workers shares: "public", and "metrics" with [server] metrics_port
+Sockets = dict[str, socket.socket]
+
+
+def bind(settings: Settings) -> Sockets:
+    """The listening sockets, made once by the parent: its workers accept on them, and so does the next
+    generation after a reload (a connection waiting in the queue is taken by a new worker, never refused)."""
+    server = settings.server
+    made: Sockets = {}
+    try:
+        made["public"] = _listening(server.host, server.port, fast_lane.BACKLOG)
+        if server.metrics_port:
+            made["metrics"] = _listening("127.0.0.1", server.metrics_port, 128)
+    except OSError as exc:
+        for sock in made.values():
+            sock.close()
+        port = server.metrics_port if made else server.port
+        host = "127.0.0.1" if made else server.host
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return made
+
+
+def _listening(host: str, port: int, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def same_addresses(old: Settings, new: Settings) -> bool:
+    a, b = old.server, new.server
+    return (a.host, a.port, a.metrics_port) == (b.host, b.port, b.metrics_port)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -178,41 +233,83 @@ def raise_open_files_limit() -> None:
     log.info("open files limit raised from %d to %d", soft, wanted, extra={"event": "rlimit"})
 
 
-def _run_one(
-    settings: Settings,
-    reuse_port: bool,
-    parent: int | None = None,
-    on_listening: Callable[[], None] | None = None,
-    metrics_folder: Path | None = None,
-) -> None:
-    if parent is not None:
-        die_with_parent(parent)
+@dataclass(frozen=True)
+class Generation:
+    """What one generation of workers runs with: its settings and the sockets they listen on."""
+
+    settings: Settings
+    sockets: Sockets
+
+
+def _run_one(parent: int, on_listening: Callable[[], None], generation: Generation, metrics_folder: Path) -> None:
+    die_with_parent(parent)
+    settings = generation.settings
     setup_logging(settings.server.log_format, settings.server.log_level)
     tune_gc()
-    try:
-        with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(serve(settings, reuse_port=reuse_port, on_listening=on_listening, metrics_folder=metrics_folder))
-    except CannotListen as exc:
-        log.error("%s", exc, extra={"event": "listen_failed"})
-        raise SystemExit(1) from None
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(settings, generation.sockets, on_listening=on_listening, metrics_folder=metrics_folder))
 
 
-def run(settings: Settings) -> int:
-    """Run in this process, or fork ``workers`` processes that share the port (SO_REUSEPORT); the exit status."""
+def run(settings: Settings, load_again: Callable[[], Settings] | None = None) -> int:
+    """Bind the sockets, fork ``workers`` processes onto them, and supervise them; the exit status.
+
+    ``load_again`` re-reads the settings on SIGHUP (raising SettingsError when they are not
+    valid): a valid change starts a new generation of workers before the old one drains.
+    """
     setup_logging(settings.server.log_format, settings.server.log_level)
     raise_open_files_limit()
-    workers = settings.server.workers
-    if workers == 1:
-        _run_one(settings, reuse_port=False)
-        return 0
-
+    try:
+        sockets = bind(settings)
+    except CannotListen as exc:
+        log.error("%s", exc, extra={"event": "listen_failed"})
+        return 1
     # the workers' metrics meet here: each writes its snapshot, a scrape adds them up, a dead one's are kept
     folder = Path(tempfile.mkdtemp(prefix="product-analytics-proxy-metrics-"))
 
-    def worker_main(parent: int, on_listening: Callable[[], None]) -> None:
-        _run_one(settings, True, parent, on_listening, folder)
+    def main_for(generation: Generation) -> Callable[[int, Callable[[], None]], None]:
+        return lambda parent, on_listening: _run_one(parent, on_listening, generation, folder)
 
+    def reload() -> Generation | None:
+        if load_again is None:
+            log.warning("SIGHUP: no settings to read again; going on", extra={"event": "reload_failed"})
+            return None
+        try:
+            fresh = load_again()
+        except SettingsError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: %s", problem, extra={"event": "reload_failed"})
+            log.error("the proxy goes on with the settings it has", extra={"event": "reload_failed"})
+            return None
+        current = supervisor_state["generation"]
+        if same_addresses(current.settings, fresh):
+            return Generation(fresh, current.sockets)
+        try:
+            return Generation(fresh, bind(fresh))
+        except CannotListen as exc:
+            log.error(
+                "reload refused: %s; the proxy goes on with the settings it has", exc, extra={"event": "reload_failed"}
+            )
+            return None
+
+    def retired(old: Generation, new: Generation) -> None:
+        supervisor_state["generation"] = new
+        if old.sockets is not new.sockets:
+            for sock in old.sockets.values():
+                sock.close()  # the old workers hold their own copies until they have drained
+
+    first = Generation(settings, sockets)
+    supervisor_state = {"generation": first}
+    supervisor = Supervisor(
+        main_for,
+        first,
+        lambda generation: generation.settings.server.workers,
+        reload,
+        on_exit=lambda pid: retire(folder, pid),
+        retired=retired,
+    )
     try:
-        return supervise(worker_main, workers, on_exit=lambda pid: retire(folder, pid))
+        return supervisor.run()
     finally:
+        for sock in supervisor_state["generation"].sockets.values():
+            sock.close()
         shutil.rmtree(folder, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""``[server] workers`` > 1: a parent process that forks the workers, keeps them running and stops them.
+"""The parent process: it holds the listening sockets, forks the workers, keeps them running, reloads and stops them.
 
 The parent serves nothing itself. It forwards SIGTERM and SIGINT to every worker and
 waits for them to finish their in-flight answers. A worker that ends while the proxy is
@@ -19,17 +19,21 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 #: prctl(2): the signal a process gets when the thread that forked it ends
 PR_SET_PDEATHSIG = 1
 
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR2}
+#: seconds a reload's new workers get to start listening before the reload is given up
+RELOAD_START_TIMEOUT = 60.0
 
 #: what a worker runs: given its parent's pid and a function to call once it is listening
 WorkerMain = Callable[[int, Callable[[], None]], None]
@@ -57,6 +61,8 @@ def _worker(worker_main: WorkerMain, parent: int, on_listening: Callable[[], Non
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the parent's to do
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     worker_main(parent, on_listening)
 
@@ -65,72 +71,168 @@ def _worker(worker_main: WorkerMain, parent: int, on_listening: Callable[[], Non
 class _Worker:
     process: BaseProcess
     listening: Event
+    #: the generation (settings and sockets) it was started with
+    generation: Any
 
 
-def supervise(worker_main: WorkerMain, workers: int, on_exit: Callable[[int], None] = lambda pid: None) -> int:
-    """Run ``workers`` forked workers until SIGTERM or SIGINT; 0 after a requested stop, 1 after a failed start.
+class Supervisor:
+    """Runs one generation of workers at a time; SIGHUP asks ``reload`` for the next one.
 
-    ``on_exit`` is told each worker's pid as it is reaped (its metrics are kept by it).
+    ``main_for(generation)`` is what a worker of that generation runs; ``reload()`` returns
+    the next generation (new settings, and the listening sockets they need) or None when
+    the configuration is not valid (it has logged why: the workers go on as they are).
+    A reload starts the new generation's workers, waits until every one of them listens,
+    and only then asks the old ones to retire (SIGUSR2: drain now, no delay). The
+    listening sockets belong to this process and are shared, so a connection waiting in
+    the kernel's queue is accepted by a new worker, never refused.
     """
-    context = multiprocessing.get_context("fork")
-    parent = os.getpid()
-    running: dict[int, _Worker] = {}  # by the process's sentinel
-    stopping = False
-    failed = False
 
-    def signal_all(signum: int) -> None:
-        for worker in list(running.values()):
+    def __init__(
+        self,
+        main_for: Callable[[Any], WorkerMain],
+        generation: Any,
+        workers_of: Callable[[Any], int],
+        reload: Callable[[], Any | None] = lambda: None,
+        on_exit: Callable[[int], None] = lambda pid: None,
+        retired: Callable[[Any, Any], None] = lambda old, new: None,
+    ) -> None:
+        self._context = multiprocessing.get_context("fork")
+        self._parent = os.getpid()
+        self._main_for = main_for
+        self._workers_of = workers_of
+        self._reload = reload
+        self._on_exit = on_exit
+        self._retired = retired
+        self._generation = generation
+        self._running: dict[int, _Worker] = {}  # by the process's sentinel
+        self._stopping = False
+        self._failed = False
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+        self._reload_asked = False
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _signal_all(self, signum: int, workers: list[_Worker] | None = None) -> None:
+        for worker in workers if workers is not None else list(self._running.values()):
             pid = worker.process.pid
             if pid is not None and worker.process.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signum)
 
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        signal_all(signum)
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+        self._signal_all(signum)
+        self._wake()
 
-    def start() -> None:
-        listening = context.Event()
-        process = context.Process(target=_worker, args=(worker_main, parent, listening.set), daemon=False)
+    def _on_hangup(self, _signum: int, _frame: object) -> None:
+        self._reload_asked = True
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_write, b"!")
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _start(self, generation: Any) -> _Worker:
+        listening = self._context.Event()
+        process = self._context.Process(
+            target=_worker, args=(self._main_for(generation), self._parent, listening.set), daemon=False
+        )
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # the child unblocks them once its handlers are reset
         try:
             process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        running[process.sentinel] = _Worker(process, listening)
-        if stopping:  # the stop signal came while this one was being forked
-            signal_all(signal.SIGTERM)
+        worker = self._running[process.sentinel] = _Worker(process, listening, generation)
+        if self._stopping:  # the stop signal came while this one was being forked
+            self._signal_all(signal.SIGTERM, [worker])
+        return worker
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    for _ in range(workers):
-        start()
-    while running:
-        for sentinel in multiprocessing.connection.wait(list(running)):
-            assert isinstance(sentinel, int)
-            worker = running.pop(sentinel)
-            worker.process.join()
-            if worker.process.pid is not None:
-                on_exit(worker.process.pid)
-            if stopping:
-                continue
-            code = worker.process.exitcode
-            if not worker.listening.is_set():
+    def run(self) -> int:
+        """Until SIGTERM or SIGINT; 0 after a requested stop, 1 after a failed start."""
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hangup)
+        try:
+            for _ in range(self._workers_of(self._generation)):
+                self._start(self._generation)
+            while self._running:
+                ready = multiprocessing.connection.wait([*self._running, self._wake_read])
+                for sentinel in ready:
+                    if sentinel == self._wake_read:
+                        os.read(self._wake_read, 64)
+                        continue
+                    assert isinstance(sentinel, int)
+                    self._reap(self._running.pop(sentinel))
+                if self._reload_asked and not self._stopping:
+                    self._reload_asked = False
+                    self._replace_generation()
+        finally:
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+        return 1 if self._failed else 0
+
+    def _reap(self, worker: _Worker) -> None:
+        worker.process.join()
+        if worker.process.pid is not None:
+            self._on_exit(worker.process.pid)
+        if self._stopping or worker.generation is not self._generation:
+            return  # stopped, or retired by a reload
+        code = worker.process.exitcode
+        if not worker.listening.is_set():
+            log.error(
+                "worker %s failed before it was listening (exit code %s): stopping",
+                worker.process.pid,
+                code,
+                extra={"event": "worker_failed"},
+            )
+            self._stopping = self._failed = True
+            self._signal_all(signal.SIGTERM)
+        else:
+            log.error(
+                "worker %s ended (exit code %s): starting another",
+                worker.process.pid,
+                code,
+                extra={"event": "worker_replaced"},
+            )
+            self._start(self._generation)
+
+    def _replace_generation(self) -> None:
+        """SIGHUP: the next generation listening first, then the old one retired; on any failure, the old one stays."""
+        log.info("SIGHUP: reloading the settings", extra={"event": "reload"})
+        generation = self._reload()
+        if generation is None:
+            return  # the reload said why
+        fresh = [self._start(generation) for _ in range(self._workers_of(generation))]
+        deadline = time.monotonic() + RELOAD_START_TIMEOUT
+        while not self._stopping and not all(w.listening.is_set() for w in fresh):
+            gone = [w for w in fresh if not w.process.is_alive()]
+            if gone or time.monotonic() > deadline:
                 log.error(
-                    "worker %s failed before it was listening (exit code %s): stopping",
-                    worker.process.pid,
-                    code,
-                    extra={"event": "worker_failed"},
+                    "reload failed: a new worker did not start listening; the old workers go on",
+                    extra={"event": "reload_failed"},
                 )
-                stopping = failed = True
-                signal_all(signal.SIGTERM)
-            else:
-                log.error(
-                    "worker %s ended (exit code %s): starting another",
-                    worker.process.pid,
-                    code,
-                    extra={"event": "worker_replaced"},
-                )
-                start()
-    return 1 if failed else 0
+                self._signal_all(signal.SIGTERM, fresh)
+                for worker in fresh:
+                    worker.process.join(RELOAD_START_TIMEOUT)
+                    self._running.pop(worker.process.sentinel, None)
+                    if worker.process.pid is not None:
+                        self._on_exit(worker.process.pid)
+                return
+            ready = multiprocessing.connection.wait([w.process.sentinel for w in fresh] + [self._wake_read], 0.05)
+            if self._wake_read in ready:
+                os.read(self._wake_read, 64)
+        if self._stopping:
+            return
+        old = [w for w in self._running.values() if w.generation is not generation]
+        previous, self._generation = self._generation, generation
+        self._signal_all(signal.SIGUSR2, old)  # retire: drain now, without the drain delay
+        self._retired(previous, generation)
+        log.info(
+            "reloaded: %d new worker(s) listening, %d old one(s) draining",
+            len(fresh),
+            len(old),
+            extra={"event": "reloaded"},
+        )

@@ -31,6 +31,8 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     response = await handler(request)
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = exchange.request_id
+        if request.app[PIPELINE].draining:
+            response.force_close()  # Connection: close: the caller moves to another worker or replica
     return response
 
 

@@ -67,6 +67,8 @@ async def stream_response(
     """Send a streamed answer chunk by chunk as it arrives; cut the connection off if it fails after its 200."""
     response = web.StreamResponse(status=200, headers={REQUEST_ID_HEADER: exchange.request_id})
     response.content_type = "application/json"
+    if request.app[PIPELINE].draining:
+        response.force_close()
     if outcome.content_length is not None:
         response.content_length = outcome.content_length
     try:
