@@ -6,7 +6,7 @@ CUBE_DIR := stack/cube
 CLIENT_DIR := stack/client
 
 .DEFAULT_GOAL := help
-.PHONY: help install postgres browser-tools bench-tools lock run test test-unit test-pythons fuzz soak lint format bench clean
+.PHONY: help install postgres test-tools bench-tools lock run test test-unit test-pythons fuzz soak lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,10 +32,10 @@ postgres: ## Make sure PostgreSQL's server is installed (Debian's postgresql; ne
 		echo "installing PostgreSQL from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
-browser-tools: ## Make sure Chromium and nginx are installed for the browser tests (Debian's packages; needs root)
-	@command -v chromium >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
-		echo "installing chromium and nginx from Debian"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light >/dev/null; }
+test-tools: ## Make sure Chromium, nginx and Redis are installed for the tests (Debian's packages; needs root)
+	@command -v chromium >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing chromium, nginx and redis-server from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light redis-server >/dev/null; }
 
 bench-tools: ## Make sure wrk and nginx are installed (Debian's packages; needs root)
 	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
@@ -45,7 +45,7 @@ bench-tools: ## Make sure wrk and nginx are installed (Debian's packages; needs 
 run: install postgres ## Run the proxy on a local stack (PostgreSQL + demo data + Cube); Ctrl-C stops it
 	$(PY) -m stack.run
 
-test: install postgres browser-tools ## Run every test (unit and real-stack) with coverage of proxy/
+test: install postgres test-tools ## Run every test (unit and real-stack) with coverage of proxy/
 	$(PY) -m pytest --cov=proxy --cov-report=term-missing
 
 test-unit: install ## Only the tests that need no PostgreSQL or Cube
@@ -83,7 +83,7 @@ format: install ## Format the code
 	$(VENV)/bin/ruff format proxy tests stack bench
 	$(VENV)/bin/ruff check --fix proxy tests stack bench
 
-bench: install postgres bench-tools ## Benchmarks against nginx and Cube; writes bench/results.json and bench/RESULTS.md
+bench: install postgres bench-tools test-tools ## Benchmarks against nginx and Cube; writes bench/results.json and bench/RESULTS.md
 	$(PY) -m bench.run
 
 clean: ## Remove the virtualenv and node modules

@@ -175,6 +175,23 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True)
+class RedisSettings:
+    #: the shared layer's Redis (redis://host:6379/0, rediss://..., unix:///path); unset: every cache in-process
+    url: str | None = None
+    #: the HMAC key every shared value is signed with (32+ bytes; required with url), or a file holding it
+    signing_key: str | None = None
+    signing_key_file: str | None = None
+    #: the prefix of every key: one per deployment sharing a Redis
+    key_prefix: str = "product-analytics-proxy:"
+    #: seconds one Redis call may take (then the proxy goes on without it)
+    timeout: float = 0.25
+    #: seconds a shared load's lock is held at most (the others wait that long, then load themselves)
+    lock_ttl: float = 6.0
+    #: seconds a shared answer stays in a process's own cache in front of Redis
+    local_ttl: float = 2.0
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     gitlab: GitLabSettings = field(default_factory=GitLabSettings)
@@ -182,6 +199,7 @@ class Settings:
     product_analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
     cube: CubeSettings = field(default_factory=CubeSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
     projects: Mapping[int, ProjectOverride] = field(default_factory=dict)
 
 
@@ -207,6 +225,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "product_analytics": AnalyticsSettings,
     "cube": CubeSettings,
     "limits": LimitsSettings,
+    "redis": RedisSettings,
 }
 
 MIN_KEY_BYTES = 32
@@ -357,6 +376,18 @@ def _validate(s: Settings, problems: list[str]) -> None:
             problems.append(f"[server] trusted_proxies: {proxy_address!r} is not an address or network")
     if not 0 <= s.server.metrics_port <= 65535:
         problems.append(f"[server] metrics_port: must be a port (1-65535) or 0 (off), not {s.server.metrics_port}")
+    if s.redis.url is not None:
+        if yarl.URL(s.redis.url).scheme not in {"redis", "rediss", "unix"}:
+            problems.append(f"[redis] url: must be a redis://, rediss:// or unix:// URL, not {s.redis.url!r}")
+        if s.redis.signing_key is None or len(s.redis.signing_key.encode()) < MIN_KEY_BYTES:
+            problems.append(f"[redis] signing_key: required with url, {MIN_KEY_BYTES} bytes or more")
+    for where, value in {
+        "[redis] timeout": s.redis.timeout,
+        "[redis] lock_ttl": s.redis.lock_ttl,
+        "[redis] local_ttl": s.redis.local_ttl,
+    }.items():
+        if value <= 0:
+            problems.append(f"{where}: must be greater than 0, not {value!r}")
     if not _COOKIE_NAME.fullmatch(s.gitlab.session_cookie):
         problems.append(
             f"[gitlab] session_cookie: must be a cookie name (letters, digits and !#$%&'*+-.^_`|~),"
@@ -439,6 +470,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
         projects[int(key)] = _with_key_from_file(override, f"[projects.{key}]", problems)
 
     built["product_analytics"] = _with_key_from_file(built["product_analytics"], "[product_analytics]", problems)
+    built["redis"] = _with_signing_key_from_file(built["redis"], problems)
     settings = Settings(projects=projects, **built)
     _validate(settings, problems)
     if problems:
@@ -462,6 +494,21 @@ def _with_key_from_file(section: Any, where: str, problems: list[str]) -> Any:
     return dataclasses.replace(section, cube_api_key=key)
 
 
+def _with_signing_key_from_file(section: RedisSettings, problems: list[str]) -> RedisSettings:
+    path = section.signing_key_file
+    if path is None:
+        return section
+    if section.signing_key is not None:
+        problems.append("[redis]: set signing_key or signing_key_file, not both")
+        return section
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as exc:
+        problems.append(f"[redis] signing_key_file: cannot read {path}: {exc.strerror or exc}")
+        return section
+    return dataclasses.replace(section, signing_key=key)
+
+
 def redacted(settings: Settings) -> dict[str, Any]:
     """The effective settings as plain data, every secret replaced (for --print-config)."""
     data = dataclasses.asdict(settings)
@@ -469,6 +516,10 @@ def redacted(settings: Settings) -> dict[str, Any]:
     for section in (data["product_analytics"], *data["projects"].values()):
         if section.get("cube_api_key") is not None:
             section["cube_api_key"] = "[REDACTED]"
+    if data["redis"]["signing_key"] is not None:
+        data["redis"]["signing_key"] = "[REDACTED]"
+    if data["redis"]["url"] is not None:
+        data["redis"]["url"] = str(yarl.URL(data["redis"]["url"]).with_password(None))
     return data
 
 

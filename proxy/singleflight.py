@@ -5,12 +5,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from cachetools import TTLCache
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+class SharedLoads(Protocol):
+    """A fleet-wide layer behind the cache (``proxy/shared/fleet.py``): it answers a local miss."""
+
+    async def load(
+        self,
+        namespace: str,
+        key: Any,
+        load: Callable[[], Awaitable[Any]],
+        codec: Any,
+        ttl: float,
+        negative_ttl: float,
+        cache_error: Callable[[BaseException], bool],
+    ) -> Any: ...
 
 
 class SingleFlightCache(Generic[K, V]):
@@ -37,7 +52,23 @@ class SingleFlightCache(Generic[K, V]):
             TTLCache(maxsize, negative_ttl, timer) if negative_ttl > 0 else None
         )
         self._cache_error = cache_error
+        self._negative_ttl = negative_ttl
         self._in_flight: dict[K, tuple[asyncio.Task[V], list[int]]] = {}
+        #: the fleet's shared layer, when there is one: (loads, namespace, codec)
+        self._shared: tuple[SharedLoads, str, Any] | None = None
+        #: how long a value stays here (``ttl``, or shorter in front of a shared layer)
+        self._local_ttl = ttl
+
+    def share(self, shared: SharedLoads, namespace: str, codec: Any, local_ttl: float) -> None:
+        """Load through the fleet's shared layer: Redis keeps answers for ``ttl`` (and failures for
+        ``negative_ttl``) for every process; this process keeps them ``local_ttl`` seconds at most."""
+        self._shared = (shared, namespace, codec)
+        local = min(self._ttl, local_ttl)
+        if self._values is not None:
+            self._values = TTLCache(self._values.maxsize, local, self._timer)
+            self._local_ttl = local
+        if self._errors is not None:
+            self._errors = TTLCache(self._errors.maxsize, min(self._errors.ttl, local_ttl), self._timer)
 
     def peek(self, key: K) -> tuple[V, float] | None:
         """The cached value and when it expires, without loading anything."""
@@ -76,7 +107,11 @@ class SingleFlightCache(Generic[K, V]):
 
     async def _load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         try:
-            value = await load()
+            if self._shared is None:
+                value = await load()
+            else:
+                shared, namespace, codec = self._shared
+                value = await shared.load(namespace, key, load, codec, self._ttl, self._negative_ttl, self._cache_error)
         except Exception as exc:
             if self._errors is not None and self._cache_error(exc):
                 self._errors[key] = exc
@@ -84,5 +119,5 @@ class SingleFlightCache(Generic[K, V]):
         finally:
             self._in_flight.pop(key, None)
         if self._values is not None:
-            self._values[key] = (value, self._timer() + self._ttl)
+            self._values[key] = (value, self._timer() + self._local_ttl)
         return value

@@ -23,7 +23,8 @@ from proxy.ids import project_id
 from proxy.limits.caller_rate import RateLimiter
 from proxy.observe.metrics import Metrics
 from proxy.settings import GitLabSettings
-from proxy.singleflight import SingleFlightCache
+from proxy.shared.codecs import CallerCodec, Plain
+from proxy.singleflight import SharedLoads, SingleFlightCache
 
 _USER_GID = "gid://gitlab/User/"
 _FULL_PATH = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.+-]*(?:/[A-Za-z0-9_.][A-Za-z0-9_.+-]*)+")
@@ -176,6 +177,14 @@ class GitLabAuthorizer:
             if level < self._min_level:
                 raise access_denied()
         return Grant(caller, project_id)
+
+    def share(self, shared: SharedLoads, local_ttl: float) -> None:
+        """GitLab's answers through the fleet's shared layer: one GitLab call per answer for the whole fleet."""
+        plain = Plain()
+        self._callers.share(shared, "callers", CallerCodec(Caller), local_ttl)
+        self._projects.share(shared, "projects", plain, local_ttl)
+        self._members.share(shared, "members", plain, local_ttl)
+        self._csrf.share(shared, "csrf", plain, local_ttl)
 
     async def identify(self, credential: Credential) -> Caller:
         """Who the credential belongs to (GitLab's answer, cached as for authorisations); 401 if nobody."""

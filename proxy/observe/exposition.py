@@ -137,6 +137,15 @@ class SnapshotCollector(Collector):
         for outcome in ("served", "handed_over"):
             lane.add_metric([outcome], gauges.get(f"lane_{outcome}", 0))
         yield lane
+        if "shared_degraded" in gauges:
+            yield _gauge(
+                "shared_degraded",
+                "1 while Redis (the shared layer) fails: local caches serve",
+                gauges["shared_degraded"],
+            )
+            refused = CounterMetricFamily(PREFIX + "shared_refused_values", "Shared values ignored: bad signature")
+            refused.add_metric([], gauges.get("shared_refused_values", 0))
+            yield refused
         if self._project_label:
             projects = CounterMetricFamily(
                 PREFIX + "project_requests",

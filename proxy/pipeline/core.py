@@ -29,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 import yarl
 
 from proxy.auth.authorizer import Authorizer, GitLabAuthorizer, Grant
@@ -55,6 +56,8 @@ from proxy.pipeline.request_body import QueryRequest, parse_body, query_request
 from proxy.pipeline.request_id import REQUEST_ID_HEADER, RequestIds, normalise_request_id
 from proxy.pipeline.routes import FORWARDED_FOR, PROBE_ROUTES, TRACEPARENT, USER_AGENT
 from proxy.settings import Settings
+from proxy.shared.codecs import MetaCodec
+from proxy.shared.fleet import Fleet
 from proxy.singleflight import SingleFlightCache
 
 log = logging.getLogger(__name__)
@@ -101,8 +104,11 @@ class Pipeline:
         self.draining = False
         self._trusted = trusted_networks(server.trusted_proxies)
         self._gitlab_client: GitLabClient | None = None
+        #: the fleet's shared layer on Redis, when ``[redis] url`` is set (``open_redis``)
+        self.fleet: Fleet | None = None
         #: GitLab's reachability for readiness, asked at most once per ``readiness_ttl``
         self._gitlab_up: SingleFlightCache[str, bool] = SingleFlightCache(1, settings.cube.readiness_ttl)
+        self._shared_up: SingleFlightCache[str, bool] = SingleFlightCache(1, settings.cube.readiness_ttl)
         #: the session cookie's name when GitLab's browser sessions are accepted, else None
         self.session_cookie = settings.gitlab.session_cookie if settings.gitlab.sessions else None
         #: seconds a caller may read nothing of an answer being written (both doors enforce it)
@@ -142,6 +148,28 @@ class Pipeline:
             await self.readiness.close()
 
     @contextlib.asynccontextmanager
+    async def open_redis(self) -> AsyncIterator[None]:
+        """The fleet's shared layer (``[redis] url``): one connection pool for this process; none without a URL."""
+        config = self.settings.redis
+        if config.url is None:
+            yield
+            return
+        assert config.signing_key is not None  # validated with the url
+        client = aioredis.from_url(
+            config.url,
+            socket_timeout=config.timeout,
+            socket_connect_timeout=config.timeout,
+            max_connections=64,
+        )
+        self.fleet = Fleet(client, config.signing_key, config.key_prefix, config.timeout, config.lock_ttl)
+        self.meta_cache.share(self.fleet, "meta", MetaCodec(_buffered), config.local_ttl)
+        await self.fleet.ping()  # a first connection before traffic (not required: a failure only logs)
+        try:
+            yield
+        finally:
+            await self.fleet.close()
+
+    @contextlib.asynccontextmanager
     async def open_gitlab(self) -> AsyncIterator[None]:
         """The authorizer: GitLab's REST API over one client session, or the local stack's dev tokens."""
         settings = self.settings
@@ -158,7 +186,10 @@ class Pipeline:
             client = GitLabClient(
                 session, settings.gitlab.url, settings.gitlab.timeout, settings.gitlab.retry_after, self.metrics
             )
-            self.authorizer = GitLabAuthorizer(client, settings.gitlab, metrics=self.metrics)
+            authorizer = GitLabAuthorizer(client, settings.gitlab, metrics=self.metrics)
+            if self.fleet is not None:
+                authorizer.share(self.fleet, settings.redis.local_ttl)
+            self.authorizer = authorizer
             self._gitlab_client = client
             yield
         finally:
@@ -367,6 +398,9 @@ class Pipeline:
             gitlab_up, _ = await self._gitlab_up.get("gitlab", self._gitlab_client.reachable)
             report["gitlab"] = "up" if gitlab_up else "down"
             ready = ready and gitlab_up
+        if self.fleet is not None:
+            shared_up, _ = await self._shared_up.get("redis", self.fleet.ping)
+            report["shared"] = "ok" if shared_up else "degraded"  # local caches serve meanwhile: not an outage
         report["status"] = "ready" if ready else "unavailable"
         return ready, report
 
@@ -379,6 +413,9 @@ class Pipeline:
         found["pool_waiting"] = sum(pool.waiting for pool in pools)
         if self.lane_counts is not None:
             found["lane_served"], found["lane_handed_over"] = self.lane_counts()
+        if self.fleet is not None:
+            found["shared_degraded"] = 1 if self.fleet.degraded else 0
+            found["shared_refused_values"] = self.fleet.tampered
         return found
 
     # -- helpers ----------------------------------------------------------------------------
@@ -386,6 +423,17 @@ class Pipeline:
     async def _grant_tenant(self, exchange: Exchange, project_ref: str, method: str) -> tuple[Tenant, Grant]:
         """Authorise the caller for the route's project; its tenant, or 404 when analytics is off."""
         assert exchange.credential is not None, "the gate runs first"
+        fleet = self.fleet
+        if fleet is not None and self.rate_limiter.enabled:
+            limits = self.settings.limits
+            wait = await fleet.rate(exchange.credential.caller_key, limits.rate_limit, limits.rate_limit_burst)
+            if wait is not None:  # the fleet's bucket for this caller is empty
+                self.metrics.refusal("rate_limited")
+                raise ApiError(
+                    429,
+                    {"message": f"Too many requests from this caller; retry after {wait} s"},
+                    {"Retry-After": str(wait)},
+                )
         grant = await self.authorizer.authorize(exchange.credential, project_ref, method)
         exchange.project = grant.project_id
         exchange.user_id = grant.caller.user_id
@@ -401,6 +449,10 @@ def _coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[T
     if query.include_token:
         return None  # each such call carries its own minted token
     return (tenant, endpoint, query.fingerprint)
+
+
+def _buffered(status: int, body: bytes) -> Buffered:
+    return Buffered(status, body, None)
 
 
 def shown_url(url: str) -> str:

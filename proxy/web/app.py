@@ -34,6 +34,11 @@ async def _overload_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with app[PIPELINE].open_redis():
+        yield
+
+
 async def _cube_ctx(app: web.Application) -> AsyncIterator[None]:
     async with app[PIPELINE].open_cube():
         yield
@@ -52,6 +57,7 @@ def create_app(settings: Settings, metrics_folder: Path | None = None) -> web.Ap
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.limits.max_body_bytes)
     app[PIPELINE] = Pipeline(settings)
     app.cleanup_ctx.append(_overload_ctx)
+    app.cleanup_ctx.append(_redis_ctx)  # before the caches that share through it
     app.cleanup_ctx.append(_cube_ctx)
     app.cleanup_ctx.append(_gitlab_ctx)
     setup_routes(app)

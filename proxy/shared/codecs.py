@@ -1,0 +1,55 @@
+"""How each shared cache's keys and values travel through Redis: keys are hashes or ids, values plain data.
+
+No value carries a secret: a caller is its id, name, admin flag and scopes; a project, a
+membership level and a CSRF verdict are numbers; a meta answer is Cube's JSON. Keys are
+made of hashes already (a token's, a cookie's, a CSRF token's) and ids; a tenant's key
+hashes its Cube URL and key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+
+class Plain:
+    """Keys that are strings or tuples of strings and numbers; values that are JSON already (ids, levels)."""
+
+    def key(self, key: Any) -> str:
+        return "|".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+    def dump(self, value: Any) -> Any:
+        return value
+
+    def load(self, data: Any) -> Any:
+        return data
+
+
+class CallerCodec(Plain):
+    """A GitLab caller (``proxy.auth.authorizer.Caller``), given the class to rebuild it with."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+
+    def dump(self, value: Any) -> Any:
+        return {"id": value.user_id, "name": value.username, "admin": value.is_admin, "scopes": sorted(value.scopes)}
+
+    def load(self, data: Any) -> Any:
+        return self._make(int(data["id"]), str(data["name"]), bool(data["admin"]), frozenset(data["scopes"]))
+
+
+class MetaCodec(Plain):
+    """A tenant's meta answer (``Buffered``), keyed by the tenant's app id and a hash of its Cube URL and key."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+
+    def key(self, key: Any) -> str:
+        digest = hashlib.sha256(f"{key.cube_base_url}\0{key.cube_api_key}".encode()).hexdigest()[:32]
+        return f"{key.app_id}|{digest}"
+
+    def dump(self, value: Any) -> Any:
+        return {"status": value.status, "body": value.body.decode()}
+
+    def load(self, data: Any) -> Any:
+        return self._make(int(data["status"]), str(data["body"]).encode())
