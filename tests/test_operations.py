@@ -615,7 +615,7 @@ def test_a_worker_stopped_before_it_listens_just_ends(tmp_path):
         "def worker_main(parent, on_listening):\n"
         "    os.kill(parent, signal.SIGTERM)\n"
         "    signal.pause()\n"
-        "sys.exit(Supervisor(lambda generation: worker_main, 'first', lambda generation: 2).run())\n"
+        "sys.exit(Supervisor(lambda generation, slot: worker_main, 'first', lambda generation: 2).run())\n"
     )
     root = Path(__file__).parent.parent
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=root)

@@ -80,18 +80,21 @@ async def test_sighup_replaces_the_workers_under_traffic_without_a_failed_reques
     other = FakeCube(CUBE_KEY)
     other_url = str((await aiohttp_server(other.app())).make_url("")).rstrip("/")
     server = f"workers = {workers}"
-    async with proxy_process(tmp_path, gitlab_url, cube_url, server_section=server) as (proc, port):
+    unlimited = f"{server}\n[limits]\nrate_limit = 0.0"  # the callers here are one token, as fast as they can
+    async with proxy_process(tmp_path, gitlab_url, cube_url, server_section=unlimited) as (proc, port):
         config = tmp_path / "proxy.toml"
         lines = Lines(proc.stderr)
         traffic = Traffic(f"http://127.0.0.1:{port}{LOAD}")
         traffic.start()
         try:
             await until(lambda: len(cube.calls) >= 20, "calls reaching the first Cube")
-            # a valid change: another Cube; the workers are replaced while the callers go on
-            config.write_text(config.read_text().replace(cube_url, other_url))
+            # a valid change: another Cube (and, from one worker, two); the workers are replaced while callers go on
+            grown = 2 if workers == 1 else workers
+            changed = config.read_text().replace(cube_url, other_url).replace(server, f"workers = {grown}")
+            config.write_text(changed)
             proc.send_signal(signal.SIGHUP)
             await until(lambda: lines.having("reloaded:"), "the reload's line")
-            assert f"{workers} new worker(s) listening, {workers} old one(s) draining" in lines.having("reloaded:")[0]
+            assert f"{grown} new worker(s) listening, {workers} old one(s) draining" in lines.having("reloaded:")[0]
             await until(lambda: len(other.calls) >= 20, "calls reaching the new Cube")
             before = len(cube.calls)
             # an invalid change: refused, each problem said, the proxy goes on with what it has

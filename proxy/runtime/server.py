@@ -158,31 +158,60 @@ async def _listen(
     return None
 
 
-#: the listening sockets a generation of workers shares: "public", and "metrics" with [server] metrics_port
+#: the listening sockets one worker accepts on: "public", and "metrics" with [server] metrics_port
 Sockets = dict[str, socket.socket]
 
 
-def bind(settings: Settings) -> Sockets:
-    """The listening sockets, made once by the parent: its workers accept on them, and so does the next
-    generation after a reload (a connection waiting in the queue is taken by a new worker, never refused)."""
+@dataclass(frozen=True)
+class Listeners:
+    """The parent's listening sockets: one public socket per worker slot (SO_REUSEPORT: the kernel spreads
+    new connections over them evenly), and one metrics socket the workers share."""
+
+    public: tuple[socket.socket, ...]
+    metrics: socket.socket | None
+
+    def of(self, slot: int) -> Sockets:
+        found = {"public": self.public[slot]}
+        if self.metrics is not None:
+            found["metrics"] = self.metrics
+        return found
+
+    def close(self, keep: Listeners | None = None) -> None:
+        """Close the sockets ``keep`` does not use too."""
+        kept = set() if keep is None else {*keep.public, keep.metrics}
+        for sock in (*self.public, self.metrics):
+            if sock is not None and sock not in kept:
+                sock.close()
+
+
+def bind(settings: Settings, reuse: Listeners | None = None) -> Listeners:
+    """The listening sockets, made by the parent before it forks: a worker accepts on its slot's socket, and
+    so does the worker that replaces it, on a crash or a reload. The sockets stay open in the parent, so a
+    connection waiting in one's queue is taken by the new worker, never refused. ``reuse``: a reload's
+    sockets of the same addresses (as many as are still needed; more are added for more workers)."""
     server = settings.server
-    made: Sockets = {}
+    public: list[socket.socket] = list(reuse.public[: server.workers]) if reuse is not None else []
+    metrics = reuse.metrics if reuse is not None else None
+    made: list[socket.socket] = []
     try:
-        made["public"] = _listening(server.host, server.port, fast_lane.BACKLOG)
-        if server.metrics_port:
-            made["metrics"] = _listening("127.0.0.1", server.metrics_port, 128)
+        while len(public) < server.workers:
+            sock = _listening(server.host, server.port, fast_lane.BACKLOG)
+            made.append(sock)
+            public.append(sock)
+        if server.metrics_port and metrics is None:
+            metrics = _listening("127.0.0.1", server.metrics_port, 128)
+            made.append(metrics)
     except OSError as exc:
-        for sock in made.values():
+        for sock in made:
             sock.close()
-        port = server.metrics_port if made else server.port
-        host = "127.0.0.1" if made else server.host
-        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return made
+        where = f"{server.host}:{server.port}" if len(public) < server.workers else f"127.0.0.1:{server.metrics_port}"
+        raise CannotListen(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    return Listeners(tuple(public), metrics)
 
 
 def _listening(host: str, port: int, backlog: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    sock = socket.create_server((host, port), family=family, backlog=backlog, reuse_port=True)
     sock.set_inheritable(True)
     return sock
 
@@ -238,16 +267,76 @@ class Generation:
     """What one generation of workers runs with: its settings and the sockets they listen on."""
 
     settings: Settings
-    sockets: Sockets
+    listeners: Listeners
 
 
-def _run_one(parent: int, on_listening: Callable[[], None], generation: Generation, metrics_folder: Path) -> None:
+def _run_one(
+    parent: int, on_listening: Callable[[], None], generation: Generation, slot: int, metrics_folder: Path
+) -> None:
     die_with_parent(parent)
     settings = generation.settings
     setup_logging(settings.server.log_format, settings.server.log_level)
     tune_gc()
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve(settings, generation.sockets, on_listening=on_listening, metrics_folder=metrics_folder))
+        sockets = generation.listeners.of(slot)
+        runner.run(serve(settings, sockets, on_listening=on_listening, metrics_folder=metrics_folder))
+
+
+class _Parent:
+    """The parent's side of the generations: the one serving, the one a reload is starting, their sockets."""
+
+    def __init__(self, first: Generation, folder: Path, load_again: Callable[[], Settings] | None) -> None:
+        self.current = first
+        self.starting: Generation | None = None
+        self.folder = folder
+        self._load_again = load_again
+
+    def main_for(self, generation: Generation, slot: int) -> Callable[[int, Callable[[], None]], None]:
+        # everything the parent listens on now but this worker's own sockets: closed in the child at once
+        own = set(generation.listeners.of(slot).values())
+        others = [
+            sock
+            for held in (self.current, self.starting)
+            if held is not None
+            for sock in (*held.listeners.public, held.listeners.metrics)
+            if sock is not None and sock not in own
+        ]
+
+        def main(parent: int, on_listening: Callable[[], None]) -> None:
+            for sock in others:
+                sock.close()
+            _run_one(parent, on_listening, generation, slot, self.folder)
+
+        return main
+
+    def reload(self) -> Generation | None:
+        if self._load_again is None:
+            log.warning("SIGHUP: no settings to read again; going on", extra={"event": "reload_failed"})
+            return None
+        try:
+            fresh = self._load_again()
+        except SettingsError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: %s", problem, extra={"event": "reload_failed"})
+            log.error("the proxy goes on with the settings it has", extra={"event": "reload_failed"})
+            return None
+        try:
+            reuse = self.current.listeners if same_addresses(self.current.settings, fresh) else None
+            self.starting = Generation(fresh, bind(fresh, reuse))
+        except CannotListen as exc:
+            log.error(
+                "reload refused: %s; the proxy goes on with the settings it has", exc, extra={"event": "reload_failed"}
+            )
+            return None
+        return self.starting
+
+    def settled(self, old: Generation, new: Generation) -> None:
+        """After a reload (or a failed one, ``new`` being the current): ``old``'s sockets ``new`` does not use close.
+
+        The old workers hold their own copies until they have drained.
+        """
+        self.current, self.starting = new, None
+        old.listeners.close(keep=new.listeners)
 
 
 def run(settings: Settings, load_again: Callable[[], Settings] | None = None) -> int:
@@ -259,57 +348,23 @@ def run(settings: Settings, load_again: Callable[[], Settings] | None = None) ->
     setup_logging(settings.server.log_format, settings.server.log_level)
     raise_open_files_limit()
     try:
-        sockets = bind(settings)
+        listeners = bind(settings)
     except CannotListen as exc:
         log.error("%s", exc, extra={"event": "listen_failed"})
         return 1
     # the workers' metrics meet here: each writes its snapshot, a scrape adds them up, a dead one's are kept
     folder = Path(tempfile.mkdtemp(prefix="product-analytics-proxy-metrics-"))
-
-    def main_for(generation: Generation) -> Callable[[int, Callable[[], None]], None]:
-        return lambda parent, on_listening: _run_one(parent, on_listening, generation, folder)
-
-    def reload() -> Generation | None:
-        if load_again is None:
-            log.warning("SIGHUP: no settings to read again; going on", extra={"event": "reload_failed"})
-            return None
-        try:
-            fresh = load_again()
-        except SettingsError as exc:
-            for problem in exc.problems:
-                log.error("reload refused: %s", problem, extra={"event": "reload_failed"})
-            log.error("the proxy goes on with the settings it has", extra={"event": "reload_failed"})
-            return None
-        current = supervisor_state["generation"]
-        if same_addresses(current.settings, fresh):
-            return Generation(fresh, current.sockets)
-        try:
-            return Generation(fresh, bind(fresh))
-        except CannotListen as exc:
-            log.error(
-                "reload refused: %s; the proxy goes on with the settings it has", exc, extra={"event": "reload_failed"}
-            )
-            return None
-
-    def retired(old: Generation, new: Generation) -> None:
-        supervisor_state["generation"] = new
-        if old.sockets is not new.sockets:
-            for sock in old.sockets.values():
-                sock.close()  # the old workers hold their own copies until they have drained
-
-    first = Generation(settings, sockets)
-    supervisor_state = {"generation": first}
+    parent = _Parent(Generation(settings, listeners), folder, load_again)
     supervisor = Supervisor(
-        main_for,
-        first,
+        parent.main_for,
+        parent.current,
         lambda generation: generation.settings.server.workers,
-        reload,
+        parent.reload,
         on_exit=lambda pid: retire(folder, pid),
-        retired=retired,
+        settled=parent.settled,
     )
     try:
         return supervisor.run()
     finally:
-        for sock in supervisor_state["generation"].sockets.values():
-            sock.close()
+        parent.current.listeners.close()
         shutil.rmtree(folder, ignore_errors=True)

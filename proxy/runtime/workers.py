@@ -73,12 +73,16 @@ class _Worker:
     listening: Event
     #: the generation (settings and sockets) it was started with
     generation: Any
+    #: its number within the generation (which of the generation's sockets it listens on)
+    slot: int = 0
 
 
 class Supervisor:
     """Runs one generation of workers at a time; SIGHUP asks ``reload`` for the next one.
 
-    ``main_for(generation)`` is what a worker of that generation runs; ``reload()`` returns
+    ``main_for(generation, slot)`` is what worker number ``slot`` of that generation runs (a
+    replacement takes the slot of the worker it replaces, so the sockets a slot listens on
+    stay in use); ``reload()`` returns
     the next generation (new settings, and the listening sockets they need) or None when
     the configuration is not valid (it has logged why: the workers go on as they are).
     A reload starts the new generation's workers, waits until every one of them listens,
@@ -89,12 +93,12 @@ class Supervisor:
 
     def __init__(
         self,
-        main_for: Callable[[Any], WorkerMain],
+        main_for: Callable[[Any, int], WorkerMain],
         generation: Any,
         workers_of: Callable[[Any], int],
         reload: Callable[[], Any | None] = lambda: None,
         on_exit: Callable[[int], None] = lambda pid: None,
-        retired: Callable[[Any, Any], None] = lambda old, new: None,
+        settled: Callable[[Any, Any], None] = lambda old, new: None,
     ) -> None:
         self._context = multiprocessing.get_context("fork")
         self._parent = os.getpid()
@@ -102,7 +106,8 @@ class Supervisor:
         self._workers_of = workers_of
         self._reload = reload
         self._on_exit = on_exit
-        self._retired = retired
+        #: told (old, new) once a reload is done, and (failed, current) when one is given up
+        self._settled = settled
         self._generation = generation
         self._running: dict[int, _Worker] = {}  # by the process's sentinel
         self._stopping = False
@@ -135,17 +140,17 @@ class Supervisor:
 
     # -- workers -------------------------------------------------------------------------------
 
-    def _start(self, generation: Any) -> _Worker:
+    def _start(self, generation: Any, slot: int) -> _Worker:
         listening = self._context.Event()
         process = self._context.Process(
-            target=_worker, args=(self._main_for(generation), self._parent, listening.set), daemon=False
+            target=_worker, args=(self._main_for(generation, slot), self._parent, listening.set), daemon=False
         )
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # the child unblocks them once its handlers are reset
         try:
             process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        worker = self._running[process.sentinel] = _Worker(process, listening, generation)
+        worker = self._running[process.sentinel] = _Worker(process, listening, generation, slot)
         if self._stopping:  # the stop signal came while this one was being forked
             self._signal_all(signal.SIGTERM, [worker])
         return worker
@@ -156,8 +161,8 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hangup)
         try:
-            for _ in range(self._workers_of(self._generation)):
-                self._start(self._generation)
+            for slot in range(self._workers_of(self._generation)):
+                self._start(self._generation, slot)
             while self._running:
                 ready = multiprocessing.connection.wait([*self._running, self._wake_read])
                 for sentinel in ready:
@@ -197,7 +202,7 @@ class Supervisor:
                 code,
                 extra={"event": "worker_replaced"},
             )
-            self._start(self._generation)
+            self._start(self._generation, worker.slot)
 
     def _replace_generation(self) -> None:
         """SIGHUP: the next generation listening first, then the old one retired; on any failure, the old one stays."""
@@ -205,7 +210,7 @@ class Supervisor:
         generation = self._reload()
         if generation is None:
             return  # the reload said why
-        fresh = [self._start(generation) for _ in range(self._workers_of(generation))]
+        fresh = [self._start(generation, slot) for slot in range(self._workers_of(generation))]
         deadline = time.monotonic() + RELOAD_START_TIMEOUT
         while not self._stopping and not all(w.listening.is_set() for w in fresh):
             gone = [w for w in fresh if not w.process.is_alive()]
@@ -220,6 +225,7 @@ class Supervisor:
                     self._running.pop(worker.process.sentinel, None)
                     if worker.process.pid is not None:
                         self._on_exit(worker.process.pid)
+                self._settled(generation, self._generation)
                 return
             ready = multiprocessing.connection.wait([w.process.sentinel for w in fresh] + [self._wake_read], 0.05)
             if self._wake_read in ready:
@@ -229,7 +235,7 @@ class Supervisor:
         old = [w for w in self._running.values() if w.generation is not generation]
         previous, self._generation = self._generation, generation
         self._signal_all(signal.SIGUSR2, old)  # retire: drain now, without the drain delay
-        self._retired(previous, generation)
+        self._settled(previous, generation)
         log.info(
             "reloaded: %d new worker(s) listening, %d old one(s) draining",
             len(fresh),
