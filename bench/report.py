@@ -161,6 +161,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             ("proxy_2_workers", "proxy, 2 workers", 64),
             ("proxy_aiohttp_only", "proxy, fast lane off (aiohttp serves every request)", 64),
             ("proxy_metrics_off", "proxy, metrics off ([server] metrics = false)", 64),
+            ("proxy_redis", "proxy, shared layer on (Redis)", 64),
             ("nginx_overload_256", "nginx, overload", 256),
             ("nginx_2_workers_overload_256", "nginx, 2 workers, overload", 256),
             ("proxy_overload_256", "proxy, overload", 256),
@@ -198,6 +199,15 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 f"own Cube client, with no features, costs {p['protocol_proxy_cpu_ratio']}x nginx: the floor of "
                 f"serving without aiohttp's server.",
             ]
+        if "redis_cpu_cost_ratio" in p:
+            lines += [
+                "",
+                f"The shared layer: the proxy with `[redis] url` set costs {p['redis_cpu_cost_ratio']}x "
+                f"({p['redis_cpu_cost_ratio_range'][0]} to {p['redis_cpu_cost_ratio_range'][-1]}) the CPU per "
+                f"request of the same proxy without it: a warm request is answered from the process's own cache "
+                f"(the rate limit is off here, as in every pass-through run; with it on, each request asks Redis "
+                f"for a token of the fleet's bucket).",
+            ]
         if "metrics_cpu_cost_ratio" in p:
             lines += [
                 "",
@@ -214,6 +224,32 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 f"request, the same proxy costs {p['aiohttp_only_cpu_ratio']}x nginx's CPU per request, and its p99 "
                 f"at 256 connections is {p.get('aiohttp_only_overload_p99_ratio', 'n/a')}x nginx's.",
             ]
+    if "fleet" in s:
+        f = s["fleet"]
+        lines += [
+            "",
+            f"## A fleet: a {f['panels']}-panel dashboard with a new token, 1 to 4 workers, with and without Redis",
+            "",
+            "Each panel on its own connection (the kernel spreads them over the workers); GitLab and Cube are "
+            "the tests' fakes, counting calls. Then as many meta requests at once.",
+            "",
+            "| workers | Redis | GitLab calls | Cube meta calls | p50 ms | p95 ms | errors |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for key in (
+            "1_workers_local",
+            "1_workers_redis",
+            "2_workers_local",
+            "2_workers_redis",
+            "4_workers_local",
+            "4_workers_redis",
+        ):
+            r = f.get(key)
+            if r is not None:
+                lines.append(
+                    f"| {r['workers']} | {'yes' if r['redis'] else 'no'} | {r['gitlab_calls']} | "
+                    f"{r['cube_meta_calls']} | {r['p50_ms']} | {r['p95_ms']} | {r['errors']} |"
+                )
     if "cached_meta" in s:
         m = s["cached_meta"]
         lines += [

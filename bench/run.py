@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.fleet import fleet_burst
 from bench.procs import (
     Process,
     WrkResult,
@@ -37,6 +38,7 @@ from bench.procs import (
 )
 from bench.report import write_report
 from stack.localstack import Stack, cube_token, running_stack
+from tests.redis_server import RedisServer
 
 KEY = "benchmark-cube-api-key-0123456789abcdef"
 TOKEN = "glpat-reporter-0000000001"
@@ -47,6 +49,8 @@ OUT = Path(__file__).resolve().parent
 TARGETS = {
     "pass_through_cpu_ratio": ("<=", 4.0),
     "metrics_cpu_cost_ratio": ("<=", 1.05),
+    "redis_cpu_cost_ratio": ("<=", 1.05),
+    "fleet_gitlab_call_ratio_4_workers": (">=", 3.0),
     "overload_p99_ratio": ("<=", 3.0),
     "cached_meta_rps_ratio": (">=", 10.0),
     "burst_upstream_call_ratio": (">=", 10.0),
@@ -113,6 +117,17 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
     bare, bare_port = proxy_process(
         workdir, "proxy-aiohttp-only", gitlab_url, cube_url, KEY, server={"fast_lane": False}
     )
+    # the same proxy with the shared layer on (Redis): a warm request is a local hit, so it should cost nothing more
+    redis = RedisServer(workdir / "redis-pass-through")
+    redis.start()
+    shared, shared_port = proxy_process(
+        workdir,
+        "proxy-redis",
+        gitlab_url,
+        cube_url,
+        KEY,
+        redis={"url": redis.url, "signing_key": "bench-signing-key-of-at-least-32-bytes-000"},
+    )
     # the same proxy counting nothing: the baseline of the metrics' cost
     quiet, quiet_port = proxy_process(
         workdir, "proxy-metrics-off", gitlab_url, cube_url, KEY, server={"metrics": False}
@@ -141,13 +156,14 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
         two.start()
         bare.start()
         quiet.start()
+        shared.start()
         plain.start()
         floor.start()
         protocol.start()
         upstream_load = f"http://127.0.0.1:{upstream.port}/cubejs-api/v1/load"
         nginx_load = f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load"
         # warm the auth caches (and, for two workers, each worker's)
-        for port in (one_port, two_port, bare_port, quiet_port):
+        for port in (one_port, two_port, bare_port, quiet_port, shared_port):
             wrk(f"http://127.0.0.1:{port}{LOAD}", [], seconds=1, connections=4, token=TOKEN, vary=True)
 
         def one_round() -> dict[str, WrkResult]:
@@ -165,6 +181,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
                 "proxy_2_workers": proxied(two_port, two.pids, 64),
                 "proxy_aiohttp_only": proxied(bare_port, bare.pids, 64),
                 "proxy_metrics_off": proxied(quiet_port, quiet.pids, 64),
+                "proxy_redis": proxied(shared_port, shared.pids, 64),
                 "nginx_overload_256": wrk(nginx_load, reference.pids, seconds=seconds, connections=256),
                 "nginx_2_workers_overload_256": wrk(
                     f"http://127.0.0.1:{reference_2.port}/cubejs-api/v1/load",
@@ -207,6 +224,9 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
                     runs, "proxy_2_workers_overload_256", "nginx_2_workers_overload_256", "p99_ms"
                 ),
                 "two_workers_rps_ratio": median_ratio(runs, "proxy_2_workers", "proxy_1_worker", "rps"),
+                # CPU per request with the shared layer on (Redis) over the same proxy without it
+                "redis_cpu_cost_ratio": median_ratio(runs, "proxy_redis", "proxy_1_worker", "cpu_us_per_request"),
+                "redis_cpu_cost_ratio_range": ratio_range(runs, "proxy_redis", "proxy_1_worker", "cpu_us_per_request"),
                 # CPU per request with metrics on over the same proxy counting nothing ([server] metrics = false)
                 "metrics_cpu_cost_ratio": median_ratio(
                     runs, "proxy_1_worker", "proxy_metrics_off", "cpu_us_per_request"
@@ -217,8 +237,9 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
             }
         )
     finally:
-        for process in (one, two, bare, quiet, plain, floor, protocol, reference, reference_2, upstream):
+        for process in (one, two, bare, quiet, shared, plain, floor, protocol, reference, reference_2, upstream):
             process.stop()
+        redis.stop()
     return results
 
 
@@ -463,9 +484,9 @@ def main() -> int:
         "--rounds", type=int, default=5, help="interleaved rounds of each wrk comparison (medians reported)"
     )
     parser.add_argument("--held", type=int, default=5000, help="concurrent callers in the held-connections scenario")
-    parser.add_argument("--only", nargs="*", default=None, help="pass_through cached_meta burst large held")
+    parser.add_argument("--only", nargs="*", default=None, help="pass_through cached_meta burst large held fleet")
     args = parser.parse_args()
-    wanted = set(args.only or ["pass_through", "cached_meta", "burst", "large", "held"])
+    wanted = set(args.only or ["pass_through", "cached_meta", "burst", "large", "held", "fleet"])
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
@@ -482,6 +503,9 @@ def main() -> int:
             if "pass_through" in wanted:
                 print("pass-through load (fast upstream) ...", flush=True)
                 results["scenarios"]["pass_through"] = pass_through(workdir, gitlab_url, args.seconds, args.rounds)
+            if "fleet" in wanted:
+                print("fleet burst (1, 2, 4 workers; with and without Redis) ...", flush=True)
+                results["scenarios"]["fleet"] = asyncio.run(fleet_burst(workdir))
             if wanted & {"cached_meta", "burst", "large", "held"}:
                 print("starting the real stack ...", flush=True)
                 with running_stack(KEY, workdir / "stack", log_queries=True) as stack:

@@ -45,7 +45,9 @@ def test_every_manifest_is_valid_for_kubernetes(path: Path) -> None:
 def test_the_kustomizations_name_files_that_exist() -> None:
     for kustomization in DEPLOY.rglob("kustomization.yaml"):
         data = load(kustomization)
-        for entry in [*data.get("resources", []), *(p["path"] for p in data.get("patches", []))]:
+        named = [*data.get("resources", []), *data.get("components", [])]
+        named += [p["path"] for p in data.get("patches", []) if "path" in p]
+        for entry in named:
             assert (kustomization.parent / entry).exists(), f"{kustomization}: {entry} is missing"
 
 
@@ -143,3 +145,21 @@ def _ok(call: Any) -> bool:
         return bool(call() == 200)
     except OSError:
         return False
+
+
+def test_the_redis_component_gives_the_proxy_a_shared_layer_its_settings_accept() -> None:
+    from proxy.settings import settings_from_mapping
+
+    component = load(DEPLOY / "components" / "redis" / "kustomization.yaml")
+    patched = next(p for p in component["patches"] if p["target"]["kind"] == "ConfigMap")
+    text = yaml.safe_load(patched["patch"])[0]["value"]
+    raw = tomllib.loads(text)
+    raw["redis"]["signing_key"] = "s" * 40  # the file's content, as the Secret would give it
+    signing_file = raw["redis"].pop("signing_key_file")
+    settings = settings_from_mapping({**raw, "product_analytics": {**raw["product_analytics"], "cube_api_key": "k" * 40,
+                                      "cube_api_key_file": None}}, {})  # fmt: skip
+    assert settings.redis.url == "redis://product-analytics-redis:6379/0"
+    secret = load(DEPLOY / "overlays" / "fleet" / "secret.yaml")
+    assert signing_file.rsplit("/", 1)[1] in secret["stringData"]
+    service = load(DEPLOY / "components" / "redis" / "redis-service.yaml")
+    assert service["metadata"]["name"] in settings.redis.url
