@@ -54,3 +54,21 @@ async def test_four_workers_on_redis_ask_gitlab_once_per_question_and_cube_once_
             assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
         redis.stop()
+
+
+async def test_the_rate_limit_holds_across_four_workers(cube, gitlab_url, cube_url, tmp_path):
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    section = (
+        f'workers = 4\n[redis]\nurl = "{redis.url}"\nsigning_key = "{SIGNING_KEY}"\ntimeout = 2.0\n'
+        "[limits]\nrate_limit = 0.1\nrate_limit_burst = 5\n"
+    )
+    try:
+        async with proxy_process(tmp_path, gitlab_url, cube_url, server_section=section) as (proc, port):
+            statuses = await burst(f"http://127.0.0.1:{port}{LOAD}", 12, headers=NEW_TOKEN)
+            # each worker's own bucket would let 5 through (up to 20 in all); the fleet's lets 5
+            assert sorted(statuses) == [200] * 5 + [429] * 7
+            proc.send_signal(15)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        redis.stop()
