@@ -467,10 +467,12 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
             continue
         env_project_keys = set(raw_projects_env.get(key, {}))
         override = _build_section(ProjectOverride, value, f"projects.{key}", problems, env_project_keys)
-        projects[int(key)] = _with_key_from_file(override, f"[projects.{key}]", problems)
+        projects[int(key)] = _secret_from_file(override, "cube_api_key", f"[projects.{key}]", problems)
 
-    built["product_analytics"] = _with_key_from_file(built["product_analytics"], "[product_analytics]", problems)
-    built["redis"] = _with_signing_key_from_file(built["redis"], problems)
+    built["product_analytics"] = _secret_from_file(
+        built["product_analytics"], "cube_api_key", "[product_analytics]", problems
+    )
+    built["redis"] = _secret_from_file(built["redis"], "signing_key", "[redis]", problems)
     settings = Settings(projects=projects, **built)
     _validate(settings, problems)
     if problems:
@@ -478,35 +480,20 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
     return settings
 
 
-def _with_key_from_file(section: Any, where: str, problems: list[str]) -> Any:
-    """``cube_api_key`` read from ``cube_api_key_file`` (a mounted secret), stripped of surrounding whitespace."""
-    path = section.cube_api_key_file
+def _secret_from_file(section: Any, field: str, where: str, problems: list[str]) -> Any:
+    """``field`` read from ``<field>_file`` (a mounted secret), stripped of surrounding whitespace."""
+    path = getattr(section, f"{field}_file")
     if path is None:
         return section
-    if section.cube_api_key is not None:
-        problems.append(f"{where}: set cube_api_key or cube_api_key_file, not both")
+    if getattr(section, field) is not None:
+        problems.append(f"{where}: set {field} or {field}_file, not both")
         return section
     try:
-        key = Path(path).read_text().strip()
+        secret = Path(path).read_text().strip()
     except OSError as exc:
-        problems.append(f"{where} cube_api_key_file: cannot read {path}: {exc.strerror or exc}")
+        problems.append(f"{where} {field}_file: cannot read {path}: {exc.strerror or exc}")
         return section
-    return dataclasses.replace(section, cube_api_key=key)
-
-
-def _with_signing_key_from_file(section: RedisSettings, problems: list[str]) -> RedisSettings:
-    path = section.signing_key_file
-    if path is None:
-        return section
-    if section.signing_key is not None:
-        problems.append("[redis]: set signing_key or signing_key_file, not both")
-        return section
-    try:
-        key = Path(path).read_text().strip()
-    except OSError as exc:
-        problems.append(f"[redis] signing_key_file: cannot read {path}: {exc.strerror or exc}")
-        return section
-    return dataclasses.replace(section, signing_key=key)
+    return dataclasses.replace(section, **{field: secret})
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

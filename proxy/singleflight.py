@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from cachetools import TTLCache
 
@@ -13,19 +13,21 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+class SharePolicy(NamedTuple):
+    """How one cache's answers are kept in the fleet's shared layer."""
+
+    namespace: str
+    #: its keys' and values' form in the shared layer (``proxy/shared/codecs.py``)
+    codec: Any
+    ttl: float
+    negative_ttl: float
+    cache_error: Callable[[BaseException], bool]
+
+
 class SharedLoads(Protocol):
     """A fleet-wide layer behind the cache (``proxy/shared/fleet.py``): it answers a local miss."""
 
-    async def load(
-        self,
-        namespace: str,
-        key: Any,
-        load: Callable[[], Awaitable[Any]],
-        codec: Any,
-        ttl: float,
-        negative_ttl: float,
-        cache_error: Callable[[BaseException], bool],
-    ) -> Any: ...
+    async def load(self, key: Any, load: Callable[[], Awaitable[Any]], policy: SharePolicy) -> Any: ...
 
 
 class SingleFlightCache(Generic[K, V]):
@@ -54,15 +56,15 @@ class SingleFlightCache(Generic[K, V]):
         self._cache_error = cache_error
         self._negative_ttl = negative_ttl
         self._in_flight: dict[K, tuple[asyncio.Task[V], list[int]]] = {}
-        #: the fleet's shared layer, when there is one: (loads, namespace, codec)
-        self._shared: tuple[SharedLoads, str, Any] | None = None
+        #: the fleet's shared layer, when there is one, and how this cache's answers are kept there
+        self._shared: tuple[SharedLoads, SharePolicy] | None = None
         #: how long a value stays here (``ttl``, or shorter in front of a shared layer)
         self._local_ttl = ttl
 
     def share(self, shared: SharedLoads, namespace: str, codec: Any, local_ttl: float) -> None:
         """Load through the fleet's shared layer: Redis keeps answers for ``ttl`` (and failures for
         ``negative_ttl``) for every process; this process keeps them ``local_ttl`` seconds at most."""
-        self._shared = (shared, namespace, codec)
+        self._shared = (shared, SharePolicy(namespace, codec, self._ttl, self._negative_ttl, self._cache_error))
         local = min(self._ttl, local_ttl)
         if self._values is not None:
             self._values = TTLCache(self._values.maxsize, local, self._timer)
@@ -110,8 +112,8 @@ class SingleFlightCache(Generic[K, V]):
             if self._shared is None:
                 value = await load()
             else:
-                shared, namespace, codec = self._shared
-                value = await shared.load(namespace, key, load, codec, self._ttl, self._negative_ttl, self._cache_error)
+                shared, policy = self._shared
+                value = await shared.load(key, load, policy)
         except Exception as exc:
             if self._errors is not None and self._cache_error(exc):
                 self._errors[key] = exc

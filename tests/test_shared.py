@@ -90,7 +90,7 @@ async def test_a_value_written_without_the_signing_key_is_refused(
     assert (refused.status, await refused.json()) == (401, {"message": "Access Denied"})
     assert [r for r in caplog.records if getattr(r, "event", None) == "shared_value_refused"]
     found = samples(await (await second.get("/-/metrics")).text())
-    assert value(found, "pa_proxy_shared_refused_values_total") == 1
+    assert value(found, "pa_proxy_shared_refused_values_total") >= 1  # each read of it is refused
     assert cube.calls == []
 
 

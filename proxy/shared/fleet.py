@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from proxy.errors import ApiError
+from proxy.singleflight import SharePolicy
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +142,10 @@ class Fleet:
 
     # -- shared loads ---------------------------------------------------------------------------
 
-    async def load(
-        self,
-        namespace: str,
-        key: Any,
-        load: Callable[[], Awaitable[Any]],
-        codec: Codec,
-        ttl: float,
-        negative_ttl: float,
-        cache_error: Callable[[BaseException], bool],
-    ) -> Any:
+    async def load(self, key: Any, load: Callable[[], Awaitable[Any]], policy: SharePolicy) -> Any:
         """The fleet's answer for ``key``: from Redis, or loaded once for the fleet (or here, if Redis fails)."""
-        rkey = f"{self._prefix}{namespace}:{codec.key(key)}"
+        codec = policy.codec
+        rkey = f"{self._prefix}{policy.namespace}:{codec.key(key)}"
         try:
             found = await self._get(rkey)
             if found is not None:
@@ -165,7 +158,7 @@ class Fleet:
                     with contextlib.suppress(_Down):
                         await self._call(self._release(keys=[f"{rkey}:lock"], args=[token]))
                     return _settle(found, codec)
-                return await self._load_for_fleet(rkey, token, load, codec, ttl, negative_ttl, cache_error)
+                return await self._load_for_fleet(rkey, token, load, policy)
             found = await self._wait_for(rkey)
             if found is not None:
                 return _settle(found, codec)
@@ -193,24 +186,17 @@ class Fleet:
         return None
 
     async def _load_for_fleet(
-        self,
-        rkey: str,
-        token: str,
-        load: Callable[[], Awaitable[Any]],
-        codec: Codec,
-        ttl: float,
-        negative_ttl: float,
-        cache_error: Callable[[BaseException], bool],
+        self, rkey: str, token: str, load: Callable[[], Awaitable[Any]], policy: SharePolicy
     ) -> Any:
         try:
             try:
                 value = await load()
             except Exception as exc:
-                if negative_ttl > 0 and cache_error(exc) and (error := _error_data(exc)) is not None:
-                    await self._store(rkey, {"error": error}, negative_ttl)
+                if policy.negative_ttl > 0 and policy.cache_error(exc) and (error := _error_data(exc)) is not None:
+                    await self._store(rkey, {"error": error}, policy.negative_ttl)
                 raise
-            if ttl > 0:
-                await self._store(rkey, {"value": codec.dump(value)}, ttl)
+            if policy.ttl > 0:
+                await self._store(rkey, {"value": policy.codec.dump(value)}, policy.ttl)
             return value
         finally:
             with contextlib.suppress(_Down):
