@@ -36,7 +36,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import httptools
 import orjson
@@ -190,25 +190,29 @@ class FastLane:
                 conn.abort()
 
 
-async def listen(
-    pipeline: Pipeline,
-    runner: web.AppRunner,
-    host: str | None = None,
-    port: int | None = None,
-    *,
-    sock: socket.socket | None = None,
-) -> tuple[asyncio.AbstractServer, FastLane]:
-    """Listen through a fast lane in front of ``runner``'s aiohttp server (set up already): on ``sock`` (a
-    listening socket the parent made), or on ``host`` and ``port`` (0 picks one)."""
+def _lane(pipeline: Pipeline, runner: web.AppRunner) -> FastLane:
     assert runner.server is not None, "the runner must be set up first"
     lane = FastLane(pipeline, runner.server)
     pipeline.lane_counts = lambda: (lane.served, lane.handed_over)
-    loop = asyncio.get_running_loop()
-    if sock is not None:
-        listener = await loop.create_server(lane, sock=sock, backlog=BACKLOG)
-    else:
-        listener = await loop.create_server(lane, host, port or 0, backlog=BACKLOG)
+    return lane
+
+
+async def listen(
+    pipeline: Pipeline, runner: web.AppRunner, host: str, port: int
+) -> tuple[asyncio.AbstractServer, FastLane]:
+    """Listen through a fast lane in front of ``runner``'s aiohttp server (set up already); port 0 picks one."""
+    lane = _lane(pipeline, runner)
+    listener = await asyncio.get_running_loop().create_server(lane, host, port, backlog=BACKLOG)
     return listener, lane
+
+
+async def listen_on(
+    pipeline: Pipeline, runner: web.AppRunner, socks: Sequence[socket.socket]
+) -> tuple[list[asyncio.AbstractServer], FastLane]:
+    """One fast lane accepting on listening sockets the parent made (one or more)."""
+    lane = _lane(pipeline, runner)
+    loop = asyncio.get_running_loop()
+    return [await loop.create_server(lane, sock=sock, backlog=BACKLOG) for sock in socks], lane
 
 
 class _Connection(asyncio.Protocol):

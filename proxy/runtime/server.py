@@ -103,15 +103,20 @@ async def serve(
     await drain(runner, listening, settings.server.shutdown_timeout)
 
 
-async def stop_accepting(runner: web.AppRunner, listening: tuple[asyncio.AbstractServer, FastLane] | None) -> None:
+#: the fast lane's listeners (one per socket this worker accepts on) and the lane; None when aiohttp listens
+Listening = tuple[list[asyncio.AbstractServer], FastLane] | None
+
+
+async def stop_accepting(runner: web.AppRunner, listening: Listening) -> None:
     """No new connections on this worker's copies of the sockets (the parent's and the other workers' stay open)."""
     if listening is not None:
-        listening[0].close()
+        for listener in listening[0]:
+            listener.close()
     for site in list(runner.sites):
         await site.stop()
 
 
-async def drain(runner: web.AppRunner, listening: tuple[asyncio.AbstractServer, FastLane] | None, grace: float) -> None:
+async def drain(runner: web.AppRunner, listening: Listening, grace: float) -> None:
     """Stop accepting; let in-flight answers on both front doors finish within one ``grace``; then clean up.
 
     The lane's connections and aiohttp's (its own, and those the lane handed over) drain
@@ -127,8 +132,9 @@ async def drain(runner: web.AppRunner, listening: tuple[asyncio.AbstractServer, 
             await site.stop()
         lane_drained: Awaitable[None] = asyncio.sleep(0)
     else:
-        listener, lane = listening
-        listener.close()
+        listeners, lane = listening
+        for listener in listeners:
+            listener.close()
         lane_drained = lane.shutdown(grace)
     server.pre_shutdown()  # idle connections close now
 
@@ -144,22 +150,27 @@ async def drain(runner: web.AppRunner, listening: tuple[asyncio.AbstractServer, 
     await runner.cleanup()
 
 
-async def _listen(
-    app: web.Application, runner: web.AppRunner, settings: Settings, sockets: Sockets
-) -> tuple[asyncio.AbstractServer, FastLane] | None:
+async def _listen(app: web.Application, runner: web.AppRunner, settings: Settings, sockets: Sockets) -> Listening:
     """Accept on the parent's sockets: through the fast lane (which hands what it does not serve to aiohttp's
     server), or through aiohttp; the metrics port (loopback) through aiohttp beside them."""
-    if (metrics := sockets.get("metrics")) is not None:
-        await web.SockSite(runner, metrics).start()
-    public = sockets["public"]
+    if sockets.metrics is not None:
+        await web.SockSite(runner, sockets.metrics).start()
     if settings.server.fast_lane:
-        return await fast_lane.listen(app[PIPELINE], runner, sock=public)
-    await web.SockSite(runner, public).start()
+        return await fast_lane.listen_on(app[PIPELINE], runner, sockets.public)
+    for public in sockets.public:
+        await web.SockSite(runner, public).start()
     return None
 
 
-#: the listening sockets one worker accepts on: "public", and "metrics" with [server] metrics_port
-Sockets = dict[str, socket.socket]
+@dataclass(frozen=True)
+class Sockets:
+    """The listening sockets one worker accepts on: its slot's public ones, and the shared metrics one."""
+
+    public: tuple[socket.socket, ...]
+    metrics: socket.socket | None = None
+
+    def all(self) -> set[socket.socket]:
+        return {*self.public, *([self.metrics] if self.metrics is not None else [])}
 
 
 @dataclass(frozen=True)
@@ -170,11 +181,10 @@ class Listeners:
     public: tuple[socket.socket, ...]
     metrics: socket.socket | None
 
-    def of(self, slot: int) -> Sockets:
-        found = {"public": self.public[slot]}
-        if self.metrics is not None:
-            found["metrics"] = self.metrics
-        return found
+    def of(self, slot: int, workers: int) -> Sockets:
+        """Worker ``slot``'s sockets: its own, and those of slots beyond ``workers`` (kept from a reload that
+        lowered ``workers``: closing them would reset the connections waiting in their queues)."""
+        return Sockets(self.public[slot::workers], self.metrics)
 
     def close(self, keep: Listeners | None = None) -> None:
         """Close the sockets ``keep`` does not use too."""
@@ -188,9 +198,9 @@ def bind(settings: Settings, reuse: Listeners | None = None) -> Listeners:
     """The listening sockets, made by the parent before it forks: a worker accepts on its slot's socket, and
     so does the worker that replaces it, on a crash or a reload. The sockets stay open in the parent, so a
     connection waiting in one's queue is taken by the new worker, never refused. ``reuse``: a reload's
-    sockets of the same addresses (as many as are still needed; more are added for more workers)."""
+    sockets of the same addresses, every one of them (fewer workers share them out; more get new ones)."""
     server = settings.server
-    public: list[socket.socket] = list(reuse.public[: server.workers]) if reuse is not None else []
+    public: list[socket.socket] = list(reuse.public) if reuse is not None else []
     metrics = reuse.metrics if reuse is not None else None
     made: list[socket.socket] = []
     try:
@@ -278,7 +288,7 @@ def _run_one(
     setup_logging(settings.server.log_format, settings.server.log_level)
     tune_gc()
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        sockets = generation.listeners.of(slot)
+        sockets = generation.listeners.of(slot, settings.server.workers)
         runner.run(serve(settings, sockets, on_listening=on_listening, metrics_folder=metrics_folder))
 
 
@@ -293,7 +303,7 @@ class _Parent:
 
     def main_for(self, generation: Generation, slot: int) -> Callable[[int, Callable[[], None]], None]:
         # everything the parent listens on now but this worker's own sockets: closed in the child at once
-        own = set(generation.listeners.of(slot).values())
+        own = generation.listeners.of(slot, generation.settings.server.workers).all()
         others = [
             sock
             for held in (self.current, self.starting)
