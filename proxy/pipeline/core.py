@@ -349,7 +349,9 @@ class Pipeline:
         seconds = time.perf_counter() - exchange.started
         method, route = exchange.method, exchange.route
         metrics = self.metrics
-        metrics.request_finished(route or "unmatched", method, status, seconds, exchange.bytes_sent)
+        # a caller can send any method token: only the standard ones become a label, the rest "other"
+        label = method if method in _METHODS else "other"
+        metrics.request_finished(route or "unmatched", label, status, seconds, exchange.bytes_sent)
         tally = exchange.tally
         if tally is not None:
             tally.in_flight -= 1
@@ -449,6 +451,10 @@ def _coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[T
     if query.include_token:
         return None  # each such call carries its own minted token
     return (tenant, endpoint, query.fingerprint)
+
+
+#: the methods that are metrics labels as they are (any other is counted as "other")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _buffered(status: int, body: bytes) -> Buffered:
