@@ -57,5 +57,12 @@ def insufficient_scope(needed: str) -> ApiError:
     )
 
 
+def rate_limited(wait: int) -> ApiError:
+    """429: the caller's bucket (this process's, or the fleet's) is empty for ``wait`` seconds."""
+    return ApiError(
+        429, {"message": f"Too many requests from this caller; retry after {wait} s"}, {"Retry-After": str(wait)}
+    )
+
+
 def gitlab_unavailable(retry_after: int) -> ApiError:
     return ApiError(503, {"message": "GitLab is unavailable"}, {"Retry-After": str(retry_after)})

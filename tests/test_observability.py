@@ -306,3 +306,11 @@ async def test_a_callers_method_tokens_do_not_become_labels(client):
     found = await scrape(client)
     methods = {dict(labels)["method"] for name, labels in found if name == "pa_proxy_requests_total"}
     assert methods == {"other"}  # the scrape's own GET is counted only after it answered
+
+
+async def test_while_draining_every_answer_says_connection_close(client, cube):
+    """From SIGTERM on (the pipeline draining), both doors move their callers on: the lane and aiohttp alike."""
+    assert (await load(client)).headers.get("Connection") != "close"
+    client.server.app[PIPELINE].draining = True
+    resp = await load(client)
+    assert resp.status == 200 and resp.headers["Connection"] == "close"

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from proxy.background import in_background
+
 
 class LoadShedder:
     def __init__(self, max_lag: float, interval: float = 0.01) -> None:
@@ -47,10 +49,5 @@ class LoadShedder:
         if not self.enabled:
             yield
             return
-        task = asyncio.ensure_future(self.probe())
-        try:
+        async with in_background(self.probe()):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

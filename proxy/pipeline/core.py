@@ -42,7 +42,7 @@ from proxy.cube.readiness import CubeReadiness, cube_urls
 from proxy.cube.signing import Signer
 from proxy.cube.tenants import Tenant, Tenants
 from proxy.cube.zerofill import fill_plan
-from proxy.errors import ApiError, CallerStalled, not_enabled
+from proxy.errors import ApiError, CallerStalled, not_enabled, rate_limited
 from proxy.http_client import HttpClient
 from proxy.limits.caller_rate import RateLimiter
 from proxy.limits.overload import LoadShedder
@@ -230,11 +230,7 @@ class Pipeline:
             wait = limiter.check(credential.caller_key, time.monotonic())
             if wait is not None:
                 self.metrics.refusal("rate_limited")
-                raise ApiError(
-                    429,
-                    {"message": f"Too many requests from this caller; retry after {wait} s"},
-                    {"Retry-After": str(wait)},
-                )
+                raise rate_limited(wait)
         exchange.credential = credential
 
     async def answer_query(
@@ -431,11 +427,7 @@ class Pipeline:
             wait = await fleet.rate(exchange.credential.caller_key, limits.rate_limit, limits.rate_limit_burst)
             if wait is not None:  # the fleet's bucket for this caller is empty
                 self.metrics.refusal("rate_limited")
-                raise ApiError(
-                    429,
-                    {"message": f"Too many requests from this caller; retry after {wait} s"},
-                    {"Retry-After": str(wait)},
-                )
+                raise rate_limited(wait)
         grant = await self.authorizer.authorize(exchange.credential, project_ref, method)
         exchange.project = grant.project_id
         exchange.user_id = grant.caller.user_id

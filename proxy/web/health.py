@@ -23,7 +23,8 @@ async def readiness(request: web.Request) -> web.Response:
     return web.json_response(report, status=200 if ready else 503)
 
 
-def _from_loopback(request: web.Request) -> bool:
+def from_loopback(request: web.Request) -> bool:
+    """Whether the socket's peer is a loopback address (never what a header claims)."""
     try:
         return request.remote is not None and ipaddress.ip_address(request.remote).is_loopback
     except ValueError:
@@ -36,7 +37,7 @@ async def runtime(request: web.Request) -> web.Response:
 
     What ``make soak`` watches for leaks; no setting, secret or caller data is in it.
     """
-    if not _from_loopback(request):
+    if not from_loopback(request):
         raise web.HTTPNotFound()
     if request.query.get("collect") == "1":
         gc.collect()

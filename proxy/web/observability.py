@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import platform
 import time
 from collections.abc import AsyncIterator
@@ -26,11 +25,13 @@ from aiohttp import web
 
 from proxy import __version__
 from proxy.auth.credentials import extract_credential
+from proxy.background import in_background
 from proxy.errors import ApiError
 from proxy.observe.exposition import CONTENT_TYPE, Exposition
 from proxy.observe.store import merge, read_snapshots, write_snapshot
 from proxy.pipeline.core import Pipeline, shown_url
 from proxy.settings import Settings, redacted
+from proxy.web.health import from_loopback
 from proxy.web.keys import PIPELINE
 
 METRICS_PATH = "/-/metrics"
@@ -79,14 +80,6 @@ def _on_metrics_port(request: web.Request, settings: Settings) -> bool:
     return settings.server.metrics_port != 0 and _local_port(request) == settings.server.metrics_port
 
 
-def _peer_is_loopback(request: web.Request) -> bool:
-    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
-    try:
-        return isinstance(peer, tuple) and ipaddress.ip_address(peer[0]).is_loopback
-    except ValueError:
-        return False
-
-
 async def metrics_view(request: web.Request) -> web.Response:
     observe = request.app[OBSERVE]
     if observe.settings.server.metrics_port and not _on_metrics_port(request, observe.settings):
@@ -103,7 +96,7 @@ async def _status_allowed(request: web.Request, observe: Observability) -> bool:
     settings = observe.settings
     if _on_metrics_port(request, settings):
         return True
-    if not settings.server.metrics_port and _peer_is_loopback(request):
+    if not settings.server.metrics_port and from_loopback(request):
         return True
     pipeline = observe.pipeline
     try:
@@ -214,13 +207,8 @@ async def status_report(observe: Observability) -> dict[str, Any]:
 
 
 async def _snapshots(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.get_running_loop().create_task(app[OBSERVE].keep_writing())
-    try:
+    async with in_background(app[OBSERVE].keep_writing()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def setup_observability(app: web.Application, settings: Settings, folder: Path | None) -> None:
