@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,11 +22,14 @@ from proxy.web.app import create_app
 from proxy.web.keys import PIPELINE
 from tests.fakes.cube import FakeCube
 from tests.fakes.gitlab import FakeGitLab
+from tests.redis_server import RedisServer
 
 CUBE_KEY = "test-cube-api-key-of-at-least-32-bytes!!"
 REPORTER = {"PRIVATE-TOKEN": "glpat-reporter-0000000001"}
 MAINTAINER = {"PRIVATE-TOKEN": "glpat-maint-000000000004"}
 QUERY = {"measures": ["TrackedEvents.count"]}
+#: the shared layer's signing key in tests
+SIGNING_KEY = "a-signing-key-of-at-least-32-bytes-0123456789"
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -145,6 +149,21 @@ async def client(
     settings: Settings, make_client: Callable[[Settings], Awaitable[TestClient[web.Request, web.Application]]]
 ) -> TestClient[web.Request, web.Application]:
     return await make_client(settings)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """Debian's redis-server on a free port, for this test alone."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def shared_settings(settings: Settings, redis_server: RedisServer) -> Settings:
+    """The proxy with the fleet's shared layer on ``redis_server``."""
+    return replace(settings, "redis", url=redis_server.url, signing_key=SIGNING_KEY, local_ttl=60.0)
 
 
 def replace(settings: Settings, section: str, **values: Any) -> Settings:

@@ -6,10 +6,9 @@ import asyncio
 
 import aiohttp
 
-from tests.conftest import QUERY
+from tests.conftest import QUERY, SIGNING_KEY
 from tests.redis_server import RedisServer
 from tests.test_operations import proxy_process
-from tests.test_shared import SIGNING_KEY
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 META = "/api/v4/projects/1/product_analytics/request/meta"

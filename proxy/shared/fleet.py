@@ -1,15 +1,21 @@
 """The shared layer on Redis: GitLab's answers, meta answers and the rate limit, one for the whole fleet.
 
 Rules it keeps:
-- optional: with no ``[redis] url`` nothing here runs and every cache stays in its process;
+- optional: with no ``[redis]`` server nothing here runs and every cache stays in its process;
 - behind each process's own cache: a warm request is a local hit, no round trip; on a
-  local miss, Redis is asked; on a Redis miss one process in the fleet loads (a lock with a
-  timeout, ``SET NX PX``) and the others wait for its answer, then load themselves if the
-  holder went away; negative answers are shared too, with their own TTL;
+  local miss, Redis is asked; on a Redis miss one process in the fleet loads (a signed lock
+  with a timeout, ``SET NX PX``) and the others wait for its answer, then load themselves if
+  the holder went away; negative answers are shared too, with their own TTL;
 - safe to share: keys are hashes (of tokens, cookies, CSRF tokens, Cube keys: never the
-  secret itself) under a per-deployment prefix; values carry no secret and are signed
-  (HMAC-SHA256 over key and value with ``[redis] signing_key``): a value whose signature
-  fails is ignored and logged, so write access to Redis grants nobody a project;
+  secret itself) under a per-deployment prefix; values carry no secret and travel in a
+  signed envelope (``proxy/shared/envelope.py``: HMAC-SHA256 over the format version, the
+  key, an absolute expiry and the value), so a value someone wrote, moved to another key,
+  or put back after it expired is ignored and counted: write access to Redis grants nobody
+  a project and revives no credential;
+- Redis' state bounds no wait of ours beyond what a failed call costs: a lock whose value
+  is not a live signed lock of ours is ignored (the process loads for itself), a lock is let
+  go on every path (answer, error, cancellation), and a waiter stops as soon as it is gone;
+  a rate bucket found out of range is reset, and ``Retry-After`` stays a small positive number;
 - Redis failing is not an outage: any Redis error or timeout (every call has one) makes
   the caller load for itself, marks the layer degraded (a metric and readiness say so) and
   the next call tries Redis again (redis-py reconnects by itself).
@@ -19,9 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +37,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from proxy.errors import ApiError
+from proxy.shared.envelope import Envelope
 from proxy.singleflight import SharePolicy
 
 log = logging.getLogger(__name__)
@@ -39,17 +45,22 @@ log = logging.getLogger(__name__)
 #: how often a process waiting for another's load looks for its answer
 POLL_SECONDS = 0.02
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
-#: a token bucket per key: ARGV rate (tokens/s), burst; returns 0 when a token was taken, else the seconds to wait
+#: a token bucket per key: ARGV rate (tokens/s), burst; returns 0 when a token was taken, else the seconds to
+#: wait. State that is not a bucket this script wrote (not finite, out of range, from the future) is reset.
 _BUCKET = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or t
+local tokens, at = tonumber(state[1]), tonumber(state[2])
+if tokens == nil or at == nil or tokens ~= tokens or at ~= at or tokens < 0 or tokens > burst
+   or at > t or at < t - 86400 then
+  tokens, at = burst, t
+end
 tokens = math.min(burst, tokens + (t - at) * rate)
 local wait = 0
 if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate) end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', t)
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(t))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return wait
 """
@@ -75,38 +86,35 @@ class Fleet:
         prefix: str,
         timeout: float,
         lock_ttl: float,
-        on_degraded: Callable[[bool], None] = lambda degraded: None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = client
-        self._key = signing_key.encode()
+        self._envelope = Envelope(signing_key.encode(), clock)
         self._prefix = prefix
         self._timeout = timeout
+        self._lock_ttl = lock_ttl
         self._lock_ms = max(1, int(lock_ttl * 1000))
-        self._on_degraded = on_degraded
         self.degraded = False
-        #: values refused for a bad signature (a metric)
+        #: values and locks refused: a bad signature, another format, or past their expiry (a metric)
         self.tampered = 0
         self._release = client.register_script(_RELEASE)
         self._bucket = client.register_script(_BUCKET)
+        #: lock releases still under way for a load that was cancelled (each ends within ``timeout``)
+        self._letting_go: set[asyncio.Task[Any]] = set()
 
-    # -- signing --------------------------------------------------------------------------------
+    # -- the envelope ---------------------------------------------------------------------------
 
-    def _sign(self, key: str, payload: bytes) -> bytes:
-        digest = hmac.new(self._key, key.encode() + b"\0" + payload, hashlib.sha256).hexdigest().encode()
-        return digest + b"." + payload
-
-    def _verify(self, key: str, stored: bytes) -> bytes | None:
-        digest, dot, payload = stored.partition(b".")
-        expected = hmac.new(self._key, key.encode() + b"\0" + payload, hashlib.sha256).hexdigest().encode()
-        if dot and hmac.compare_digest(digest, expected):
-            return payload
-        self.tampered += 1
-        log.error(
-            "a shared value failed its signature check and is ignored (someone wrote to Redis, or the signing"
-            " keys differ across the fleet)",
-            extra={"event": "shared_value_refused"},
-        )
-        return None
+    def _open(self, rkey: str, stored: bytes) -> bytes | None:
+        payload, why = self._envelope.open(rkey, stored)
+        if payload is None:
+            self.tampered += 1
+            log.error(
+                "a shared value was refused (%s) and is ignored: someone wrote to Redis, or the signing keys"
+                " differ across the fleet",
+                why,
+                extra={"event": "shared_value_refused", "reason": why},
+            )
+        return payload
 
     # -- Redis calls, each with its timeout; a failure marks the layer degraded ---------------
 
@@ -121,17 +129,12 @@ class Fleet:
                     type(exc).__name__,
                     extra={"event": "shared_degraded"},
                 )
-            self._mark(True)
+            self.degraded = True
             raise _Down() from None
         if self.degraded:
             log.info("Redis answers again: the shared layer is back", extra={"event": "shared_restored"})
-        self._mark(False)
+            self.degraded = False
         return result
-
-    def _mark(self, degraded: bool) -> None:
-        if degraded != self.degraded:
-            self.degraded = degraded
-            self._on_degraded(degraded)
 
     async def ping(self) -> bool:
         try:
@@ -146,49 +149,57 @@ class Fleet:
         """The fleet's answer for ``key``: from Redis, or loaded once for the fleet (or here, if Redis fails)."""
         codec = policy.codec
         rkey = f"{self._prefix}{policy.namespace}:{codec.key(key)}"
+        lock = f"{rkey}:lock"
         try:
             found = await self._get(rkey)
             if found is not None:
                 return _settle(found, codec)
-            token = secrets.token_hex(8)
-            if await self._call(self._redis.set(f"{rkey}:lock", token, nx=True, px=self._lock_ms)):
-                # another process may have loaded, stored and let go between the miss above and this lock
-                found = await self._get(rkey)
-                if found is not None:
-                    with contextlib.suppress(_Down):
-                        await self._call(self._release(keys=[f"{rkey}:lock"], args=[token]))
-                    return _settle(found, codec)
-                return await self._load_for_fleet(rkey, token, load, policy)
-            found = await self._wait_for(rkey)
+            held = self._envelope.seal(lock, secrets.token_hex(8).encode(), self._lock_ttl)
+            if await self._call(self._redis.set(lock, held, nx=True, px=self._lock_ms)):
+                return await self._load_for_fleet(rkey, lock, held, load, policy)
+            found = await self._wait_for(rkey, lock)
             if found is not None:
                 return _settle(found, codec)
         except _Down:
             pass
-        return await load()  # Redis failing, or the holder of the lock gone without an answer
+        return await load()  # Redis failing, or the lock's holder gone (or not ours) without an answer
 
     async def _get(self, rkey: str) -> Any | None:
         stored = await self._call(self._redis.get(rkey))
+        return self._decode(rkey, stored)
+
+    def _decode(self, rkey: str, stored: bytes | None) -> Any | None:
         if stored is None:
             return None
-        payload = self._verify(rkey, stored)
+        payload = self._open(rkey, stored)
         return None if payload is None else orjson.loads(payload)
 
-    async def _wait_for(self, rkey: str) -> Any | None:
-        """Another process loads: its answer, or None once its lock is gone (or expired) without one."""
-        deadline = time.monotonic() + self._lock_ms / 1000
-        while time.monotonic() < deadline:
-            await asyncio.sleep(POLL_SECONDS)  # polling Redis for the other process's answer, bounded by the lock
-            found = await self._get(rkey)
+    async def _wait_for(self, rkey: str, lock: str) -> Any | None:
+        """Another process loads: its answer, or None (load here) once its lock is gone or is not a live lock of
+        ours, and at the latest after ``timeout``: a lock costs no longer than a failed Redis call would."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            stored, held = await self._call(self._redis.mget(rkey, lock))
+            found = self._decode(rkey, stored)
             if found is not None:
                 return found
-            if not await self._call(self._redis.exists(f"{rkey}:lock")):
-                return await self._get(rkey)
-        return None
+            if held is None or self._open(lock, held) is None:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            await asyncio.sleep(min(POLL_SECONDS, left))  # polling for the holder's answer, bounded by the deadline
 
     async def _load_for_fleet(
-        self, rkey: str, token: str, load: Callable[[], Awaitable[Any]], policy: SharePolicy
+        self, rkey: str, lock: str, held: bytes, load: Callable[[], Awaitable[Any]], policy: SharePolicy
     ) -> Any:
+        """Load while holding the fleet's lock for ``rkey``, store the answer signed, and let go on every path."""
         try:
+            with contextlib.suppress(_Down):
+                # another process may have loaded, stored and let go between the miss and this lock
+                found = await self._get(rkey)
+                if found is not None:
+                    return _settle(found, policy.codec)
             try:
                 value = await load()
             except Exception as exc:
@@ -199,25 +210,38 @@ class Fleet:
                 await self._store(rkey, {"value": policy.codec.dump(value)}, policy.ttl)
             return value
         finally:
-            with contextlib.suppress(_Down):
-                await self._call(self._release(keys=[f"{rkey}:lock"], args=[token]))
+            await self._let_go(lock, held)
+
+    async def _let_go(self, lock: str, held: bytes) -> None:
+        """Delete the lock if it is still ours; a cancelled caller does not stop the release (it is shielded)."""
+        task = asyncio.ensure_future(self._call(self._release(keys=[lock], args=[held])))
+        self._letting_go.add(task)
+        task.add_done_callback(_released)
+        task.add_done_callback(self._letting_go.discard)
+        with contextlib.suppress(_Down):
+            await asyncio.shield(task)
 
     async def _store(self, rkey: str, data: dict[str, Any], ttl: float) -> None:
+        sealed = self._envelope.seal(rkey, orjson.dumps(data), ttl)
         with contextlib.suppress(_Down):
-            await self._call(self._redis.set(rkey, self._sign(rkey, orjson.dumps(data)), px=max(1, int(ttl * 1000))))
+            await self._call(self._redis.set(rkey, sealed, px=max(1, int(ttl * 1000))))
 
     # -- the fleet's rate limit -----------------------------------------------------------------
 
     async def rate(self, caller_key: str, rate: float, burst: int) -> int | None:
         """Seconds to wait (a 429) when the caller's fleet-wide bucket is empty; None when a token was taken.
 
-        Redis failing: None (the process's own bucket, checked first, still holds).
+        The wait is at most the time one token takes to come back (a bucket is validated by its
+        script, and the answer once more here). Redis failing: None (the process's own bucket,
+        checked first, still holds).
         """
         try:
             wait = await self._call(self._bucket(keys=[f"{self._prefix}rate:{caller_key}"], args=[rate, burst]))
         except _Down:
             return None
-        return int(wait) or None
+        if not isinstance(wait, int) or wait <= 0:
+            return None
+        return min(wait, max(1, math.ceil(1 / rate)))
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -225,6 +249,11 @@ class Fleet:
 
 class _Down(Exception):
     """Redis did not answer (error or timeout): the caller goes on without the shared layer."""
+
+
+def _released(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a failed release was logged by ``_call``; the lock expires by itself
 
 
 def _settle(found: Any, codec: Codec) -> Any:
