@@ -9,6 +9,8 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from cachetools import TTLCache
 
+from proxy.errors import ApiError
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -24,6 +26,17 @@ class SharePolicy(NamedTuple):
     cache_error: Callable[[BaseException], bool]
 
 
+class Refusal(NamedTuple):
+    """A cached failure as data: what the caller is answered, and nothing of the request that earned it."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    def error(self) -> ApiError:
+        return ApiError(self.status, self.body, self.headers)
+
+
 class SharedLoads(Protocol):
     """A fleet-wide layer behind the cache (``proxy/shared/fleet.py``): it answers a local miss."""
 
@@ -33,8 +46,10 @@ class SharedLoads(Protocol):
 class SingleFlightCache(Generic[K, V]):
     """Caches values for ``ttl`` seconds and chosen failures for ``negative_ttl``.
 
-    A failure is cached when ``cache_error(exc)`` says so (a GitLab 401, say);
-    any other failure (GitLab down) reaches every waiter and is not cached.
+    A failure is cached when it is an ``ApiError`` and ``cache_error(exc)`` says so (a GitLab
+    401, say), as a ``Refusal`` (its status, body and headers: never the exception, whose
+    traceback would keep the request's frames alive); any other failure (GitLab down) reaches
+    every waiter and is not cached.
     Waiters that give up do not cancel the shared load unless all give up.
     """
 
@@ -50,9 +65,7 @@ class SingleFlightCache(Generic[K, V]):
         self._timer = timer
         #: each value with the moment it expires
         self._values: TTLCache[K, tuple[V, float]] | None = TTLCache(maxsize, ttl, timer) if ttl > 0 else None
-        self._errors: TTLCache[K, BaseException] | None = (
-            TTLCache(maxsize, negative_ttl, timer) if negative_ttl > 0 else None
-        )
+        self._errors: TTLCache[K, Refusal] | None = TTLCache(maxsize, negative_ttl, timer) if negative_ttl > 0 else None
         self._cache_error = cache_error
         self._negative_ttl = negative_ttl
         self._in_flight: dict[K, tuple[asyncio.Task[V], list[int]]] = {}
@@ -72,24 +85,23 @@ class SingleFlightCache(Generic[K, V]):
         if self._errors is not None:
             self._errors = TTLCache(self._errors.maxsize, min(self._errors.ttl, local_ttl), self._timer)
 
+    def expire(self) -> None:
+        """Drop every expired entry now (a sweep; lookups alone would leave them until the next insertion)."""
+        if self._values is not None:
+            self._values.expire()
+        if self._errors is not None:
+            self._errors.expire()
+
     def peek(self, key: K) -> tuple[V, float] | None:
         """The cached value and when it expires, without loading anything."""
         return None if self._values is None else self._values.get(key)
-
-    def known(self, key: K) -> bool:
-        """Whether ``key`` has an answer, cached (fresh) or on its way: asking for it costs no new load."""
-        return (
-            (self._values is not None and key in self._values)
-            or (self._errors is not None and key in self._errors)
-            or key in self._in_flight
-        )
 
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
         """The value and whether it came from the cache (or a load already in flight)."""
         if self._values is not None and (entry := self._values.get(key)) is not None:
             return entry[0], True
-        if self._errors is not None and (error := self._errors.get(key)) is not None:
-            raise error.with_traceback(None)
+        if self._errors is not None and (refusal := self._errors.get(key)) is not None:
+            raise refusal.error()
         flight = self._in_flight.get(key)
         shared = flight is not None
         if flight is None:
@@ -115,8 +127,8 @@ class SingleFlightCache(Generic[K, V]):
                 shared, policy = self._shared
                 value = await shared.load(key, load, policy)
         except Exception as exc:
-            if self._errors is not None and self._cache_error(exc):
-                self._errors[key] = exc
+            if self._errors is not None and isinstance(exc, ApiError) and self._cache_error(exc):
+                self._errors[key] = Refusal(exc.status, exc.body, exc.headers)
             raise
         finally:
             self._in_flight.pop(key, None)

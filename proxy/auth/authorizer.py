@@ -150,15 +150,6 @@ class GitLabAuthorizer:
         self, credential: Credential, project_ref: str, needed: str, satisfying: frozenset[str], csrf_key: str | None
     ) -> Grant:
         key = credential.key
-        if not self._callers.known(key) and self._new_credentials.enabled:
-            wait = self._new_credentials.check("new", self._timer())
-            if wait is not None:
-                self._metrics.refusal("new_credentials")
-                raise ApiError(
-                    503,
-                    {"message": "Too many new credentials at once; retry shortly"},
-                    {"Retry-After": str(wait)},
-                )
         caller, _ = await self._callers.get(key, lambda: self._load_caller(credential))
         if not caller.scopes & satisfying:
             raise insufficient_scope(needed)
@@ -214,7 +205,23 @@ class GitLabAuthorizer:
             raise ApiError(502, {"message": "GitLab created no project access token"})
         raise refusal(reply, f"GitLab refused to create a project access token ({reply.status})")
 
+    def _spend_new_credential(self) -> None:
+        """A credential nobody in the fleet knows is about to cost GitLab a call: within the budget, or 503.
+
+        Spent here, where GitLab is asked, and nowhere else: a caller found in this process's
+        cache, in the fleet's, or in a load already under way costs none of it.
+        """
+        if not self._new_credentials.enabled:
+            return
+        wait = self._new_credentials.check("new", self._timer())
+        if wait is not None:
+            self._metrics.refusal("new_credentials")
+            raise ApiError(
+                503, {"message": "Too many new credentials at once; retry shortly"}, {"Retry-After": str(wait)}
+            )
+
     async def _load_caller(self, credential: Credential) -> Caller:
+        self._spend_new_credential()
         user = await self._client.current_user(credential)
         if user.status != 200 or not isinstance(user.body, dict):
             raise unauthorized()

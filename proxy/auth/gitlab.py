@@ -58,51 +58,57 @@ class GitLabClient:
         json: Any = None,
         with_csrf: bool = False,
     ) -> GitLabReply:
+        """One call, counted by endpoint and outcome: GitLab's status code (its 5xx and 429 as such), or
+        ``unreachable`` when no answer came (a connection error or the timeout)."""
         started = time.monotonic()
-        status = "unreachable"
+        outcome = "unreachable"
         try:
-            reply = await self._exchange(method, path, credential, json, with_csrf)
-            status = str(reply.status)
-            return reply
-        except ApiError as exc:
-            status = str(exc.status) if exc.status != 503 else status
-            raise
+            status, raw = await self._exchange(method, path, credential, json, with_csrf)
+            outcome = str(status)
+            return self._reply(path, status, raw)
         finally:
-            self._metrics.gitlab_call(endpoint, status, time.monotonic() - started)
+            self._metrics.gitlab_call(endpoint, outcome, time.monotonic() - started)
 
     async def _exchange(
         self, method: str, path: str, credential: Credential, json: Any, with_csrf: bool
-    ) -> GitLabReply:
-        url = f"{self._base}{path}"
+    ) -> tuple[int, bytes | None]:
+        """GitLab's status and body (None when larger than ``MAX_ANSWER_BYTES``); 503 when it did not answer."""
         try:
             async with self._session.request(
                 method,
-                url,
+                f"{self._base}{path}",
                 headers=credential.gitlab_headers(with_csrf),
                 json=json,
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                raw = await read_at_most(resp.content_length, resp.content.iter_any(), MAX_ANSWER_BYTES)
-                status = resp.status
+                return resp.status, await read_at_most(resp.content_length, resp.content.iter_any(), MAX_ANSWER_BYTES)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning(
-                "gitlab call failed",
-                extra={"event": "gitlab_error", "path": path.split("?")[0], "error": type(exc).__name__},
+                "GitLab did not answer",
+                extra={"event": "gitlab_unreachable", "path": path.split("?")[0], "error": type(exc).__name__},
             )
             raise gitlab_unavailable(self._retry_after) from None
+
+    def _reply(self, path: str, status: int, raw: bytes | None) -> GitLabReply:
+        """GitLab's answer as data; 503 for one the proxy cannot use (oversized, a redirect, a 5xx, a 429)."""
+        where = path.split("?")[0]
         if raw is None:
             log.error(
                 "GitLab's answer is larger than %d bytes: check [gitlab] url",
                 MAX_ANSWER_BYTES,
-                extra={"event": "gitlab_error", "path": path.split("?")[0]},
+                extra={"event": "gitlab_error", "path": where, "status": status},
             )
             raise gitlab_unavailable(self._retry_after)
         if 300 <= status < 400:
-            log.error("GitLab answered a redirect (%s): check [gitlab] url", status, extra={"event": "gitlab_redirect"})
+            log.error(
+                "GitLab answered a redirect (%s): check [gitlab] url",
+                status,
+                extra={"event": "gitlab_redirect", "path": where, "status": status},
+            )
             raise gitlab_unavailable(self._retry_after)
         if status >= 500 or status == 429:
-            log.warning("gitlab answered %s", status, extra={"event": "gitlab_error", "path": path, "status": status})
+            log.warning("GitLab answered %s", status, extra={"event": "gitlab_error", "path": where, "status": status})
             raise gitlab_unavailable(self._retry_after)
         try:
             body = orjson.loads(raw) if raw else None

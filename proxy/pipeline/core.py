@@ -29,11 +29,10 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import aiohttp
-import redis.asyncio as aioredis
 import yarl
 
-from proxy.auth.authorizer import Authorizer, GitLabAuthorizer, Grant
-from proxy.auth.credentials import extract_credential
+from proxy.auth.authorizer import Authorizer, Caller, GitLabAuthorizer, Grant
+from proxy.auth.credentials import Credential, extract_credential
 from proxy.auth.dev_tokens import DevTokenAuthorizer, load_dev_tokens
 from proxy.auth.gitlab import GitLabClient
 from proxy.cube.client import Buffered, CubeClient
@@ -57,8 +56,10 @@ from proxy.pipeline.request_id import REQUEST_ID_HEADER, RequestIds, normalise_r
 from proxy.pipeline.routes import FORWARDED_FOR, PROBE_ROUTES, TRACEPARENT, USER_AGENT
 from proxy.settings import Settings
 from proxy.shared.codecs import MetaCodec
+from proxy.shared.connect import redis_client
 from proxy.shared.fleet import Fleet
 from proxy.singleflight import SingleFlightCache
+from proxy.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +152,11 @@ class Pipeline:
     async def open_redis(self) -> AsyncIterator[None]:
         """The fleet's shared layer (``[redis] url``): one connection pool for this process; none without a URL."""
         config = self.settings.redis
-        if config.url is None:
+        if not config.enabled:
             yield
             return
         assert config.signing_key is not None  # validated with the url
-        client = aioredis.from_url(
-            config.url,
-            socket_timeout=config.timeout,
-            socket_connect_timeout=config.timeout,
-            max_connections=64,
-        )
+        client = redis_client(config)
         self.fleet = Fleet(client, config.signing_key, config.key_prefix, config.timeout, config.lock_ttl)
         self.meta_cache.share(self.fleet, "meta", MetaCodec(_buffered), config.local_ttl)
         await self.fleet.ping()  # a first connection before traffic (not required: a failure only logs)
@@ -232,6 +228,16 @@ class Pipeline:
                 self.metrics.refusal("rate_limited")
                 raise rate_limited(wait)
         exchange.credential = credential
+
+    async def identify(self, exchange: Exchange, headers: Mapping[str, str], query: Mapping[str, str]) -> Caller:
+        """Who the request's credential belongs to, through the same gate, rate limits and new-credential
+        budget as the analytics routes (the one way anything here looks a caller up); 401 if nobody."""
+        self.gate(exchange, headers, query)
+        assert exchange.credential is not None  # set by the gate
+        await self._fleet_rate(exchange.credential)
+        caller = await self.authorizer.identify(exchange.credential)
+        exchange.user_id = caller.user_id
+        return caller
 
     async def answer_query(
         self, exchange: Exchange, endpoint: str, project_ref: str, raw: bytes, query_params: Mapping[str, str]
@@ -421,13 +427,7 @@ class Pipeline:
     async def _grant_tenant(self, exchange: Exchange, project_ref: str, method: str) -> tuple[Tenant, Grant]:
         """Authorise the caller for the route's project; its tenant, or 404 when analytics is off."""
         assert exchange.credential is not None, "the gate runs first"
-        fleet = self.fleet
-        if fleet is not None and self.rate_limiter.enabled:
-            limits = self.settings.limits
-            wait = await fleet.rate(exchange.credential.caller_key, limits.rate_limit, limits.rate_limit_burst)
-            if wait is not None:  # the fleet's bucket for this caller is empty
-                self.metrics.refusal("rate_limited")
-                raise rate_limited(wait)
+        await self._fleet_rate(exchange.credential)
         grant = await self.authorizer.authorize(exchange.credential, project_ref, method)
         exchange.project = grant.project_id
         exchange.user_id = grant.caller.user_id
@@ -437,6 +437,16 @@ class Pipeline:
         if tenant is None:
             raise not_enabled()
         return tenant, grant
+
+    async def _fleet_rate(self, credential: Credential) -> None:
+        """The caller's fleet-wide bucket (with ``[redis]``, after the process's own in the gate): 429 when empty."""
+        fleet = self.fleet
+        if fleet is not None and self.rate_limiter.enabled:
+            limits = self.settings.limits
+            wait = await fleet.rate(credential.caller_key, limits.rate_limit, limits.rate_limit_burst)
+            if wait is not None:
+                self.metrics.refusal("rate_limited")
+                raise rate_limited(wait)
 
 
 def _coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[Tenant, str, bytes] | None:
@@ -454,8 +464,8 @@ def _buffered(status: int, body: bytes) -> Buffered:
 
 
 def shown_url(url: str) -> str:
-    """A Cube URL as a report may show it: without any user or password in it."""
-    return str(yarl.URL(url).with_user(None))
+    """A Cube URL as a report may show it: without any user, password or secret parameter in it."""
+    return redact_url(url)
 
 
 def _issuer(settings: Settings) -> str:

@@ -24,7 +24,6 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from proxy import __version__
-from proxy.auth.credentials import extract_credential
 from proxy.background import in_background
 from proxy.errors import ApiError
 from proxy.observe.exposition import CONTENT_TYPE, Exposition
@@ -32,7 +31,7 @@ from proxy.observe.store import merge, read_snapshots, write_snapshot
 from proxy.pipeline.core import Pipeline, shown_url
 from proxy.settings import Settings, redacted
 from proxy.web.health import from_loopback
-from proxy.web.keys import PIPELINE
+from proxy.web.keys import EXCHANGE, PIPELINE
 
 METRICS_PATH = "/-/metrics"
 STATUS_PATH = "/-/status"
@@ -98,10 +97,8 @@ async def _status_allowed(request: web.Request, observe: Observability) -> bool:
         return True
     if not settings.server.metrics_port and from_loopback(request):
         return True
-    pipeline = observe.pipeline
     try:
-        credential = extract_credential(request.headers, request.query, pipeline.session_cookie)
-        caller = await pipeline.authorizer.identify(credential)
+        caller = await observe.pipeline.identify(request[EXCHANGE], request.headers, request.query)
     except ApiError:
         return False
     return caller.is_admin
@@ -126,6 +123,11 @@ def _mean_ms(histogram: list[Any] | None) -> float | None:
     _, counts, total = histogram
     calls = sum(counts)
     return round(total / calls * 1000, 1) if calls else None
+
+
+def _failed(outcome: str) -> bool:
+    """A GitLab call that gave no usable answer: unreachable, throttled (429), or a 5xx."""
+    return outcome in {"unreachable", "429"} or outcome.startswith("5")
 
 
 def _ratio(hits: float, misses: float) -> float | None:
@@ -194,7 +196,9 @@ async def status_report(observe: Observability) -> dict[str, Any]:
         "gitlab": {
             "url": shown_url(observe.settings.gitlab.url),
             "calls": sum(row[-1] for row in gitlab_calls),
-            "failed": sum(row[-1] for row in gitlab_calls if row[1] == "unreachable" or row[1].startswith("5")),
+            "failed": sum(
+                row[-1] for row in gitlab_calls if row[1] in {"unreachable", "429"} or row[1].startswith("5")
+            ),
             "mean_ms": _mean_ms(gitlab_all) if gitlab_latency else None,
             "auth_cache": {
                 "hits": auth.get("hit", 0),
