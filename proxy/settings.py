@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yarl
 
 from proxy.ids import project_id
+from proxy.urls import REDACTED, redact_url
 
 AuthBackendName = Literal["gitlab", "dev_tokens"]
 
@@ -176,19 +177,44 @@ class LimitsSettings:
 
 @dataclass(frozen=True)
 class RedisSettings:
-    #: the shared layer's Redis (redis://host:6379/0, rediss://..., unix:///path); unset: every cache in-process
+    #: the shared layer's Redis (redis://host:6379/0, rediss://..., unix:///path); unset (and no sentinels):
+    #: every cache in-process
     url: str | None = None
+    #: Redis' ACL user and its password (or a file holding it), apart from the URL so the URL holds no secret
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    #: TLS (rediss://, or tls = true with sentinels): the CA that signed Redis' certificate (else the system's),
+    #: and a client certificate and its key when Redis asks for one
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls: bool = False
+    #: Redis Sentinel instead of url: "host:port" of each sentinel, the primary's service name, its database
+    sentinels: tuple[str, ...] = ()
+    service_name: str | None = None
+    db: int = 0
+    #: the sentinels' own ACL user and password (or a file holding it)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    sentinel_password_file: str | None = None
     #: the HMAC key every shared value is signed with (32+ bytes; required with url), or a file holding it
     signing_key: str | None = None
     signing_key_file: str | None = None
     #: the prefix of every key: one per deployment sharing a Redis
     key_prefix: str = "product-analytics-proxy:"
-    #: seconds one Redis call may take (then the proxy goes on without it)
+    #: seconds one Redis call may take (then the proxy goes on without it); also the longest a process waits
+    #: for another's shared load before it loads for itself
     timeout: float = 0.25
-    #: seconds a shared load's lock is held at most (the others wait that long, then load themselves)
+    #: seconds a shared load's lock lives at most (a holder that died frees it then)
     lock_ttl: float = 6.0
     #: seconds a shared answer stays in a process's own cache in front of Redis
     local_ttl: float = 2.0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is a shared layer: a URL or sentinels."""
+        return self.url is not None or bool(self.sentinels)
 
 
 @dataclass(frozen=True)
@@ -376,11 +402,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
             problems.append(f"[server] trusted_proxies: {proxy_address!r} is not an address or network")
     if not 0 <= s.server.metrics_port <= 65535:
         problems.append(f"[server] metrics_port: must be a port (1-65535) or 0 (off), not {s.server.metrics_port}")
-    if s.redis.url is not None:
-        if yarl.URL(s.redis.url).scheme not in {"redis", "rediss", "unix"}:
-            problems.append(f"[redis] url: must be a redis://, rediss:// or unix:// URL, not {s.redis.url!r}")
-        if s.redis.signing_key is None or len(s.redis.signing_key.encode()) < MIN_KEY_BYTES:
-            problems.append(f"[redis] signing_key: required with url, {MIN_KEY_BYTES} bytes or more")
+    _validate_redis(s.redis, problems)
     for where, value in {
         "[redis] timeout": s.redis.timeout,
         "[redis] lock_ttl": s.redis.lock_ttl,
@@ -394,7 +416,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
             f" not {s.gitlab.session_cookie!r}"
         )
     if s.auth.backend == "gitlab" and not _is_http_url(s.gitlab.url):
-        problems.append(f"[gitlab] url: must be an http(s) URL, not {s.gitlab.url!r}")
+        problems.append(f"[gitlab] url: must be an http(s) URL, not {redact_url(s.gitlab.url)!r}")
     if s.auth.backend == "dev_tokens" and not is_loopback(s.server.host) and not s.auth.allow_dev_tokens_off_loopback:
         problems.append(
             f"[auth] backend: dev_tokens only serves a loopback address, and [server] host is {s.server.host!r};"
@@ -407,9 +429,44 @@ def _validate(s: Settings, problems: list[str]) -> None:
         _validate_cube_target(f"[projects.{number}]", override.cube_api_base_url, override.cube_api_key, problems)
 
 
+def _validate_redis(r: RedisSettings, problems: list[str]) -> None:
+    if r.url is not None and r.sentinels:
+        problems.append("[redis]: set url or sentinels, not both")
+    if r.url is not None and _url_scheme(r.url) not in {"redis", "rediss", "unix"}:
+        problems.append(f"[redis] url: must be a redis://, rediss:// or unix:// URL, not {redact_url(r.url)!r}")
+    for entry in r.sentinels:
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            problems.append(f"[redis] sentinels: {entry!r} is not host:port")
+    if r.sentinels and not r.service_name:
+        problems.append("[redis] service_name: required with sentinels (the primary's name in Sentinel)")
+    if r.enabled and (r.signing_key is None or len(r.signing_key.encode()) < MIN_KEY_BYTES):
+        problems.append(f"[redis] signing_key: required with url or sentinels, {MIN_KEY_BYTES} bytes or more")
+    tls = r.tls if r.sentinels else r.url is not None and r.url.startswith("rediss://")
+    if r.tls and not r.sentinels:
+        problems.append("[redis] tls: for sentinels; with a url, rediss:// turns TLS on")
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(r, name)
+        if path is None:
+            continue
+        if not tls:
+            problems.append(f"[redis] {name}: needs TLS (a rediss:// url, or tls = true with sentinels)")
+        elif not Path(path).is_file():
+            problems.append(f"[redis] {name}: {path} is not a readable file")
+    if (r.cert_file is None) != (r.key_file is None):
+        problems.append("[redis] cert_file and key_file: set both (a client certificate and its key) or neither")
+    if r.db < 0:
+        problems.append(f"[redis] db: must not be negative, not {r.db}")
+
+
+def _url_scheme(url: str) -> str:
+    scheme, sep, _ = url.partition("://")
+    return scheme.lower() if sep else ""
+
+
 def _validate_cube_target(where: str, url: str | None, key: str | None, problems: list[str]) -> None:
     if url is not None and not _is_http_url(url):
-        problems.append(f"{where} cube_api_base_url: must be an http(s) URL, not {url!r}")
+        problems.append(f"{where} cube_api_base_url: must be an http(s) URL, not {redact_url(url)!r}")
     if key is not None and len(key.encode()) < MIN_KEY_BYTES:
         problems.append(f"{where} cube_api_key: must be at least {MIN_KEY_BYTES} bytes (HS256 secret)")
 
@@ -472,7 +529,8 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
     built["product_analytics"] = _secret_from_file(
         built["product_analytics"], "cube_api_key", "[product_analytics]", problems
     )
-    built["redis"] = _secret_from_file(built["redis"], "signing_key", "[redis]", problems)
+    for secret in ("signing_key", "password", "sentinel_password"):
+        built["redis"] = _secret_from_file(built["redis"], secret, "[redis]", problems)
     settings = Settings(projects=projects, **built)
     _validate(settings, problems)
     if problems:
@@ -497,16 +555,23 @@ def _secret_from_file(section: Any, field: str, where: str, problems: list[str])
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
-    """The effective settings as plain data, every secret replaced (for --print-config)."""
+    """The effective settings as plain data, every secret replaced and every URL shown without its secrets
+    (for --print-config and the status page)."""
     data = dataclasses.asdict(settings)
     data["projects"] = {str(k): v for k, v in data["projects"].items()}
     for section in (data["product_analytics"], *data["projects"].values()):
         if section.get("cube_api_key") is not None:
-            section["cube_api_key"] = "[REDACTED]"
-    if data["redis"]["signing_key"] is not None:
-        data["redis"]["signing_key"] = "[REDACTED]"
-    if data["redis"]["url"] is not None:
-        data["redis"]["url"] = str(yarl.URL(data["redis"]["url"]).with_password(None))
+            section["cube_api_key"] = REDACTED
+        if section.get("cube_api_base_url") is not None:
+            section["cube_api_base_url"] = redact_url(section["cube_api_base_url"])
+    data["gitlab"]["url"] = redact_url(data["gitlab"]["url"])
+    redis = data["redis"]
+    for secret in ("signing_key", "password", "sentinel_password"):
+        if redis[secret] is not None:
+            redis[secret] = REDACTED
+    if redis["url"] is not None:
+        redis["url"] = redact_url(redis["url"])
+    redis["sentinels"] = list(redis["sentinels"])
     return data
 
 

@@ -4,12 +4,15 @@ It removes the value after any credential's name, in any case and with any spaci
 around ``:`` or ``=`` (header and query-string forms: ``PRIVATE-TOKEN``,
 ``private_token``, ``access_token``, ``JOB-TOKEN``, ``Authorization``, ``X-CSRF-Token``,
 ``csrf_token``, the ``_gitlab_session`` cookie), the whole value of a ``Cookie`` header,
-and anything shaped like a GitLab token (``glpat-...``, ``gloas-...``) wherever it stands.
+anything shaped like a GitLab token (``glpat-...``, ``gloas-...``) wherever it stands, and the
+user information and secret query parameters of every URL (``proxy/urls.py``).
 """
 
 from __future__ import annotations
 
 import re
+
+from proxy.urls import redact_urls
 
 # a credential's name, then ":" or "=" with any spacing (raw, or escaped as in a bytes repr), then its value
 _NAMED = re.compile(
@@ -22,7 +25,7 @@ _COOKIE = re.compile(r"(cookie)(\s*:\s*)[^\r\n\"']+", re.IGNORECASE)
 # GitLab's token prefixes (personal, OAuth, CI job, deploy, trigger, runner, feed, ...)
 _GITLAB_TOKEN = re.compile(r"\bgl[a-z]{2,8}-[A-Za-z0-9_\-]{8,}")
 #: words one of which a line must hold (in any case) for any pattern above to match
-_TRIGGERS = ("token", "authorization", "cookie", "session", "gl")
+_TRIGGERS = ("token", "authorization", "cookie", "session", "gl", "://")
 
 
 def redact(text: str) -> str:
@@ -33,6 +36,7 @@ def redact(text: str) -> str:
         lowered = text.lower()
         if not any(word in lowered for word in _TRIGGERS):
             return text
+    text = redact_urls(text)
     text = _COOKIE.sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED]", text)
     text = _NAMED.sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED]", text)
     return _GITLAB_TOKEN.sub("[REDACTED]", text)

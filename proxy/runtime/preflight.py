@@ -15,10 +15,13 @@ import urllib.request
 
 import aiohttp
 import yarl
+from redis.exceptions import RedisError
 
 from proxy.cube.signing import sign_security_context
 from proxy.cube.tenants import Tenant, app_id_for
 from proxy.settings import Settings
+from proxy.shared.connect import redis_client
+from proxy.urls import redact_urls
 
 #: seconds each check may take
 CHECK_TIMEOUT = 10.0
@@ -81,14 +84,30 @@ async def connect(settings: Settings) -> list[tuple[bool, str]]:
                         results.append((False, f"{where}: /meta answered {resp.status}: {body[:200]}"))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 results.append((False, f"{where}: unreachable ({type(exc).__name__}: {exc})"))
+    if settings.redis.enabled:
+        results.append(await _redis_answers(settings))
     return results
+
+
+async def _redis_answers(settings: Settings) -> tuple[bool, str]:
+    """Whether the shared layer's Redis (a URL, or the primary Sentinel names) answers PING as configured."""
+    where = f"Redis {settings.redis.url or ', '.join(settings.redis.sentinels)}"
+    client = redis_client(settings.redis)
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await client.ping()
+    except (TimeoutError, RedisError, OSError) as exc:
+        return False, f"{where}: unreachable or refused ({type(exc).__name__}: {exc})"
+    finally:
+        await client.aclose()
+    return True, f"{where}: answered PING"
 
 
 def check_connections(settings: Settings) -> int:
     """``--check --connect``: one line per target; 0 when every one answered as it should, else 1."""
     results = asyncio.run(connect(settings))
     for ok, line in results:
-        print(f"{'ok  ' if ok else 'FAIL'} {line}")
+        print(f"{'ok  ' if ok else 'FAIL'} {redact_urls(line)}")
     return 0 if all(ok for ok, _ in results) else 1
 
 
