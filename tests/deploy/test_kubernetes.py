@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,19 +148,73 @@ def _ok(call: Any) -> bool:
         return False
 
 
-def test_the_redis_component_gives_the_proxy_a_shared_layer_its_settings_accept() -> None:
-    from proxy.settings import settings_from_mapping
+def render(overlay: str) -> list[dict[str, Any]]:
+    """``kubectl kustomize`` of an overlay: the manifests exactly as they would be applied."""
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(DEPLOY / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
 
-    component = load(DEPLOY / "components" / "redis" / "kustomization.yaml")
-    patched = next(p for p in component["patches"] if p["target"]["kind"] == "ConfigMap")
-    text = yaml.safe_load(patched["patch"])[0]["value"]
-    raw = tomllib.loads(text)
-    raw["redis"]["signing_key"] = "s" * 40  # the file's content, as the Secret would give it
-    signing_file = raw["redis"].pop("signing_key_file")
-    settings = settings_from_mapping({**raw, "product_analytics": {**raw["product_analytics"], "cube_api_key": "k" * 40,
-                                      "cube_api_key_file": None}}, {})  # fmt: skip
-    assert settings.redis.url == "redis://product-analytics-redis:6379/0"
-    secret = load(DEPLOY / "overlays" / "fleet" / "secret.yaml")
-    assert signing_file.rsplit("/", 1)[1] in secret["stringData"]
-    service = load(DEPLOY / "components" / "redis" / "redis-service.yaml")
-    assert service["metadata"]["name"] in settings.redis.url
+
+async def test_the_fleet_overlay_renders_and_its_redis_admits_only_the_proxy_with_its_password(tmp_path) -> None:
+    from proxy.settings import settings_from_mapping
+    from proxy.shared.connect import redis_client
+    from tests.redis_server import RedisServer
+
+    docs = render("fleet")
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    found = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    policy = found[("NetworkPolicy", "product-analytics-redis")]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "product-analytics-redis"}
+    assert policy["ingress"] == [
+        {
+            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "product-analytics-proxy"}}}],
+            "ports": [{"port": 6379, "protocol": "TCP"}],
+        }
+    ]
+    redis_container = found[("Deployment", "product-analytics-redis")]["spec"]["template"]["spec"]["containers"][0]
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+-alpine", redis_container["image"]), "a pinned release"
+    secret = found[("Secret", "product-analytics-proxy-keys")]["stringData"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in redis_container["env"]}
+    assert env["REDIS_PASSWORD"] == {"name": "product-analytics-proxy-keys", "key": "redis-password"}
+    # Redis started with the container's own arguments, $(REDIS_PASSWORD) as the kubelet expands it
+    args = [a.replace("$(REDIS_PASSWORD)", secret["redis-password"]) for a in redis_container["args"]]
+    server = RedisServer(tmp_path / "redis", client={"password": secret["redis-password"]}, args=args)
+    server.start()
+    try:
+        # the proxy's settings from the rendered ConfigMap, the Secret's items at their mount path
+        proxy_pod = found[("Deployment", "product-analytics-proxy")]["spec"]["template"]["spec"]
+        keys = next(v for v in proxy_pod["volumes"] if v["name"] == "keys")
+        mount = next(m for m in proxy_pod["containers"][0]["volumeMounts"] if m["name"] == "keys")["mountPath"]
+        folder = tmp_path / "pod" / mount.lstrip("/")
+        folder.mkdir(parents=True)
+        for item in keys["secret"]["items"]:
+            (folder / item["path"]).write_text(secret[item["key"]])
+        text = found[("ConfigMap", "product-analytics-proxy-config")]["data"]["proxy.toml"]
+        raw = tomllib.loads(text.replace(mount, str(folder)))
+        service = found[("Service", "product-analytics-redis")]["metadata"]["name"]
+        assert service in raw["redis"]["url"]
+        raw["redis"]["url"] = server.url  # the Service's name resolves in the cluster only
+        settings = settings_from_mapping(raw, {})
+        assert settings.redis.password == secret["redis-password"]
+        assert settings.redis.signing_key == secret["redis-signing-key"]
+        client = redis_client(settings.redis)
+        try:
+            assert await client.ping()
+        finally:
+            await client.aclose()
+        anonymous = redis_client(
+            settings_from_mapping({**raw, "redis": {**raw["redis"], "password_file": None}}, {}).redis
+        )
+        try:
+            with pytest.raises(Exception, match=r"(?i)auth"):
+                await anonymous.ping()
+        finally:
+            await anonymous.aclose()
+    finally:
+        server.stop()
