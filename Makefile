@@ -32,10 +32,10 @@ postgres: ## Make sure PostgreSQL's server is installed (Debian's postgresql; ne
 		echo "installing PostgreSQL from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
-test-tools: ## Make sure Chromium, nginx and Redis are installed for the tests (Debian's packages; needs root)
-	@command -v chromium >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 || { \
-		echo "installing chromium, nginx and redis-server from Debian"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light redis-server >/dev/null; }
+test-tools: ## Make sure Chromium, nginx, Redis and Redis Sentinel are installed for the tests (Debian's packages; needs root)
+	@command -v chromium >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 && command -v redis-sentinel >/dev/null 2>&1 || { \
+		echo "installing chromium, nginx, redis-server and redis-sentinel from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light redis-server redis-sentinel >/dev/null; }
 
 bench-tools: ## Make sure wrk and nginx are installed (Debian's packages; needs root)
 	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
