@@ -20,6 +20,7 @@ from proxy.lane.protocol import FastLane
 from proxy.settings import Settings, settings_from_mapping
 from proxy.web.app import create_app
 from proxy.web.keys import PIPELINE
+from proxy.web.runner import ProxyRunner
 from tests.fakes.cube import FakeCube
 from tests.fakes.gitlab import FakeGitLab
 from tests.redis_server import RedisServer
@@ -78,7 +79,14 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
-class FastLaneTestServer(TestServer):
+class ProxyTestServer(TestServer):
+    """The app as aiohttp serves it in production: through ``ProxyRunner`` (our answer for unparseable requests)."""
+
+    async def _make_runner(self, **kwargs: Any) -> ProxyRunner:
+        return ProxyRunner(self.app, **kwargs)
+
+
+class FastLaneTestServer(ProxyTestServer):
     """The app behind the fast lane, as ``python -m proxy`` serves it: aiohttp's server takes what it hands over."""
 
     lane: FastLane
@@ -130,7 +138,7 @@ def make_client(
             test_client = await aiohttp_client(server)
             lanes.append(server.lane)
             return test_client
-        return await aiohttp_client(app)
+        return await aiohttp_client(ProxyTestServer(app))
 
     yield make
     if serving == "fast_lane" and lanes:

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from proxy.web.app import create_app
-from tests.conftest import REPORTER, FastLaneTestServer
+from tests.conftest import REPORTER, FastLaneTestServer, ProxyTestServer
 from tests.fakes.cube import FakeCube
 from tests.test_fast_lane import read_answer
 
@@ -180,7 +180,7 @@ async def pair(make_settings: Callable[..., Any]) -> AsyncIterator[tuple[TestSer
     servers = []
     for lane in (True, False):
         app = create_app(make_settings(server={"keepalive_timeout": 2.0}, limits={"body_timeout": 0.3}))
-        server = FastLaneTestServer(app) if lane else TestServer(app)
+        server = FastLaneTestServer(app) if lane else ProxyTestServer(app)
         await server.start_server()
         servers.append(server)
     yield servers[0], servers[1]
@@ -206,3 +206,57 @@ async def test_the_lane_and_aiohttp_answer_the_same_bytes_the_same_way(pair, cub
     aiohttp_calls = cube_calls(cube, before)
     assert through_lane == through_aiohttp
     assert lane_calls == aiohttp_calls
+
+
+#: headers the proxy reads (credentials, ids, the caller) and one it does not
+BYTE_HEADERS = ["PRIVATE-TOKEN", "Authorization", "Cookie", "X-CSRF-Token", "X-Request-Id", "User-Agent", "X-Other"]
+
+
+@st.composite
+def header_bytes_requests(draw: st.DrawFn) -> tuple[str, bytes, bytes]:
+    """One request (POST, HEAD or GET) with a header whose value is arbitrary bytes; the connection closes after it."""
+    method = draw(st.sampled_from(["POST", "HEAD", "GET"]))
+    endpoint = "meta" if method != "POST" else draw(st.sampled_from(["load", "dry-run", "meta"]))
+    name = draw(st.sampled_from(BYTE_HEADERS))
+    value = draw(st.binary(min_size=1, max_size=40).filter(lambda v: b"\r" not in v and b"\n" not in v))
+    marker = b"fz" + value  # what must never come back in an answer (but a well-formed request id, echoed by design)
+    body = orjson.dumps({"query": QUERIES[0]}) if method == "POST" else b""
+    head = (
+        f"{method} /api/v4/projects/1/product_analytics/request/{endpoint} HTTP/1.1\r\nHost: p\r\n".encode()
+        + (f"PRIVATE-TOKEN: {TOKEN}\r\n".encode() if name != "PRIVATE-TOKEN" else b"")
+        + name.encode()
+        + b": "
+        + marker
+        + f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+    )
+    return method, head + body, marker
+
+
+async def whole_answer(server: TestServer, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+@settings(settings.get_profile(PROFILE))
+@given(request=header_bytes_requests())
+async def test_header_values_of_any_bytes_and_head_get_the_same_4xx_or_2xx_from_both_doors(pair, cube, request):
+    """Arbitrary bytes in a header: never a 5xx, never echoed, and the same status (and body) from both doors."""
+    method, data, marker = request
+    note(f"bytes sent: {data!r}")
+    lane, plain = pair
+    through = [await whole_answer(server, data) for server in (lane, plain)]
+    statuses = [int(answer.split(b" ", 2)[1]) for answer in through]
+    assert statuses[0] == statuses[1], through
+    assert statuses[0] < 500, through
+    for answer in through:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        echoed_id = b"\r\nX-Request-Id: " + marker in head  # a well-formed id comes back (with a span added)
+        assert marker not in answer or echoed_id
+        if method == "HEAD" and statuses[0] != 400:
+            assert body == b""  # (a request that could not be parsed has no method to trust)
+    if method != "HEAD":
+        assert through[0].partition(b"\r\n\r\n")[2] == through[1].partition(b"\r\n\r\n")[2]

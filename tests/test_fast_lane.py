@@ -23,7 +23,7 @@ from proxy.pipeline.access_log import AccessLog
 from proxy.settings import Settings
 from proxy.web.app import create_app
 from proxy.web.keys import PIPELINE
-from tests.conftest import CUBE_KEY, QUERY, REPORTER, FastLaneTestServer
+from tests.conftest import CUBE_KEY, QUERY, REPORTER, FastLaneTestServer, ProxyTestServer
 from tests.fakes.cube import chunked, generated, held_until
 from tests.test_streaming import until
 
@@ -41,7 +41,7 @@ async def start(make_settings: Callable[..., Settings]) -> AsyncIterator[Start]:
 
     async def make(lane: bool = True, **sections: dict[str, Any]) -> TestServer:
         app = create_app(make_settings(**sections))
-        server = FastLaneTestServer(app) if lane else TestServer(app)
+        server = FastLaneTestServer(app) if lane else ProxyTestServer(app)
         await server.start_server()
         servers.append(server)
         return server

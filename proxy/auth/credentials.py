@@ -87,23 +87,25 @@ def extract_credential(
     if JOB_TOKEN in headers or "job_token" in query:
         raise unauthorized()
     token: str | None
+    scheme: Scheme
     if (token := headers.get(PRIVATE_TOKEN)) is not None:
-        credential = Credential("private", token.strip())
+        scheme, token = "private", token.strip()
     elif (token := _bearer(headers.get(AUTHORIZATION))) is not None:
-        credential = Credential("bearer", token)
+        scheme = "bearer"
     elif (token := query.get("private_token")) is not None:
-        credential = Credential("private", token.strip())
+        scheme, token = "private", token.strip()
     elif (token := query.get("access_token")) is not None:
-        credential = Credential("bearer", token.strip())
+        scheme, token = "bearer", token.strip()
     elif session_cookie is not None and (token := _session(headers.get(COOKIE), session_cookie)) is not None:
         csrf = headers.get(CSRF_TOKEN)
         # a malformed CSRF token is none: a POST without one is refused without asking GitLab
         return Credential("session", token, csrf if csrf and _TOKEN.fullmatch(csrf) else None, session_cookie)
     else:
         raise unauthorized()
-    if not _plausible(credential.token):
+    # checked before anything is made of it: a token of other bytes (non-ASCII, undecodable) is a 401
+    if not _plausible(token):
         raise unauthorized()
-    return credential
+    return Credential(scheme, token)
 
 
 def _bearer(authorization: str | None) -> str | None:

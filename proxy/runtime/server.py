@@ -25,6 +25,7 @@ from proxy.runtime.workers import Supervisor, die_with_parent
 from proxy.settings import Settings, SettingsError
 from proxy.web.app import create_app
 from proxy.web.keys import PIPELINE
+from proxy.web.runner import ProxyRunner
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ async def serve(
     # running until Cube answers; the tests' server has always cancelled, and now production does too.
     # keepalive_timeout: aiohttp's server defaults to an hour. It also bounds a caller that does not
     # finish a request's head (a slowloris): aiohttp arms the timer on connect and after each answer.
-    runner = web.AppRunner(
+    runner = ProxyRunner(
         app,
         access_log=None,
         shutdown_timeout=settings.server.shutdown_timeout,

@@ -16,19 +16,36 @@ from proxy.pipeline.routes import DRY_RUN, LOAD
 from proxy.web.keys import EXCHANGE, PIPELINE
 
 
-async def read_body(request: web.Request) -> bytes:
-    limits = request.app[PIPELINE].settings.limits
-    if request.content_length is not None and request.content_length > limits.max_body_bytes:
-        raise too_large(limits.max_body_bytes)
-    try:
-        if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
-            return await request.read()
-        async with asyncio.timeout(limits.body_timeout):
-            return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise too_large(limits.max_body_bytes) from None
-    except TimeoutError:
-        raise bad_request(f"the request body did not arrive within {limits.body_timeout:g} s", status=408) from None
+class RequestBody:
+    """aiohttp's request body for the pipeline: read (once, when the pipeline asks) within the size limit and
+    ``body_timeout``; a body that fails its ``Content-Encoding`` or its framing is a 400."""
+
+    __slots__ = ("_request", "length")
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self.length = request.content_length
+
+    async def read(self) -> bytes:
+        request = self._request
+        limits = request.app[PIPELINE].settings.limits
+        try:
+            if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
+                return await request.read()
+            async with asyncio.timeout(limits.body_timeout):
+                return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large(limits.max_body_bytes) from None
+        except TimeoutError:
+            raise bad_request(f"the request body did not arrive within {limits.body_timeout:g} s", status=408) from None
+        except web.RequestPayloadError:
+            raise bad_request(_unreadable(request.headers.get("Content-Encoding"))) from None
+
+
+def _unreadable(encoding: str | None) -> str:
+    if encoding:
+        return f"the request body could not be decoded as its Content-Encoding ({encoding[:32]!r}) says"
+    return "the request body's framing is broken (Content-Length or chunks)"
 
 
 async def load(request: web.Request) -> web.StreamResponse:
@@ -40,19 +57,18 @@ async def dry_run(request: web.Request) -> web.StreamResponse:
 
 
 async def _query(request: web.Request, endpoint: str) -> web.StreamResponse:
-    raw = await read_body(request)
     exchange = request[EXCHANGE]
     project = request.match_info["project"]
-    outcome = await request.app[PIPELINE].answer_query(exchange, endpoint, project, raw, request.query)
+    outcome = await request.app[PIPELINE].answer_query(exchange, endpoint, project, RequestBody(request), request.query)
     if isinstance(outcome, Buffered):
         return _buffered_response(outcome)
     return await stream_response(request, exchange, outcome)
 
 
 async def meta(request: web.Request) -> web.StreamResponse:
-    raw = await read_body(request) if request.method == "POST" else None
+    body = RequestBody(request) if request.method == "POST" else None
     pipeline = request.app[PIPELINE]
-    answer = await pipeline.answer_meta(request[EXCHANGE], request.match_info["project"], request.method, raw)
+    answer = await pipeline.answer_meta(request[EXCHANGE], request.match_info["project"], request.method, body)
     return _buffered_response(answer)
 
 
