@@ -149,6 +149,8 @@ class CubeSettings:
     #: seconds meta answers are cached per tenant, and how many tenants are kept.
     meta_cache_ttl: float = 60.0
     meta_cache_size: int = 1024
+    #: bytes of meta answers kept at most (each answer weighs its size; one larger than this is not kept)
+    meta_cache_bytes: int = 64 * 1024 * 1024
     #: bodies up to this many bytes are read whole (and shared whole); larger ones stream.
     buffer_limit: int = 256 * 1024
     #: the largest answer read whole although large (meta, which is cached, and zero-filled loads); 502 above.
@@ -167,6 +169,10 @@ class LimitsSettings:
     max_json_depth: int = 32
     #: seconds a request body may take to arrive (408 after), so a trickling caller holds nothing long.
     body_timeout: float = 30.0
+    #: bytes of request bodies being received at once by one process, and from one client address
+    #: (503 with Retry-After past either; a chunked body counts as max_body_bytes)
+    bodies_in_flight_bytes: int = 64 * 1024 * 1024
+    bodies_in_flight_per_client_bytes: int = 16 * 1024 * 1024
     #: sustained requests per second per caller (one bucket per credential); 0 disables.
     rate_limit: float = 50.0
     #: requests a caller may burst above the sustained rate.
@@ -355,12 +361,15 @@ def _validate(s: Settings, problems: list[str]) -> None:
         "[cube] read_timeout": s.cube.read_timeout,
         "[cube] max_concurrent_per_tenant": s.cube.max_concurrent_per_tenant,
         "[cube] meta_cache_size": s.cube.meta_cache_size,
+        "[cube] meta_cache_bytes": s.cube.meta_cache_bytes,
         "[cube] buffer_limit": s.cube.buffer_limit,
         "[cube] max_whole_bytes": s.cube.max_whole_bytes,
         "[cube] pool_size": s.cube.pool_size,
         "[limits] max_body_bytes": s.limits.max_body_bytes,
         "[limits] max_json_depth": s.limits.max_json_depth,
         "[limits] body_timeout": s.limits.body_timeout,
+        "[limits] bodies_in_flight_bytes": s.limits.bodies_in_flight_bytes,
+        "[limits] bodies_in_flight_per_client_bytes": s.limits.bodies_in_flight_per_client_bytes,
         "[limits] rate_limit_burst": s.limits.rate_limit_burst,
         "[limits] rate_limit_callers": s.limits.rate_limit_callers,
     }

@@ -48,6 +48,7 @@ from proxy.lane.flow import FlowControl
 from proxy.pipeline.coalesce import Outcome
 from proxy.pipeline.core import Pipeline
 from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.request_body import WholeBody
 from proxy.pipeline.request_id import REQUEST_ID_HEADER
 from proxy.pipeline.routes import ANALYTICS_ROOT, HEADERS_READ, PREFIXES, QUERY_ENDPOINTS, analytics_route
 from proxy.tcp import as_stream
@@ -463,7 +464,7 @@ class _Connection(asyncio.Protocol):
         try:
             try:
                 pipeline.gate(exchange, headers, _NO_QUERY)
-                outcome = await pipeline.answer_query(exchange, endpoint, project, raw, _NO_QUERY)
+                outcome = await pipeline.answer_query(exchange, endpoint, project, WholeBody(raw), _NO_QUERY)
             except ApiError as exc:
                 status = exc.status
                 self._write_whole(status, _JSON_UTF8, orjson.dumps(exc.body), exchange, exc.headers)

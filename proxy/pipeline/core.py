@@ -20,6 +20,7 @@ adapter runs as ``cleanup_ctx``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -35,6 +36,7 @@ from proxy.auth.authorizer import Authorizer, Caller, GitLabAuthorizer, Grant
 from proxy.auth.credentials import Credential, extract_credential
 from proxy.auth.dev_tokens import DevTokenAuthorizer, load_dev_tokens
 from proxy.auth.gitlab import GitLabClient
+from proxy.background import in_background
 from proxy.cube.client import Buffered, CubeClient
 from proxy.cube.forward import Forwarder, UpstreamCall
 from proxy.cube.readiness import CubeReadiness, cube_urls
@@ -43,6 +45,7 @@ from proxy.cube.tenants import Tenant, Tenants
 from proxy.cube.zerofill import fill_plan
 from proxy.errors import ApiError, CallerStalled, not_enabled, rate_limited
 from proxy.http_client import HttpClient
+from proxy.limits.body_budget import BodyBudget
 from proxy.limits.caller_rate import RateLimiter
 from proxy.limits.overload import LoadShedder
 from proxy.limits.tenant_cap import TenantLimiter
@@ -51,7 +54,7 @@ from proxy.pipeline.access_log import AccessLog
 from proxy.pipeline.client_info import client_address, traceparent, trusted_networks
 from proxy.pipeline.coalesce import Coalescer, Outcome, StreamBroken
 from proxy.pipeline.exchange import Exchange
-from proxy.pipeline.request_body import QueryRequest, parse_body, query_request
+from proxy.pipeline.request_body import BodySource, QueryRequest, parse_body, query_request, too_large
 from proxy.pipeline.request_id import REQUEST_ID_HEADER, RequestIds, normalise_request_id
 from proxy.pipeline.routes import FORWARDED_FOR, PROBE_ROUTES, TRACEPARENT, USER_AGENT
 from proxy.settings import Settings
@@ -62,6 +65,9 @@ from proxy.singleflight import SingleFlightCache
 from proxy.urls import redact_url
 
 log = logging.getLogger(__name__)
+
+#: seconds between two sweeps of the caches' expired entries
+SWEEP_SECONDS = 1.0
 
 
 class ContinueWaitAnswer(Exception):
@@ -88,12 +94,16 @@ class Pipeline:
         self.signer = Signer(_issuer(settings), settings.product_analytics.jwt_ttl)
         self.coalescer = Coalescer()
         self.meta_cache: SingleFlightCache[Tenant, Buffered] = SingleFlightCache(
-            settings.cube.meta_cache_size, settings.cube.meta_cache_ttl
+            settings.cube.meta_cache_size,
+            settings.cube.meta_cache_ttl,
+            size_of=_answer_size,
+            max_bytes=settings.cube.meta_cache_bytes,
         )
         limits = settings.limits
         self.rate_limiter = RateLimiter(limits.rate_limit, limits.rate_limit_burst, limits.rate_limit_callers)
         self.shedder = LoadShedder(settings.server.shed_lag_ms / 1000)
         self.max_json_depth = limits.max_json_depth
+        self.body_budget = BodyBudget(limits.bodies_in_flight_bytes, limits.bodies_in_flight_per_client_bytes)
         server = settings.server
         #: every count the metrics and the status page show (this process's)
         self.metrics = (
@@ -192,6 +202,19 @@ class Pipeline:
             await session.close()
 
     @contextlib.asynccontextmanager
+    async def sweeping(self) -> AsyncIterator[None]:
+        """Expired cache entries (GitLab's answers, refusals, meta) dropped every ``SWEEP_SECONDS``, not left
+        until the next insertion: a burst of refused callers leaves nothing behind once its TTL is over."""
+        async with in_background(self._sweep()):
+            yield
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)  # the period itself, not a synchronisation
+            self.meta_cache.expire()
+            self.authorizer.expire()  # opened before the sweep starts (``create_app``'s order)
+
+    @contextlib.asynccontextmanager
     async def overload_probe(self) -> AsyncIterator[None]:
         async with self.shedder.running():
             yield
@@ -240,11 +263,21 @@ class Pipeline:
         return caller
 
     async def answer_query(
-        self, exchange: Exchange, endpoint: str, project_ref: str, raw: bytes, query_params: Mapping[str, str]
+        self,
+        exchange: Exchange,
+        endpoint: str,
+        project_ref: str,
+        body: BodySource,
+        query_params: Mapping[str, str],
     ) -> Outcome:
-        """Step 3 for load and dry-run: the body checked, the caller authorised, Cube asked (or a shared call)."""
-        query = query_request(parse_body(raw, self.max_json_depth), query_params)
+        """Step 3 for load and dry-run: the caller authorised, then the body read and checked, then Cube asked.
+
+        Authorisation comes first: a caller without a valid credential costs at most what its
+        front door read of a bounded body, never a parse or a depth check.
+        """
+        self._check_declared_size(body)
         tenant, grant = await self._grant_tenant(exchange, project_ref, "POST")
+        query = query_request(await self._parsed_body(exchange, body), query_params)
         gitlab_token = None
         if query.include_token:
             assert exchange.credential is not None
@@ -277,11 +310,14 @@ class Pipeline:
             self.metrics.own_calls += 1
         return outcome
 
-    async def answer_meta(self, exchange: Exchange, project_ref: str, method: str, raw: bytes | None) -> Buffered:
-        """Step 3 for meta: the body (POST) checked, the caller authorised, the tenant's meta from cache or Cube."""
-        if raw is not None:
-            parse_body(raw, self.max_json_depth)
+    async def answer_meta(self, exchange: Exchange, project_ref: str, method: str, body: BodySource | None) -> Buffered:
+        """Step 3 for meta: the caller authorised, the body (POST) read and checked, the tenant's meta from cache
+        or Cube."""
+        if body is not None:
+            self._check_declared_size(body)
         tenant, _ = await self._grant_tenant(exchange, project_ref, method)
+        if body is not None:
+            await self._parsed_body(exchange, body)
 
         async def load_meta() -> Buffered:
             call = UpstreamCall(
@@ -438,6 +474,18 @@ class Pipeline:
             raise not_enabled()
         return tenant, grant
 
+    def _check_declared_size(self, body: BodySource) -> None:
+        """413 for a declared ``Content-Length`` over the limit: free to check, so before anyone is asked."""
+        limit = self.settings.limits.max_body_bytes
+        if body.length is not None and body.length > limit:
+            raise too_large(limit)
+
+    async def _parsed_body(self, exchange: Exchange, body: BodySource) -> dict[str, Any]:
+        """The body read (within the bodies-in-flight budget) and parsed as a JSON object; 4xx for bad input."""
+        size = body.length if body.length is not None else self.settings.limits.max_body_bytes
+        with self.body_budget.hold(exchange.client, size):
+            return parse_body(await body.read(), self.max_json_depth)
+
     async def _fleet_rate(self, credential: Credential) -> None:
         """The caller's fleet-wide bucket (with ``[redis]``, after the process's own in the gate): 429 when empty."""
         fleet = self.fleet
@@ -457,6 +505,10 @@ def _coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[T
 
 #: the methods that are metrics labels as they are (any other is counted as "other")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _answer_size(answer: Buffered) -> int:
+    return len(answer.body)
 
 
 def _buffered(status: int, body: bytes) -> Buffered:

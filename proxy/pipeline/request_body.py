@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -23,6 +23,28 @@ class QueryRequest(NamedTuple):
     def fingerprint(self) -> bytes:
         """Identical calls have identical payloads (sorted keys), so the payload identifies them."""
         return self.payload
+
+
+class BodySource(Protocol):
+    """A request's body as a front door has it: its declared size, and reading it (once) within the limits."""
+
+    #: ``Content-Length``, or None when the body is chunked
+    length: int | None
+
+    async def read(self) -> bytes: ...
+
+
+class WholeBody:
+    """A body that arrived whole with its head (the fast lane serves only such requests)."""
+
+    __slots__ = ("_raw", "length")
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        self.length: int | None = len(raw)
+
+    async def read(self) -> bytes:
+        return self._raw
 
 
 def too_large(limit: int) -> ApiError:
