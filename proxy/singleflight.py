@@ -51,6 +51,11 @@ class SingleFlightCache(Generic[K, V]):
     traceback would keep the request's frames alive); any other failure (GitLab down) reaches
     every waiter and is not cached.
     Waiters that give up do not cancel the shared load unless all give up.
+
+    Bounded by entries (``maxsize``), and with ``size_of`` by bytes too (``max_bytes``): each
+    value then weighs its size, at least ``max_bytes / maxsize``, so both bounds hold; a value
+    larger than ``max_bytes`` is answered but not kept. Expired entries go at the next
+    insertion, or at once with ``expire()`` (the pipeline's sweep calls it every second).
     """
 
     def __init__(
@@ -60,11 +65,15 @@ class SingleFlightCache(Generic[K, V]):
         negative_ttl: float = 0.0,
         cache_error: Callable[[BaseException], bool] = lambda exc: False,
         timer: Callable[[], float] = time.monotonic,
+        size_of: Callable[[V], int] | None = None,
+        max_bytes: int = 0,
     ) -> None:
         self._ttl = ttl
         self._timer = timer
+        self._size_of = size_of
+        self._capacity = max_bytes if size_of is not None else maxsize
         #: each value with the moment it expires
-        self._values: TTLCache[K, tuple[V, float]] | None = TTLCache(maxsize, ttl, timer) if ttl > 0 else None
+        self._values: TTLCache[K, tuple[V, float]] | None = self._store(maxsize, ttl) if ttl > 0 else None
         self._errors: TTLCache[K, Refusal] | None = TTLCache(maxsize, negative_ttl, timer) if negative_ttl > 0 else None
         self._cache_error = cache_error
         self._negative_ttl = negative_ttl
@@ -80,10 +89,23 @@ class SingleFlightCache(Generic[K, V]):
         self._shared = (shared, SharePolicy(namespace, codec, self._ttl, self._negative_ttl, self._cache_error))
         local = min(self._ttl, local_ttl)
         if self._values is not None:
-            self._values = TTLCache(self._values.maxsize, local, self._timer)
+            self._values = self._store(self._entries, local)
             self._local_ttl = local
         if self._errors is not None:
             self._errors = TTLCache(self._errors.maxsize, min(self._errors.ttl, local_ttl), self._timer)
+
+    def _store(self, maxsize: int, ttl: float) -> TTLCache[K, tuple[V, float]]:
+        """The values' table: by entries, or (with ``size_of``) by bytes with a floor per entry."""
+        self._entries = maxsize
+        size_of = self._size_of
+        if size_of is None:
+            return TTLCache(maxsize, ttl, self._timer)
+        floor = max(1, self._capacity // maxsize)
+
+        def weight(entry: tuple[V, float]) -> int:
+            return max(floor, size_of(entry[0]))
+
+        return TTLCache(self._capacity, ttl, self._timer, getsizeof=weight)
 
     def expire(self) -> None:
         """Drop every expired entry now (a sweep; lookups alone would leave them until the next insertion)."""
@@ -118,6 +140,9 @@ class SingleFlightCache(Generic[K, V]):
             raise
         finally:
             waiters[0] -= 1
+            # the load's error passes through this frame, which would otherwise hold the task that holds the
+            # error: a cycle keeping every caller's frames (and request bodies) until the cyclic collector runs
+            task = flight = None  # type: ignore[assignment]
 
     async def _load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         try:
@@ -132,6 +157,6 @@ class SingleFlightCache(Generic[K, V]):
             raise
         finally:
             self._in_flight.pop(key, None)
-        if self._values is not None:
+        if self._values is not None and (self._size_of is None or self._size_of(value) <= self._capacity):
             self._values[key] = (value, self._timer() + self._local_ttl)
         return value

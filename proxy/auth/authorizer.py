@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 import time
 from collections.abc import Callable
@@ -53,7 +54,12 @@ class Authorizer(Protocol):
 
     async def mint_token(self, credential: Credential, grant: Grant) -> str: ...
 
+    def expire(self) -> None:
+        """Drop every expired answer now (called by the pipeline's sweep)."""
 
+
+#: remembered grants looked at per sweep at most (the sweep stops at the first one still good)
+SWEEP_GRANTS = 1000
 _READ_SCOPES = frozenset({"api", "read_api"})
 #: a session carries no scopes: it may do what its user may do
 _SESSION_SCOPES = _READ_SCOPES
@@ -181,6 +187,16 @@ class GitLabAuthorizer:
         """Who the credential belongs to (GitLab's answer, cached as for authorisations); 401 if nobody."""
         caller, _ = await self._callers.get(credential.key, lambda: self._load_caller(credential))
         return caller
+
+    def expire(self) -> None:
+        """Expired GitLab answers and refusals dropped; the oldest remembered grants pruned while expired."""
+        for cache in (self._callers, self._csrf, self._projects, self._members):
+            cache.expire()
+        now, grants = self._timer(), self._grants
+        for key in list(itertools.islice(grants, SWEEP_GRANTS)):  # oldest first, a bounded number per sweep
+            if grants[key][1] > now:
+                break
+            del grants[key]
 
     def _remember(self, memo_key: tuple[str, str | None, str, str], grant: Grant) -> None:
         key, csrf_key, project_ref, _ = memo_key

@@ -112,6 +112,9 @@ class DevTokenAuthorizer:
             raise unauthorized()
         return found
 
+    def expire(self) -> None:
+        """Nothing to expire: the tokens are a file read at start-up."""
+
     async def authorize(self, credential: Credential, project_ref: str, method: str) -> Grant:
         entry = self._find(credential)
         project_ref = check_project_ref(project_ref)

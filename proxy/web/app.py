@@ -49,6 +49,11 @@ async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with app[PIPELINE].sweeping():
+        yield
+
+
 def create_app(settings: Settings, metrics_folder: Path | None = None) -> web.Application:
     """The proxy as an aiohttp application; upstream clients open on start-up and close on clean-up.
 
@@ -60,6 +65,7 @@ def create_app(settings: Settings, metrics_folder: Path | None = None) -> web.Ap
     app.cleanup_ctx.append(_redis_ctx)  # before the caches that share through it
     app.cleanup_ctx.append(_cube_ctx)
     app.cleanup_ctx.append(_gitlab_ctx)
+    app.cleanup_ctx.append(_sweep_ctx)
     setup_routes(app)
     setup_templates(app)
     setup_explorer(app, settings)
