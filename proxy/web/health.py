@@ -7,6 +7,8 @@ import gc
 import ipaddress
 import os
 import sys
+import time
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -31,22 +33,51 @@ def from_loopback(request: web.Request) -> bool:
         return False
 
 
+#: seconds between two full collections asked for through ``/-/runtime?collect=1`` (each holds the loop)
+COLLECT_EVERY = 5.0
+
+
+@dataclass
+class Collections:
+    """When this worker last ran a full collection for ``/-/runtime``, and the live blocks it left."""
+
+    at: float = -COLLECT_EVERY
+    blocks: int = 0
+
+
+RUNTIME = web.AppKey("runtime", Collections)
+
+
 async def runtime(request: web.Request) -> web.Response:
     """This worker's process id, asyncio tasks, Cube connections and live Python objects, to loopback callers
-    only (404 to others); ``?collect=1`` runs a full garbage collection first, so what is left is what is held.
+    only (404 to others).
 
-    What ``make soak`` watches for leaks; no setting, secret or caller data is in it.
+    ``?collect=1`` runs a full garbage collection first, so what is left is what is held; a
+    collection holds the event loop (a large heap: half a second), so one runs at most every
+    ``COLLECT_EVERY`` seconds, and a call in between is answered with the blocks the last one
+    left (``collected`` false, ``collected_seconds_ago`` its age). What ``make soak`` watches
+    for leaks; no setting, secret or caller data is in it.
     """
     if not from_loopback(request):
         raise web.HTTPNotFound()
+    blocks = sys.getallocatedblocks()
+    collected: dict[str, object] = {}
     if request.query.get("collect") == "1":
-        gc.collect()
+        last = request.app[RUNTIME]
+        now = time.monotonic()
+        ran = now - last.at >= COLLECT_EVERY
+        if ran:
+            gc.collect()
+            last.at, last.blocks = now, sys.getallocatedblocks()
+        blocks = last.blocks
+        collected = {"collected": ran, "collected_seconds_ago": round(now - last.at, 3)}
     pools = request.app[PIPELINE].cube_http.pools()
     return web.json_response(
         {
+            **collected,
             "pid": os.getpid(),
             "tasks": len(asyncio.all_tasks()),
-            "python_blocks": sys.getallocatedblocks(),
+            "python_blocks": blocks,
             "cube_connections": {
                 "open": sum(pool.open_connections for pool in pools),
                 "idle": sum(pool.idle_connections for pool in pools),
@@ -56,6 +87,7 @@ async def runtime(request: web.Request) -> web.Response:
 
 
 def setup_health(app: web.Application) -> None:
+    app[RUNTIME] = Collections()
     app.router.add_get("/-/liveness", liveness, name="health.liveness")
     app.router.add_get("/-/readiness", readiness, name="health.readiness")
     app.router.add_get("/-/runtime", runtime, name="health.runtime")
