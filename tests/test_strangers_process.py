@@ -1,0 +1,160 @@
+"""What a stranger costs a real proxy process (``python -m proxy``): memory, the event loop, bodies in flight.
+
+A stranger is a caller with a made-up token. It is refused before its body is parsed (the
+credential is checked first), its refusal is kept as data, and bodies arriving at once
+are held to a budget: so its requests leave the worker's memory flat, a valid caller on
+another connection keeps its latency, and a crowd of stalled bodies is refused past the
+budget instead of held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from tests.conftest import QUERY, REPORTER
+from tests.test_operations import proxy_process
+
+LOAD = "/api/v4/projects/1/product_analytics/request/load"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no RSS for {pid}")
+
+
+def worker_of(parent: int) -> int:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path, gitlab_url, cube_url, server_section=""):
+    """The proxy with one worker; its stderr read as it comes (a full pipe would stall it); stopped with SIGTERM."""
+    async with proxy_process(tmp_path, gitlab_url, cube_url, server_section=server_section) as (proc, port):
+        lines: list[bytes] = []
+
+        async def drain() -> None:
+            while line := await proc.stderr.readline():
+                lines.append(line)
+
+        reading = asyncio.ensure_future(drain())
+        try:
+            yield port, worker_of(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            await reading
+
+
+async def refused_loads(port: int, n: int, size: int, concurrency: int = 8) -> list[int]:
+    body = b'{"query": {"x": "' + b"y" * (size - 20) + b'"}}'
+    statuses: list[int] = []
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(session: aiohttp.ClientSession, i: int) -> None:
+        async with limit:
+            headers = {"PRIVATE-TOKEN": f"glpat-stranger-{i:012d}", "Content-Type": "application/json"}
+            async with session.post(f"http://127.0.0.1:{port}{LOAD}", data=body, headers=headers) as resp:
+                await resp.read()
+                statuses.append(resp.status)
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(one(session, i) for i in range(n)))
+    return statuses
+
+
+async def test_refused_callers_with_large_bodies_leave_memory_flat(tmp_path, gitlab_url, cube_url, gitlab):
+    async with serving(tmp_path, gitlab_url, cube_url) as (port, worker):
+        assert set(await refused_loads(port, 40, 512 * 1024)) <= {401, 503}  # warm: every code path once
+        before = rss_mb(worker)
+        statuses = await refused_loads(port, 400, 512 * 1024)
+        after = rss_mb(worker)
+        assert set(statuses) <= {401, 503} and statuses.count(401) > 100
+        # 400 refusals of 512 KiB bodies (200 MiB in all) within the negative TTL: nothing of them is kept
+        assert after - before < 8, (before, after)
+
+
+async def test_strangers_nested_bodies_leave_a_valid_callers_latency_alone(tmp_path, gitlab_url, cube_url, cube):
+    unlimited = "[limits]\nrate_limit = 0.0\n"  # the valid caller asks as fast as it is answered
+    async with serving(tmp_path, gitlab_url, cube_url, server_section=unlimited) as (port, _):
+        url = f"http://127.0.0.1:{port}{LOAD}"
+        async with aiohttp.ClientSession() as session:
+
+            async def timed() -> float:
+                started = time.perf_counter()
+                async with session.post(url, json={"query": QUERY}, headers=REPORTER) as resp:
+                    await resp.read()
+                    assert resp.status == 200
+                return time.perf_counter() - started
+
+            for _ in range(20):  # warm: the caller's answers cached, the connection open
+                await timed()
+            strangers = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tests.stranger_load", str(port), "4", "4", "nested",
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                times = []
+                deadline = time.monotonic() + 3.5
+                while time.monotonic() < deadline:
+                    times.append(await timed())
+            finally:
+                out, _ = await asyncio.wait_for(strangers.communicate(), 30)
+        counts = {int(k): v for k, v in json.loads(out).items()}
+        assert sum(counts.values()) >= 40 and set(counts) <= {401, 503}, counts  # they were answered, and refused
+        times.sort()
+        assert times[-1] < 0.05, f"worst {times[-1] * 1000:.1f} ms, p50 {times[len(times) // 2] * 1000:.1f} ms"
+
+
+async def test_stalled_bodies_past_the_budget_are_refused(tmp_path, gitlab_url, cube_url, cube):
+    budget = "[limits]\nbodies_in_flight_bytes = 16777216\nbodies_in_flight_per_client_bytes = 1073741824\n"
+    budget += "body_timeout = 20.0\nrate_limit = 0.0\n"
+    async with serving(tmp_path, gitlab_url, cube_url, server_section=budget) as (port, worker):
+        before = rss_mb(worker)
+        head = (
+            f"POST {LOAD} HTTP/1.1\r\nHost: p\r\nPRIVATE-TOKEN: {REPORTER['PRIVATE-TOKEN']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {1024 * 1024 - 1}\r\n\r\n"
+        ).encode()
+        connections = []
+        try:
+            for _ in range(300):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(head + b'{"query": {"x": "' + b"y" * (256 * 1024))  # and then nothing more
+                connections.append((reader, writer))
+
+            async def answer(reader: asyncio.StreamReader) -> int:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), 10)
+                except TimeoutError:
+                    return 0  # still waiting for its body: within the budget
+                return int(line.split(b" ", 2)[1]) if line else -1
+
+            statuses = await asyncio.gather(*(answer(reader) for reader, _ in connections))
+            held = rss_mb(worker) - before
+        finally:
+            for _, writer in connections:
+                writer.close()
+        # 16 MiB of budget holds 16 bodies of 1 MiB; every other one is refused at once, before it is read
+        assert statuses.count(503) >= 300 - 16, sorted(set(statuses))
+        assert statuses.count(0) <= 16
+        assert held < 100, held
+
+
+def test_the_stranger_load_script_builds_what_it_says():
+    from tests.stranger_load import MIB, body
+
+    nested = body("nested")
+    assert MIB - 300 < len(nested) <= MIB and orjson.loads(nested)["query"]["x"][0][0][0][0] is not None
+    assert MIB - 100 < len(body("flat")) <= MIB
