@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import Executor
 from typing import NamedTuple
 
 import orjson
 
 from proxy.cube.client import Answer, Buffered, CubeClient, Streamed
+from proxy.cube.fill_queue import FillQueue, filled
 from proxy.cube.tenants import Tenant
 from proxy.cube.zerofill import FillPlan, zero_fill
 from proxy.errors import ApiError
@@ -51,14 +51,14 @@ class Forwarder:
         limiter: TenantLimiter,
         continue_wait_budget: float,
         continue_wait_pause: float = 0.5,
-        fill_pool: Executor | None = None,
+        fills: FillQueue | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._cube = cube
         #: each attempt counted by endpoint and outcome, and timed
         self._metrics = metrics if metrics is not None else Metrics()
-        #: where large zero-fills run (a process of its own); None fills here, on the loop
-        self._fill_pool = fill_pool
+        #: where large zero-fills run (a process of their own, a turn per tenant); None fills here, on the loop
+        self._fills = fills
         self._limiter = limiter
         self._budget = continue_wait_budget
         #: the least seconds from one round's start to the next's (a Cube that answers at once is not hammered)
@@ -128,19 +128,14 @@ class Forwarder:
         if call.fill is not None and answer.status == 200 and not answer.continue_wait:
             if answer.parsed is not None and call.fill.days <= FILL_ON_LOOP_DAYS:
                 return Buffered(200, orjson.dumps(zero_fill(call.fill, answer.parsed)), None)
-            return Buffered(200, await self._fill_elsewhere(call.fill, answer.body), None)
+            return Buffered(200, await self._fill_elsewhere(call.tenant, call.fill, answer.body), None)
         return answer
 
-    async def _fill_elsewhere(self, plan: FillPlan, raw: bytes) -> bytes:
-        """Parse, fill and serialise in the fill process: the loop only copies the bytes there and back."""
-        if self._fill_pool is None:
+    async def _fill_elsewhere(self, tenant: Tenant, plan: FillPlan, raw: bytes) -> bytes:
+        """Parse, fill and serialise in the fill process, in the tenant's turn: the loop only copies the bytes."""
+        if self._fills is None:
             return filled(plan, raw)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._fill_pool, filled, plan, raw)
+            return await self._fills.fill(tenant.app_id, plan, raw)
         except orjson.JSONDecodeError:
             raise ApiError(502, {"message": "Cube answered with a body that is not valid JSON"}) from None
-
-
-def filled(plan: FillPlan, raw: bytes) -> bytes:
-    """Cube's answer zero-filled, as bytes (run in the fill process for large answers)."""
-    return orjson.dumps(zero_fill(plan, orjson.loads(raw)))

@@ -23,10 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -38,6 +36,7 @@ from proxy.auth.dev_tokens import DevTokenAuthorizer, load_dev_tokens
 from proxy.auth.gitlab import GitLabClient
 from proxy.background import in_background
 from proxy.cube.client import Buffered, CubeClient
+from proxy.cube.fill_queue import FillProcess, FillQueue
 from proxy.cube.forward import Forwarder, UpstreamCall
 from proxy.cube.readiness import CubeReadiness, cube_urls
 from proxy.cube.signing import Signer
@@ -68,6 +67,8 @@ log = logging.getLogger(__name__)
 
 #: seconds between two sweeps of the caches' expired entries
 SWEEP_SECONDS = 1.0
+#: seconds a fill under way may take to finish at shutdown before its process is ended
+FILL_GRACE_SECONDS = 2.0
 
 
 class ContinueWaitAnswer(Exception):
@@ -135,9 +136,9 @@ class Pipeline:
         self.cube_http = HttpClient(
             limit=cube.pool_size, connect_timeout=cube.connect_timeout, pool_timeout=cube.queue_timeout
         )
-        # large zero-fills are parsed, filled and serialised here, so no request holds the event loop for
-        # them (a spawned process: nothing of this one's loop or sockets is copied into it; started on first use)
-        fill_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        # large zero-fills are parsed, filled and serialised in a process of their own, a turn per tenant
+        fill_process = FillProcess()
+        self.fills = FillQueue(fill_process, cube.fill_queue_bytes)
         self.tenant_cap = TenantLimiter(
             cube.max_concurrent_per_tenant, cube.queue_timeout, self.metrics.tenant_cap_wait
         )
@@ -146,14 +147,14 @@ class Pipeline:
             self.tenant_cap,
             cube.continue_wait_budget,
             cube.continue_wait_pause,
-            fill_pool,
+            self.fills,
             self.metrics,
         )
         self.readiness = CubeReadiness(cube_urls(self.settings), cube.readiness_ttl)
         try:
             yield
         finally:
-            fill_pool.shutdown(wait=False, cancel_futures=True)
+            await fill_process.close(FILL_GRACE_SECONDS)
             await self.coalescer.close()
             await self.cube_http.close()
             await self.readiness.close()

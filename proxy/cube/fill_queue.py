@@ -1,0 +1,131 @@
+"""Large zero-fills, off the event loop and fair between tenants: a process of their own, a turn per tenant,
+and a budget of bytes waiting.
+
+- ``FillProcess``: one spawned process (started on first use) parses, fills and serialises
+  answers too large for the loop. ``close(grace)`` lets a fill under way finish within
+  ``grace`` seconds, then terminates the process: a worker never waits on it at exit.
+- ``FillQueue``: a tenant's fills queue behind its own, not everyone's (one turn per tenant,
+  first come first served within it), so the process takes the tenants' fills in turn; the
+  bytes of answers waiting or being filled have a budget (``[cube] fill_queue_bytes``), past
+  which a fill is refused 503 with ``Retry-After`` rather than held. The per-tenant table
+  holds one entry per tenant with a fill waiting or under way.
+
+Memory for fills, per worker: at most ``fill_queue_bytes`` of raw answers here, and one
+answer at a time in the fill process (its parse is some times its size).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+from collections.abc import AsyncIterator
+from multiprocessing.pool import Pool
+from typing import Any
+
+import orjson
+
+from proxy.cube.zerofill import FillPlan, zero_fill
+from proxy.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+def filled(plan: FillPlan, raw: bytes) -> bytes:
+    """Cube's answer zero-filled, as bytes (what the fill process runs)."""
+    return orjson.dumps(zero_fill(plan, orjson.loads(raw)))
+
+
+class FillProcess:
+    """One spawned process for large fills, started on first use, stopped within a deadline."""
+
+    def __init__(self) -> None:
+        self._pool: Pool | None = None
+        #: fills sent and not yet answered (each is failed if the process is ended first)
+        self._pending: set[asyncio.Future[bytes]] = set()
+
+    async def run(self, plan: FillPlan, raw: bytes) -> bytes:
+        if self._pool is None:
+            # spawned: nothing of this process's loop or sockets is copied into it
+            self._pool = multiprocessing.get_context("spawn").Pool(1)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bytes] = loop.create_future()
+
+        def settle(result: Any) -> None:
+            loop.call_soon_threadsafe(_settle, done, result)
+
+        self._pending.add(done)
+        try:
+            self._pool.apply_async(filled, (plan, raw), callback=settle, error_callback=settle)
+            return await done
+        finally:
+            self._pending.discard(done)
+
+    async def close(self, grace: float) -> None:
+        """Let a fill under way finish for ``grace`` seconds, then end the process; returns when it is gone."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool.close()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(pool.join), grace)
+        except TimeoutError:
+            log.warning("the fill process did not finish within %g s; ending it", grace, extra={"event": "fill_ended"})
+            await asyncio.to_thread(pool.terminate)
+        for done in self._pending:
+            _settle(done, ApiError(503, {"message": "The proxy is shutting down; retry"}, {"Retry-After": "1"}))
+
+
+def _settle(done: asyncio.Future[bytes], result: Any) -> None:
+    if done.done():
+        return  # the caller went away
+    if isinstance(result, BaseException):
+        done.set_exception(result)
+    else:
+        done.set_result(result)
+
+
+def fills_busy() -> ApiError:
+    return ApiError(
+        503, {"message": "Too many large answers are being filled at once; retry shortly"}, {"Retry-After": "1"}
+    )
+
+
+class FillQueue:
+    """Fills in the fill process, one turn per tenant, within a budget of bytes waiting or being filled."""
+
+    def __init__(self, process: FillProcess, max_bytes: int) -> None:
+        self._process = process
+        self.max_bytes = max_bytes
+        #: bytes of answers waiting or being filled
+        self.held = 0
+        #: each tenant with a fill waiting or under way: its turn, and how many hold or wait for it
+        self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    async def fill(self, tenant: str, plan: FillPlan, raw: bytes) -> bytes:
+        size = len(raw)
+        if self.held + size > self.max_bytes:
+            raise fills_busy()
+        self.held += size
+        try:
+            async with self._turn(tenant):
+                return await self._process.run(plan, raw)
+        finally:
+            self.held -= size
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, tenant: str) -> AsyncIterator[None]:
+        lock, users = self._turns.get(tenant) or self._turns.setdefault(tenant, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._turns[tenant]
+
+    def waiting(self) -> dict[str, int]:
+        """Fills waiting or under way, by tenant (for tests and the status page)."""
+        return {tenant: users[0] for tenant, (_, users) in self._turns.items()}
