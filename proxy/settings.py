@@ -155,8 +155,9 @@ class CubeSettings:
     buffer_limit: int = 256 * 1024
     #: the largest answer read whole although large (meta, which is cached, and zero-filled loads); 502 above.
     max_whole_bytes: int = 64 * 1024 * 1024
-    #: bytes of large answers waiting for the fill process or being filled (503 past it)
-    fill_queue_bytes: int = 256 * 1024 * 1024
+    #: bytes of answers read whole (meta, zero-fills) held at once, from their first byte read until they are
+    #: filled or cached (taken from Cube's Content-Length before reading: 503 past it, nothing read)
+    whole_answers_bytes: int = 256 * 1024 * 1024
     #: open connections per Cube origin; more calls wait for one, up to queue_timeout.
     pool_size: int = 256
     #: seconds a readiness probe's answer is reused (probes use their own few connections).
@@ -366,7 +367,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
         "[cube] meta_cache_bytes": s.cube.meta_cache_bytes,
         "[cube] buffer_limit": s.cube.buffer_limit,
         "[cube] max_whole_bytes": s.cube.max_whole_bytes,
-        "[cube] fill_queue_bytes": s.cube.fill_queue_bytes,
+        "[cube] whole_answers_bytes": s.cube.whole_answers_bytes,
         "[cube] pool_size": s.cube.pool_size,
         "[limits] max_body_bytes": s.limits.max_body_bytes,
         "[limits] max_json_depth": s.limits.max_json_depth,

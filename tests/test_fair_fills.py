@@ -4,9 +4,13 @@ that is gone within its grace at shutdown. Run through both doors, with the real
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import sys
 import time
+from pathlib import Path
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -63,7 +67,7 @@ async def test_a_tenants_fills_queue_behind_its_own_not_everyones(make_client, s
     await asyncio.gather(*first, second)
     # one FIFO for everyone would put project 2 last (7th); in turns it is next after the fill under way
     assert finished.index(2) <= 2, finished
-    assert fills.waiting() == {} and fills.held == 0
+    assert fills.waiting() == {} and client.app[PIPELINE].whole_answers.held == 0
 
 
 async def test_large_answers_past_the_fill_budget_are_refused_not_held(make_client, make_settings, cube):
@@ -79,7 +83,7 @@ async def test_large_answers_past_the_fill_budget_are_refused_not_held(make_clie
         return web.Response(body=raw, content_type="application/json")
 
     cube.behaviour = together
-    client = await make_client(make_settings(cube={"fill_queue_bytes": len(raw) * 3 // 2}))
+    client = await make_client(make_settings(cube={"whole_answers_bytes": len(raw) * 3 // 2}))
 
     async def one(limit: int) -> tuple[int, str | None]:
         resp = await client.post(LOAD.format(1), json={"query": long_query(limit)}, headers=REPORTER)
@@ -88,7 +92,7 @@ async def test_large_answers_past_the_fill_budget_are_refused_not_held(make_clie
 
     answers = sorted(await asyncio.gather(*(one(50_000 - i) for i in range(3))))
     assert answers == [(200, None), (503, "1"), (503, "1")]
-    assert client.app[PIPELINE].fills.held == 0
+    assert client.app[PIPELINE].whole_answers.held == 0
 
 
 async def test_the_fill_process_is_ended_within_its_grace_and_waiters_are_answered():
@@ -108,3 +112,80 @@ async def test_the_fill_process_is_ended_within_its_grace_and_waiters_are_answer
     assert done, "a fill cut off by the shutdown is answered, never left waiting"
     failure = running.exception()
     assert failure is None or getattr(failure, "status", None) == 503
+
+
+@contextlib.asynccontextmanager
+async def cube_elsewhere(rows: int):
+    """The fake Cube in a process of its own (``tests/fakes/cube_process.py``): its URL."""
+    from stack.localstack import free_port
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fakes.cube_process", str(port), str(rows), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert b"listening" in await asyncio.wait_for(proc.stdout.readline(), 30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+async def fills_beside_plain_loads(port: int, worker: int) -> tuple[list[int], list[float], float, float]:
+    """32 large fills of project 1 at once, and project 2's plain loads one after another until they end: the
+    fills' statuses, the plain loads' times (as this test sees them), and the memory of the worker and its fill
+    process before and at their peak (MB)."""
+    from tests.test_process_tree_exits import descendants
+    from tests.test_strangers_process import rss_mb
+
+    def memory() -> float:
+        return sum(rss_mb(pid) for pid in {worker, *descendants(worker)} if Path(f"/proc/{pid}").exists())
+
+    async with aiohttp.ClientSession() as session:
+
+        async def load(project: int, query: dict) -> tuple[int, float]:
+            started = time.perf_counter()
+            url = f"http://127.0.0.1:{port}{LOAD.format(project)}"
+            async with session.post(url, json={"query": query}, headers=REPORTER) as resp:
+                await resp.read()
+                return resp.status, time.perf_counter() - started
+
+        assert (await load(1, long_query(1)))[0] == 200  # the fill process started
+        assert (await load(2, {"measures": ["TrackedEvents.count"]}))[0] == 200  # project 2's grant cached
+        before = peak = memory()
+        fills = [asyncio.ensure_future(load(1, long_query(50_000 - i))) for i in range(32)]
+        plain: list[float] = []
+        while not all(f.done() for f in fills):
+            status, seconds = await load(2, {"measures": ["TrackedEvents.count"]})
+            assert status == 200
+            plain.append(seconds)
+            peak = max(peak, memory())
+        return [f.result()[0] for f in fills], plain, before, peak
+
+
+async def test_concurrent_large_fills_bound_memory_and_leave_another_tenant_served(gitlab_url, tmp_path):
+    """32 large fills (17 MB answers) of one tenant at once: the worker and its fill process stay within the
+    budget's bound, and another tenant's plain load keeps being answered quickly (it took p99 785 ms)."""
+    from tests.test_strangers_process import serving
+
+    async with (
+        cube_elsewhere(100_000) as large,  # project 1's Cube, answering 17 MB
+        cube_elsewhere(1) as other,  # project 2's own Cube: a delay in its answers is the proxy's
+    ):
+        budget = {
+            "server_section": "[limits]\nrate_limit = 0.0\n",
+            "cube_section": f'whole_answers_bytes = 67108864\n[projects.2]\ncube_api_base_url = "{other}"\n',
+        }
+        async with serving(tmp_path, gitlab_url, large, **budget) as (port, worker, access):
+            statuses, plain, before, peak = await fills_beside_plain_loads(port, worker)
+    # the proxy's own account of each plain load (the test's own clock adds its loop's delays: it reads 17 MB answers)
+    entries = [e for e in access() if e["project"] == 2][1:]  # less the warm-up
+    worst = max(entries, key=lambda e: e["duration_ms"])
+    print(
+        f"plain loads {len(entries)}: worst {worst['duration_ms']:.0f} ms in the proxy, {max(plain) * 1000:.0f} ms"
+        f" seen here; fills {statuses.count(200)} ok, {statuses.count(503)} refused;"
+        f" memory {before:.0f} -> {peak:.0f} MB"
+    )
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 3
+    assert worst["duration_ms"] < 150, {k: worst[k] for k in ("duration_ms", "cube_ms", "cache", "status")}
+    assert peak - before < 400, (before, peak)

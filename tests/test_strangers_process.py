@@ -40,18 +40,24 @@ def worker_of(parent: int) -> int:
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path, gitlab_url, cube_url, server_section=""):
-    """The proxy with one worker; its stderr read as it comes (a full pipe would stall it); stopped with SIGTERM."""
-    async with proxy_process(tmp_path, gitlab_url, cube_url, server_section=server_section) as (proc, port):
+async def serving(tmp_path, gitlab_url, cube_url, server_section="", cube_section=""):
+    """The proxy with one worker; its stderr read as it comes (a full pipe would stall it), each access line kept
+    (``access``: the proxy's own account of each request); stopped with SIGTERM."""
+    async with proxy_process(
+        tmp_path, gitlab_url, cube_url, server_section=server_section, cube_section=cube_section
+    ) as (proc, port):
         lines: list[bytes] = []
 
         async def drain() -> None:
             while line := await proc.stderr.readline():
                 lines.append(line)
 
+        def access() -> list[dict]:
+            return [entry for line in lines if (entry := orjson.loads(line)).get("event") == "request"]
+
         reading = asyncio.ensure_future(drain())
         try:
-            yield port, worker_of(proc.pid)
+            yield port, worker_of(proc.pid), access
         finally:
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 30) == 0
@@ -76,7 +82,7 @@ async def refused_loads(port: int, n: int, size: int, concurrency: int = 8) -> l
 
 
 async def test_refused_callers_with_large_bodies_leave_memory_flat(tmp_path, gitlab_url, cube_url, gitlab):
-    async with serving(tmp_path, gitlab_url, cube_url) as (port, worker):
+    async with serving(tmp_path, gitlab_url, cube_url) as (port, worker, _):
         assert set(await refused_loads(port, 40, 512 * 1024)) <= {401, 503}  # warm: every code path once
         before = rss_mb(worker)
         statuses = await refused_loads(port, 400, 512 * 1024)
@@ -88,7 +94,7 @@ async def test_refused_callers_with_large_bodies_leave_memory_flat(tmp_path, git
 
 async def test_strangers_nested_bodies_leave_a_valid_callers_latency_alone(tmp_path, gitlab_url, cube_url, cube):
     unlimited = "[limits]\nrate_limit = 0.0\n"  # the valid caller asks as fast as it is answered
-    async with serving(tmp_path, gitlab_url, cube_url, server_section=unlimited) as (port, _):
+    async with serving(tmp_path, gitlab_url, cube_url, server_section=unlimited) as (port, _, _):
         url = f"http://127.0.0.1:{port}{LOAD}"
         async with aiohttp.ClientSession() as session:
 
@@ -121,7 +127,7 @@ async def test_strangers_nested_bodies_leave_a_valid_callers_latency_alone(tmp_p
 async def test_stalled_bodies_past_the_budget_are_refused(tmp_path, gitlab_url, cube_url, cube):
     budget = "[limits]\nbodies_in_flight_bytes = 16777216\nbodies_in_flight_per_client_bytes = 1073741824\n"
     budget += "body_timeout = 20.0\nrate_limit = 0.0\n"
-    async with serving(tmp_path, gitlab_url, cube_url, server_section=budget) as (port, worker):
+    async with serving(tmp_path, gitlab_url, cube_url, server_section=budget) as (port, worker, _):
         before = rss_mb(worker)
         head = (
             f"POST {LOAD} HTTP/1.1\r\nHost: p\r\nPRIVATE-TOKEN: {REPORTER['PRIVATE-TOKEN']}\r\n"

@@ -23,6 +23,7 @@ from proxy.http_client import (
     Response,
     UpstreamError,
 )
+from proxy.limits.byte_budget import ByteBudget
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class Buffered:
     #: the body parsed, when it was (data a caller-side step may still transform).
     parsed: Any = None
     continue_wait: bool = False
+    #: bytes of the client's whole-answers budget this answer holds (read whole); its user gives them back
+    held: int = 0
 
 
 @dataclass
@@ -120,13 +123,21 @@ class CubeClient:
     """Calls to every Cube over one lean keep-alive client; no caller header ever reaches it."""
 
     def __init__(
-        self, http: HttpClient, read_timeout: float, buffer_limit: int, max_whole: int = 128 * 1024 * 1024
+        self,
+        http: HttpClient,
+        read_timeout: float,
+        buffer_limit: int,
+        max_whole: int = 64 * 1024 * 1024,
+        whole_budget: ByteBudget | None = None,
     ) -> None:
         self._http = http
         self.read_timeout = read_timeout
         self._buffer_limit = buffer_limit
         #: a body read whole although large (meta, the zero-fill) may not exceed this
         self._max_whole = max_whole
+        #: bytes of such bodies held at once, taken before the first byte is read (its Content-Length, or
+        #: max_whole when Cube sends none) and held until the answer's user gives them back (``Buffered.held``)
+        self.whole_budget = whole_budget if whole_budget is not None else ByteBudget(1 << 62, "")
 
     async def call(
         self,
@@ -166,16 +177,26 @@ class CubeClient:
             raise
 
     async def _read_whole(self, response: Response) -> bytes:
-        """A large body read whole (meta, the zero-fill): bounded in size, and in time as a whole.
+        """A large body read whole (meta, the zero-fill): within the whole-answers budget, bounded in size, and
+        in time as a whole; its bytes stay taken from the budget (the caller gives them back).
 
         ``read_timeout`` bounds each gap; a peer trickling a byte at a time could still hold
         the call for ever, so the whole body must also arrive within one full ``read_timeout``.
         """
+        length = response.content_length
+        reserved = self._max_whole if length is None else min(length, self._max_whole + 1)
+        self.whole_budget.take(reserved)  # 503 past the budget, before a byte is read
         try:
             async with asyncio.timeout(self.read_timeout):
-                return await _read_bounded(response, self._max_whole, "Cube's answer")
+                raw = await _read_bounded(response, self._max_whole, "Cube's answer")
         except TimeoutError:
+            self.whole_budget.give(reserved)
             raise upstream_fault(504, f"Cube did not send its whole answer within {self.read_timeout:g} s") from None
+        except BaseException:
+            self.whole_budget.give(reserved)
+            raise
+        self.whole_budget.give(reserved - len(raw))
+        return raw
 
     async def _classify(self, response: Response, need_whole: bool, parse: bool) -> Answer:
         length = response.content_length
@@ -187,7 +208,13 @@ class CubeClient:
                 return classify_body(await response.read(), parse)
             if need_whole:
                 raw = await self._read_whole(response)
-                return classify_body(raw, parse and len(raw) <= PARSE_ON_LOOP_BYTES)
+                try:
+                    answer = classify_body(raw, parse and len(raw) <= PARSE_ON_LOOP_BYTES)
+                except BaseException:
+                    self.whole_budget.give(len(raw))
+                    raise
+                answer.held = len(raw)
+                return answer
             prefix = await _read_prefix(response)
             if response.at_eof():
                 return classify_body(prefix, parse)  # the whole body arrived with the prefix

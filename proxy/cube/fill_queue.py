@@ -1,17 +1,16 @@
-"""Large zero-fills, off the event loop and fair between tenants: a process of their own, a turn per tenant,
-and a budget of bytes waiting.
+"""Large zero-fills, off the event loop and fair between tenants: a process of their own and a turn per tenant.
 
 - ``FillProcess``: one spawned process (started on first use) parses, fills and serialises
   answers too large for the loop. ``close(grace)`` lets a fill under way finish within
   ``grace`` seconds, then terminates the process: a worker never waits on it at exit.
 - ``FillQueue``: a tenant's fills queue behind its own, not everyone's (one turn per tenant,
-  first come first served within it), so the process takes the tenants' fills in turn; the
-  bytes of answers waiting or being filled have a budget (``[cube] fill_queue_bytes``), past
-  which a fill is refused 503 with ``Retry-After`` rather than held. The per-tenant table
-  holds one entry per tenant with a fill waiting or under way.
+  first come first served within it), so the process takes the tenants' fills in turn. The
+  per-tenant table holds one entry per tenant with a fill waiting or under way.
 
-Memory for fills, per worker: at most ``fill_queue_bytes`` of raw answers here, and one
-answer at a time in the fill process (its parse is some times its size).
+Memory for fills, per worker: the raw answers waiting here are held to the Cube client's
+whole-answers budget (``[cube] whole_answers_bytes``: taken before an answer's first byte
+is read, given back once it is filled), and the fill process works on one at a time (its
+parse is some times the answer's size).
 """
 
 from __future__ import annotations
@@ -86,33 +85,17 @@ def _settle(done: asyncio.Future[bytes], result: Any) -> None:
         done.set_result(result)
 
 
-def fills_busy() -> ApiError:
-    return ApiError(
-        503, {"message": "Too many large answers are being filled at once; retry shortly"}, {"Retry-After": "1"}
-    )
-
-
 class FillQueue:
-    """Fills in the fill process, one turn per tenant, within a budget of bytes waiting or being filled."""
+    """Fills in the fill process, one turn per tenant."""
 
-    def __init__(self, process: FillProcess, max_bytes: int) -> None:
+    def __init__(self, process: FillProcess) -> None:
         self._process = process
-        self.max_bytes = max_bytes
-        #: bytes of answers waiting or being filled
-        self.held = 0
         #: each tenant with a fill waiting or under way: its turn, and how many hold or wait for it
         self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     async def fill(self, tenant: str, plan: FillPlan, raw: bytes) -> bytes:
-        size = len(raw)
-        if self.held + size > self.max_bytes:
-            raise fills_busy()
-        self.held += size
-        try:
-            async with self._turn(tenant):
-                return await self._process.run(plan, raw)
-        finally:
-            self.held -= size
+        async with self._turn(tenant):
+            return await self._process.run(plan, raw)
 
     @contextlib.asynccontextmanager
     async def _turn(self, tenant: str) -> AsyncIterator[None]:

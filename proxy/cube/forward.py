@@ -102,7 +102,10 @@ class Forwarder:
                 )
                 release()
                 if attempt > 1 and exc.status == 504 and last is not None:
+                    self._let_go(last)
                     return last
+                if last is not None:
+                    self._let_go(last)
                 raise
             except BaseException:
                 release()
@@ -120,16 +123,29 @@ class Forwarder:
             release()
             if not answer.continue_wait or deadline - time.monotonic() <= 0:
                 break
+            if last is not None:
+                self._let_go(last)
             last = answer
             log.debug("continue wait", extra={"event": "continue_wait", "attempt": attempt})
             wait = min(started + self._pause, deadline) - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)  # the pause itself, not a synchronisation
-        if call.fill is not None and answer.status == 200 and not answer.continue_wait:
-            if answer.parsed is not None and call.fill.days <= FILL_ON_LOOP_DAYS:
-                return Buffered(200, orjson.dumps(zero_fill(call.fill, answer.parsed)), None)
-            return Buffered(200, await self._fill_elsewhere(call.tenant, call.fill, answer.body), None)
-        return answer
+        if last is not None and last is not answer:
+            self._let_go(last)
+        try:
+            if call.fill is not None and answer.status == 200 and not answer.continue_wait:
+                if answer.parsed is not None and call.fill.days <= FILL_ON_LOOP_DAYS:
+                    return Buffered(200, orjson.dumps(zero_fill(call.fill, answer.parsed)), None)
+                return Buffered(200, await self._fill_elsewhere(call.tenant, call.fill, answer.body), None)
+            return answer
+        finally:
+            self._let_go(answer)  # what the caller gets is its own bytes now (a fill's, or the meta cache's)
+
+    def _let_go(self, answer: Buffered) -> None:
+        """Give back the whole-answers budget an answer held from its first byte (read whole: meta, a fill)."""
+        if answer.held:
+            self._cube.whole_budget.give(answer.held)
+            answer.held = 0
 
     async def _fill_elsewhere(self, tenant: Tenant, plan: FillPlan, raw: bytes) -> bytes:
         """Parse, fill and serialise in the fill process, in the tenant's turn: the loop only copies the bytes."""

@@ -45,6 +45,7 @@ from proxy.cube.zerofill import fill_plan
 from proxy.errors import ApiError, CallerStalled, not_enabled, rate_limited
 from proxy.http_client import HttpClient
 from proxy.limits.body_budget import BodyBudget
+from proxy.limits.byte_budget import ByteBudget
 from proxy.limits.caller_rate import RateLimiter
 from proxy.limits.overload import LoadShedder
 from proxy.limits.tenant_cap import TenantLimiter
@@ -138,12 +139,16 @@ class Pipeline:
         )
         # large zero-fills are parsed, filled and serialised in a process of their own, a turn per tenant
         fill_process = FillProcess()
-        self.fills = FillQueue(fill_process, cube.fill_queue_bytes)
+        self.fills = FillQueue(fill_process)
+        #: bytes of answers read whole (meta, zero-fills) held at once, from their first byte until done
+        self.whole_answers = ByteBudget(
+            cube.whole_answers_bytes, "Too many large answers are being read or filled at once; retry shortly"
+        )
         self.tenant_cap = TenantLimiter(
             cube.max_concurrent_per_tenant, cube.queue_timeout, self.metrics.tenant_cap_wait
         )
         self.forwarder = Forwarder(
-            CubeClient(self.cube_http, cube.read_timeout, cube.buffer_limit, cube.max_whole_bytes),
+            CubeClient(self.cube_http, cube.read_timeout, cube.buffer_limit, cube.max_whole_bytes, self.whole_answers),
             self.tenant_cap,
             cube.continue_wait_budget,
             cube.continue_wait_pause,
