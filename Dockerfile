@@ -16,7 +16,9 @@ RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r /tmp/
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY proxy ./proxy
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps .
+# the revision in the package too: /-/metrics' build_info names it
+ARG REVISION=unknown
+RUN printf '%s\n' "${REVISION}" > proxy/REVISION && /opt/venv/bin/pip install --no-cache-dir --no-deps .
 
 FROM python:3.11-slim
 ARG VERSION=0.0.0

@@ -313,7 +313,7 @@ async def test_gitlab_5xx_and_429_are_recorded_as_such(make_client, settings, gi
     resp = await proxy.post(LOAD, json={"query": QUERY}, headers=REPORTER)
     assert resp.status == 503 and resp.headers["Retry-After"]
     found = samples(await (await proxy.get("/-/metrics")).text())
-    assert value(found, "pa_proxy_gitlab_calls_total", endpoint="user", status=str(answer)) == 1
+    assert value(found, "pa_proxy_gitlab_calls_total", endpoint="user", code=str(answer)) == 1
     events = {(getattr(r, "event", None), getattr(r, "status", None)) for r in caplog.records}
     if answer == "unreachable":
         assert ("gitlab_unreachable", None) in events

@@ -7,7 +7,9 @@ Metric values are read back from ``/-/metrics`` as Prometheus reads them
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from typing import Any
 
 import pytest
@@ -56,18 +58,17 @@ async def test_requests_cube_and_gitlab_calls_are_counted(client, cube, gitlab, 
     assert (await client.post(META, json={}, headers=REPORTER)).status == 200
     assert (await load(client, headers={})).status == 401
     found = await scrape(client)
-    assert value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", status="200") == 3
-    assert value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", status="401") == 1
-    assert value(found, "pa_proxy_request_duration_seconds_count", route=LOAD_ROUTE) == 4
+    assert value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", code="200") == 3
+    assert value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", code="401") == 1
+    assert value(found, "pa_proxy_request_duration_seconds_count", route=LOAD_ROUTE, code_class="2xx") == 3
+    assert value(found, "pa_proxy_request_duration_seconds_count", route=LOAD_ROUTE, code_class="4xx") == 1
     assert value(found, "pa_proxy_cube_calls_total", endpoint="load", outcome="data") == 3
     assert value(found, "pa_proxy_cube_calls_total", endpoint="meta", outcome="data") == 1
     assert value(found, "pa_proxy_cube_call_duration_seconds_count", endpoint="load") == 3
     assert value(found, "pa_proxy_meta_cache_total", result="hit") == 1
     assert value(found, "pa_proxy_meta_cache_total", result="miss") == 1
     assert value(found, "pa_proxy_query_callers_total", call="own") == 3
-    assert (
-        value(found, "pa_proxy_gitlab_calls_total", endpoint="user", status="200") == gitlab.calls["/api/v4/user"] == 1
-    )
+    assert value(found, "pa_proxy_gitlab_calls_total", endpoint="user", code="200") == gitlab.calls["/api/v4/user"] == 1
     assert value(found, "pa_proxy_gitlab_call_duration_seconds_count", endpoint="member") == 1
     assert value(found, "pa_proxy_auth_cache_total", result="miss") == 1
     assert value(found, "pa_proxy_auth_cache_total", result="hit") >= 3
@@ -77,7 +78,7 @@ async def test_requests_cube_and_gitlab_calls_are_counted(client, cube, gitlab, 
     # the three loads; meta hands its connection to aiohttp, which then serves the refused load on it too
     assert served == (3 if serving == "fast_lane" else 0)
     build = [k for k in found if k[0] == "pa_proxy_build_info"]
-    assert len(build) == 1 and dict(build[0][1])["version"]
+    assert len(build) == 1 and dict(build[0][1])["version"] and dict(build[0][1])["revision"] == "unknown"
     assert [k for k in found if k[0] == "process_resident_memory_bytes"]
 
 
@@ -221,7 +222,13 @@ async def test_access_lines_carry_what_an_operator_needs(client, cube, access_li
     assert first["client"] == "127.0.0.1" and first["user_agent"] == "dashboards/1.0"
     assert first["bytes"] == len(body) and first["user_id"] == 1 and first["project"] == 1
     assert first["cube_status"] == 200 and first["cube_ms"] >= 0 and first["cache"] == "miss"
-    assert first["trace"] == TRACE and second["trace"] is None
+    trace_id, span_id = TRACE.split("-")[1:3]
+    assert (first["trace_id"], first["span_id"]) == (trace_id, span_id)
+    assert second["trace_id"] is None and second["span_id"] is None
+    assert first["pid"] == os.getpid()
+    assert first["request_bytes"] == len(json.dumps({"query": QUERY}))  # as aiohttp's client sent it
+    assert first["cube"] == client.server.app[PIPELINE].settings.product_analytics.cube_api_base_url
+    assert first["path"] is None  # routed: the route template says where
     assert first["time"].endswith("Z") and len(first["time"]) == len("2026-12-01T19:50:01.123Z")
     # the trace crosses the proxy: Cube got the caller's traceparent, and nothing for an invalid one
     assert cube.calls[0].headers["traceparent"] == TRACE and "traceparent" not in cube.calls[1].headers
@@ -285,7 +292,8 @@ def test_worker_snapshots_add_up_and_a_dead_workers_counts_stay(tmp_path):
     write_snapshot(tmp_path, second)
     merged = merge(read_snapshots(tmp_path), alive=lambda pid: True)
     assert merged["requests"] == [["/r", "POST", 200, 5]] and merged["gauges"]["in_flight"] == 2
-    assert merged["latency"][0][1][1] == 5 and merged["projects"][0][1] == 5
+    assert merged["latency"][0][:2] == ["/r", "2xx"] and merged["latency"][0][2][1] == 5
+    assert merged["projects"][0][1] == 5
     retire(tmp_path, 1001)  # worker 1001 died: its counts move to retired.json, its gauges go
     merged = merge(read_snapshots(tmp_path), alive=lambda pid: pid == 1002)
     assert merged["requests"] == [["/r", "POST", 200, 5]] and merged["gauges"]["in_flight"] == 1

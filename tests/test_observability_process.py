@@ -12,7 +12,7 @@ import aiohttp
 
 from tests.conftest import CUBE_KEY, QUERY, REPORTER
 from tests.test_observability import samples, value
-from tests.test_operations import LOAD, free_port, proxy_process, wait_for_line
+from tests.test_operations import LOAD, free_port, proxy_process, wait_for_line, worker_pids
 
 LOAD_ROUTE = "/api/v4/projects/{project}/product_analytics/request/load"
 
@@ -28,7 +28,7 @@ async def until_counted(session, url, wanted: int, timeout: float = 15.0) -> dic
     deadline = time.monotonic() + timeout
     while True:
         found = await scraped(session, url)
-        got = value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", status="200")
+        got = value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", code="200")
         if got == wanted or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.2)  # polling a record that changes once a second, up to the deadline
@@ -57,24 +57,28 @@ async def test_two_workers_metrics_add_up_and_a_dead_workers_counts_stay(cube, g
                 ) as resp:
                     assert resp.status == 200
             found = await until_counted(session, metrics, sent)
-            assert value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", status="200") == sent
+            assert value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", code="200") == sent
             assert value(found, "pa_proxy_cube_calls_total", endpoint="load", outcome="data") == sent == len(cube.calls)
-            workers = {dict(labels)["pid"] for name, labels in found if name == "process_resident_memory_bytes"}
-            assert len(workers) == 2
+            slots = {dict(labels)["slot"] for name, labels in found if name == "process_resident_memory_bytes"}
+            assert slots == {"0", "1"}  # per worker slot, not per pid: a replaced worker makes no new series
             public = await session.get(f"http://127.0.0.1:{port}/-/metrics")
             assert public.status == 404  # a metrics port takes them off the public listener
             # a worker killed outright: the parent replaces it, and what it counted is still counted
-            victim = int(sorted(workers)[0])
+            victim = sorted(worker_pids(proc.pid))[0]
             os.kill(victim, signal.SIGKILL)
             deadline = time.monotonic() + 20
             while True:
                 found = await scraped(session, metrics)
-                pids = {dict(labels)["pid"] for name, labels in found if name == "process_resident_memory_bytes"}
-                if (len(pids) == 2 and str(victim) not in pids) or time.monotonic() > deadline:
+                replaced = value(found, "pa_proxy_worker_restarts_total", cause="killed") == 1
+                live = worker_pids(proc.pid)
+                shown = {dict(labels)["slot"] for name, labels in found if name == "process_resident_memory_bytes"}
+                if (
+                    replaced and len(live) == 2 and victim not in live and shown == slots
+                ) or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.2)  # polling for the replacement's first snapshot, up to the deadline
-            assert str(victim) not in pids and len(pids) == 2
-            assert value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", status="200") == sent
+            assert replaced and victim not in live and shown == slots  # the replacement took its slot's series
+            assert value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", code="200") == sent
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:

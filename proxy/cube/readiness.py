@@ -34,13 +34,17 @@ class CubeReadiness:
         self._timeout = timeout
         self._http = HttpClient(limit=PROBE_CONNECTIONS, connect_timeout=timeout, pool_timeout=timeout)
         self._answers: SingleFlightCache[str, bool] = SingleFlightCache(max(1, len(urls)), ttl)
+        #: what the last check found, by URL (the metrics' ``cube_up``)
+        self.last: dict[str, bool] = {}
 
     async def check(self) -> dict[str, bool]:
         """Each Cube's URL and whether it answered ``/readyz`` with 200 (at most ``ttl`` s ago)."""
         results = await asyncio.gather(
             *(self._answers.get(url, functools.partial(self._probe, url)) for url in self.urls)
         )
-        return {url: ready for url, (ready, _) in zip(self.urls, results, strict=True)}
+        found = {url: ready for url, (ready, _) in zip(self.urls, results, strict=True)}
+        self.last = found
+        return found
 
     async def _probe(self, url: str) -> bool:
         try:

@@ -195,6 +195,7 @@ def _lane(pipeline: Pipeline, runner: web.AppRunner) -> FastLane:
     assert runner.server is not None, "the runner must be set up first"
     lane = FastLane(pipeline, runner.server)
     pipeline.lane_counts = lambda: (lane.served, lane.handed_over)
+    pipeline.connections = lambda: {"lane": len(lane._connections), "aiohttp": len(lane.aiohttp_server.connections)}
     return lane
 
 
@@ -459,7 +460,7 @@ class _Connection(asyncio.Protocol):
     async def _answer(self, route: str, endpoint: str, project: str, headers: dict[str, str], raw: bytes) -> None:
         """The pipeline's steps, in order (``proxy/pipeline/core.py``); errors become JSON answers; one access line."""
         pipeline = self._lane.pipeline
-        exchange = pipeline.begin("POST", route, headers, self._peer)
+        exchange = pipeline.begin("POST", route, headers, self._peer, length=len(raw))
         status = 500
         try:
             try:
@@ -474,6 +475,9 @@ class _Connection(asyncio.Protocol):
             else:
                 status = 200 if not isinstance(outcome, Buffered) else outcome.status
                 await self._send(outcome, exchange)
+        except asyncio.CancelledError:  # the caller hung up (``connection_lost`` cancels the connection's task)
+            exchange.hung_up = True
+            raise
         finally:
             pipeline.finish(exchange, status)
 

@@ -10,9 +10,6 @@ per address with a body in flight (bounded by the requests in flight).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 from proxy.errors import ApiError
 
 RETRY_AFTER = "1"
@@ -27,7 +24,8 @@ def bodies_busy() -> ApiError:
 
 
 class BodyBudget:
-    """``hold(client, size)`` around a body's read; 503 when it would go past either budget."""
+    """``take(client, size)`` before a body's read, ``give(client, size)`` once it is parsed; ``take`` is a 503
+    when it would go past either budget (plain calls, not a context manager: this is on every request)."""
 
     def __init__(self, total: int, per_client: int) -> None:
         self.total = total
@@ -36,19 +34,17 @@ class BodyBudget:
         self.held = 0
         self._by_client: dict[str | None, int] = {}
 
-    @contextlib.contextmanager
-    def hold(self, client: str | None, size: int) -> Iterator[None]:
+    def take(self, client: str | None, size: int) -> None:
         mine = self._by_client.get(client, 0)
         if self.held + size > self.total or mine + size > self.per_client:
             raise bodies_busy()
         self.held += size
         self._by_client[client] = mine + size
-        try:
-            yield
-        finally:
-            self.held -= size
-            left = self._by_client[client] - size
-            if left:
-                self._by_client[client] = left
-            else:
-                del self._by_client[client]
+
+    def give(self, client: str | None, size: int) -> None:
+        self.held -= size
+        left = self._by_client[client] - size
+        if left:
+            self._by_client[client] = left
+        else:
+            del self._by_client[client]

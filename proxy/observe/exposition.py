@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.observe.metrics import LATENCY_BUCKETS, OTHER_PROJECT
+from proxy.observe.metrics import LAG_BUCKETS, LAG_SAMPLE_SECONDS, LATENCY_BUCKETS, OTHER_PROJECT
 
 PREFIX = "pa_proxy_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -28,15 +28,24 @@ def _counter(name: str, doc: str, labels: list[str], rows: list[list[Any]]) -> C
     return family
 
 
-def _histogram(name: str, doc: str, label: str, rows: list[list[Any]]) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(PREFIX + name, doc, labels=[label])
-    for value, counts, total in rows:
+def _histogram(
+    name: str, doc: str, labels: list[str], rows: list[list[Any]], bounds: tuple[float, ...] = LATENCY_BUCKETS
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(PREFIX + name, doc, labels=labels)
+    for *values, counts, total in rows:
         cumulative, buckets = 0, []
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+        for bound, count in zip((*bounds, float("inf")), counts, strict=True):
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        family.add_metric([str(value)], buckets, total)
+        family.add_metric([str(v) for v in values], buckets, total)
     return family
+
+
+def _answer_class(code: str) -> str:
+    """GitLab's answer as a class: ``unreachable``, ``429`` (throttled), or ``2xx``/``3xx``/``4xx``/``5xx``."""
+    if code in {"unreachable", "429"}:
+        return code
+    return f"{code[:1]}xx"
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -46,26 +55,32 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 class SnapshotCollector(Collector):
     """Yields every family from one merged snapshot (set before each scrape)."""
 
-    def __init__(self, version: str, project_label: bool) -> None:
+    def __init__(self, version: str, project_label: bool, revision: str = "unknown") -> None:
         self.snapshot: dict[str, Any] = {}
         self._version = version
+        self._revision = revision
         self._project_label = project_label
 
     def collect(self) -> Iterator[Metric]:
         s = self.snapshot
         info = GaugeMetricFamily(
-            PREFIX + "build_info", "The proxy's version and what it runs on", labels=["version", "python", "aiohttp"]
+            PREFIX + "build_info",
+            "The proxy's version and revision, and what it runs on",
+            labels=["version", "revision", "python", "aiohttp"],
         )
-        info.add_metric([self._version, platform.python_version(), aiohttp.__version__], 1)
+        info.add_metric([self._version, self._revision, platform.python_version(), aiohttp.__version__], 1)
         yield info
         yield _counter(
             "requests_total",
-            "Requests answered, by route template, method and status",
-            ["route", "method", "status"],
+            "Requests answered, by route template, method and status code (499: the caller went away first)",
+            ["route", "method", "code"],
             s.get("requests", []),
         )
         yield _histogram(
-            "request_duration_seconds", "Time to answer a request, by route template", "route", s.get("latency", [])
+            "request_duration_seconds",
+            "Time to answer a request, by route template and status class",
+            ["route", "code_class"],
+            s.get("latency", []),
         )
         yield _gauge("requests_in_flight", "Requests being answered now", s.get("gauges", {}).get("in_flight", 0))
         yield _counter(
@@ -79,7 +94,10 @@ class SnapshotCollector(Collector):
             s.get("cube_calls", []),
         )
         yield _histogram(
-            "cube_call_duration_seconds", "Time of one call to Cube, by endpoint", "endpoint", s.get("cube_latency", [])
+            "cube_call_duration_seconds",
+            "Time of one call to Cube, by endpoint",
+            ["endpoint"],
+            s.get("cube_latency", []),
         )
         yield _counter(
             "cube_continue_wait_rounds_total",
@@ -101,14 +119,23 @@ class SnapshotCollector(Collector):
         )
         yield _counter(
             "gitlab_calls_total",
-            "Calls to GitLab by endpoint and status",
-            ["endpoint", "status"],
+            "Calls to GitLab by endpoint and GitLab's status code ('unreachable' when it did not answer)",
+            ["endpoint", "code"],
             s.get("gitlab_calls", []),
+        )
+        by_class: dict[str, float] = {}
+        for _, code, count in s.get("gitlab_calls", []):
+            by_class[_answer_class(str(code))] = by_class.get(_answer_class(str(code)), 0) + count
+        yield _counter(
+            "gitlab_answers_total",
+            "GitLab's answers by class: 2xx, 3xx, 4xx, 429 (throttled), 5xx, unreachable",
+            ["class"],
+            [[name, count] for name, count in sorted(by_class.items())],
         )
         yield _histogram(
             "gitlab_call_duration_seconds",
             "Time of one call to GitLab, by endpoint",
-            "endpoint",
+            ["endpoint"],
             s.get("gitlab_latency", []),
         )
         yield _counter(
@@ -128,24 +155,71 @@ class SnapshotCollector(Collector):
         yield waits
         gauges = s.get("gauges", {})
         pool = GaugeMetricFamily(PREFIX + "cube_pool_connections", "Cube client connections by state", labels=["state"])
-        for state in ("open", "idle", "waiting"):
+        for state in ("open", "idle"):
             pool.add_metric([state], gauges.get(f"pool_{state}", 0))
         yield pool
-        lane = CounterMetricFamily(
-            PREFIX + "lane_requests", "Fast lane: requests served, connections handed to aiohttp", labels=["outcome"]
+        yield _gauge(
+            "cube_pool_waiting_callers", "Calls waiting for a connection to Cube", gauges.get("pool_waiting", 0)
         )
-        for outcome in ("served", "handed_over"):
-            lane.add_metric([outcome], gauges.get(f"lane_{outcome}", 0))
-        yield lane
+        connections = GaugeMetricFamily(
+            PREFIX + "open_connections", "Client connections open now, by the front door serving them", labels=["door"]
+        )
+        for door in ("lane", "aiohttp"):
+            connections.add_metric([door], gauges.get(f"connections_{door}", 0))
+        yield connections
+        cube_up = GaugeMetricFamily(
+            PREFIX + "cube_up", "1 while a Cube answers /readyz (as the last readiness probe found)", labels=["cube"]
+        )
+        for url, up in sorted(s.get("cube_up", {}).items()):
+            cube_up.add_metric([url], up)
+        yield cube_up
+        yield _histogram(
+            "event_loop_lag_seconds",
+            f"How late the event loop ran, sampled every {LAG_SAMPLE_SECONDS:g} s",
+            [],
+            [row[1:] for row in s.get("loop_lag", [])],
+            LAG_BUCKETS,
+        )
+        yield _counter(
+            "reloads_total", "SIGHUP reloads by outcome: ok, refused (invalid settings), failed", ["outcome"],
+            s.get("reloads", []),
+        )  # fmt: skip
+        yield _gauge("last_reload_time_seconds", "When the last reload was asked for, in Unix seconds (0: never)",
+                     s.get("last_reload", 0))  # fmt: skip
+        yield _counter(
+            "worker_restarts_total",
+            "Workers replaced by the parent, by cause: killed (a signal), crashed (a status), exited (0)",
+            ["cause"],
+            s.get("worker_restarts", []),
+        )
+        yield _counter(
+            "lane_requests",
+            "Fast lane: requests served, connections handed to aiohttp",
+            ["outcome"],
+            s.get("lane") or [["served", 0], ["handed_over", 0]],
+        )
         if "shared_degraded" in gauges:
             yield _gauge(
                 "shared_degraded",
                 "1 while Redis (the shared layer) fails: local caches serve",
                 gauges["shared_degraded"],
             )
-            refused = CounterMetricFamily(PREFIX + "shared_refused_values", "Shared values ignored: bad signature")
-            refused.add_metric([], gauges.get("shared_refused_values", 0))
-            yield refused
+            yield _histogram(
+                "redis_call_duration_seconds", "Time of one Redis call of the shared layer", [],
+                [row[1:] for row in s.get("redis_latency", [])],
+            )  # fmt: skip
+            yield _counter(
+                "redis_calls",
+                "Redis calls of the shared layer by outcome: ok, timeout, error",
+                ["outcome"],
+                s.get("redis_calls", []),
+            )
+            yield _counter(
+                "shared_refused_values",
+                "Shared values ignored: a bad signature, another format, or past their expiry",
+                [],
+                s.get("shared_refused") or [[0]],
+            )
         if self._project_label:
             projects = CounterMetricFamily(
                 PREFIX + "project_requests",
@@ -166,18 +240,18 @@ def _process_families(processes: dict[str, dict[str, float]]) -> Iterator[Metric
         ("process_open_fds", "open_fds", "Open file descriptors of a worker", GaugeMetricFamily),
         ("process_start_time_seconds", "started", "When a worker started, in Unix seconds", GaugeMetricFamily),
     ):
-        family = kind(name.removesuffix("_total"), doc, labels=["pid"])
-        for pid, stats in processes.items():
+        family = kind(name.removesuffix("_total"), doc, labels=["slot"])
+        for slot, stats in processes.items():
             if key in stats:
-                family.add_metric([pid], stats[key])
+                family.add_metric([slot], stats[key])
         yield family
 
 
 class Exposition:
     """A registry of its own (never prometheus-client's global one) holding the snapshot collector."""
 
-    def __init__(self, version: str, project_label: bool) -> None:
-        self._collector = SnapshotCollector(version, project_label)
+    def __init__(self, version: str, project_label: bool, revision: str = "unknown") -> None:
+        self._collector = SnapshotCollector(version, project_label, revision)
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self._collector)
 

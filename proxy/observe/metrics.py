@@ -17,8 +17,12 @@ import os
 import time
 from typing import Any
 
-#: seconds: request, Cube and GitLab latencies
+#: seconds: request, Cube, GitLab and Redis latencies
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: seconds the event loop ran late (sampled every ``LAG_SAMPLE_SECONDS``)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LAG_SAMPLE_SECONDS = 0.5
+_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 OTHER_PROJECT = "other"
 
 
@@ -70,8 +74,8 @@ class Metrics:
         self.project_label = project_label
         self.max_projects = max_projects
         self.started = time.time()
-        #: by route template: latency, bytes sent, and counts by (method, status)
-        self.routes: dict[str, Timed] = {}
+        #: by (route template, status class): latency, bytes sent, and counts by (method, status)
+        self.routes: dict[tuple[str, int], Timed] = {}
         #: requests begun and not finished (the pipeline's begin adds, finish takes away)
         self.in_flight = 0
         #: by Cube endpoint and the Cube's configured base URL: latency and counts by outcome
@@ -91,14 +95,20 @@ class Metrics:
         self.tenant_cap_waits = 0
         #: by project id (int), and OTHER_PROJECT once ``max_projects`` ids are counted
         self.projects: dict[int | str, ProjectTally] = {}
+        #: how late the event loop ran, sampled (``LAG_BUCKETS``)
+        self.loop_lag = [0] * (len(LAG_BUCKETS) + 1)
+        self.loop_lag_total = 0.0
+        #: Redis calls of the shared layer: latency, and counts by outcome ("ok" or the error's kind)
+        self.redis = Timed()
 
     # -- recording (the hot path) ---------------------------------------------------------------
 
     def request_finished(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
         self.in_flight -= 1
-        timed = self.routes.get(route)
+        where = (route, status // 100)
+        timed = self.routes.get(where)
         if timed is None:
-            timed = self.routes[route] = Timed()
+            timed = self.routes[where] = Timed()
         timed.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         timed.total += seconds
         timed.sent += sent
@@ -134,6 +144,16 @@ class Metrics:
         timed.total += seconds
         timed.kinds[status] = timed.kinds.get(status, 0) + 1
 
+    def loop_late(self, seconds: float) -> None:
+        self.loop_lag[bisect.bisect_left(LAG_BUCKETS, seconds)] += 1
+        self.loop_lag_total += seconds
+
+    def redis_call(self, outcome: str, seconds: float) -> None:
+        timed = self.redis
+        timed.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        timed.total += seconds
+        timed.kinds[outcome] = timed.kinds.get(outcome, 0) + 1
+
     def refusal(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
 
@@ -142,8 +162,11 @@ class Metrics:
 
     # -- snapshots -------------------------------------------------------------------------------
 
-    def snapshot(self, gauges: dict[str, float] | None = None) -> dict[str, Any]:
-        """Everything counted so far, as JSON-ready rows (what a worker writes for the others to add up)."""
+    def snapshot(
+        self, gauges: dict[str, float] | None = None, counters: dict[str, list[list[Any]]] | None = None
+    ) -> dict[str, Any]:
+        """Everything counted so far, as JSON-ready rows (what a worker writes for the others to add up);
+        ``counters``: more counter rows, kept elsewhere (summed like these)."""
         routes, gitlab = self.routes.items(), self.gitlab.items()
         by_endpoint: dict[str, Timed] = {}
         by_url: dict[str, Timed] = {}
@@ -155,12 +178,16 @@ class Metrics:
                 for kind, n in timed.kinds.items():
                     total.kinds[kind] = total.kinds.get(kind, 0) + n
         cube = by_endpoint.items()
+        redis = self.redis
         return {
             "pid": os.getpid(),
             "started": self.started,
-            "requests": [[route, *key, n] for route, t in routes for key, n in t.kinds.items()],
-            "latency": [t.rows(route) for route, t in routes],
-            "bytes_sent": [[route, t.sent] for route, t in routes],
+            "requests": [[route, *key, n] for (route, _), t in routes for key, n in t.kinds.items()],
+            "latency": [
+                [route, _CLASSES[cls - 1] if 1 <= cls <= 5 else "other", t.counts, t.total]
+                for (route, cls), t in routes
+            ],
+            "bytes_sent": [[route, t.sent] for (route, _), t in routes],
             "cube_calls": [[endpoint, outcome, n] for endpoint, t in cube for outcome, n in t.kinds.items()],
             "cube_latency": [t.rows(endpoint) for endpoint, t in cube],
             "cube_by_url": [t.rows(url) for url, t in by_url.items()],
@@ -174,12 +201,16 @@ class Metrics:
             "auth_cache": [["hit", self.auth_hits], ["miss", self.auth_misses]],
             "refused": list(self.refused.items()),
             "tenant_cap_waits": self.tenant_cap_waits,
+            "loop_lag": [["loop", self.loop_lag, self.loop_lag_total]],
+            "redis_latency": [["redis", redis.counts, redis.total]] if redis.kinds else [],
+            "redis_calls": [[outcome, n] for outcome, n in redis.kinds.items()],
             "projects": [
                 [str(key), t.requests, t.errors, t.in_flight, t.coalesced, t.meta_hits, t.meta_misses]
                 for key, t in self.projects.items()
             ],
             "gauges": {"in_flight": self.in_flight, **(gauges or {})},
             "process": process_stats(),
+            **(counters or {}),
         }
 
 
@@ -203,6 +234,12 @@ class NoMetrics(Metrics):
         pass
 
     def gitlab_call(self, endpoint: str, status: str, seconds: float) -> None:
+        pass
+
+    def loop_late(self, seconds: float) -> None:
+        pass
+
+    def redis_call(self, outcome: str, seconds: float) -> None:
         pass
 
 

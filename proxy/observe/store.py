@@ -7,6 +7,10 @@ Rules it keeps:
   worker's counts into ``retired.json`` (so the folder holds one file per live worker and
   one more, however many workers come and go); gauges and process numbers are read from
   live workers only;
+- never counted twice nor dropped: ``retired.json`` names the workers it holds (the last
+  ``FOLDED_KEPT``), and a worker's own file is ignored once it is named there, so a scrape
+  between the parent's two steps (write ``retired.json``, remove the worker's file) sees
+  each count once; a counter therefore never goes back;
 - the folder is the runtime's own (made by the parent before it forks, removed on exit).
 """
 
@@ -23,8 +27,14 @@ import orjson
 RETIRED = "retired.json"
 #: keys whose entries are [labels..., value] rows, summed by labels
 _ROWS = ("requests", "bytes_sent", "cube_calls", "continue_wait_rounds", "query_callers", "meta_cache")
-_ROWS_MORE = ("gitlab_calls", "auth_cache", "refused")
-_HISTOGRAMS = ("latency", "cube_latency", "cube_by_url", "gitlab_latency")
+_ROWS_MORE = (
+    "gitlab_calls", "auth_cache", "refused", "lane", "shared_refused", "redis_calls", "reloads", "worker_restarts",
+)  # fmt: skip
+PARENT = "parent.json"
+#: workers ``retired.json`` remembers folding (their files are gone long before this many more retire)
+FOLDED_KEPT = 256
+#: keys whose entries are [labels..., counts, sum] rows, added up bucket by bucket
+_HISTOGRAMS = ("latency", "cube_latency", "cube_by_url", "gitlab_latency", "loop_lag", "redis_latency")
 
 
 def worker_file(folder: Path, pid: int) -> Path:
@@ -58,23 +68,28 @@ def read_snapshots(folder: Path) -> list[dict[str, Any]]:
 
 def merge(snapshots: Iterable[dict[str, Any]], alive: Callable[[int], bool] = _alive) -> dict[str, Any]:
     """One snapshot of the sums: counters and histograms of every snapshot, gauges of live processes only."""
-    merged: dict[str, Any] = {"processes": {}, "gauges": {}, "tenant_cap_waits": 0, "projects": {}}
+    merged: dict[str, Any] = {"processes": {}, "gauges": {}, "cube_up": {}, "tenant_cap_waits": 0, "projects": {}}
     rows: dict[str, dict[tuple[Any, ...], float]] = {key: {} for key in (*_ROWS, *_ROWS_MORE)}
-    histograms: dict[str, dict[str, tuple[list[int], float]]] = {key: {} for key in _HISTOGRAMS}
+    histograms: dict[str, dict[tuple[Any, ...], tuple[list[int], float]]] = {key: {} for key in _HISTOGRAMS}
+    snapshots = list(snapshots)
+    folded = {pid for snap in snapshots for pid in snap.get("folded", [])}
     for snap in snapshots:
+        if snap.get("pid") in folded:
+            continue  # already counted in retired.json (its file is about to go)
         for key in rows:
             for *labels, value in snap.get(key, []):
                 table = rows[key]
                 table[tuple(labels)] = table.get(tuple(labels), 0) + value
         for key in histograms:
-            for label, counts, total in snap.get(key, []):
-                table_h = histograms[key]
+            for *labels, counts, total in snap.get(key, []):
+                table_h, label = histograms[key], tuple(labels)
                 old = table_h.get(label)
                 table_h[label] = (
                     (counts, total)
                     if old is None
                     else ([a + b for a, b in zip(old[0], counts, strict=True)], old[1] + total)
                 )
+        merged["last_reload"] = max(merged.get("last_reload", 0), snap.get("last_reload", 0))
         merged["tenant_cap_waits"] += snap.get("tenant_cap_waits", 0)
         live = snap.get("pid") is not None and alive(int(snap["pid"]))
         for project, *values in snap.get("projects", []):
@@ -85,11 +100,17 @@ def merge(snapshots: Iterable[dict[str, Any]], alive: Callable[[int], bool] = _a
         if live:
             for name, value in snap.get("gauges", {}).items():
                 merged["gauges"][name] = merged["gauges"].get(name, 0) + value
-            merged["processes"][str(snap["pid"])] = {**snap.get("process", {}), "started": snap.get("started", 0)}
+            for url, up in snap.get("cube_up", {}).items():  # any worker that found it up
+                merged["cube_up"][url] = max(merged["cube_up"].get(url, 0), up)
+            # one per worker slot: while a reload overlaps two generations, the newer worker of a slot
+            slot = str(snap.get("slot", snap["pid"]))
+            seen = merged["processes"].get(slot)
+            if seen is None or seen["started"] <= snap.get("started", 0):
+                merged["processes"][slot] = {**snap.get("process", {}), "started": snap.get("started", 0)}
     for key, table in rows.items():
         merged[key] = [[*labels, value] for labels, value in table.items()]
     for key, table_h in histograms.items():
-        merged[key] = [[label, counts, total] for label, (counts, total) in table_h.items()]
+        merged[key] = [[*labels, counts, total] for labels, (counts, total) in table_h.items()]
     merged["projects"] = [[key, *values] for key, values in merged["projects"].items()]
     return merged
 
@@ -99,15 +120,41 @@ def retire(folder: Path, pid: int) -> None:
     path = worker_file(folder, pid)
     if not path.exists():
         return
-    combined = merge(read_snapshots_of(folder / RETIRED, path), alive=lambda _: False)
+    earlier, dead = read_snapshots_of(folder / RETIRED), read_snapshots_of(path)
+    if not dead:
+        path.unlink(missing_ok=True)
+        return
+    folded = [*(earlier[0].get("folded", []) if earlier else []), pid][-FOLDED_KEPT:]
+    if earlier and pid in earlier[0].get("folded", []):
+        path.unlink(missing_ok=True)  # folded already (a retire cut short after its first step)
+        return
+    combined = merge([*earlier, *dead], alive=lambda _: False)
     combined.pop("processes", None)
     combined.pop("gauges", None)
+    combined.pop("cube_up", None)
     combined["pid"] = None
+    combined["folded"] = folded
     retired = folder / RETIRED
     temporary = retired.with_suffix(".tmp")
     temporary.write_bytes(orjson.dumps(combined))
     os.replace(temporary, retired)
     path.unlink(missing_ok=True)
+
+
+def parent_event(folder: Path, key: str, label: str, at: float | None = None) -> None:
+    """The parent counts one of its own events (a reload by outcome, a worker restart by cause) in
+    ``parent.json``, which every scrape adds up with the workers' (``at``: a reload's time, kept too)."""
+    path = folder / PARENT
+    found = read_snapshots_of(path)
+    record: dict[str, Any] = found[0] if found else {"pid": None}
+    rows = {row[0]: row[1] for row in record.get(key, [])}
+    rows[label] = rows.get(label, 0) + 1
+    record[key] = [[name, n] for name, n in rows.items()]
+    if at is not None:
+        record["last_reload"] = at
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(orjson.dumps(record))
+    os.replace(temporary, path)
 
 
 def read_snapshots_of(*paths: Path) -> list[dict[str, Any]]:

@@ -49,11 +49,12 @@ from proxy.limits.byte_budget import ByteBudget
 from proxy.limits.caller_rate import RateLimiter
 from proxy.limits.overload import LoadShedder
 from proxy.limits.tenant_cap import TenantLimiter
-from proxy.observe.metrics import Metrics, NoMetrics
+from proxy.observe.metrics import LAG_SAMPLE_SECONDS, Metrics, NoMetrics
 from proxy.pipeline.access_log import AccessLog
 from proxy.pipeline.client_info import client_address, traceparent, trusted_networks
 from proxy.pipeline.coalesce import Coalescer, Outcome, StreamBroken
 from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.path_template import path_template
 from proxy.pipeline.request_body import BodySource, QueryRequest, parse_body, query_request, too_large
 from proxy.pipeline.request_id import REQUEST_ID_HEADER, RequestIds, normalise_request_id
 from proxy.pipeline.routes import FORWARDED_FOR, PROBE_ROUTES, TRACEPARENT, USER_AGENT
@@ -66,6 +67,8 @@ from proxy.urls import redact_url
 
 log = logging.getLogger(__name__)
 
+#: the status of a request whose caller went away before its answer was whole (nginx's convention)
+CLIENT_CLOSED_REQUEST = 499
 #: seconds between two sweeps of the caches' expired entries
 SWEEP_SECONDS = 1.0
 #: seconds a fill under way may take to finish at shutdown before its process is ended
@@ -111,8 +114,10 @@ class Pipeline:
         self.metrics = (
             Metrics(server.metrics_project_label, server.metrics_max_projects) if server.metrics else NoMetrics()
         )
-        #: the fast lane's (served, handed over) counts, when a lane serves this pipeline
+        #: the fast lane's (served, handed over) counts, and the open client connections by front door, when a
+        #: lane serves this pipeline
         self.lane_counts: Callable[[], tuple[int, int]] | None = None
+        self.connections: Callable[[], dict[str, int]] | None = None
         #: shutting down: readiness says so from SIGTERM on, while requests are still served
         self.draining = False
         self._trusted = trusted_networks(server.trusted_proxies)
@@ -173,7 +178,9 @@ class Pipeline:
             return
         assert config.signing_key is not None  # validated with the url
         client = redis_client(config)
-        self.fleet = Fleet(client, config.signing_key, config.key_prefix, config.timeout, config.lock_ttl)
+        self.fleet = Fleet(
+            client, config.signing_key, config.key_prefix, config.timeout, config.lock_ttl, metrics=self.metrics
+        )
         self.meta_cache.share(self.fleet, "meta", MetaCodec(_buffered), config.local_ttl)
         await self.fleet.ping()  # a first connection before traffic (not required: a failure only logs)
         try:
@@ -208,11 +215,20 @@ class Pipeline:
             await session.close()
 
     @contextlib.asynccontextmanager
-    async def sweeping(self) -> AsyncIterator[None]:
+    async def housekeeping(self) -> AsyncIterator[None]:
         """Expired cache entries (GitLab's answers, refusals, meta) dropped every ``SWEEP_SECONDS``, not left
-        until the next insertion: a burst of refused callers leaves nothing behind once its TTL is over."""
-        async with in_background(self._sweep()):
+        until the next insertion (a burst of refused callers leaves nothing behind once its TTL is over); and
+        the event loop's lateness sampled for the metrics every ``LAG_SAMPLE_SECONDS``."""
+        async with in_background(self._sweep()), in_background(self._sample_lag()):
             yield
+
+    async def _sample_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        metrics = self.metrics
+        while True:
+            due = loop.time() + LAG_SAMPLE_SECONDS
+            await asyncio.sleep(LAG_SAMPLE_SECONDS)  # the sampling period: how late it wakes is the measure
+            metrics.loop_late(max(0.0, loop.time() - due))
 
     async def _sweep(self) -> None:
         while True:
@@ -227,15 +243,28 @@ class Pipeline:
 
     # -- the steps, in order ---------------------------------------------------------------
 
-    def begin(self, method: str, route: str | None, headers: Mapping[str, str], peer: str | None) -> Exchange:
+    def begin(
+        self,
+        method: str,
+        route: str | None,
+        headers: Mapping[str, str],
+        peer: str | None,
+        path: str = "",
+        length: int | None = None,
+    ) -> Exchange:
         """Step 1: the request's id (the caller's if well-formed, else a fresh one), its clock, and its caller.
 
         The caller is its address (``X-Forwarded-For`` believed only from ``trusted_proxies``),
         its ``User-Agent`` and its W3C ``traceparent`` (kept if valid, and sent on to Cube).
+        An unrouted request keeps its path as a template (``path``: the raw path, read only
+        then); ``length`` is the body's declared size.
         """
         exchange = Exchange(
             normalise_request_id(headers.get(REQUEST_ID_HEADER), self.request_ids), method, route, time.perf_counter()
         )
+        if route is None:
+            exchange.path = path_template(path)
+        exchange.bytes_received = length
         exchange.client = client_address(peer, headers.get(FORWARDED_FOR), self._trusted) if self._trusted else peer
         exchange.user_agent = headers.get(USER_AGENT)
         if (trace := headers.get(TRACEPARENT)) is not None:
@@ -307,6 +336,7 @@ class Pipeline:
         finally:
             exchange.cube_seconds = time.perf_counter() - asked
         exchange.cube_status = outcome.status if isinstance(outcome, Buffered) else 200
+        exchange.cube_url = tenant.shown_url
         exchange.cache = "shared" if shared else "miss"
         if shared:
             self.metrics.shared_calls += 1
@@ -353,7 +383,11 @@ class Pipeline:
         finally:
             exchange.cube_seconds = time.perf_counter() - asked
         exchange.cache = "hit" if hit else "miss"
-        exchange.cube_status = answer.status
+        if hit:  # Cube was not asked: no status, no time, no Cube
+            exchange.cube_seconds = None
+        else:
+            exchange.cube_status = answer.status
+            exchange.cube_url = tenant.shown_url
         tally = exchange.tally
         assert tally is not None  # set by the authorisation
         if hit:
@@ -391,6 +425,8 @@ class Pipeline:
         Probes (health, metrics, status) are logged at DEBUG, everything else at INFO.
         """
         seconds = time.perf_counter() - exchange.started
+        if exchange.hung_up:
+            status = CLIENT_CLOSED_REQUEST
         method, route = exchange.method, exchange.route
         metrics = self.metrics
         # a caller can send any method token: only the standard ones become a label, the rest "other"
@@ -406,24 +442,29 @@ class Pipeline:
         probe = route in PROBE_ROUTES
         if not access_log.enabled(probe):
             return
+        trace = exchange.traceparent
         access_log.write(
-            f"{method} {route or '-'} {status}",
+            f"{method} {route or exchange.path} {status}",
             {
                 "event": "request",
                 "request_id": exchange.request_id,
                 "method": method,
                 "route": route,
+                "path": exchange.path,
                 "project": exchange.project,
                 "status": status,
                 "duration_ms": round(seconds * 1000, 2),
                 "bytes": exchange.bytes_sent,
+                "request_bytes": exchange.bytes_received,
                 "client": exchange.client,
                 "user_agent": exchange.user_agent,
                 "user_id": exchange.user_id,
                 "cache": exchange.cache,
+                "cube": exchange.cube_url,
                 "cube_status": exchange.cube_status,
                 "cube_ms": None if exchange.cube_seconds is None else round(exchange.cube_seconds * 1000, 2),
-                "trace": exchange.traceparent,
+                "trace_id": trace[3:35] if trace is not None else None,
+                "span_id": trace[36:52] if trace is not None else None,
                 "aborted": exchange.aborted,
             },
             probe,
@@ -451,17 +492,33 @@ class Pipeline:
         return ready, report
 
     def gauges(self) -> dict[str, float]:
-        """This process's gauges for a metrics snapshot: Cube pool connections, the lane's counts."""
+        """This process's gauges for a metrics snapshot: Cube pool connections and waiting callers, Redis' state."""
         found: dict[str, float] = {}
         pools = self.cube_http.pools() if hasattr(self, "cube_http") else []
         found["pool_open"] = sum(pool.open_connections for pool in pools)
         found["pool_idle"] = sum(pool.idle_connections for pool in pools)
         found["pool_waiting"] = sum(pool.waiting for pool in pools)
-        if self.lane_counts is not None:
-            found["lane_served"], found["lane_handed_over"] = self.lane_counts()
         if self.fleet is not None:
             found["shared_degraded"] = 1 if self.fleet.degraded else 0
-            found["shared_refused_values"] = self.fleet.tampered
+        if self.connections is not None:
+            for door, count in self.connections().items():
+                found[f"connections_{door}"] = count
+        return found
+
+    def cube_up(self) -> dict[str, int]:
+        """Each Cube, as shown, and whether the last readiness check found it up."""
+        last = self.readiness.last if hasattr(self, "readiness") else {}
+        return {shown_url(url): int(up) for url, up in last.items()}
+
+    def counters(self) -> dict[str, list[list[Any]]]:
+        """This process's counters kept outside ``Metrics`` (the lane's, the shared layer's), as snapshot rows:
+        summed over every worker, a dead one's included, like every other counter."""
+        found: dict[str, list[list[Any]]] = {}
+        if self.lane_counts is not None:
+            served, handed_over = self.lane_counts()
+            found["lane"] = [["served", served], ["handed_over", handed_over]]
+        if self.fleet is not None:
+            found["shared_refused"] = [[self.fleet.tampered]]
         return found
 
     # -- helpers ----------------------------------------------------------------------------
@@ -489,8 +546,12 @@ class Pipeline:
     async def _parsed_body(self, exchange: Exchange, body: BodySource) -> dict[str, Any]:
         """The body read (within the bodies-in-flight budget) and parsed as a JSON object; 4xx for bad input."""
         size = body.length if body.length is not None else self.settings.limits.max_body_bytes
-        with self.body_budget.hold(exchange.client, size):
+        budget, client = self.body_budget, exchange.client
+        budget.take(client, size)
+        try:
             return parse_body(await body.read(), self.max_json_depth)
+        finally:
+            budget.give(client, size)
 
     async def _fleet_rate(self, credential: Credential) -> None:
         """The caller's fleet-wide bucket (with ``[redis]``, after the process's own in the gate): 429 when empty."""

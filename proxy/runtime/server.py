@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from aiohttp import web
 
 from proxy.lane import protocol as fast_lane
 from proxy.lane.protocol import FastLane
-from proxy.observe.store import retire
+from proxy.observe.store import parent_event, retire
 from proxy.runtime.logs import setup_logging
 from proxy.runtime.workers import Supervisor, die_with_parent
 from proxy.settings import Settings, SettingsError
@@ -47,12 +48,13 @@ async def serve(
     *,
     on_listening: Callable[[], None] | None = None,
     metrics_folder: Path | None = None,
+    slot: int = 0,
 ) -> None:
     """Serve on the parent's sockets until SIGTERM or SIGINT; then readiness fails at once, serving goes on for
     ``drain_delay`` seconds (a load balancer's time to stop sending), and in-flight answers get
     ``shutdown_timeout``. SIGUSR2 (a reload retiring this worker) drains at once: the new workers
     already accept on the same sockets."""
-    app = create_app(settings, metrics_folder)
+    app = create_app(settings, metrics_folder, slot)
     # handler_cancellation: a caller that hangs up cancels its request, freeing its tenant slot and its
     # Cube connection (a shared call carries on for the others). aiohttp's default keeps the handler
     # running until Cube answers; the tests' server has always cancelled, and now production does too.
@@ -290,7 +292,7 @@ def _run_one(
     tune_gc()
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
         sockets = generation.listeners.of(slot, settings.server.workers)
-        runner.run(serve(settings, sockets, on_listening=on_listening, metrics_folder=metrics_folder))
+        runner.run(serve(settings, sockets, on_listening=on_listening, metrics_folder=metrics_folder, slot=slot))
 
 
 class _Parent:
@@ -373,6 +375,7 @@ def run(settings: Settings, load_again: Callable[[], Settings] | None = None) ->
         parent.reload,
         on_exit=lambda pid: retire(folder, pid),
         settled=parent.settled,
+        on_event=lambda kind, label: parent_event(folder, kind, label, time.time() if kind == "reloads" else None),
     )
     try:
         return supervisor.run()

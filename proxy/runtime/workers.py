@@ -89,6 +89,10 @@ class Supervisor:
     and only then asks the old ones to retire (SIGUSR2: drain now, no delay). The
     listening sockets belong to this process and are shared, so a connection waiting in
     the kernel's queue is accepted by a new worker, never refused.
+
+    ``on_event(kind, label)`` is told each reload by outcome (``reloads``: ``ok``,
+    ``refused``, ``failed``) and each worker restart by cause (``worker_restarts``:
+    ``killed`` by a signal, ``crashed`` with a status, ``exited`` with 0), for the metrics.
     """
 
     def __init__(
@@ -99,8 +103,10 @@ class Supervisor:
         reload: Callable[[], Any | None] = lambda: None,
         on_exit: Callable[[int], None] = lambda pid: None,
         settled: Callable[[Any, Any], None] = lambda old, new: None,
+        on_event: Callable[[str, str], None] = lambda kind, label: None,
     ) -> None:
         self._context = multiprocessing.get_context("fork")
+        self._on_event = on_event
         self._parent = os.getpid()
         self._main_for = main_for
         self._workers_of = workers_of
@@ -202,6 +208,7 @@ class Supervisor:
                 code,
                 extra={"event": "worker_replaced"},
             )
+            self._on_event("worker_restarts", _cause(code))
             self._start(self._generation, worker.slot)
 
     def _replace_generation(self) -> None:
@@ -209,6 +216,7 @@ class Supervisor:
         log.info("SIGHUP: reloading the settings", extra={"event": "reload"})
         generation = self._reload()
         if generation is None:
+            self._on_event("reloads", "refused")
             return  # the reload said why
         fresh = [self._start(generation, slot) for slot in range(self._workers_of(generation))]
         deadline = time.monotonic() + RELOAD_START_TIMEOUT
@@ -226,6 +234,7 @@ class Supervisor:
                     if worker.process.pid is not None:
                         self._on_exit(worker.process.pid)
                 self._settled(generation, self._generation)
+                self._on_event("reloads", "failed")
                 return
             ready = multiprocessing.connection.wait([w.process.sentinel for w in fresh] + [self._wake_read], 0.05)
             if self._wake_read in ready:
@@ -236,9 +245,17 @@ class Supervisor:
         previous, self._generation = self._generation, generation
         self._signal_all(signal.SIGUSR2, old)  # retire: drain now, without the drain delay
         self._settled(previous, generation)
+        self._on_event("reloads", "ok")
         log.info(
             "reloaded: %d new worker(s) listening, %d old one(s) draining",
             len(fresh),
             len(old),
             extra={"event": "reloaded"},
         )
+
+
+def _cause(code: int | None) -> str:
+    """Why a worker ended, as a metrics label: a signal (negative code), a failure status, or 0."""
+    if code is None or code < 0:
+        return "killed"
+    return "crashed" if code else "exited"

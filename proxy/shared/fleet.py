@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from proxy.errors import ApiError
+from proxy.observe.metrics import Metrics
 from proxy.shared.envelope import Envelope
 from proxy.singleflight import SharePolicy
 
@@ -87,8 +88,11 @@ class Fleet:
         timeout: float,
         lock_ttl: float,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._redis = client
+        #: each call timed and counted by outcome (ok, timeout, error)
+        self._metrics = metrics if metrics is not None else Metrics()
         self._envelope = Envelope(signing_key.encode(), clock)
         self._prefix = prefix
         self._timeout = timeout
@@ -119,10 +123,14 @@ class Fleet:
     # -- Redis calls, each with its timeout; a failure marks the layer degraded ---------------
 
     async def _call(self, call: Awaitable[Any]) -> Any:
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout):
                 result = await call
         except (RedisError, OSError, TimeoutError) as exc:
+            self._metrics.redis_call(
+                "timeout" if isinstance(exc, TimeoutError) else "error", time.monotonic() - started
+            )
             if not self.degraded:
                 log.warning(
                     "Redis failed (%s): serving from local caches until it answers again",
@@ -131,6 +139,7 @@ class Fleet:
                 )
             self.degraded = True
             raise _Down() from None
+        self._metrics.redis_call("ok", time.monotonic() - started)
         if self.degraded:
             log.info("Redis answers again: the shared layer is back", extra={"event": "shared_restored"})
             self.degraded = False

@@ -49,15 +49,16 @@ async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with app[PIPELINE].sweeping():
+async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with app[PIPELINE].housekeeping():
         yield
 
 
-def create_app(settings: Settings, metrics_folder: Path | None = None) -> web.Application:
+def create_app(settings: Settings, metrics_folder: Path | None = None, slot: int = 0) -> web.Application:
     """The proxy as an aiohttp application; upstream clients open on start-up and close on clean-up.
 
-    ``metrics_folder``: with several workers, the folder their metrics snapshots meet in.
+    ``metrics_folder``: with several workers, the folder their metrics snapshots meet in;
+    ``slot``: which worker this is (its process metrics' label).
     """
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.limits.max_body_bytes)
     app[PIPELINE] = Pipeline(settings)
@@ -65,9 +66,9 @@ def create_app(settings: Settings, metrics_folder: Path | None = None) -> web.Ap
     app.cleanup_ctx.append(_redis_ctx)  # before the caches that share through it
     app.cleanup_ctx.append(_cube_ctx)
     app.cleanup_ctx.append(_gitlab_ctx)
-    app.cleanup_ctx.append(_sweep_ctx)
+    app.cleanup_ctx.append(_housekeeping_ctx)
     setup_routes(app)
     setup_templates(app)
     setup_explorer(app, settings)
-    setup_observability(app, settings, metrics_folder)
+    setup_observability(app, settings, metrics_folder, slot)
     return app

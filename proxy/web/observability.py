@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from proxy import __version__
+from proxy import __revision__, __version__
 from proxy.background import in_background
 from proxy.errors import ApiError
 from proxy.observe.exposition import CONTENT_TYPE, Exposition
@@ -42,28 +42,33 @@ SNAPSHOT_INTERVAL = 1.0
 class Observability:
     """The exposition and, with several workers, the folder their snapshots meet in."""
 
-    def __init__(self, pipeline: Pipeline, settings: Settings, folder: Path | None) -> None:
+    def __init__(self, pipeline: Pipeline, settings: Settings, folder: Path | None, slot: int = 0) -> None:
         self.pipeline = pipeline
         self.settings = settings
         self.folder = folder
-        self.exposition = Exposition(__version__, settings.server.metrics_project_label)
+        self.slot = slot
+        self.exposition = Exposition(__version__, settings.server.metrics_project_label, __revision__)
 
     def current(self) -> dict[str, Any]:
         """Every worker's tallies added up (this one's fresh; the others' at most a second old)."""
-        pipeline = self.pipeline
-        mine = pipeline.metrics.snapshot(pipeline.gauges())
+        mine = self.snapshot()
         if self.folder is None:
             return merge([mine], alive=lambda _: True)
         write_snapshot(self.folder, mine)
         return merge(read_snapshots(self.folder))
 
+    def snapshot(self) -> dict[str, Any]:
+        """This worker's tallies now, with its slot."""
+        pipeline = self.pipeline
+        snapshot = pipeline.metrics.snapshot(pipeline.gauges(), pipeline.counters())
+        return {**snapshot, "slot": self.slot, "cube_up": pipeline.cube_up()}
+
     async def keep_writing(self) -> None:
         assert self.folder is not None
         while True:
             await asyncio.sleep(SNAPSHOT_INTERVAL)  # the period itself, not a synchronisation
-            pipeline = self.pipeline
             with contextlib.suppress(OSError):
-                write_snapshot(self.folder, pipeline.metrics.snapshot(pipeline.gauges()))
+                write_snapshot(self.folder, self.snapshot())
 
 
 #: the app's observability state (defined beside its class: the keys module cannot import this one)
@@ -215,9 +220,9 @@ async def _snapshots(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def setup_observability(app: web.Application, settings: Settings, folder: Path | None) -> None:
+def setup_observability(app: web.Application, settings: Settings, folder: Path | None, slot: int = 0) -> None:
     """``/-/metrics`` and ``/-/status``; with a snapshot folder (several workers), the writer that feeds it."""
-    app[OBSERVE] = Observability(app[PIPELINE], settings, folder)
+    app[OBSERVE] = Observability(app[PIPELINE], settings, folder, slot)
     if not settings.server.metrics:
         return
     app.router.add_get(METRICS_PATH, metrics_view, name="observe.metrics")

@@ -29,7 +29,7 @@ async def test_the_status_page_renders_the_metrics_numbers(stack, proxy):
         auth = await page.locator("#auth-cache").text_content()
         ready = await page.locator("#ready").text_content()
     assert ready == "ready"
-    loads = value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", status="200")
+    loads = value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", code="200")
     assert tenant[:3] == ["1", str(int(loads)), "0"] and loads == 3  # project, requests, errors
     assert cube[0] == stack.cube.url and cube[1] == "up"
     assert int(cube[2]) == value(found, "pa_proxy_cube_calls_total", endpoint="load", outcome="data") == 3
