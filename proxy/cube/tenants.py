@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from proxy.settings import Settings
+from proxy.urls import redact_url
 
 #: projects whose resolved tenant is kept (a tenant is a few short strings).
 TENANT_CACHE_SIZE = 65_536
@@ -18,6 +19,8 @@ class Tenant(NamedTuple):
     #: base URL with any path kept and no trailing slash.
     cube_base_url: str
     cube_api_key: str
+    #: the base URL as logs and pages may show it (``proxy/urls.py``), worked out once with the tenant
+    shown_url: str = ""
 
     def __repr__(self) -> str:
         return f"Tenant(project_id={self.project_id}, app_id={self.app_id!r}, cube_base_url={self.cube_base_url!r})"
@@ -44,7 +47,8 @@ def resolve_tenant(settings: Settings, project_id: int) -> Tenant | None:
         key = override.cube_api_key or key
     if not enabled or not url or not key:
         return None
-    return Tenant(project_id, app_id_for(project_id), url.rstrip("/"), key)
+    base = url.rstrip("/")
+    return Tenant(project_id, app_id_for(project_id), base, key, redact_url(base))
 
 
 class Tenants:

@@ -9,6 +9,7 @@ the ``proxy.access`` logger: a ``log_level`` above INFO turns it off.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ class AccessLog:
         self._stream = stream
         self._logger = logging.getLogger(LOGGER)
         self._stamp = UtcStamps()
+        #: this process's id, on every line (workers share one stream)
+        self._pid = os.getpid()
 
     def enabled(self, probe: bool = False) -> bool:
         """Whether a line would be written: INFO for requests, DEBUG for probes (health, metrics, status)."""
@@ -38,7 +41,7 @@ class AccessLog:
         stamp = self._stamp(now)
         level = "DEBUG" if probe else "INFO"
         if self._json:
-            entry = {"time": stamp, "level": level, "logger": LOGGER, "message": message}
+            entry = {"time": stamp, "level": level, "logger": LOGGER, "pid": self._pid, "message": message}
             line = orjson.dumps(entry | fields, default=str).decode()
         else:
             line = f"{stamp} {level} {LOGGER} {message}"

@@ -15,13 +15,17 @@ class Exchange:
 
     __slots__ = (
         "aborted",
+        "bytes_received",
         "bytes_sent",
         "cache",
         "client",
         "credential",
         "cube_seconds",
         "cube_status",
+        "cube_url",
+        "hung_up",
         "method",
+        "path",
         "project",
         "request_id",
         "route",
@@ -38,6 +42,12 @@ class Exchange:
         self.method = method
         #: the route template (never a raw path), or None when no route matched
         self.route = route
+        #: when no route matched: the path as a template (``proxy/pipeline/path_template.py``), else None
+        self.path: str | None = None
+        #: the request body's declared size (``Content-Length``), when it has one
+        self.bytes_received: int | None = None
+        #: the caller went away before its answer was whole (a 499 in the access line and the metrics)
+        self.hung_up = False
         #: ``time.perf_counter()`` when the request began
         self.started = started
         #: set by the gate on analytics routes
@@ -61,6 +71,8 @@ class Exchange:
         #: what Cube answered this request (or the call it shared), and how long that took
         self.cube_status: int | None = None
         self.cube_seconds: float | None = None
+        #: the Cube asked (its URL as it may be shown), when one was
+        self.cube_url: str | None = None
 
     def __repr__(self) -> str:
         return f"Exchange(request_id={self.request_id!r}, route={self.route!r}, project={self.project!r})"

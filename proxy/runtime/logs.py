@@ -25,6 +25,7 @@ class JsonFormatter(logging.Formatter):
             "time": self._stamp(record.created),
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process,
             "message": redact(record.getMessage()),
         }
         for key, value in record.__dict__.items():
@@ -76,6 +77,8 @@ def setup_logging(fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Python's warnings (a leaked semaphore, a deprecation) as log records: every line on stderr is JSON
+    logging.captureWarnings(True)
     # aiohttp's own access log would repeat ours and print raw query strings (private_token=...).
     logging.getLogger("aiohttp.access").disabled = True
     server = logging.getLogger("aiohttp.server")

@@ -11,6 +11,8 @@ lane calls too, in the same order: a behaviour lives there, once.
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -27,7 +29,10 @@ PROTECTED_PREFIX = "analytics."
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else None
-    exchange = request[EXCHANGE] = request.app[PIPELINE].begin(request.method, route, request.headers, request.remote)
+    exchange = request[EXCHANGE] = request.app[PIPELINE].begin(
+        request.method, route, request.headers, request.remote, request.raw_path if route is None else "",
+        request.content_length,
+    )  # fmt: skip
     response = await handler(request)
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = exchange.request_id
@@ -47,6 +52,9 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         if not response.prepared and isinstance(response, web.Response):
             exchange.bytes_sent = response.content_length or 0
         return response
+    except asyncio.CancelledError:  # the caller hung up (aiohttp cancels its handler): not the proxy's failure
+        exchange.hung_up = True
+        raise
     finally:
         request.app[PIPELINE].finish(exchange, status)
 

@@ -108,6 +108,7 @@ async def stream_response(
         await response.write_eof()
     except (ConnectionResetError, ConnectionAbortedError):
         response.force_close()
+        exchange.hung_up = not exchange.aborted  # not cut off by the proxy: the caller went away
     finally:
         outcome.close()
     return response
