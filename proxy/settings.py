@@ -66,6 +66,9 @@ class ServerSettings:
     metrics: bool = True
     #: serve /-/metrics (and /-/status) on this loopback port instead of the public listener; 0: on the public one
     metrics_port: int = 0
+    #: the address the metrics port listens on: loopback by default; "0.0.0.0" for a scraper from outside the
+    #: host (a pod's named metrics port). The status page there still answers loopback callers only.
+    metrics_host: str = "127.0.0.1"
     #: label analytics request metrics with the project id (up to ``metrics_max_projects`` ids; the rest "other")
     metrics_project_label: bool = False
     metrics_max_projects: int = 100
@@ -413,6 +416,10 @@ def _validate(s: Settings, problems: list[str]) -> None:
             ipaddress.ip_network(proxy_address, strict=False)
         except ValueError:
             problems.append(f"[server] trusted_proxies: {proxy_address!r} is not an address or network")
+    try:
+        ipaddress.ip_address(s.server.metrics_host)
+    except ValueError:
+        problems.append(f"[server] metrics_host: must be an IP address, not {s.server.metrics_host!r}")
     if not 0 <= s.server.metrics_port <= 65535:
         problems.append(f"[server] metrics_port: must be a port (1-65535) or 0 (off), not {s.server.metrics_port}")
     _validate_redis(s.redis, problems)

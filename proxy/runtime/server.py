@@ -212,12 +212,13 @@ def bind(settings: Settings, reuse: Listeners | None = None) -> Listeners:
             made.append(sock)
             public.append(sock)
         if server.metrics_port and metrics is None:
-            metrics = _listening("127.0.0.1", server.metrics_port, 128)
+            metrics = _listening(server.metrics_host, server.metrics_port, 128)
             made.append(metrics)
     except OSError as exc:
         for sock in made:
             sock.close()
-        where = f"{server.host}:{server.port}" if len(public) < server.workers else f"127.0.0.1:{server.metrics_port}"
+        public_full = len(public) >= server.workers  # the failure was the metrics socket's
+        where = f"{server.metrics_host}:{server.metrics_port}" if public_full else f"{server.host}:{server.port}"
         raise CannotListen(f"cannot listen on {where}: {exc.strerror or exc}") from None
     return Listeners(tuple(public), metrics)
 
@@ -231,7 +232,7 @@ def _listening(host: str, port: int, backlog: int) -> socket.socket:
 
 def same_addresses(old: Settings, new: Settings) -> bool:
     a, b = old.server, new.server
-    return (a.host, a.port, a.metrics_port) == (b.host, b.port, b.metrics_port)
+    return (a.host, a.port, a.metrics_host, a.metrics_port) == (b.host, b.port, b.metrics_host, b.metrics_port)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -4,7 +4,8 @@ Rules it keeps:
 - with several workers, each writes its tallies to the runtime's folder once a second
   (and the one answering a scrape writes its own first), so a scrape adds up every
   worker, and the counts of a worker that died are kept (``proxy/observe/store.py``);
-- with ``[server] metrics_port``, ``/-/metrics`` is served on that loopback port only (404
+- with ``[server] metrics_port``, ``/-/metrics`` is served on that port only (on ``metrics_host``: loopback
+  unless set otherwise; 404
   on the public listener), else publicly (as a scraper expects); ``/-/status`` is for the
   metrics port, loopback callers (when there is no metrics port) and GitLab
   administrators (by token or session): anyone else gets a 404 that tells nothing.
@@ -29,7 +30,7 @@ from proxy.errors import ApiError
 from proxy.observe.exposition import CONTENT_TYPE, Exposition
 from proxy.observe.store import merge, read_snapshots, write_snapshot
 from proxy.pipeline.core import Pipeline, shown_url
-from proxy.settings import Settings, redacted
+from proxy.settings import Settings, is_loopback, redacted
 from proxy.web.health import from_loopback
 from proxy.web.keys import EXCHANGE, PIPELINE
 
@@ -98,8 +99,8 @@ async def _status_allowed(request: web.Request, observe: Observability) -> bool:
     The peer is the socket's own address, never ``X-Forwarded-For`` (a caller writes that).
     """
     settings = observe.settings
-    if _on_metrics_port(request, settings):
-        return True
+    if _on_metrics_port(request, settings) and (is_loopback(settings.server.metrics_host) or from_loopback(request)):
+        return True  # the metrics port on loopback, or a loopback caller of one open to the network
     if not settings.server.metrics_port and from_loopback(request):
         return True
     try:
