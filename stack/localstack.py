@@ -313,9 +313,13 @@ class Cube:
             "CUBEJS_REFRESH_WORKER": "false",
             "CUBEJS_TELEMETRY": "false",
             "CUBEJS_DB_TYPE": "postgres",
+            "CUBEJS_DB_HOST": "127.0.0.1",
+            "CUBEJS_DB_PORT": str(self.pg.port),
+            "CUBEJS_DB_USER": "postgres",
+            "CUBEJS_DB_PASS": "postgres",
+            "CUBEJS_DB_NAME": "analytics",
             "CUBE_HOST": "127.0.0.1",
             "CUBE_PORT": str(self.port),
-            "CUBE_PG_PORT": str(self.pg.port),
             "CUBE_LOG_QUERIES": "true" if self.log_queries else "false",
         }
         for unset in ("CUBEJS_PG_SQL_PORT", "CUBEJS_SQL_PORT", "CUBEJS_DEV_MODE"):

@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from stack.localstack import CUBE_DIR, Cube, free_port
@@ -239,3 +240,28 @@ def test_cube_dir_is_the_pinned_install():
     lock = json.loads((CUBE_DIR / "package-lock.json").read_text())
     assert lock["packages"]["node_modules/@cubejs-backend/server-core"]["version"] == "0.33.65"
     assert lock["packages"]["node_modules/@cubejs-backend/postgres-driver"]["version"] == "0.35.81"
+
+
+@pytest.mark.parametrize("app_id", ["gitlab_project_", "gitlab_project_1; DROP SCHEMA x", "other_app", None])
+async def test_the_shipped_tenant_file_refuses_a_token_without_a_valid_app_id(stack, app_id):
+    """deploy/cube/cube.js (what every Cube here runs): a token whose appId is not gitlab_project_<id> is a 400."""
+    import jwt
+
+    now = int(time.time())
+    claims = {"iat": now, "exp": now + 60, "appId": app_id}
+    token = jwt.encode(claims, STACK_KEY, algorithm="HS256")
+    async with aiohttp.ClientSession() as session:
+        query = '{"measures":["TrackedEvents.count"]}'
+        async with session.get(
+            f"{stack.cube.url}/cubejs-api/v1/load", params={"query": query}, headers={"Authorization": token}
+        ) as resp:
+            body = await resp.json()
+    assert resp.status == 400, body
+    assert "gitlab_project_<digits>" in body["error"]
+
+
+def test_the_stack_runs_the_shipped_tenant_file():
+    server = (CUBE_DIR / "server.js").read_text()
+    assert (
+        "'deploy', 'kubernetes', 'base', 'cube.js'" in server and "contextToAppId" not in server
+    )  # one file, not a copy
