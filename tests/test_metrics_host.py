@@ -41,9 +41,9 @@ async def test_the_metrics_port_listens_where_metrics_host_says(cube, gitlab_url
     section = f'metrics_port = {metrics_port}\nmetrics_host = "0.0.0.0"'
     async with proxy_process(tmp_path, gitlab_url, cube_url, server_section=section) as (proc, _):
         assert listening_on(metrics_port) == {"0.0.0.0"}
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{metrics_port}/-/metrics") as resp:
-                assert resp.status == 200 and "pa_proxy_requests_total" in await resp.text()
+        url = f"http://127.0.0.1:{metrics_port}/-/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            assert resp.status == 200 and "pa_proxy_requests_total" in await resp.text()
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
 
