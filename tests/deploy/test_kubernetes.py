@@ -29,7 +29,7 @@ from tests.conftest import CUBE_KEY
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
 KUBERNETES = "1.33.0"
-MANIFESTS = sorted(p for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml")
+OVERLAYS = ("example", "fleet")
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -38,9 +38,28 @@ def load(path: Path) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(DEPLOY)))
-def test_every_manifest_is_valid_for_kubernetes(path: Path) -> None:
-    kubernetes_validate.validate(load(path), KUBERNETES, strict=True)
+def render(overlay: str) -> list[dict[str, Any]]:
+    """``kubectl kustomize`` of an overlay: the manifests exactly as they would be applied."""
+    command = ["kubectl", "kustomize", str(DEPLOY / "overlays" / overlay)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The rendered objects by (kind, name), generated names without their hash suffix."""
+    found = {}
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        if doc["kind"] == "ConfigMap":
+            name = re.sub(r"-[a-z0-9]{10}$", "", name)
+        found[(doc["kind"], name)] = doc
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_overlay_renders_and_is_valid_for_kubernetes(overlay: str) -> None:
+    for doc in render(overlay):
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
 
 
 def test_the_kustomizations_name_files_that_exist() -> None:
@@ -48,50 +67,94 @@ def test_the_kustomizations_name_files_that_exist() -> None:
         data = load(kustomization)
         named = [*data.get("resources", []), *data.get("components", [])]
         named += [p["path"] for p in data.get("patches", []) if "path" in p]
+        named += [f for generator in data.get("configMapGenerator", []) for f in generator.get("files", [])]
         for entry in named:
             assert (kustomization.parent / entry).exists(), f"{kustomization}: {entry} is missing"
 
 
-def deployment() -> dict[str, Any]:
-    return load(DEPLOY / "base" / "deployment.yaml")
+def deployment(overlay: str = "example") -> dict[str, Any]:
+    return by_kind(render(overlay))[("Deployment", "product-analytics-proxy")]
 
 
-def proxy_container() -> dict[str, Any]:
-    return next(c for c in deployment()["spec"]["template"]["spec"]["containers"] if c["name"] == "proxy")
+def proxy_container(pod: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in pod["containers"] if c["name"] == "proxy")
+
+
+def proxy_toml(overlay: str = "example") -> dict[str, Any]:
+    return tomllib.loads(
+        by_kind(render(overlay))[("ConfigMap", "product-analytics-proxy-config")]["data"]["proxy.toml"]
+    )
 
 
 def test_the_pod_is_locked_down_and_waits_long_enough_on_shutdown() -> None:
     pod = deployment()["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
-    for container in pod["containers"]:
+    for container in [*pod["containers"], *pod["initContainers"]]:
         security = container["securityContext"]
         assert security["readOnlyRootFilesystem"] is True and security["capabilities"]["drop"] == ["ALL"]
         assert security["allowPrivilegeEscalation"] is False
         assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
-    config = tomllib.loads(load(DEPLOY / "base" / "configmap.yaml")["data"]["proxy.toml"])
+    config = proxy_toml()
     needed = config["server"]["drain_delay"] + config["server"]["shutdown_timeout"]
     assert pod["terminationGracePeriodSeconds"] > needed
-    cube = next(c for c in pod["containers"] if c["name"] == "cube")
+    # Cube is a native sidecar: started before the proxy, stopped only after it (Kubernetes 1.29+)
+    [cube] = pod["initContainers"]
+    assert cube["name"] == "cube" and cube["restartPolicy"] == "Always"
     assert "ports" not in cube  # Cube is the proxy's, on localhost
-    assert [p["containerPort"] for p in proxy_container()["ports"]] == [config["server"]["port"]]
+    mounts = {m["mountPath"]: m for m in cube["volumeMounts"]}
+    assert mounts["/cube/conf/cube.js"]["subPath"] == "cube.js" and "/tmp" in mounts  # noqa: S108 - a mount path
+    ports = {p["name"]: p["containerPort"] for p in proxy_container(pod)["ports"]}
+    assert ports == {"http": config["server"]["port"], "metrics": config["server"]["metrics_port"]}
+    assert config["server"]["metrics_host"] == "0.0.0.0"
 
 
-async def test_the_proxy_starts_from_the_configmap_and_the_secret_files_and_answers_its_probes(
+def test_configuration_is_generated_so_an_edit_rolls_the_pods() -> None:
+    found = by_kind(render("example"))
+    pod = found[("Deployment", "product-analytics-proxy")]["spec"]["template"]["spec"]
+    mounted = {v["name"]: v.get("configMap", {}).get("name") for v in pod["volumes"]}
+    rendered = {doc["metadata"]["name"] for doc in render("example") if doc["kind"] == "ConfigMap"}
+    for volume in ("config", "cube-config"):
+        assert re.fullmatch(r"product-analytics-(proxy|cube)-config-[a-z0-9]{10}", mounted[volume])
+        assert mounted[volume] in rendered  # the Deployment names the generated, hash-suffixed ConfigMap
+    # the one tenant file, the local stack's and the pods' alike
+    cube_js = found[("ConfigMap", "product-analytics-cube-config")]["data"]["cube.js"]
+    assert cube_js == (DEPLOY / "base" / "cube.js").read_text()
+
+
+def test_the_service_leaves_the_metrics_port_out() -> None:
+    service = by_kind(render("example"))[("Service", "product-analytics-proxy")]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+
+
+def test_overlays_compose_fleet_is_example_plus_redis() -> None:
+    example, fleet = by_kind(render("example")), by_kind(render("fleet"))
+    for key, doc in example.items():
+        assert key in fleet, key
+    env = {e["name"]: e.get("value") for e in proxy_container(fleet[("Deployment", "product-analytics-proxy")]
+                                                               ["spec"]["template"]["spec"])["env"]}  # fmt: skip
+    assert env["PROXY_GITLAB__URL"] == "https://gitlab.example.org"  # the example's GitLab, kept
+    assert env["PROXY_REDIS__URL"].startswith("redis://product-analytics-redis")
+    assert fleet[("Deployment", "product-analytics-proxy")]["metadata"]["namespace"] == "analytics"
+    secret = fleet[("Secret", "product-analytics-proxy-keys")]["stringData"]
+    assert {"cube-api-key", "redis-signing-key", "redis-password"} <= set(secret)
+
+
+async def test_the_proxy_starts_from_the_rendered_configmap_and_secret_and_answers_its_probes(
     tmp_path, cube_url
 ) -> None:
-    container = proxy_container()
-    pod = deployment()["spec"]["template"]["spec"]
+    found = by_kind(render("example"))
+    pod = found[("Deployment", "product-analytics-proxy")]["spec"]["template"]["spec"]
+    container = proxy_container(pod)
     volumes = {v["name"]: v for v in pod["volumes"]}
     root = tmp_path / "pod"  # the container's filesystem, under a scratch root
-    secret = load(DEPLOY / "overlays" / "example" / "secret.yaml")
-    configmap = load(DEPLOY / "base" / "configmap.yaml")
+    secret = found[("Secret", "product-analytics-proxy-keys")]
+    configmaps = {doc["metadata"]["name"]: doc for doc in found.values() if doc["kind"] == "ConfigMap"}
     for mount in container["volumeMounts"]:
         target = root / mount["mountPath"].lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
         volume = volumes[mount["name"]]
         if "configMap" in volume:
-            assert volume["configMap"]["name"] == configmap["metadata"]["name"]
-            for key, text in configmap["data"].items():
+            for key, text in configmaps[volume["configMap"]["name"]]["data"].items():
                 (target / key).write_text(text)
         elif "secret" in volume:
             assert volume["secret"]["secretName"] == secret["metadata"]["name"]
@@ -104,15 +167,18 @@ async def test_the_proxy_starts_from_the_configmap_and_the_secret_files_and_answ
     settings = tomllib.loads(text)
     key_file = settings["product_analytics"]["cube_api_key_file"]
     assert (root / key_file.lstrip("/")).exists(), "cube_api_key_file names a file of the mounted Secret"
-    # the same file, its absolute paths moved under the scratch root; this machine's free port; the test's Cube
+    # the same file, its absolute paths moved under the scratch root; this machine's free ports; the test's Cube
     config_file.write_text(text.replace(key_file, str(root / key_file.lstrip("/"))))
     (root / key_file.lstrip("/")).write_text(CUBE_KEY)  # the fake Cube's key (the example's is a placeholder)
     port = free_port()
     process_env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    process_env.update(env)  # the container's environment, as rendered (its GitLab among it)
     process_env.update(
         {
             "PROXY_CONFIG": str(config_file),
             "PROXY_SERVER__PORT": str(port),
+            "PROXY_SERVER__METRICS_PORT": str(free_port()),
+            "PROXY_SERVER__METRICS_HOST": "127.0.0.1",  # this test's machine: loopback only
             "PROXY_SERVER__WORKERS": "1",
             "PROXY_SERVER__DRAIN_DELAY": "0",
             "PROXY_PRODUCT_ANALYTICS__CUBE_API_BASE_URL": cube_url,
@@ -148,18 +214,6 @@ def _ok(call: Any) -> bool:
         return False
 
 
-def render(overlay: str) -> list[dict[str, Any]]:
-    """``kubectl kustomize`` of an overlay: the manifests exactly as they would be applied."""
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(DEPLOY / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
 async def test_the_fleet_overlay_renders_and_its_redis_admits_only_the_proxy_with_its_password(tmp_path) -> None:
     from proxy.settings import settings_from_mapping
     from proxy.shared.connect import redis_client
@@ -168,7 +222,7 @@ async def test_the_fleet_overlay_renders_and_its_redis_admits_only_the_proxy_wit
     docs = render("fleet")
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
-    found = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    found = by_kind(docs)
     policy = found[("NetworkPolicy", "product-analytics-redis")]["spec"]
     assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "product-analytics-redis"}
     assert policy["ingress"] == [
@@ -197,10 +251,11 @@ async def test_the_fleet_overlay_renders_and_its_redis_admits_only_the_proxy_wit
             (folder / item["path"]).write_text(secret[item["key"]])
         text = found[("ConfigMap", "product-analytics-proxy-config")]["data"]["proxy.toml"]
         raw = tomllib.loads(text.replace(mount, str(folder)))
+        env = {e["name"]: e["value"].replace(mount, str(folder)) for e in proxy_container(proxy_pod)["env"]}
         service = found[("Service", "product-analytics-redis")]["metadata"]["name"]
-        assert service in raw["redis"]["url"]
-        raw["redis"]["url"] = server.url  # the Service's name resolves in the cluster only
-        settings = settings_from_mapping(raw, {})
+        assert service in env["PROXY_REDIS__URL"]
+        env["PROXY_REDIS__URL"] = server.url  # the Service's name resolves in the cluster only
+        settings = settings_from_mapping(raw, env)
         assert settings.redis.password == secret["redis-password"]
         assert settings.redis.signing_key == secret["redis-signing-key"]
         client = redis_client(settings.redis)
@@ -208,9 +263,8 @@ async def test_the_fleet_overlay_renders_and_its_redis_admits_only_the_proxy_wit
             assert await client.ping()
         finally:
             await client.aclose()
-        anonymous = redis_client(
-            settings_from_mapping({**raw, "redis": {**raw["redis"], "password_file": None}}, {}).redis
-        )
+        without = {k: v for k, v in env.items() if k != "PROXY_REDIS__PASSWORD_FILE"}
+        anonymous = redis_client(settings_from_mapping(raw, without).redis)
         try:
             with pytest.raises(Exception, match=r"(?i)auth"):
                 await anonymous.ping()
