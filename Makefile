@@ -32,10 +32,11 @@ postgres: ## Make sure PostgreSQL's server is installed (Debian's postgresql; ne
 		echo "installing PostgreSQL from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
-test-tools: ## Make sure Chromium, nginx, Redis and Redis Sentinel are installed for the tests (Debian's packages; needs root)
-	@command -v chromium >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 && command -v redis-sentinel >/dev/null 2>&1 || { \
-		echo "installing chromium, nginx, redis-server and redis-sentinel from Debian"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light redis-server redis-sentinel >/dev/null; }
+test-tools: ## Make sure Chromium, nginx, Redis, Redis Sentinel and promtool are installed for the tests (Debian's packages; needs root)
+	@command -v chromium >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 && command -v redis-sentinel >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+		echo "installing chromium, nginx, redis-server, redis-sentinel and promtool (prometheus) from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light redis-server redis-sentinel >/dev/null \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 bench-tools: ## Make sure wrk and nginx are installed (Debian's packages; needs root)
 	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
