@@ -47,7 +47,7 @@ run: install postgres ## Run the proxy on a local stack (PostgreSQL + demo data 
 	$(PY) -m stack.run
 
 test: install postgres test-tools ## Run every test (unit and real-stack) with coverage of proxy/
-	$(PY) -m pytest --cov=proxy --cov-report=term-missing
+	$(PY) -m pytest --cov=proxy --cov-report=term-missing --cov-report=xml
 
 test-unit: install ## Only the tests that need no PostgreSQL or Cube
 	$(PY) -m pytest -m "not stack"

@@ -253,25 +253,38 @@ def demo_events(project_id: int, today: dt.date, days: int = 30, seed: int | Non
     return rows
 
 
-def _sql_literal(value: object) -> str:
+#: the demo data as one SQL file: what `make run`, the tests and docker compose all load (dates relative to the
+#: day it is loaded on, so the file never goes stale)
+DEMO_SQL = Path(__file__).resolve().parent / "demo.sql"
+#: the day the file's rows are computed from: any fixed day (only each row's distance from it counts)
+_ANCHOR = dt.date(2026, 1, 1)
+
+
+def _sql_literal(value: object, today: dt.date) -> str:
     if value is None:
         return "NULL"
-    if isinstance(value, dt.datetime):
-        return f"'{value.isoformat(sep=' ')}'"
+    if isinstance(value, dt.datetime):  # relative to the day the file is loaded on
+        days = (today - value.date()).days
+        seconds = int((value - dt.datetime.combine(value.date(), dt.time())).total_seconds())
+        return f"(CURRENT_DATE - {days}) + interval '{seconds} seconds'"
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def seed(pg: Postgres, today: dt.date | None = None) -> dict[int, int]:
-    """(Re)create each demo project's schema and events; returns rows per project."""
-    today = today or dt.date.today()
-    counts: dict[int, int] = {}
+def demo_sql() -> str:
+    """Every demo project's schema and events, as SQL with dates relative to ``CURRENT_DATE``."""
+    parts = ["-- The local stack's demo data (stack/demo.sql): written by `python -m stack.localstack`, do not edit.\n"]
     for project_id in DEMO_PROJECTS:
         schema = f"gitlab_project_{project_id}"
-        rows = demo_events(project_id, today)
-        values = ",\n".join("(" + ", ".join(_sql_literal(v) for v in row) + ")" for row in rows)
-        pg.psql(SCHEMA_SQL.format(schema=schema) + f"INSERT INTO {schema}.events VALUES\n{values};\n")
-        counts[project_id] = len(rows)
-    return counts
+        rows = demo_events(project_id, _ANCHOR)
+        values = ",\n".join("(" + ", ".join(_sql_literal(v, _ANCHOR) for v in row) + ")" for row in rows)
+        parts.append(SCHEMA_SQL.format(schema=schema) + f"INSERT INTO {schema}.events VALUES\n{values};\n")
+    return "".join(parts)
+
+
+def seed(pg: Postgres) -> dict[int, int]:
+    """(Re)create each demo project's schema and events from ``stack/demo.sql``; returns rows per project."""
+    pg.psql(DEMO_SQL.read_text())
+    return {project_id: len(demo_events(project_id, _ANCHOR)) for project_id in DEMO_PROJECTS}
 
 
 def cube_installed() -> bool:
@@ -376,3 +389,8 @@ def running_stack(
         pg.stop()
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    DEMO_SQL.write_text(demo_sql())
+    print(f"wrote {DEMO_SQL}")

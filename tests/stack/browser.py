@@ -28,6 +28,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
+#: the location block the README gives GitLab's nginx (Omnibus), as shipped: this load balancer runs it
+GITLAB_SNIPPET = Path(__file__).resolve().parents[2] / "deploy" / "gitlab" / "product-analytics.nginx.conf"
+SNIPPET_UPSTREAM = "http://product-analytics-proxy:8080"
+
 LOAD_BALANCER = """
 map $cookie__gitlab_session $has_session {{ "" no; default yes; }}
 log_format routed '$status $request_method $request_uri session=$has_session upstream=$upstream_addr';
@@ -38,14 +42,7 @@ server {{
         proxy_pass http://127.0.0.1:{proxy_port};
         proxy_set_header Host $http_host;
     }}
-    location ~ ^/api/v4/projects/.+/product_analytics/request/ {{
-        proxy_pass http://127.0.0.1:{proxy_port};
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $http_host;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_buffering off;
-    }}
+    ANALYTICS
     location / {{
         proxy_pass http://127.0.0.1:{gitlab_port};
         proxy_set_header Host $http_host;
@@ -59,7 +56,9 @@ def load_balancer(workdir: Path, proxy_port: int, gitlab_port: int) -> Iterator[
     """nginx routing the analytics API to the proxy and the rest to GitLab; yields its origin."""
     root = workdir / "nginx"
     port = free_port()
+    analytics = GITLAB_SNIPPET.read_text().replace(SNIPPET_UPSTREAM, f"http://127.0.0.1:{proxy_port}")
     block = LOAD_BALANCER.format(root=root, proxy_port=proxy_port, gitlab_port=gitlab_port)
+    block = block.replace("ANALYTICS", analytics)
     proc: subprocess.Popen[bytes] | None = start_nginx(root, block, port)
     try:
         yield f"http://127.0.0.1:{port}"

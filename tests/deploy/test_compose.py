@@ -1,0 +1,104 @@
+"""docker-compose.yml, as far as a machine without a Docker engine can take it: valid against the Compose
+specification (check-jsonschema's vendored schema, offline), and running what `make run` runs: the same settings
+file and dev tokens, the shipped tenant configuration and data model, the same demo data."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy.settings import settings_from_mapping
+from stack.localstack import CUBE_DIR, DEMO_SQL, demo_sql
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Each container path a service mounts, and the file or folder of this repository it is."""
+    found = {}
+    for volume in service.get("volumes", []):
+        host, container, *_ = volume.split(":")
+        found[container] = (ROOT / host).resolve()
+    return found
+
+
+def test_the_compose_file_is_valid_for_the_compose_specification() -> None:
+    checked = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(COMPOSE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_file_compose_mounts_exists() -> None:
+    for name, service in compose()["services"].items():
+        for container, host in mounts(service).items():
+            assert host.exists(), f"{name}: {host} (mounted at {container}) is missing"
+
+
+def test_the_proxy_runs_make_runs_settings_but_for_where_the_services_are() -> None:
+    services = compose()["services"]
+    for name in ("proxy", "proxy-fleet"):
+        proxy = services[name]
+        files = mounts(proxy)
+        env = {k: str(v) for k, v in proxy["environment"].items()}
+        config = files[env["PROXY_CONFIG"]]
+        assert config == ROOT / "config" / "local.toml"  # stack/run.py's default: what `make run` serves with
+        raw = tomllib.loads(config.read_text())
+        dev_tokens = Path(proxy["working_dir"]) / raw["auth"]["dev_tokens_file"]
+        assert files[str(dev_tokens)] == ROOT / raw["auth"]["dev_tokens_file"]
+        raw["auth"]["dev_tokens_file"] = str(ROOT / raw["auth"]["dev_tokens_file"])
+        as_make_run = settings_from_mapping(raw, {})
+        in_compose = settings_from_mapping(raw, {k: v for k, v in env.items() if k != "PROXY_CONFIG"})
+        changed = {
+            f"{section.name}.{f.name}"
+            for section in dataclasses.fields(in_compose)
+            if dataclasses.is_dataclass(getattr(in_compose, section.name))
+            for f in dataclasses.fields(getattr(in_compose, section.name))
+            if getattr(getattr(in_compose, section.name), f.name) != getattr(getattr(as_make_run, section.name), f.name)
+        }
+        expected = {"server.host", "product_analytics.cube_api_base_url", "auth.allow_dev_tokens_off_loopback"}
+        if name == "proxy-fleet":
+            expected |= {"redis.url", "redis.signing_key"}
+        assert changed == expected, changed
+        assert in_compose.product_analytics.cube_api_base_url == "http://cube:4000"
+
+
+def test_cube_and_postgres_run_the_stacks_files_and_data() -> None:
+    services = compose()["services"]
+    cube, postgres = services["cube"], services["postgres"]
+    cube_files = mounts(cube)
+    assert cube_files["/cube/conf/cube.js"] == ROOT / "deploy" / "kubernetes" / "base" / "cube.js"
+    assert cube_files["/cube/conf/model"] == CUBE_DIR / "model"  # stack/cube/server.js's schemaPath
+    assert cube["image"] == "cubejs/cube:v0.33.65"  # the version stack/cube's lock pins and the tests run
+    raw = tomllib.loads((ROOT / "config" / "local.toml").read_text())
+    env = cube["environment"]
+    assert env["CUBEJS_API_SECRET"] == raw["product_analytics"]["cube_api_key"]
+    assert (env["CUBEJS_DB_HOST"], env["CUBEJS_DB_NAME"]) == ("postgres", postgres["environment"]["POSTGRES_DB"])
+    assert env["CUBEJS_DB_PASS"] == postgres["environment"]["POSTGRES_PASSWORD"]
+    assert mounts(postgres)["/docker-entrypoint-initdb.d/demo.sql"] == DEMO_SQL
+
+
+def test_the_demo_data_file_is_what_the_stack_generates() -> None:
+    """stack/demo.sql is written by `python -m stack.localstack`; the local stack loads the same file."""
+    assert DEMO_SQL.read_text() == demo_sql()
