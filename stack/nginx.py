@@ -20,12 +20,8 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start_nginx(root: Path, server_block: str, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
-    """nginx in the foreground with its files under ``root``; ``PORT`` in the block is ``port``; waits until it listens.
-
-    The access log (JSON-free, nginx's combined format) is ``root/logs/access.log`` when the
-    block turns it on; the error log is ``root/logs/error.log``.
-    """
+def write_conf(root: Path, server_block: str, port: int, workers: int = 1) -> Path:
+    """nginx's configuration for ``server_block`` (``PORT`` in it is ``port``), with every file under ``root``."""
     (root / "logs").mkdir(parents=True, exist_ok=True)
     conf = root / "nginx.conf"
     conf.write_text(
@@ -51,6 +47,17 @@ def start_nginx(root: Path, server_block: str, port: int, workers: int = 1) -> s
         + server_block.replace("PORT", str(port))
         + "\n}\n"
     )
+    return conf
+
+
+def start_nginx(root: Path, server_block: str, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
+    """nginx in the foreground with its files under ``root``; ``PORT`` in the block is ``port``; waits until it listens.
+
+    The access log (JSON-free, nginx's combined format) is ``root/logs/access.log`` when the
+    block turns it on; the error log is ``root/logs/error.log``. To change the block later:
+    ``write_conf`` again, then SIGHUP the process (nginx reloads without dropping a connection).
+    """
+    conf = write_conf(root, server_block, port, workers)
     proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(root)], stderr=subprocess.DEVNULL)
     wait_until(lambda: port_open(port), f"nginx ({root})", 15, proc)
     return proc

@@ -1,0 +1,310 @@
+"""The Deployment as shipped, run as a kubelet would run it: a rolling replacement under steady traffic.
+
+Each pod is emulated from the rendered manifests (``kubectl kustomize`` of the example overlay):
+its ConfigMaps and Secret laid out under a scratch root at their mount paths, each container's
+command started with its rendered environment, Cube being Cube's own server (``cubejs-server``,
+what the ``cubejs/cube`` image runs, from ``stack/cube``'s install) reading the shipped
+``cube.js`` from its working directory, the proxy as the image installs it. What cannot be the
+same on one machine is moved and said: each pod's ports are free ones (pods do not share a
+network namespace in Kubernetes), the proxy's Cube URL follows its pod's Cube port, and the
+user's own pieces (the data model and the database Secret) are the local stack's.
+
+The kubelet's order: the native sidecar (Cube) starts first and the proxy after it is up; a new
+pod takes traffic once its readiness probe passes. On termination the endpoints controller takes
+the pod out of the Service while the kubelet sends SIGTERM to the proxy; Cube, a sidecar, gets
+its SIGTERM only once the proxy has exited. Two pods behind nginx (the Service), replaced one
+after the other while callers keep asking: no request may fail. The old shape, both containers
+SIGTERMed at once, is kept as a test too: it loses requests (Cube's server exits at once on
+SIGTERM, while the proxy still serves through its drain delay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from stack.localstack import CUBE_DIR, free_port, stop_process
+from stack.nginx import start_nginx, write_conf
+from tests.conftest import QUERY
+from tests.deploy.test_kubernetes import by_kind, render
+from tests.fakes.gitlab import FakeToken
+
+pytestmark = pytest.mark.stack
+
+LOAD = "/api/v4/projects/1/product_analytics/request/load"
+#: what the user supplies beside the manifests (the Deployment's envFrom Secret): the local stack's PostgreSQL
+DATABASE_SECRET = "product-analytics-cube-database"
+#: how long after a pod's SIGTERM its endpoint leaves the Service (kube-proxy's and the load balancer's lag)
+ENDPOINT_LAG = 1.0
+#: seconds between one caller's requests (four callers: about 100 requests a second in all)
+PACE = 0.04
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+async def _until(check, what: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(check):
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        await asyncio.sleep(0.1)  # a probe's period, bounded by the deadline
+
+
+class Pod:
+    """One pod of the rendered Deployment, its containers started in the kubelet's order."""
+
+    def __init__(self, name: str, rendered: dict[tuple[str, str], Any], root: Path, pg_port: int, gitlab_url: str):
+        self.name = name
+        self.root = root / name
+        deployment = rendered[("Deployment", "product-analytics-proxy")]
+        self.spec = deployment["spec"]["template"]["spec"]
+        self.grace = float(self.spec["terminationGracePeriodSeconds"])
+        self.secret = rendered[("Secret", "product-analytics-proxy-keys")]["stringData"]
+        self.configmaps = {d["metadata"]["name"]: d for d in rendered.values() if d["kind"] == "ConfigMap"}
+        self.cube_port, self.port = free_port(), free_port()
+        self.pg_port, self.gitlab_url = pg_port, gitlab_url
+        self.cube: subprocess.Popen[bytes] | None = None
+        self.proxy: subprocess.Popen[bytes] | None = None
+
+    # -- the pod's filesystem and each container's environment ------------------------------
+
+    def _mount(self, container: dict[str, Any]) -> None:
+        volumes = {v["name"]: v for v in self.spec["volumes"]}
+        for mount in container.get("volumeMounts", []):
+            target = self.root / mount["mountPath"].lstrip("/")
+            volume = volumes[mount["name"]]
+            if "configMap" in volume and volume["configMap"]["name"] in self.configmaps:
+                data = self.configmaps[volume["configMap"]["name"]]["data"]
+                if "subPath" in mount:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(data[mount["subPath"]])
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+                    for key, text in data.items():
+                        (target / key).write_text(text)
+            elif "configMap" in volume:  # the user's data model: the local stack's
+                shutil.copytree(CUBE_DIR / "model", target, dirs_exist_ok=True)
+            elif "secret" in volume:
+                target.mkdir(parents=True, exist_ok=True)
+                for item in volume["secret"]["items"]:
+                    (target / item["path"]).write_text(self.secret[item["key"]])
+            else:  # an emptyDir
+                target.mkdir(parents=True, exist_ok=True)
+
+    def _env(self, container: dict[str, Any]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "CUBEJS_"))}
+        for source in container.get("envFrom", []):
+            assert source["secretRef"]["name"] == DATABASE_SECRET
+            env.update(
+                {
+                    "CUBEJS_DB_TYPE": "postgres",
+                    "CUBEJS_DB_HOST": "127.0.0.1",
+                    "CUBEJS_DB_PORT": str(self.pg_port),
+                    "CUBEJS_DB_USER": "postgres",
+                    "CUBEJS_DB_PASS": "postgres",
+                    "CUBEJS_DB_NAME": "analytics",
+                    "CUBEJS_CACHE_AND_QUEUE_DRIVER": "memory",  # no Cube Store here
+                }
+            )
+        for entry in container.get("env", []):
+            if "value" in entry:
+                env[entry["name"]] = (
+                    entry["value"].replace("/run/", f"{self.root}/run/").replace("/etc/", f"{self.root}/etc/")
+                )
+            else:
+                ref = entry["valueFrom"]["secretKeyRef"]
+                assert ref["name"] == "product-analytics-proxy-keys"
+                env[entry["name"]] = self.secret[ref["key"]]
+        return env
+
+    # -- the kubelet -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """The sidecar (Cube) first, the proxy once Cube is up; returns when the pod is Ready."""
+        [cube] = self.spec["initContainers"]
+        assert cube["restartPolicy"] == "Always"  # a native sidecar
+        self._mount(cube)
+        env = self._env(cube) | {"PORT": str(self.cube_port)}
+        conf = self.root / "cube" / "conf"
+        log = (self.root / "cube.log").open("ab")
+        self.cube = subprocess.Popen(
+            ["node", str(CUBE_DIR / "node_modules" / ".bin" / "cubejs-server")],
+            cwd=conf, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        probe = cube["readinessProbe"]["httpGet"]
+        await _until(lambda: _ok(f"http://127.0.0.1:{self.cube_port}{probe['path']}"), f"{self.name}'s Cube", 90,
+                     self.cube)  # fmt: skip
+        [proxy] = self.spec["containers"]
+        self._mount(proxy)
+        env = self._env(proxy)
+        config = Path(env["PROXY_CONFIG"])
+        settings = tomllib.loads(config.read_text())
+        key_file = settings["product_analytics"]["cube_api_key_file"]
+        config.write_text(config.read_text().replace(key_file, f"{self.root}{key_file}"))
+        env |= {
+            "PROXY_SERVER__PORT": str(self.port),
+            "PROXY_SERVER__METRICS_PORT": str(free_port()),
+            "PROXY_SERVER__METRICS_HOST": "127.0.0.1",
+            "PROXY_PRODUCT_ANALYTICS__CUBE_API_BASE_URL": f"http://127.0.0.1:{self.cube_port}",
+            "PROXY_GITLAB__URL": self.gitlab_url,
+        }
+        self.proxy = subprocess.Popen(
+            [sys.executable, "-m", "proxy"], env=env, stderr=(self.root / "proxy.log").open("ab"),
+            start_new_session=True,
+        )  # fmt: skip
+        ready = proxy["readinessProbe"]["httpGet"]["path"]
+        await _until(lambda: _ok(f"http://127.0.0.1:{self.port}{ready}"), f"{self.name}'s proxy", 60, self.proxy)
+
+    async def terminate(self, sidecar_order: bool) -> None:
+        """SIGTERM as the kubelet sends it: to the proxy, and to Cube once the proxy exited (a sidecar) or, in the
+        old shape, to both at once; whatever is left at the grace period's end is killed."""
+        assert self.cube is not None and self.proxy is not None
+        deadline = time.monotonic() + self.grace
+        self.proxy.send_signal(signal.SIGTERM)
+        if not sidecar_order:
+            self.cube.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(self.proxy.wait, max(0.0, deadline - time.monotonic()))
+        if sidecar_order:
+            self.cube.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(self.cube.wait, max(0.1, deadline - time.monotonic()))
+        self.kill()
+
+    def kill(self) -> None:
+        for proc in (self.proxy, self.cube):
+            stop_process(proc, 5)
+
+
+class Service:
+    """nginx as the Service in front of the pods: its upstream is the Ready pods, changed with a reload."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root / "nginx", free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _block(self, pods: list[Pod]) -> str:
+        servers = "".join(f"server 127.0.0.1:{pod.port};" for pod in pods)
+        return (
+            f"upstream pods {{ {servers} }}\n"
+            "server { listen 127.0.0.1:PORT; location / { proxy_pass http://pods; proxy_http_version 1.1;"
+            ' proxy_set_header Connection ""; proxy_next_upstream error timeout; } }'
+        )
+
+    def route(self, pods: list[Pod]) -> None:
+        if self.proc is None:
+            self.proc = start_nginx(self.root, self._block(pods), self.port)
+        else:
+            write_conf(self.root, self._block(pods), self.port)
+            self.proc.send_signal(signal.SIGHUP)  # a graceful reload: no connection is dropped
+
+    def stop(self) -> None:
+        stop_process(self.proc, 10)
+
+
+class Callers:
+    """Steady traffic through the Service: a few callers asking one after another until told to stop."""
+
+    def __init__(self, url: str, tokens: list[str]) -> None:
+        self.url, self.tokens = url, tokens
+        self.statuses: Counter[int | str] = Counter()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _call(self, n: int) -> None:
+        headers = {"PRIVATE-TOKEN": self.tokens[n]}
+        async with aiohttp.ClientSession() as session:
+            i = 0
+            while not self._stop.is_set():
+                i += 1
+                body = {"query": {**QUERY, "limit": 1 + (n * 1000 + i) % 50}}
+                try:
+                    async with session.post(self.url, json=body, headers=headers) as resp:
+                        await resp.read()
+                        self.statuses[resp.status] += 1
+                except aiohttp.ClientError as exc:
+                    self.statuses[type(exc).__name__] += 1
+                await asyncio.sleep(PACE)  # each caller's pace (under the proxy's rate limit), not a synchronisation
+
+    def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(self._call(n)) for n in range(len(self.tokens))]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def failed(self) -> dict[int | str, int]:
+        return {k: v for k, v in self.statuses.items() if k != 200}
+
+
+async def _rolling_replacement(
+    tmp_path: Path, stack, gitlab, gitlab_url: str, sidecar_order: bool, replace: int
+) -> Callers:
+    tokens = [f"glpat-caller-{n:012d}" for n in range(4)]
+    for token in tokens:  # a token each: the proxy's rate limit is per caller
+        gitlab.tokens[token] = FakeToken(1, ["api"])
+    rendered = by_kind(render("example"))
+    pods = [Pod(f"pod-{n}", rendered, tmp_path, stack.pg.port, gitlab_url) for n in range(2)]
+    service = Service(tmp_path)
+    started: list[Pod] = []
+    try:
+        for pod in pods:
+            started.append(pod)
+            await pod.start()
+        service.route(pods)
+        callers = Callers(f"http://127.0.0.1:{service.port}{LOAD}", tokens)
+        callers.start()
+        try:
+            await _until(lambda: callers.statuses[200] >= 20, f"traffic through both pods ({callers.statuses})", 30)
+            for n in range(replace):  # maxSurge 1, maxUnavailable 0: a new pod Ready, then an old one goes
+                new = Pod(f"pod-new-{n}", rendered, tmp_path, stack.pg.port, gitlab_url)
+                started.append(new)
+                await new.start()
+                old = pods.pop(0)
+                pods.append(new)
+                stopping = asyncio.ensure_future(old.terminate(sidecar_order))
+                await asyncio.sleep(ENDPOINT_LAG)  # the endpoint leaves the Service this long after SIGTERM
+                service.route(pods)
+                await stopping
+                served = callers.statuses[200]
+                await _until(lambda: callers.statuses[200] >= served + 20, "traffic after the replacement", 30)  # noqa: B023
+        finally:
+            await callers.stop()
+        return callers
+    finally:
+        service.stop()
+        for pod in started:
+            pod.kill()
+
+
+async def test_a_rolling_replacement_under_traffic_fails_no_request(tmp_path, stack, gitlab, gitlab_url):
+    callers = await _rolling_replacement(tmp_path, stack, gitlab, gitlab_url, sidecar_order=True, replace=2)
+    assert callers.statuses[200] >= 100 and callers.failed() == {}, dict(callers.statuses)
+
+
+async def test_the_old_shape_both_containers_stopped_at_once_loses_requests(tmp_path, stack, gitlab, gitlab_url):
+    """What the manifests did before Cube became a sidecar: Cube exits at SIGTERM while the proxy still serves."""
+    callers = await _rolling_replacement(tmp_path, stack, gitlab, gitlab_url, sidecar_order=False, replace=1)
+    assert callers.failed(), dict(callers.statuses)
