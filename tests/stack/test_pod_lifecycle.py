@@ -259,6 +259,19 @@ class Callers:
         return {k: v for k, v in self.statuses.items() if k != 200}
 
 
+async def _totals(port: int, token: str) -> dict[int, int]:
+    """Each demo project's event count, asked through the Service: a tenant sees its own rows only."""
+    totals = {}
+    async with aiohttp.ClientSession() as session:
+        for project in (1, 2):
+            url = f"http://127.0.0.1:{port}/api/v4/projects/{project}/product_analytics/request/load"
+            async with session.post(url, json={"query": QUERY}, headers={"PRIVATE-TOKEN": token}) as resp:
+                body = await resp.json()
+                assert resp.status == 200, body
+            totals[project] = sum(int(row["TrackedEvents.count"]) for row in body["results"][0]["data"])
+    return totals
+
+
 async def _rolling_replacement(
     tmp_path: Path, stack, gitlab, gitlab_url: str, sidecar_order: bool, replace: int
 ) -> Callers:
@@ -290,6 +303,8 @@ async def _rolling_replacement(
                 await stopping
                 served = callers.statuses[200]
                 await _until(lambda: callers.statuses[200] >= served + 20, "traffic after the replacement", 30)  # noqa: B023
+            if sidecar_order:  # the replaced pods keep the tenants apart through the shipped cube.js
+                assert await _totals(service.port, tokens[0]) == {1: stack.rows[1], 2: stack.rows[2]}
         finally:
             await callers.stop()
         return callers
