@@ -18,6 +18,22 @@ _MISSING_DATABASE = re.compile(
 
 DATABASE_NOT_FOUND = {"message": "404 Clickhouse Database Not Found"}
 
+# Cube cannot reach its own database: a connection refused, reset or timed out, a pool timeout
+# (Cube 0.33: 'connect ECONNREFUSED 10.0.0.5:5432'; 1.x: 'Error: ResourceRequest timed out (postgres#default)')
+_DATABASE_DOWN = re.compile(
+    r"ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN"
+    r"|ResourceRequest timed out|Connection terminated unexpectedly|timeout expired|the database system is",
+    re.IGNORECASE,
+)
+DATABASE_UNAVAILABLE = "Cube's database is unavailable"
+#: seconds a caller is asked to wait when Cube's database does not answer
+DATABASE_RETRY_AFTER = "5"
+
+
+def database_down(message: str) -> bool:
+    """Whether Cube's error says it cannot reach its own database (not the caller's fault: a 503)."""
+    return _DATABASE_DOWN.search(message) is not None
+
 
 def error_text(body: Any) -> str | None:
     """Cube's error message, if the body is an error answer; ``None`` for data."""
@@ -34,7 +50,10 @@ def is_continue_wait(body: Any) -> bool:
 
 
 def map_cube_error(message: str) -> tuple[int, dict[str, str]]:
-    """The caller's status and body for a Cube ``error`` (never its ``stack``)."""
+    """The caller's status and body for a Cube ``error`` (never its ``stack``); a database that does not answer
+    is 503 with a message of ours (Cube's names internal addresses)."""
+    if database_down(message):
+        return 503, {"message": DATABASE_UNAVAILABLE, "error": DATABASE_UNAVAILABLE}
     if _MISSING_DATABASE.search(message):
         return 404, dict(DATABASE_NOT_FOUND)
     return 400, {"message": message, "error": message}

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import orjson
 
+from proxy.cube.answers import DATABASE_UNAVAILABLE
 from proxy.cube.client import Answer, Buffered, CubeClient, Streamed
 from proxy.cube.fill_queue import FillQueue, filled
 from proxy.cube.tenants import Tenant
@@ -97,8 +98,12 @@ class Forwarder:
                     traceparent=call.traceparent,
                 )
             except ApiError as exc:
+                outcome = "database_down" if exc.body.get("message") == DATABASE_UNAVAILABLE else None
                 self._metrics.cube_call(
-                    call.endpoint, _FAULTS.get(exc.status, "error"), time.monotonic() - asked, call.tenant.cube_base_url
+                    call.endpoint,
+                    outcome or _FAULTS.get(exc.status, "error"),
+                    time.monotonic() - asked,
+                    call.tenant.cube_base_url,
                 )
                 release()
                 if attempt > 1 and exc.status == 504 and last is not None:

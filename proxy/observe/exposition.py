@@ -89,7 +89,7 @@ class SnapshotCollector(Collector):
         yield _counter(
             "cube_calls_total",
             "Calls to Cube by endpoint and outcome (data, continue_wait, cube_4xx, "
-            "cube_5xx, timeout, unreachable, queue_timeout)",
+            "cube_5xx, timeout, unreachable, queue_timeout, database_down)",
             ["endpoint", "outcome"],
             s.get("cube_calls", []),
         )
