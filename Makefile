@@ -69,12 +69,13 @@ fuzz: install ## The differential fuzzing of the two front doors, long and rando
 soak: install postgres ## Ten minutes of mixed traffic on the real stack, two workers: RSS, files, tasks and Cube connections must stay flat
 	$(PY) -m bench.soak
 
-lint: install ## ruff, mypy --strict, the layering contracts of proxy/ (import-linter, pyproject.toml), hadolint
+lint: install ## ruff, mypy --strict, the layering contracts of proxy/ (import-linter, pyproject.toml), hadolint, the OpenAPI document
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/ruff check proxy tests stack bench
 	$(VENV)/bin/ruff format --check proxy tests stack bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/openapi-spec-validator docs/openapi.yaml
 
 lock: install ## Write requirements.lock (the image's dependencies, with hashes) from pyproject.toml with uv
 	$(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.11 \

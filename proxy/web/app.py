@@ -15,6 +15,7 @@ from proxy.web.health import setup_health
 from proxy.web.keys import PIPELINE
 from proxy.web.middlewares import MIDDLEWARES, PROTECTED_PREFIX
 from proxy.web.observability import setup_observability
+from proxy.web.openapi import setup_openapi
 from proxy.web.views import dry_run, load, meta
 
 
@@ -71,4 +72,5 @@ def create_app(settings: Settings, metrics_folder: Path | None = None, slot: int
     setup_templates(app)
     setup_explorer(app, settings)
     setup_observability(app, settings, metrics_folder, slot)
+    setup_openapi(app)
     return app
