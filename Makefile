@@ -63,8 +63,9 @@ test-pythons: ## The unit tests on Python 3.12 and 3.13 too (pyenv's; a .venv-3.
 		.venv-$$minor/bin/python -m pytest -p no:cacheprovider -q -m "not stack and not loop_timing" || exit 1; \
 	done
 
-fuzz: install ## The differential fuzzing of the two front doors, long and randomised (3,000 examples)
+fuzz: install postgres ## Long fuzzing: the two front doors differentially (3,000 examples), Schemathesis on the real stack (500)
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -p no:cacheprovider tests/test_differential_fuzz.py
+	SCHEMATHESIS_EXAMPLES=500 $(PY) -m pytest -p no:cacheprovider tests/stack/test_schemathesis.py
 
 soak: install postgres ## Ten minutes of mixed traffic on the real stack, two workers: RSS, files, tasks and Cube connections must stay flat
 	$(PY) -m bench.soak
