@@ -18,8 +18,11 @@ from proxy.settings import CUBE_MAX_LIMIT
 
 OPENAPI_PATH = "/-/openapi.json"
 
-_MEMBER = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_.]*$",
-           "description": "A cube member: `Cube.member` (a time dimension may add `.granularity`)."}  # fmt: skip
+_MEMBER = {
+    "type": "string",
+    "pattern": r"^[a-zA-Z0-9_]+\.[a-zA-Z0-9_]+(\.(second|minute|hour|day|week|month|year))?$",
+    "description": "A cube member, `Cube.member` (a time dimension may add `.granularity`), as Cube checks it.",
+}  # fmt: skip
 _GRANULARITY = {"type": "string", "enum": ["second", "minute", "hour", "day", "week", "month", "quarter", "year"]}
 _DATE_RANGE = {
     "oneOf": [
