@@ -49,11 +49,24 @@ def is_continue_wait(body: Any) -> bool:
     return error_text(body) == CONTINUE_WAIT
 
 
-def map_cube_error(message: str) -> tuple[int, dict[str, str]]:
+#: Cube 1.x's error kinds (``{"type": "UserError", "error": ...}``), kept for Cube's JavaScript client
+_ERROR_TYPES = frozenset({"UserError"})
+
+
+def error_type(body: Any) -> str | None:
+    """Cube 1.x's ``type`` of an error answer, when it is one of the kinds its client knows."""
+    kind = body.get("type") if isinstance(body, dict) else None
+    return kind if kind in _ERROR_TYPES else None
+
+
+def map_cube_error(message: str, kind: str | None = None) -> tuple[int, dict[str, str]]:
     """The caller's status and body for a Cube ``error`` (never its ``stack``); a database that does not answer
-    is 503 with a message of ours (Cube's names internal addresses)."""
+    is 503 with a message of ours (Cube's names internal addresses). Cube 1.x's ``type`` is kept."""
     if database_down(message):
         return 503, {"message": DATABASE_UNAVAILABLE, "error": DATABASE_UNAVAILABLE}
     if _MISSING_DATABASE.search(message):
         return 404, dict(DATABASE_NOT_FOUND)
-    return 400, {"message": message, "error": message}
+    body = {"message": message, "error": message}
+    if kind is not None:
+        body["type"] = kind
+    return 400, body

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from proxy.bounded import read_at_most
-from proxy.cube.answers import DATABASE_RETRY_AFTER, error_text, is_continue_wait, map_cube_error
+from proxy.cube.answers import DATABASE_RETRY_AFTER, error_text, error_type, is_continue_wait, map_cube_error
 from proxy.errors import ApiError
 from proxy.http_client import (
     ConnectFailed,
@@ -92,10 +92,10 @@ def body_fault(exc: UpstreamError) -> ApiError:
     return upstream_fault(502, _connection_failed(exc))
 
 
-def cube_error(message: str) -> Buffered:
+def cube_error(message: str, kind: str | None = None) -> Buffered:
     """A Cube ``error`` as the caller's answer; Cube's database down is a 503 with ``Retry-After`` (an ApiError,
     since the answer carries a header), its details (internal addresses) only in the log."""
-    status, body = map_cube_error(message)
+    status, body = map_cube_error(message, kind)
     if status == 503:
         log.warning("Cube cannot reach its database: %s", message, extra={"event": "cube_database_down"})
         raise ApiError(503, body, {"Retry-After": DATABASE_RETRY_AFTER})
@@ -121,7 +121,7 @@ def classify_body(raw: bytes, parse: bool = True) -> Buffered:
         return Buffered(200, raw, parsed)
     if is_continue_wait(parsed):
         return Buffered(200, raw, parsed, continue_wait=True)
-    return cube_error(message)
+    return cube_error(message, error_type(parsed))
 
 
 class CubeClient:
@@ -258,7 +258,7 @@ def _classify_error_status(status: int, raw: bytes) -> Buffered:
             message,
             extra={"event": "cube_key_refused"},
         )
-    return cube_error(message)
+    return cube_error(message, error_type(parsed))
 
 
 async def _read_bounded(response: Response, limit: int, what: str) -> bytes:
