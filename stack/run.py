@@ -32,6 +32,9 @@ QUERY = {
 
 
 def main() -> int:
+    # Ctrl-C stops the stack even when started from a shell that ignores SIGINT (as it does for background jobs):
+    # an inherited SIG_IGN would leave PostgreSQL, Cube and the proxy running after the caller gave up
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(ROOT / "config" / "local.toml"))
     parser.add_argument("--pg-port", type=int, default=int(os.environ.get("STACK_PG_PORT", "54329")))
