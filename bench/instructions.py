@@ -34,9 +34,12 @@ def count(
     """Total instructions of one proxy process that served ``seconds`` of wrk, and the requests served."""
     # the benchmark's own proxy settings: auth cache warm for the run, rate limit off
     process, port = proxy_process(workdir, "counted", gitlab_url, cube_url, KEY, server=server)
-    out = workdir / f"callgrind.{port}.out"
+    # the parent supervises and the worker serves: every process of the tree is counted (one file each)
+    out = workdir / f"callgrind.{port}"
+    out.mkdir()
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, *process.args],
+        ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}/%p.out",
+         sys.executable, *process.args],
         cwd=checkout,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -54,10 +57,14 @@ def count(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(errors="replace"), re.MULTILINE)
-    if found is None:
+    totals = []
+    for path in out.glob("*.out"):
+        found = re.search(r"^(?:summary|totals): (\d+)", path.read_text(errors="replace"), re.MULTILINE)
+        if found is not None:
+            totals.append(int(found.group(1)))
+    if not totals:
         raise RuntimeError(f"no instruction total in {out}")
-    return int(found.group(1)), result.requests
+    return sum(totals), result.requests
 
 
 def per_request(checkout: Path, workdir: Path, gitlab_url: str, cube_url: str, server: dict[str, object]) -> int:

@@ -74,8 +74,9 @@ class Metrics:
         self.project_label = project_label
         self.max_projects = max_projects
         self.started = time.time()
-        #: by (route template, status class): latency, bytes sent, and counts by (method, status)
-        self.routes: dict[tuple[str, int], Timed] = {}
+        #: by route template, then by status class (the index: 2 for 2xx...): latency, bytes sent, and counts by
+        #: (method, status); a list indexed by class costs the hot path no tuple key
+        self.routes: dict[str, list[Timed | None]] = {}
         #: requests begun and not finished (the pipeline's begin adds, finish takes away)
         self.in_flight = 0
         #: by Cube endpoint and the Cube's configured base URL: latency and counts by outcome
@@ -105,10 +106,13 @@ class Metrics:
 
     def request_finished(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
         self.in_flight -= 1
-        where = (route, status // 100)
-        timed = self.routes.get(where)
+        row = self.routes.get(route)
+        if row is None:
+            row = self.routes[route] = [None] * 7
+        cls = status // 100 if 0 < status < 600 else 6
+        timed = row[cls]
         if timed is None:
-            timed = self.routes[where] = Timed()
+            timed = row[cls] = Timed()
         timed.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         timed.total += seconds
         timed.sent += sent
@@ -167,7 +171,8 @@ class Metrics:
     ) -> dict[str, Any]:
         """Everything counted so far, as JSON-ready rows (what a worker writes for the others to add up);
         ``counters``: more counter rows, kept elsewhere (summed like these)."""
-        routes, gitlab = self.routes.items(), self.gitlab.items()
+        routes = [((route, cls), t) for route, row in self.routes.items() for cls, t in enumerate(row) if t is not None]
+        gitlab = self.gitlab.items()
         by_endpoint: dict[str, Timed] = {}
         by_url: dict[str, Timed] = {}
         for (endpoint, url), timed in self.cube.items():
