@@ -477,8 +477,8 @@ class Pipeline:
             return False, {"status": "shutting down"}
         cubes = await self.readiness.check()
         report: dict[str, Any] = {
-            "cubes": {shown_url(url): "up" if up else "down" for url, up in cubes.items()},
-            "down": [shown_url(url) for url, up in cubes.items() if not up],
+            "cubes": {redact_url(url): "up" if up else "down" for url, up in cubes.items()},
+            "down": [redact_url(url) for url, up in cubes.items() if not up],
         }
         ready = any(cubes.values())
         if self.settings.gitlab.ready_check and self._gitlab_client is not None:
@@ -508,7 +508,7 @@ class Pipeline:
     def cube_up(self) -> dict[str, int]:
         """Each Cube, as shown, and whether the last readiness check found it up."""
         last = self.readiness.last if hasattr(self, "readiness") else {}
-        return {shown_url(url): int(up) for url, up in last.items()}
+        return {redact_url(url): int(up) for url, up in last.items()}
 
     def counters(self) -> dict[str, list[list[Any]]]:
         """This process's counters kept outside ``Metrics`` (the lane's, the shared layer's), as snapshot rows:
@@ -580,11 +580,6 @@ def _answer_size(answer: Buffered) -> int:
 
 def _buffered(status: int, body: bytes) -> Buffered:
     return Buffered(status, body, None)
-
-
-def shown_url(url: str) -> str:
-    """A Cube URL as a report may show it: without any user, password or secret parameter in it."""
-    return redact_url(url)
 
 
 def _issuer(settings: Settings) -> str:

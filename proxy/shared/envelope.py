@@ -48,7 +48,3 @@ class Envelope:
         if int(expires_ms) / 1000 + SKEW_SECONDS < self._clock():
             return None, "expired"
         return payload, ""
-
-    def expires_at(self, stored: bytes) -> float:
-        """The expiry (seconds since the epoch) of a value that opened."""
-        return int(stored.split(b".", 2)[1]) / 1000

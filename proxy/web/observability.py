@@ -29,8 +29,9 @@ from proxy.background import in_background
 from proxy.errors import ApiError
 from proxy.observe.exposition import CONTENT_TYPE, Exposition
 from proxy.observe.store import merge, read_snapshots, write_snapshot
-from proxy.pipeline.core import Pipeline, shown_url
+from proxy.pipeline.core import Pipeline
 from proxy.settings import Settings, is_loopback, redacted
+from proxy.urls import redact_url
 from proxy.web.health import from_loopback
 from proxy.web.keys import EXCHANGE, PIPELINE
 
@@ -155,7 +156,7 @@ async def status_report(observe: Observability) -> dict[str, Any]:
         pool = pools.get(origin) if origin is not None else None
         cubes.append(
             {
-                "url": shown_url(url),
+                "url": redact_url(url),
                 "ready": up,
                 "calls": sum(latency_by_url[url][1]) if url in latency_by_url else 0,
                 "mean_ms": _mean_ms(latency_by_url.get(url)),
@@ -200,7 +201,7 @@ async def status_report(observe: Observability) -> dict[str, Any]:
         "cubes": cubes,
         "tenants": tenants[: observe.settings.server.metrics_max_projects],
         "gitlab": {
-            "url": shown_url(observe.settings.gitlab.url),
+            "url": redact_url(observe.settings.gitlab.url),
             "calls": sum(row[-1] for row in gitlab_calls),
             "failed": sum(
                 row[-1] for row in gitlab_calls if row[1] in {"unreachable", "429"} or row[1].startswith("5")
