@@ -38,8 +38,14 @@ def count(
     out = workdir / f"callgrind.{port}"
     out.mkdir()
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}/%p.out",
-         sys.executable, *process.args],
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--trace-children=yes",
+            f"--callgrind-out-file={out}/%p.out",
+            sys.executable,
+            *process.args,
+        ],
         cwd=checkout,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -38,7 +38,7 @@ class Refusal(NamedTuple):
 
 
 class SharedLoads(Protocol):
-    """A fleet-wide layer behind the cache (``proxy/shared/fleet.py``): it answers a local miss."""
+    """A fleet-wide layer behind the cache (``proxy/shared/redis_layer.py``): it answers a local miss."""
 
     async def load(self, key: Any, load: Callable[[], Awaitable[Any]], policy: SharePolicy) -> Any: ...
 

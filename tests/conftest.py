@@ -15,8 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from proxy.lane import protocol as fast_lane
-from proxy.lane.protocol import FastLane
+from proxy.lane import listener as fast_lane
+from proxy.lane.listener import FastLane
 from proxy.settings import Settings, settings_from_mapping
 from proxy.web.app import create_app
 from proxy.web.keys import PIPELINE
@@ -170,8 +170,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def shared_settings(settings: Settings, redis_server: RedisServer) -> Settings:
-    """The proxy with the fleet's shared layer on ``redis_server``."""
-    return replace(settings, "redis", url=redis_server.url, signing_key=SIGNING_KEY, local_ttl=60.0)
+    """The proxy with the fleet's shared layer on ``redis_server``.
+
+    Redis' timeout is generous here: on a loaded machine a 0.25 s call can time out, the layer goes
+    degraded and a test of what the fleet shares would see local answers instead. Tests of the
+    timeout set their own.
+    """
+    return replace(settings, "redis", url=redis_server.url, signing_key=SIGNING_KEY, local_ttl=60.0, timeout=5.0)
 
 
 def replace(settings: Settings, section: str, **values: Any) -> Settings:

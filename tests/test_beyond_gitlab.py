@@ -87,7 +87,7 @@ async def test_meta_errors_and_continue_wait_are_never_cached(make_settings, mak
     assert "cubes" in await resp.json()
     assert len(cube.calls_to("meta")) == 3
     key = resolve_tenant(client.app[PIPELINE].settings, 1)
-    assert client.app[PIPELINE].meta_cache.peek(key) is not None  # only the good answer was kept
+    assert client.app[PIPELINE].services.meta_cache.peek(key) is not None  # only the good answer was kept
 
 
 async def test_continue_wait_is_asked_again_server_side(client, cube):
@@ -154,7 +154,7 @@ async def test_a_12_second_query_answers_with_data_in_one_call(make_settings, ma
 async def test_identical_concurrent_loads_make_one_upstream_call(client, cube):
     release = asyncio.Event()
     cube.behaviour = held_until(release, cube.default)
-    coalescer = client.app[PIPELINE].coalescer
+    coalescer = client.app[PIPELINE].services.coalescer
     tasks = [queued_load(client) for _ in range(20)]
     await until(lambda: coalescer.waiting() == 20)
     release.set()
@@ -170,7 +170,7 @@ async def test_identical_concurrent_loads_make_one_upstream_call(client, cube):
 async def test_different_queries_types_endpoints_and_tenants_are_not_coalesced(client, cube):
     release = asyncio.Event()
     cube.behaviour = held_until(release, cube.default)
-    coalescer = client.app[PIPELINE].coalescer
+    coalescer = client.app[PIPELINE].services.coalescer
     calls = [
         client.post(LOAD, json={"query": QUERY}, headers=REPORTER),
         client.post(LOAD, json={"query": {**QUERY, "limit": 1}}, headers=REPORTER),
@@ -189,7 +189,7 @@ async def test_different_queries_types_endpoints_and_tenants_are_not_coalesced(c
 async def test_coalesced_callers_share_an_error_too(client, cube):
     release = asyncio.Event()
     cube.behaviour = held_until(release, answer(400, {"error": "bad member"}))
-    coalescer = client.app[PIPELINE].coalescer
+    coalescer = client.app[PIPELINE].services.coalescer
     tasks = [queued_load(client) for _ in range(3)]
     await until(lambda: coalescer.waiting() == 3)
     release.set()
@@ -199,7 +199,7 @@ async def test_coalesced_callers_share_an_error_too(client, cube):
 
 
 async def test_a_joined_caller_leaving_does_not_stop_the_shared_call(client, cube):
-    coalescer = client.app[PIPELINE].coalescer
+    coalescer = client.app[PIPELINE].services.coalescer
     first, release = await a_load_held_at_cube(client, cube)
     leaver = queued_load(client)
     await until(lambda: coalescer.waiting() == 2)
@@ -212,7 +212,7 @@ async def test_a_joined_caller_leaving_does_not_stop_the_shared_call(client, cub
 
 
 async def test_when_the_caller_making_the_shared_call_leaves_the_others_ask_again_once(client, cube):
-    coalescer = client.app[PIPELINE].coalescer
+    coalescer = client.app[PIPELINE].services.coalescer
     leader, release = await a_load_held_at_cube(client, cube)
     stayers = [queued_load(client) for _ in range(2)]
     await until(lambda: coalescer.waiting() == 3)

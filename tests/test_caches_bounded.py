@@ -96,7 +96,7 @@ async def test_the_pipeline_sweeps_expired_answers_every_second(make_client, mak
             headers={"PRIVATE-TOKEN": f"glpat-random-{i:012d}"},
         )
         assert resp.status == 401
-    authorizer = client.app[PIPELINE].authorizer
+    authorizer = client.app[PIPELINE].services.authorizer
     callers = authorizer._callers._errors
     assert Cache.__len__(callers) == 20  # counted without letting the table expire anything itself
     for _ in range(50):  # the sweep runs every second: wait for it, bounded

@@ -48,7 +48,7 @@ async def test_a_tenants_fills_queue_behind_its_own_not_everyones(make_client, s
     cube.behaviour = big
     client = await make_client(settings)
     assert (await client.post(LOAD.format(1), json={"query": long_query(1)}, headers=REPORTER)).status == 200
-    fills = client.app[PIPELINE].fills
+    fills = client.app[PIPELINE].services.fills
     finished: list[int] = []
 
     async def one(project: int, limit: int) -> None:
@@ -67,7 +67,7 @@ async def test_a_tenants_fills_queue_behind_its_own_not_everyones(make_client, s
     await asyncio.gather(*first, second)
     # one FIFO for everyone would put project 2 last (7th); in turns it is next after the fill under way
     assert finished.index(2) <= 2, finished
-    assert fills.waiting() == {} and client.app[PIPELINE].whole_answers.held == 0
+    assert fills.waiting() == {} and client.app[PIPELINE].services.whole_answers.held == 0
 
 
 async def test_large_answers_past_the_fill_budget_are_refused_not_held(make_client, make_settings, cube):
@@ -92,7 +92,7 @@ async def test_large_answers_past_the_fill_budget_are_refused_not_held(make_clie
 
     answers = sorted(await asyncio.gather(*(one(50_000 - i) for i in range(3))))
     assert answers == [(200, None), (503, "1"), (503, "1")]
-    assert client.app[PIPELINE].whole_answers.held == 0
+    assert client.app[PIPELINE].services.whole_answers.held == 0
 
 
 async def test_the_fill_process_is_ended_within_its_grace_and_waiters_are_answered():

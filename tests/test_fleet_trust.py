@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from proxy.errors import ApiError
 from proxy.shared.codecs import Plain
 from proxy.shared.envelope import Envelope
-from proxy.shared.fleet import Fleet
+from proxy.shared.redis_layer import RedisLayer
 from proxy.singleflight import SharePolicy
 from tests.conftest import QUERY, REPORTER, SIGNING_KEY, replace
 from tests.fakes.gitlab import FakeToken
@@ -170,8 +170,8 @@ class _FailingSecondGet(aioredis.Redis):
 POLICY = SharePolicy("test", Plain(), 30.0, 5.0, lambda exc: isinstance(exc, ApiError))
 
 
-def fleet_on(client: aioredis.Redis, timeout: float = 0.25, lock_ttl: float = 30.0) -> Fleet:
-    return Fleet(client, SIGNING_KEY, PREFIX, timeout, lock_ttl)
+def fleet_on(client: aioredis.Redis, timeout: float = 0.25, lock_ttl: float = 30.0) -> RedisLayer:
+    return RedisLayer(client, SIGNING_KEY, PREFIX, timeout, lock_ttl)
 
 
 async def test_the_lock_is_let_go_when_the_read_after_taking_it_fails(redis_server, writer):

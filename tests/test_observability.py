@@ -195,7 +195,7 @@ async def test_readiness_fails_when_every_cube_is_down_or_the_proxy_is_draining(
     resp = await client.get("/-/readiness")
     assert resp.status == 503 and (await resp.json())["down"]
     cube.ready = True
-    client.server.app[PIPELINE].draining = True
+    client.server.app[PIPELINE].drain()
     resp = await client.get("/-/readiness")
     assert (resp.status, (await resp.json())["status"]) == (503, "shutting down")
 
@@ -319,6 +319,6 @@ async def test_a_callers_method_tokens_do_not_become_labels(client):
 async def test_while_draining_every_answer_says_connection_close(client, cube):
     """From SIGTERM on (the pipeline draining), both doors move their callers on: the lane and aiohttp alike."""
     assert (await load(client)).headers.get("Connection") != "close"
-    client.server.app[PIPELINE].draining = True
+    client.server.app[PIPELINE].drain()
     resp = await load(client)
     assert resp.status == 200 and resp.headers["Connection"] == "close"

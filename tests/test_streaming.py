@@ -12,6 +12,7 @@ import pytest
 from proxy.web.keys import PIPELINE
 from tests.conftest import QUERY, REPORTER
 from tests.fakes.cube import chunked, generated, held_until
+from tests.test_observability import scrape, value
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 HEAD = b'{"queryType":"regularQuery","results":[{"data":['
@@ -101,7 +102,7 @@ async def fanned_out(client, cube, callers, middle=b" " * 5000, die_after=None):
     cube.behaviour = held_until(
         hold, chunked([HEAD + b" " * 100, middle, TAIL], between=rest_may_come, die_after=die_after)
     )
-    coalescer = client.app[PIPELINE].coalescer
+    coalescer = client.app[PIPELINE].services.coalescer
     tasks = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(callers)]
     await until(lambda: coalescer.waiting() == callers)
     hold.set()
@@ -109,7 +110,19 @@ async def fanned_out(client, cube, callers, middle=b" " * 5000, die_after=None):
 
 
 async def test_identical_streams_fan_out_from_one_upstream_call(stream_settings, make_client, cube):
-    responses, rest_may_come = await fanned_out(await make_client(stream_settings), cube, 5)
+    client = await make_client(stream_settings)
+    hold = asyncio.Event()
+    cube.behaviour = held_until(hold, chunked([HEAD + b" " * 100, b" " * 5000, TAIL]))
+    waiting = [asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER)) for _ in range(4)]
+    await until(lambda: client.app[PIPELINE].services.coalescer.waiting() == 4)
+    # the callers waiting on one coalesced call are a gauge
+    assert value(await scrape(client), "pa_proxy_coalesced_waiting_callers") == 4
+    hold.set()
+    for resp in await asyncio.gather(*waiting):
+        assert resp.status == 200 and len(await resp.read()) == len(HEAD) + 5100 + len(TAIL)
+    assert value(await scrape(client), "pa_proxy_coalesced_waiting_callers") == 0
+    cube.calls.clear()
+    responses, rest_may_come = await fanned_out(client, cube, 5)
     heads = [await r.content.readexactly(len(HEAD)) for r in responses]
     assert heads == [HEAD] * 5  # every caller has the head while Cube still holds the rest
     rest_may_come.set()
@@ -242,7 +255,7 @@ async def test_a_shared_stream_drops_a_caller_that_falls_behind_instead_of_stall
     reader, writer = await stalled_caller(client, QUERY)
     await until(lambda: len(cube.calls) == 1)
     reading = asyncio.ensure_future(client.post(LOAD, json={"query": QUERY}, headers=REPORTER))
-    coalescer = client.app[PIPELINE].coalescer
+    coalescer = client.app[PIPELINE].services.coalescer
     await until(lambda: coalescer.waiting() == 2)
     go.set()
     resp = await asyncio.wait_for(reading, 10)
@@ -265,3 +278,18 @@ async def test_leading_whitespace_costs_linear_work_and_is_bounded(stream_settin
         assert resp.status == 200 and body.strip() == HEAD + TAIL
     else:
         assert resp.status == 502 and b"whitespace" in body
+
+
+async def test_while_draining_a_streamed_answer_says_connection_close_too(stream_settings, make_client, cube):
+    """The draining rule holds for streamed answers on both doors (aiohttp's streams are prepared by the view)."""
+    size = 1024 * 1024
+    cube.behaviour = generated(size)
+    client = await make_client(stream_settings)
+    kept = await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)
+    assert kept.headers.get("Connection") != "close"
+    assert len(await kept.read()) > size - 64 * 1024
+    client.server.app[PIPELINE].drain()
+    resp = await client.post(LOAD, json={"query": {**QUERY, "limit": 10}}, headers=REPORTER)
+    assert resp.status == 200 and resp.headers["Connection"] == "close"
+    assert resp.headers["X-Request-Id"].endswith("-span-1")
+    assert len(await resp.read()) > size - 64 * 1024

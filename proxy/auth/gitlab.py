@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -16,6 +18,7 @@ from proxy.auth.credentials import Credential
 from proxy.bounded import read_at_most
 from proxy.errors import ApiError, gitlab_unavailable
 from proxy.observe.metrics import Metrics
+from proxy.settings import GitLabSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,19 @@ _CURRENT_USER = {"query": "{ currentUser { id } }"}
 class GitLabReply:
     status: int
     body: Any
+
+
+@contextlib.asynccontextmanager
+async def gitlab_client(config: GitLabSettings, metrics: Metrics) -> AsyncIterator[GitLabClient]:
+    """A client for GitLab's REST API over one session for this process, closed on the way out."""
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=config.max_concurrent_calls, ttl_dns_cache=300),
+        cookie_jar=aiohttp.DummyCookieJar(),  # callers share this session: GitLab's cookies must not
+    )
+    try:
+        yield GitLabClient(session, config.url, config.timeout, config.retry_after, metrics)
+    finally:
+        await session.close()
 
 
 class GitLabClient:

@@ -78,7 +78,7 @@ class Streamed:
         self.release()
 
 
-Answer = Buffered | Streamed
+CubeAnswer = Buffered | Streamed
 
 
 def upstream_fault(status: int, message: str) -> ApiError:
@@ -156,7 +156,7 @@ class CubeClient:
         need_whole: bool = False,
         parse: bool = True,
         traceparent: str | None = None,
-    ) -> Answer:
+    ) -> CubeAnswer:
         """Send one call; a fault raises ApiError (502/504) and leaves nothing open."""
         read_timeout = self.read_timeout if read_timeout is None else read_timeout
         # identity: bodies are passed through as bytes, so they must arrive unencoded.
@@ -203,7 +203,7 @@ class CubeClient:
         self.whole_budget.give(reserved - len(raw))
         return raw
 
-    async def _classify(self, response: Response, need_whole: bool, parse: bool) -> Answer:
+    async def _classify(self, response: Response, need_whole: bool, parse: bool) -> CubeAnswer:
         length = response.content_length
         try:
             if response.status != 200:

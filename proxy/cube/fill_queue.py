@@ -71,9 +71,28 @@ class FillProcess:
             await asyncio.wait_for(asyncio.to_thread(pool.join), grace)
         except TimeoutError:
             log.warning("the fill process did not finish within %g s; ending it", grace, extra={"event": "fill_ended"})
-            await asyncio.to_thread(pool.terminate)
+            await asyncio.to_thread(_end, pool)
         for done in self._pending:
             _settle(done, ApiError(503, {"message": "The proxy is shutting down; retry"}, {"Retry-After": "1"}))
+
+
+#: seconds a terminated fill process may take to exit before it is killed
+EXIT_SECONDS = 2.0
+
+
+def _end(pool: Pool) -> None:
+    """Terminate the pool, then make sure its process is gone: joined, or killed past ``EXIT_SECONDS``.
+
+    ``Pool.terminate`` races a ``join`` still running in another thread (the grace's), and can
+    return with the process alive; the workers are the pool's own list (CPython's ``_pool``).
+    """
+    workers = list(getattr(pool, "_pool", ()))
+    pool.terminate()
+    for worker in workers:
+        worker.join(EXIT_SECONDS)
+        if worker.is_alive():
+            worker.kill()
+            worker.join(EXIT_SECONDS)
 
 
 def _settle(done: asyncio.Future[bytes], result: Any) -> None:

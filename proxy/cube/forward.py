@@ -10,7 +10,7 @@ from typing import NamedTuple
 import orjson
 
 from proxy.cube.answers import DATABASE_UNAVAILABLE
-from proxy.cube.client import Answer, Buffered, CubeClient, Streamed
+from proxy.cube.client import Buffered, CubeAnswer, CubeClient, Streamed
 from proxy.cube.fill_queue import FillQueue, filled
 from proxy.cube.tenants import Tenant
 from proxy.cube.zerofill import FillPlan, zero_fill
@@ -65,7 +65,7 @@ class Forwarder:
         #: the least seconds from one round's start to the next's (a Cube that answers at once is not hammered)
         self._pause = continue_wait_pause
 
-    async def fetch(self, call: UpstreamCall) -> Answer:
+    async def fetch(self, call: UpstreamCall) -> CubeAnswer:
         """Ask Cube, asking again on Continue wait until the budget runs out.
 
         The first attempt always gets Cube's full read timeout; a later one only

@@ -22,17 +22,13 @@ class LoadShedder:
         self._interval = interval
         #: the latest lag, decaying so one slow tick does not flap
         self.lag = 0.0
-        self.shed = 0
 
     @property
     def enabled(self) -> bool:
         return self.max_lag > 0
 
     def overloaded(self) -> bool:
-        if self.lag > self.max_lag:
-            self.shed += 1
-            return True
-        return False
+        return self.lag > self.max_lag
 
     def observe(self, lag: float) -> None:
         self.lag = max(lag, self.lag * 0.5)

@@ -161,6 +161,11 @@ class SnapshotCollector(Collector):
         yield _gauge(
             "cube_pool_waiting_callers", "Calls waiting for a connection to Cube", gauges.get("pool_waiting", 0)
         )
+        yield _gauge(
+            "coalesced_waiting_callers",
+            "Callers waiting on another caller's identical Cube call (coalesced, not yet answered)",
+            gauges.get("coalesced_waiting", 0),
+        )
         connections = GaugeMetricFamily(
             PREFIX + "open_connections", "Client connections open now, by the front door serving them", labels=["door"]
         )

@@ -17,7 +17,7 @@ import collections
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 
-from proxy.cube.client import Answer, Buffered, Streamed
+from proxy.cube.client import Buffered, CubeAnswer, Streamed
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class SharedStream:
         self._broadcast.leave(self._sub)
 
 
-Outcome = Buffered | Streamed | SharedStream
+QueryAnswer = Buffered | Streamed | SharedStream
 
 
 class _LeaderLeft:
@@ -104,10 +104,10 @@ class _Flight:
         #: slots whose callers gave up before taking the answer
         self.left: set[int] = set()
         #: each waiting follower's slot and the future its answer arrives on
-        self.followers: dict[int, asyncio.Future[Answer | _LeaderLeft]] = {}
+        self.followers: dict[int, asyncio.Future[CubeAnswer | _LeaderLeft]] = {}
         self.broadcast: _Broadcast | None = None
 
-    def settle(self, outcome: Answer | _LeaderLeft | BaseException) -> None:
+    def settle(self, outcome: CubeAnswer | _LeaderLeft | BaseException) -> None:
         """Give every follower still waiting the leader's answer, its error, or word that it left."""
         for waiter in self.followers.values():
             if waiter.done():
@@ -193,7 +193,7 @@ class Coalescer:
         """Callers waiting on a flight that has not answered yet."""
         return sum(f.joined - len(f.left) for f in self._flights.values())
 
-    async def run(self, key: Hashable | None, produce: Callable[[], Awaitable[Answer]]) -> tuple[Outcome, bool]:
+    async def run(self, key: Hashable | None, produce: Callable[[], Awaitable[CubeAnswer]]) -> tuple[QueryAnswer, bool]:
         """The answer for this caller, and whether it was shared with an earlier caller.
 
         The first caller makes the call itself, in its own task: no task or future is made
@@ -209,7 +209,7 @@ class Coalescer:
             return await self._lead(key, produce), False
         slot = flight.joined
         flight.joined += 1
-        waiter: asyncio.Future[Answer | _LeaderLeft] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[CubeAnswer | _LeaderLeft] = asyncio.get_running_loop().create_future()
         flight.followers[slot] = waiter
         try:
             answer = await waiter
@@ -220,7 +220,7 @@ class Coalescer:
             return await self.run(key, produce)
         return self._take(flight, slot, answer), True
 
-    async def _lead(self, key: Hashable, produce: Callable[[], Awaitable[Answer]]) -> Outcome:
+    async def _lead(self, key: Hashable, produce: Callable[[], Awaitable[CubeAnswer]]) -> QueryAnswer:
         flight = self._flights[key] = _Flight()
         try:
             answer = await produce()
@@ -241,7 +241,7 @@ class Coalescer:
         if self._flights.get(key) is flight:
             del self._flights[key]
 
-    def _take(self, flight: _Flight, slot: int, answer: Answer) -> Outcome:
+    def _take(self, flight: _Flight, slot: int, answer: CubeAnswer) -> QueryAnswer:
         if isinstance(answer, Buffered):
             return answer
         if flight.joined == 1:

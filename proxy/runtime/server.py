@@ -18,8 +18,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy.lane import protocol as fast_lane
-from proxy.lane.protocol import FastLane
+from proxy.lane import listener as fast_lane
+from proxy.lane.listener import FastLane
 from proxy.observe.store import parent_event, retire
 from proxy.runtime.logs import setup_logging
 from proxy.runtime.workers import Supervisor, die_with_parent
@@ -85,7 +85,7 @@ async def serve(
         on_listening()
     log.info("listening on http://%s:%s", settings.server.host, settings.server.port, extra={"event": "listening"})
     await stop.wait()
-    app[PIPELINE].draining = True  # readiness fails; every answer from now on says Connection: close
+    app[PIPELINE].drain()  # readiness fails; every answer from now on says Connection: close
     if retiring:
         # a reload: the new workers accept on the same sockets already. Stop accepting here, and give the
         # connections this worker holds a moment to bring their next request (answered with Connection:

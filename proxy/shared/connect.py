@@ -18,7 +18,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 
+from proxy.observe.metrics import Metrics
 from proxy.settings import RedisSettings
+from proxy.shared.layer import SharedLayer
+from proxy.shared.redis_layer import RedisLayer
 
 #: connections one process keeps to Redis at most
 MAX_CONNECTIONS = 64
@@ -77,3 +80,11 @@ def redis_client(config: RedisSettings) -> aioredis.Redis:
 def _address(entry: str) -> tuple[str, int]:
     host, _, port = entry.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def open_shared(config: RedisSettings, metrics: Metrics) -> SharedLayer:
+    """The fleet's shared layer on the Redis ``config`` names (``[redis] url`` set and validated)."""
+    assert config.signing_key is not None  # validated with the url
+    return RedisLayer(
+        redis_client(config), config.signing_key, config.key_prefix, config.timeout, config.lock_ttl, metrics=metrics
+    )

@@ -13,7 +13,7 @@ from proxy.settings import Settings
 from proxy.web.explorer import setup_explorer, setup_templates
 from proxy.web.health import setup_health
 from proxy.web.keys import PIPELINE
-from proxy.web.middlewares import MIDDLEWARES, PROTECTED_PREFIX
+from proxy.web.middlewares import MIDDLEWARES, PROTECTED_PREFIX, on_prepare
 from proxy.web.observability import setup_observability
 from proxy.web.openapi import setup_openapi
 from proxy.web.views import dry_run, load, meta
@@ -31,27 +31,27 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def _overload_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with app[PIPELINE].overload_probe():
+    async with app[PIPELINE].services.overload_probe():
         yield
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with app[PIPELINE].open_redis():
+    async with app[PIPELINE].services.open_redis():
         yield
 
 
 async def _cube_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with app[PIPELINE].open_cube():
+    async with app[PIPELINE].services.open_cube():
         yield
 
 
 async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with app[PIPELINE].open_gitlab():
+    async with app[PIPELINE].services.open_gitlab():
         yield
 
 
 async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with app[PIPELINE].housekeeping():
+    async with app[PIPELINE].services.housekeeping():
         yield
 
 
@@ -62,6 +62,7 @@ def create_app(settings: Settings, metrics_folder: Path | None = None, slot: int
     ``slot``: which worker this is (its process metrics' label).
     """
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.limits.max_body_bytes)
+    app.on_response_prepare.append(on_prepare)
     app[PIPELINE] = Pipeline(settings)
     app.cleanup_ctx.append(_overload_ctx)
     app.cleanup_ctx.append(_redis_ctx)  # before the caches that share through it

@@ -21,7 +21,7 @@ async def liveness(request: web.Request) -> web.Response:
 
 async def readiness(request: web.Request) -> web.Response:
     """200 while the proxy can serve; 503 from SIGTERM on, or when every Cube is down (each named in the body)."""
-    ready, report = await request.app[PIPELINE].readiness_report()
+    ready, report = await request.app[PIPELINE].health.readiness()
     return web.json_response(report, status=200 if ready else 503)
 
 
@@ -71,7 +71,7 @@ async def runtime(request: web.Request) -> web.Response:
             last.at, last.blocks = now, sys.getallocatedblocks()
         blocks = last.blocks
         collected = {"collected": ran, "collected_seconds_ago": round(now - last.at, 3)}
-    pools = request.app[PIPELINE].cube_http.pools()
+    pools = request.app[PIPELINE].services.cube_http.pools()
     return web.json_response(
         {
             **collected,

@@ -7,6 +7,10 @@
 
 Each is a thin call into the pipeline (``proxy/pipeline/core.py``), whose steps the fast
 lane calls too, in the same order: a behaviour lives there, once.
+
+``on_prepare`` (the app's ``on_response_prepare`` signal) runs as any response's head is
+about to go out, whole or streamed, from a view, a middleware or aiohttp's own errors: it
+names the request id and keeps the pipeline's connection rule (``closes_connections``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 
 import orjson
 from aiohttp import web
+from aiohttp.hdrs import CONNECTION
 from aiohttp.typedefs import Handler
 
 from proxy.errors import INTERNAL_ERROR, ApiError
@@ -29,16 +34,21 @@ PROTECTED_PREFIX = "analytics."
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else None
-    exchange = request[EXCHANGE] = request.app[PIPELINE].begin(
+    request[EXCHANGE] = request.app[PIPELINE].begin(
         request.method, route, request.headers, request.remote, request.raw_path if route is None else "",
         request.content_length,
     )  # fmt: skip
-    response = await handler(request)
-    if not response.prepared:
+    return await handler(request)
+
+
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer's head: the request's id, and ``Connection: close`` while the pipeline says so (draining)."""
+    exchange = request.get(EXCHANGE)
+    if exchange is not None:
         response.headers[REQUEST_ID_HEADER] = exchange.request_id
-        if request.app[PIPELINE].draining:
-            response.force_close()  # Connection: close: the caller moves to another worker or replica
-    return response
+    if request.app[PIPELINE].closes_connections:  # the caller moves to another worker or replica
+        response.force_close()  # the connection ends after this answer...
+        response.headers[CONNECTION] = "close"  # ...and says so (aiohttp has framed the head before this signal)
 
 
 @web.middleware

@@ -62,8 +62,8 @@ class Observability:
     def snapshot(self) -> dict[str, Any]:
         """This worker's tallies now, with its slot."""
         pipeline = self.pipeline
-        snapshot = pipeline.metrics.snapshot(pipeline.gauges(), pipeline.counters())
-        return {**snapshot, "slot": self.slot, "cube_up": pipeline.cube_up()}
+        snapshot = pipeline.metrics.snapshot(pipeline.health.gauges(), pipeline.health.counters())
+        return {**snapshot, "slot": self.slot, "cube_up": pipeline.health.cube_up()}
 
     async def keep_writing(self) -> None:
         assert self.folder is not None
@@ -147,11 +147,11 @@ async def status_report(observe: Observability) -> dict[str, Any]:
     merged = observe.current()
     processes = merged["processes"]
     started = min((p.get("started", time.time()) for p in processes.values()), default=pipeline.metrics.started)
-    ready, readiness = await pipeline.readiness_report()
+    ready, readiness = await pipeline.health.readiness()
     latency_by_url = {row[0]: row for row in merged["cube_by_url"]}
-    pools = {pool.origin: pool for pool in pipeline.cube_http.pools()}
+    pools = {pool.origin: pool for pool in pipeline.services.cube_http.pools()}
     cubes = []
-    for url, up in (await pipeline.readiness.check()).items():
+    for url, up in (await pipeline.services.readiness.check()).items():
         origin = next((o for o in pools if url.startswith(f"{o.scheme}://{o.host}")), None)
         pool = pools.get(origin) if origin is not None else None
         cubes.append(
@@ -167,7 +167,9 @@ async def status_report(observe: Observability) -> dict[str, Any]:
                 },
             }
         )
-    queued = {app_id.removeprefix("gitlab_project_"): count for app_id, count in pipeline.tenant_cap.queued().items()}
+    queued = {
+        app_id.removeprefix("gitlab_project_"): count for app_id, count in pipeline.services.tenant_cap.queued().items()
+    }
     tenants = [
         {
             "project": project,

@@ -10,7 +10,9 @@ says what to fix and never repeats a byte of the request; the logging stays aioh
 the fast lane for every connection it hands over (``ProxyServer`` makes the handlers).
 
 ``ProxyRunner`` is ``web.AppRunner`` whose ``_make_server`` (the hook aiohttp's runners
-implement) returns a ``ProxyServer`` over the same application handler.
+implement) returns a ``ProxyServer`` over the same application handler, with the request
+head's limits of ``proxy/head_rules.py`` (the fast lane hands over whatever passes them),
+counting its open connections in the pipeline's record of this door.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import orjson
 from aiohttp import web
 
 from proxy.errors import INTERNAL_ERROR
+from proxy.head_rules import server_limits
+from proxy.pipeline.door_counts import DoorCounts
+from proxy.web.keys import PIPELINE
 
 #: the runner's own options, which its server and connections do not take
 _RUNNER_ONLY = ("shutdown_timeout", "handle_signals")
@@ -61,10 +66,19 @@ class QuietRequestHandler(web.RequestHandler):
 class ProxyServer(web.Server):
     """``web.Server`` whose connections are ``QuietRequestHandler``s."""
 
-    def __init__(self, handler: Any, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, counts: DoorCounts, **kwargs: Any) -> None:
         options = {k: v for k, v in kwargs.items() if k not in {"request_factory", "handler_cancellation", "loop"}}
         super().__init__(handler, **kwargs)
         self._handler_options = options
+        self._counts = counts
+
+    def connection_made(self, handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self._counts.open = len(self.connections)
+
+    def connection_lost(self, handler: web.RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self._counts.open = len(self.connections)
 
     def __call__(self) -> web.RequestHandler:
         return QuietRequestHandler(self, loop=asyncio.get_running_loop(), **self._handler_options)
@@ -75,8 +89,9 @@ class ProxyRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        self._server_options = {k: v for k, v in kwargs.items() if k not in _RUNNER_ONLY}
+        self._server_options = server_limits() | {k: v for k, v in kwargs.items() if k not in _RUNNER_ONLY}
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # the application started and frozen, as aiohttp does it
-        return ProxyServer(made.request_handler, request_factory=made.request_factory, **self._server_options)
+        counts = self.app[PIPELINE].aiohttp_counts
+        return ProxyServer(made.request_handler, counts, request_factory=made.request_factory, **self._server_options)

@@ -6,12 +6,10 @@ import asyncio
 
 from aiohttp import web
 
-from proxy.cube.client import Buffered, Streamed
-from proxy.errors import CallerStalled, bad_request
-from proxy.pipeline.coalesce import SharedStream
+from proxy.errors import bad_request
+from proxy.pipeline.answers import Buffered, SharedStream, Streamed
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.request_body import too_large
-from proxy.pipeline.request_id import REQUEST_ID_HEADER
 from proxy.pipeline.routes import DRY_RUN, LOAD
 from proxy.web.keys import EXCHANGE, PIPELINE
 
@@ -73,38 +71,25 @@ async def meta(request: web.Request) -> web.StreamResponse:
 
 
 def _buffered_response(answer: Buffered) -> web.Response:
-    # X-Request-Id is added by request_id_middleware (streams set it themselves before prepare)
+    # X-Request-Id is named by the on_prepare signal, as for every answer
     return web.Response(status=answer.status, body=answer.body, content_type="application/json")
 
 
 async def stream_response(
     request: web.Request, exchange: Exchange, outcome: Streamed | SharedStream
 ) -> web.StreamResponse:
-    """Send a streamed answer chunk by chunk as it arrives; cut the connection off if it fails after its 200."""
-    response = web.StreamResponse(status=200, headers={REQUEST_ID_HEADER: exchange.request_id})
+    """Send a streamed answer chunk by chunk as it arrives (``Pipeline.relay``: the write deadline); cut the
+    connection off if it fails after its 200."""
+    response = web.StreamResponse(status=200)
     response.content_type = "application/json"
-    if request.app[PIPELINE].draining:
-        response.force_close()
     if outcome.content_length is not None:
         response.content_length = outcome.content_length
     try:
         await response.prepare(request)
-        write_timeout = request.app[PIPELINE].write_timeout
-        try:
-            async for chunk in outcome.chunks():
-                try:
-                    async with asyncio.timeout(write_timeout):  # the caller must read within this
-                        await response.write(chunk)
-                    exchange.bytes_sent += len(chunk)
-                except TimeoutError:
-                    raise CallerStalled(f"the caller read nothing for {write_timeout:g} s") from None
-        except (ConnectionResetError, ConnectionAbortedError):
-            raise  # the caller left
-        except Exception as exc:  # Cube's body broke, or a fault: the 200 is out, so only cutting it off is left
-            request.app[PIPELINE].stream_failed(exchange, exc)
+        if not await request.app[PIPELINE].relay(outcome, exchange, response.write):
             if request.transport is not None:
                 request.transport.abort()
-            raise ConnectionAbortedError("the streamed answer failed mid-way") from None
+            raise ConnectionAbortedError("the streamed answer failed mid-way")
         await response.write_eof()
     except (ConnectionResetError, ConnectionAbortedError):
         response.force_close()

@@ -138,7 +138,7 @@ def raw_answer(status: int, body: bytes, content_type: str = "application/json")
 
 
 def continue_wait_then(remaining: list[int], final: Behaviour | None = None) -> Behaviour:
-    """Answer Continue wait ``remaining[0]`` times, then data."""
+    """CubeAnswer Continue wait ``remaining[0]`` times, then data."""
 
     async def behaviour(call: CubeCall, request: web.Request) -> web.StreamResponse:
         if remaining[0] > 0:

@@ -155,12 +155,12 @@ async def proxy(peers: tuple[Relay, GitLabServer], make_client: Any) -> Any:
     return await make_client(settings)
 
 
-class Outcome:
+class QueryAnswer:
     def __init__(self, status: int, body: bytes | None, took: float) -> None:
         self.status, self.body, self.took = status, body, took
 
 
-async def call(client: Any, path: str = LOAD, n: int = 0) -> Outcome:
+async def call(client: Any, path: str = LOAD, n: int = 0) -> QueryAnswer:
     """One load (or meta); a 200 must be whole JSON; a body cut off is recorded as None."""
     started = time.monotonic()
     query = {**QUERY, "limit": 1000 + n % 40_000}  # distinct queries: no coalescing hides a failure
@@ -172,14 +172,14 @@ async def call(client: Any, path: str = LOAD, n: int = 0) -> Outcome:
         body: bytes | None = await resp.read()
     except aiohttp.ClientPayloadError:
         body = None  # cut off: the caller can tell
-    outcome = Outcome(resp.status, body, time.monotonic() - started)
+    outcome = QueryAnswer(resp.status, body, time.monotonic() - started)
     if outcome.status == 200 and body is not None:
         orjson.loads(body)  # a 200 that arrived whole is valid JSON, never half a result
     assert outcome.took < BOUND, f"held {outcome.took:.1f} s"
     return outcome
 
 
-async def traffic(client: Any, n: int = 6, fresh: bool = False) -> list[Outcome]:
+async def traffic(client: Any, n: int = 6, fresh: bool = False) -> list[QueryAnswer]:
     """``n`` loads at once; ``fresh`` ones are queries Cube has not cached (its cache answers without a database)."""
     base = time.time_ns() % 40_000 + 5_000 if fresh else 0
     return list(await asyncio.gather(*(call(client, n=base + i) for i in range(n))))

@@ -77,7 +77,7 @@ class Codec(Protocol):
     def load(self, data: Any) -> Any: ...
 
 
-class Fleet:
+class RedisLayer:
     """One Redis connection pool per process, and the shared loads, locks and buckets on it."""
 
     def __init__(

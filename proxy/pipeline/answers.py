@@ -1,0 +1,14 @@
+"""The answers the pipeline hands its front doors, by the names the doors use.
+
+- ``Buffered``: a whole answer (status, body), written at once.
+- ``Streamed`` and ``SharedStream``: a 200 whose body is relayed chunk by chunk as Cube sends
+  it (a ``SharedStream`` is one caller's share of a coalesced call).
+- ``QueryAnswer``: any of them, what ``answer_query`` returns.
+"""
+
+from __future__ import annotations
+
+from proxy.cube.client import Buffered, Streamed
+from proxy.pipeline.coalesce import QueryAnswer, SharedStream
+
+__all__ = ["Buffered", "QueryAnswer", "SharedStream", "Streamed"]

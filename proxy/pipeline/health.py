@@ -1,0 +1,79 @@
+"""What the probes, the metrics and the status page read of one process: readiness, gauges, counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.pipeline.services import Services
+from proxy.singleflight import SingleFlightCache
+from proxy.urls import redact_url
+
+
+class Health:
+    """This process's readiness (and draining), its gauges and the counters kept outside ``Metrics``."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        ttl = services.settings.cube.readiness_ttl
+        #: GitLab's and Redis' reachability for readiness, each asked at most once per ``readiness_ttl``
+        self._gitlab_up: SingleFlightCache[str, bool] = SingleFlightCache(1, ttl)
+        self._shared_up: SingleFlightCache[str, bool] = SingleFlightCache(1, ttl)
+        #: shutting down: readiness says so from SIGTERM on, while requests are still served
+        self.draining = False
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether this proxy can serve, and why: not while shutting down, nor while every Cube is down (one
+        tenant's Cube down is not an outage of the others), nor (``[gitlab] ready_check``) while GitLab is."""
+        if self.draining:
+            return False, {"status": "shutting down"}
+        services = self._services
+        cubes = await services.readiness.check()
+        report: dict[str, Any] = {
+            "cubes": {redact_url(url): "up" if up else "down" for url, up in cubes.items()},
+            "down": [redact_url(url) for url, up in cubes.items() if not up],
+        }
+        ready = any(cubes.values())
+        gitlab = services.gitlab
+        if services.settings.gitlab.ready_check and gitlab is not None:
+            gitlab_up, _ = await self._gitlab_up.get("gitlab", gitlab.reachable)
+            report["gitlab"] = "up" if gitlab_up else "down"
+            ready = ready and gitlab_up
+        if services.shared is not None:
+            shared_up, _ = await self._shared_up.get("redis", services.shared.ping)
+            report["shared"] = "ok" if shared_up else "degraded"  # local caches serve meanwhile: not an outage
+        report["status"] = "ready" if ready else "unavailable"
+        return ready, report
+
+    def gauges(self) -> dict[str, float]:
+        """This process's gauges for a metrics snapshot: Cube pool connections and waiting callers, callers
+        waiting on a coalesced call, Redis' state, and the client connections open on each front door."""
+        services = self._services
+        pools = services.cube_http.pools()
+        found: dict[str, float] = {
+            "pool_open": sum(pool.open_connections for pool in pools),
+            "pool_idle": sum(pool.idle_connections for pool in pools),
+            "pool_waiting": sum(pool.waiting for pool in pools),
+            "coalesced_waiting": services.coalescer.waiting(),
+        }
+        if services.shared is not None:
+            found["shared_degraded"] = 1 if services.shared.degraded else 0
+        if services.settings.server.fast_lane:
+            found["connections_lane"] = services.lane_counts.open
+        found["connections_aiohttp"] = services.aiohttp_counts.open
+        return found
+
+    def cube_up(self) -> dict[str, int]:
+        """Each Cube, as shown, and whether the last readiness check found it up."""
+        return {redact_url(url): int(up) for url, up in self._services.readiness.last.items()}
+
+    def counters(self) -> dict[str, list[list[Any]]]:
+        """This process's counters kept outside ``Metrics`` (the lane's, the shared layer's), as snapshot rows:
+        summed over every worker, a dead one's included, like every other counter."""
+        services = self._services
+        found: dict[str, list[list[Any]]] = {}
+        if services.settings.server.fast_lane:
+            lane = services.lane_counts
+            found["lane"] = [["served", lane.served], ["handed_over", lane.handed_over]]
+        if services.shared is not None:
+            found["shared_refused"] = [[services.shared.tampered]]
+        return found

@@ -1,0 +1,190 @@
+"""The services the request steps use, one set per process: made together, opened and closed in order.
+
+Everything is made in ``Services.__init__``; what needs the running loop or a peer opens in
+the contexts below, which the web adapter runs as ``cleanup_ctx`` in this order:
+``open_redis`` (the shared layer), ``open_gitlab`` (the authorizer, sharing through it),
+``open_cube`` (closes the Cube pool, the fill process and any fan-out on the way out),
+``housekeeping`` (the sweeps) and ``overload_probe`` (the shedder's clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import yarl
+
+from proxy.auth.authorizer import Authorizer, GitLabAuthorizer
+from proxy.auth.dev_tokens import DevTokenAuthorizer, load_dev_tokens
+from proxy.auth.gitlab import GitLabClient, gitlab_client
+from proxy.background import in_background
+from proxy.cube.client import Buffered, CubeClient
+from proxy.cube.fill_queue import FillProcess, FillQueue
+from proxy.cube.forward import Forwarder
+from proxy.cube.readiness import CubeReadiness, cube_urls
+from proxy.cube.signing import Signer
+from proxy.cube.tenants import Tenant, Tenants
+from proxy.http_client import HttpClient
+from proxy.limits.body_budget import BodyBudget
+from proxy.limits.byte_budget import ByteBudget
+from proxy.limits.caller_rate import RateLimiter
+from proxy.limits.overload import LoadShedder
+from proxy.limits.tenant_cap import TenantLimiter
+from proxy.observe.metrics import LAG_SAMPLE_SECONDS, Metrics, NoMetrics
+from proxy.pipeline.access_log import AccessLog
+from proxy.pipeline.coalesce import Coalescer
+from proxy.pipeline.door_counts import DoorCounts
+from proxy.pipeline.request_id import RequestIds
+from proxy.settings import Settings
+from proxy.shared.codecs import MetaCodec
+from proxy.shared.connect import open_shared
+from proxy.shared.layer import SharedLayer
+from proxy.singleflight import SingleFlightCache
+
+#: seconds between two sweeps of the caches' expired entries
+SWEEP_SECONDS = 1.0
+#: seconds a fill under way may take to finish at shutdown before its process is ended
+FILL_GRACE_SECONDS = 2.0
+
+
+class Services:
+    """Caches, clients, limits and counters of one process; see the module for the order they open in."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        server, cube, limits = settings.server, settings.cube, settings.limits
+        #: every count the metrics and the status page show (this process's)
+        self.metrics = (
+            Metrics(server.metrics_project_label, server.metrics_max_projects) if server.metrics else NoMetrics()
+        )
+        #: what each front door counts (requests it served, connections open on it), handed to the door
+        self.lane_counts = DoorCounts()
+        self.aiohttp_counts = DoorCounts()
+        self.tenants = Tenants(settings)
+        self.request_ids = RequestIds()
+        self.access_log = AccessLog(server.log_format)
+        self.signer = Signer(_issuer(settings), settings.product_analytics.jwt_ttl)
+        self.coalescer = Coalescer()
+        self.meta_cache: SingleFlightCache[Tenant, Buffered] = SingleFlightCache(
+            cube.meta_cache_size, cube.meta_cache_ttl, size_of=_answer_size, max_bytes=cube.meta_cache_bytes
+        )
+        self.rate_limiter = RateLimiter(limits.rate_limit, limits.rate_limit_burst, limits.rate_limit_callers)
+        self.shedder = LoadShedder(server.shed_lag_ms / 1000)
+        self.body_budget = BodyBudget(limits.bodies_in_flight_bytes, limits.bodies_in_flight_per_client_bytes)
+        # no cookies, no redirects, no decompression: the client only speaks what Cube's API needs
+        self.cube_http = HttpClient(
+            limit=cube.pool_size, connect_timeout=cube.connect_timeout, pool_timeout=cube.queue_timeout
+        )
+        # large zero-fills are parsed, filled and serialised in a process of their own, a turn per tenant
+        self.fill_process = FillProcess()
+        self.fills = FillQueue(self.fill_process)
+        #: bytes of answers read whole (meta, zero-fills) held at once, from their first byte until done
+        self.whole_answers = ByteBudget(
+            cube.whole_answers_bytes, "Too many large answers are being read or filled at once; retry shortly"
+        )
+        self.tenant_cap = TenantLimiter(
+            cube.max_concurrent_per_tenant, cube.queue_timeout, self.metrics.tenant_cap_wait
+        )
+        self.forwarder = Forwarder(
+            CubeClient(self.cube_http, cube.read_timeout, cube.buffer_limit, cube.max_whole_bytes, self.whole_answers),
+            self.tenant_cap,
+            cube.continue_wait_budget,
+            cube.continue_wait_pause,
+            self.fills,
+            self.metrics,
+        )
+        self.readiness = CubeReadiness(cube_urls(settings), cube.readiness_ttl)
+        #: the fleet's shared layer, when ``[redis] url`` is set (opened by ``open_redis``)
+        self.shared: SharedLayer | None = None
+        #: GitLab's REST client, when GitLab authorises (opened by ``open_gitlab``)
+        self.gitlab: GitLabClient | None = None
+        self._authorizer: Authorizer | None = None
+
+    @property
+    def authorizer(self) -> Authorizer:
+        """Who may do what: GitLab's answers, or the local stack's dev tokens (open from ``open_gitlab`` on)."""
+        assert self._authorizer is not None, "open_gitlab runs before any request"
+        return self._authorizer
+
+    @contextlib.asynccontextmanager
+    async def open_redis(self) -> AsyncIterator[None]:
+        """The fleet's shared layer (``[redis] url``): one connection pool for this process; none without a URL."""
+        config = self.settings.redis
+        if not config.enabled:
+            yield
+            return
+        self.shared = shared = open_shared(config, self.metrics)
+        self.meta_cache.share(shared, "meta", MetaCodec(_buffered), config.local_ttl)
+        await shared.ping()  # a first connection before traffic (not required: a failure only logs)
+        try:
+            yield
+        finally:
+            await shared.close()
+
+    @contextlib.asynccontextmanager
+    async def open_gitlab(self) -> AsyncIterator[None]:
+        """The authorizer: GitLab's REST API over one client session, or the local stack's dev tokens."""
+        settings = self.settings
+        if settings.auth.backend == "dev_tokens":
+            tokens = load_dev_tokens(settings.auth.dev_tokens_file)
+            self._authorizer = DevTokenAuthorizer(tokens, settings.gitlab.min_access_level)
+            yield
+            return
+        async with gitlab_client(settings.gitlab, self.metrics) as client:
+            authorizer = GitLabAuthorizer(client, settings.gitlab, metrics=self.metrics)
+            if self.shared is not None:
+                authorizer.share(self.shared, settings.redis.local_ttl)
+            self._authorizer, self.gitlab = authorizer, client
+            yield
+
+    @contextlib.asynccontextmanager
+    async def open_cube(self) -> AsyncIterator[None]:
+        """The Cube side open for requests; on the way out the fill process, any fan-out and the pools close."""
+        try:
+            yield
+        finally:
+            await self.fill_process.close(FILL_GRACE_SECONDS)
+            await self.coalescer.close()
+            await self.cube_http.close()
+            await self.readiness.close()
+
+    @contextlib.asynccontextmanager
+    async def housekeeping(self) -> AsyncIterator[None]:
+        """Expired cache entries (GitLab's answers, refusals, meta) dropped every ``SWEEP_SECONDS``, not left
+        until the next insertion (a burst of refused callers leaves nothing behind once its TTL is over); and
+        the event loop's lateness sampled for the metrics every ``LAG_SAMPLE_SECONDS``."""
+        async with in_background(self._sweep()), in_background(self._sample_lag()):
+            yield
+
+    async def _sample_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        metrics = self.metrics
+        while True:
+            due = loop.time() + LAG_SAMPLE_SECONDS
+            await asyncio.sleep(LAG_SAMPLE_SECONDS)  # the sampling period: how late it wakes is the measure
+            metrics.loop_late(max(0.0, loop.time() - due))
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)  # the period itself, not a synchronisation
+            self.meta_cache.expire()
+            self.authorizer.expire()  # opened before the sweep starts (``create_app``'s order)
+
+    @contextlib.asynccontextmanager
+    async def overload_probe(self) -> AsyncIterator[None]:
+        async with self.shedder.running():
+            yield
+
+
+def _answer_size(answer: Buffered) -> int:
+    return len(answer.body)
+
+
+def _buffered(status: int, body: bytes) -> Buffered:
+    return Buffered(status, body, None)
+
+
+def _issuer(settings: Settings) -> str:
+    host = yarl.URL(settings.gitlab.url).host
+    return host or settings.gitlab.url
