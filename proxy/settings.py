@@ -42,7 +42,7 @@ class SettingsError(Exception):
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
-    #: worker processes sharing the port (SO_REUSEPORT); 1 runs in-process.
+    #: worker processes forked by the parent, each with its own listening socket (SO_REUSEPORT).
     workers: int = 1
     #: seconds in-flight requests (and streams) get to finish on SIGTERM.
     shutdown_timeout: float = 30.0

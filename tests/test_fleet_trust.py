@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from proxy.errors import ApiError
-from proxy.shared.codecs import Plain
+from proxy.shared.codecs import JsonCodec
 from proxy.shared.envelope import Envelope
 from proxy.shared.redis_layer import RedisLayer
 from proxy.singleflight import SharePolicy
@@ -167,7 +167,7 @@ class _FailingSecondGet(aioredis.Redis):
         return await super().get(name)
 
 
-POLICY = SharePolicy("test", Plain(), 30.0, 5.0, lambda exc: isinstance(exc, ApiError))
+POLICY = SharePolicy("test", JsonCodec(), 30.0, 5.0, lambda exc: isinstance(exc, ApiError))
 
 
 def fleet_on(client: aioredis.Redis, timeout: float = 0.25, lock_ttl: float = 30.0) -> RedisLayer:

@@ -24,7 +24,7 @@ from proxy.ids import project_id
 from proxy.limits.caller_rate import RateLimiter
 from proxy.observe.metrics import Metrics
 from proxy.settings import GitLabSettings
-from proxy.shared.codecs import CallerCodec, Plain
+from proxy.shared.codecs import CallerCodec, JsonCodec
 from proxy.singleflight import SharedLoads, SingleFlightCache
 
 _USER_GID = "gid://gitlab/User/"
@@ -148,11 +148,11 @@ class GitLabAuthorizer:
                 return memo[0]
             del self._grants[memo_key]
         self._metrics.auth_misses += 1
-        grant = await self._work_out(credential, check_project_ref(project_ref), needed, satisfying, csrf_key)
+        grant = await self._ask_gitlab(credential, check_project_ref(project_ref), needed, satisfying, csrf_key)
         self._remember(memo_key, grant)
         return grant
 
-    async def _work_out(
+    async def _ask_gitlab(
         self, credential: Credential, project_ref: str, needed: str, satisfying: frozenset[str], csrf_key: str | None
     ) -> Grant:
         key = credential.key
@@ -177,11 +177,11 @@ class GitLabAuthorizer:
 
     def share(self, shared: SharedLoads, local_ttl: float) -> None:
         """GitLab's answers through the fleet's shared layer: one GitLab call per answer for the whole fleet."""
-        plain = Plain()
+        as_json = JsonCodec()
         self._callers.share(shared, "callers", CallerCodec(Caller), local_ttl)
-        self._projects.share(shared, "projects", plain, local_ttl)
-        self._members.share(shared, "members", plain, local_ttl)
-        self._csrf.share(shared, "csrf", plain, local_ttl)
+        self._projects.share(shared, "projects", as_json, local_ttl)
+        self._members.share(shared, "members", as_json, local_ttl)
+        self._csrf.share(shared, "csrf", as_json, local_ttl)
 
     async def identify(self, credential: Credential) -> Caller:
         """Who the credential belongs to (GitLab's answer, cached as for authorisations); 401 if nobody."""

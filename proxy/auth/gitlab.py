@@ -79,13 +79,13 @@ class GitLabClient:
         started = time.monotonic()
         outcome = "unreachable"
         try:
-            status, raw = await self._exchange(method, path, credential, json, with_csrf)
+            status, raw = await self._round_trip(method, path, credential, json, with_csrf)
             outcome = str(status)
             return self._reply(path, status, raw)
         finally:
             self._metrics.gitlab_call(endpoint, outcome, time.monotonic() - started)
 
-    async def _exchange(
+    async def _round_trip(
         self, method: str, path: str, credential: Credential, json: Any, with_csrf: bool
     ) -> tuple[int, bytes | None]:
         """GitLab's status and body (None when larger than ``MAX_ANSWER_BYTES``); 503 when it did not answer."""

@@ -1,4 +1,4 @@
-"""One upstream exchange: a tenant slot, the Continue-wait loop, and the zero-fill."""
+"""One call to Cube: a tenant slot, the Continue-wait loop, and the zero-fill."""
 
 from __future__ import annotations
 

@@ -98,14 +98,14 @@ class HttpPool:
             conn = await self._acquire()
         reused = conn.calls > 0
         try:
-            return await self._exchange(conn, data, read_timeout)
+            return await self._round_trip(conn, data, read_timeout)
         except Disconnected:
             if not reused:
                 raise
         conn = await self._acquire(fresh=True)
-        return await self._exchange(conn, data, read_timeout)
+        return await self._round_trip(conn, data, read_timeout)
 
-    async def _exchange(self, conn: Connection, data: bytes, read_timeout: float) -> Response:
+    async def _round_trip(self, conn: Connection, data: bytes, read_timeout: float) -> Response:
         response = conn.send(data, read_timeout)
         try:
             while not response.status:  # set when the status line and headers have arrived

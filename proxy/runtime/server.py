@@ -184,7 +184,7 @@ class Listeners:
     public: tuple[socket.socket, ...]
     metrics: socket.socket | None
 
-    def of(self, slot: int, workers: int) -> Sockets:
+    def for_slot(self, slot: int, workers: int) -> Sockets:
         """Worker ``slot``'s sockets: its own, and those of slots beyond ``workers`` (kept from a reload that
         lowered ``workers``: closing them would reset the connections waiting in their queues)."""
         return Sockets(self.public[slot::workers], self.metrics)
@@ -292,7 +292,7 @@ def _run_one(
     setup_logging(settings.server.log_format, settings.server.log_level)
     tune_gc()
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        sockets = generation.listeners.of(slot, settings.server.workers)
+        sockets = generation.listeners.for_slot(slot, settings.server.workers)
         runner.run(serve(settings, sockets, on_listening=on_listening, metrics_folder=metrics_folder, slot=slot))
 
 
@@ -307,7 +307,7 @@ class _Parent:
 
     def main_for(self, generation: Generation, slot: int) -> Callable[[int, Callable[[], None]], None]:
         # everything the parent listens on now but this worker's own sockets: closed in the child at once
-        own = generation.listeners.of(slot, generation.settings.server.workers).all()
+        own = generation.listeners.for_slot(slot, generation.settings.server.workers).all()
         others = [
             sock
             for held in (self.current, self.starting)
@@ -344,7 +344,7 @@ class _Parent:
             return None
         return self.starting
 
-    def settled(self, old: Generation, new: Generation) -> None:
+    def reload_done(self, old: Generation, new: Generation) -> None:
         """After a reload (or a failed one, ``new`` being the current): ``old``'s sockets ``new`` does not use close.
 
         The old workers hold their own copies until they have drained.
@@ -375,7 +375,7 @@ def run(settings: Settings, load_again: Callable[[], Settings] | None = None) ->
         lambda generation: generation.settings.server.workers,
         parent.reload,
         on_exit=lambda pid: retire(folder, pid),
-        settled=parent.settled,
+        on_reload_done=parent.reload_done,
         on_event=lambda kind, label: parent_event(folder, kind, label, time.time() if kind == "reloads" else None),
     )
     try:

@@ -102,7 +102,7 @@ class Supervisor:
         workers_of: Callable[[Any], int],
         reload: Callable[[], Any | None] = lambda: None,
         on_exit: Callable[[int], None] = lambda pid: None,
-        settled: Callable[[Any, Any], None] = lambda old, new: None,
+        on_reload_done: Callable[[Any, Any], None] = lambda old, new: None,
         on_event: Callable[[str, str], None] = lambda kind, label: None,
     ) -> None:
         self._context = multiprocessing.get_context("fork")
@@ -113,7 +113,7 @@ class Supervisor:
         self._reload = reload
         self._on_exit = on_exit
         #: told (old, new) once a reload is done, and (failed, current) when one is given up
-        self._settled = settled
+        self._reload_done = on_reload_done
         self._generation = generation
         self._running: dict[int, _Worker] = {}  # by the process's sentinel
         self._stopping = False
@@ -233,7 +233,7 @@ class Supervisor:
                     self._running.pop(worker.process.sentinel, None)
                     if worker.process.pid is not None:
                         self._on_exit(worker.process.pid)
-                self._settled(generation, self._generation)
+                self._reload_done(generation, self._generation)
                 self._on_event("reloads", "failed")
                 return
             ready = multiprocessing.connection.wait([w.process.sentinel for w in fresh] + [self._wake_read], 0.05)
@@ -244,7 +244,7 @@ class Supervisor:
         old = [w for w in self._running.values() if w.generation is not generation]
         previous, self._generation = self._generation, generation
         self._signal_all(signal.SIGUSR2, old)  # retire: drain now, without the drain delay
-        self._settled(previous, generation)
+        self._reload_done(previous, generation)
         self._on_event("reloads", "ok")
         log.info(
             "reloaded: %d new worker(s) listening, %d old one(s) draining",

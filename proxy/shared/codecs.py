@@ -12,7 +12,7 @@ import hashlib
 from typing import Any
 
 
-class Plain:
+class JsonCodec:
     """Keys that are strings or tuples of strings and numbers; values that are JSON already (ids, levels)."""
 
     def key(self, key: Any) -> str:
@@ -25,7 +25,7 @@ class Plain:
         return data
 
 
-class CallerCodec(Plain):
+class CallerCodec(JsonCodec):
     """A GitLab caller (``proxy.auth.authorizer.Caller``), given the class to rebuild it with."""
 
     def __init__(self, make: Any) -> None:
@@ -38,7 +38,7 @@ class CallerCodec(Plain):
         return self._make(int(data["id"]), str(data["name"]), bool(data["admin"]), frozenset(data["scopes"]))
 
 
-class MetaCodec(Plain):
+class MetaCodec(JsonCodec):
     """A tenant's meta answer (``Buffered``), keyed by the tenant's app id and a hash of its Cube URL and key."""
 
     def __init__(self, make: Any) -> None:

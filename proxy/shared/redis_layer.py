@@ -138,7 +138,7 @@ class RedisLayer:
                     extra={"event": "shared_degraded"},
                 )
             self.degraded = True
-            raise _Down() from None
+            raise _RedisFailed() from None
         self._metrics.redis_call("ok", time.monotonic() - started)
         if self.degraded:
             log.info("Redis answers again: the shared layer is back", extra={"event": "shared_restored"})
@@ -148,7 +148,7 @@ class RedisLayer:
     async def ping(self) -> bool:
         try:
             await self._call(self._redis.ping())
-        except _Down:
+        except _RedisFailed:
             return False
         return True
 
@@ -169,7 +169,7 @@ class RedisLayer:
             found = await self._wait_for(rkey, lock)
             if found is not None:
                 return _settle(found, codec)
-        except _Down:
+        except _RedisFailed:
             pass
         return await load()  # Redis failing, or the lock's holder gone (or not ours) without an answer
 
@@ -204,7 +204,7 @@ class RedisLayer:
     ) -> Any:
         """Load while holding the fleet's lock for ``rkey``, store the answer signed, and let go on every path."""
         try:
-            with contextlib.suppress(_Down):
+            with contextlib.suppress(_RedisFailed):
                 # another process may have loaded, stored and let go between the miss and this lock
                 found = await self._get(rkey)
                 if found is not None:
@@ -227,12 +227,12 @@ class RedisLayer:
         self._letting_go.add(task)
         task.add_done_callback(_released)
         task.add_done_callback(self._letting_go.discard)
-        with contextlib.suppress(_Down):
+        with contextlib.suppress(_RedisFailed):
             await asyncio.shield(task)
 
     async def _store(self, rkey: str, data: dict[str, Any], ttl: float) -> None:
         sealed = self._envelope.seal(rkey, orjson.dumps(data), ttl)
-        with contextlib.suppress(_Down):
+        with contextlib.suppress(_RedisFailed):
             await self._call(self._redis.set(rkey, sealed, px=max(1, int(ttl * 1000))))
 
     # -- the fleet's rate limit -----------------------------------------------------------------
@@ -246,7 +246,7 @@ class RedisLayer:
         """
         try:
             wait = await self._call(self._bucket(keys=[f"{self._prefix}rate:{caller_key}"], args=[rate, burst]))
-        except _Down:
+        except _RedisFailed:
             return None
         if not isinstance(wait, int) or wait <= 0:
             return None
@@ -256,7 +256,7 @@ class RedisLayer:
         await self._redis.aclose()
 
 
-class _Down(Exception):
+class _RedisFailed(Exception):
     """Redis did not answer (error or timeout): the caller goes on without the shared layer."""
 
 
