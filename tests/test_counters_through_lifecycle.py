@@ -14,9 +14,9 @@ import time
 import aiohttp
 
 from tests.conftest import QUERY, REPORTER
+from tests.processes import LOAD, free_port, proxy_process, worker_pids
 from tests.test_observability import value
 from tests.test_observability_process import LOAD_ROUTE, until_counted
-from tests.test_operations import LOAD, free_port, proxy_process, worker_pids
 from tests.test_reload import Lines, until
 
 

@@ -11,8 +11,8 @@ import time
 import aiohttp
 
 from tests.conftest import CUBE_KEY, QUERY, REPORTER
+from tests.processes import LOAD, free_port, kill_group, proxy_process, wait_for_line, worker_pids
 from tests.test_observability import samples, value
-from tests.test_operations import LOAD, free_port, proxy_process, wait_for_line, worker_pids
 
 LOAD_ROUTE = "/api/v4/projects/{project}/product_analytics/request/load"
 
@@ -43,7 +43,7 @@ async def test_two_workers_metrics_add_up_and_a_dead_workers_counts_stay(cube, g
         f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{CUBE_KEY}"\n'
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "--config", str(config), stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "proxy", "--config", str(config), stderr=asyncio.subprocess.PIPE, start_new_session=True
     )
     metrics = f"http://127.0.0.1:{metrics_port}/-/metrics"
     sent = 40
@@ -82,9 +82,8 @@ async def test_two_workers_metrics_add_up_and_a_dead_workers_counts_stay(cube, g
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        kill_group(proc.pid)
+        await proc.wait()
 
 
 async def test_sigterm_fails_readiness_at_once_serves_through_the_drain_delay_then_drains(

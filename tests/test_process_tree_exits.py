@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import REPORTER
+from tests.processes import ended, proxy_process, worker_pids
 from tests.test_fair_fills import big_answer, long_query
-from tests.test_operations import ended, proxy_process, worker_pids
 from tests.test_reload import Lines, until
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import CUBE_KEY, QUERY, REPORTER
 from tests.fakes.cube import FakeCube
-from tests.test_operations import LOAD, proxy_process
+from tests.processes import LOAD, proxy_process
 
 
 class Traffic:

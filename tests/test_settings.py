@@ -186,16 +186,16 @@ def test_a_project_resolves_to_the_same_tenant_object_every_time() -> None:
 
 
 def test_the_example_file_has_every_key_with_its_default():
-    """config/proxy.example.toml is where the README sends readers for every key: it must stay complete and true."""
+    """config/proxy.example.toml is the example every setting has a line in: it must stay complete and true."""
     import dataclasses
     import tomllib
     from pathlib import Path
 
-    from proxy.settings import _SECTIONS
+    from proxy.settings import SECTIONS
 
     example = tomllib.loads((Path(__file__).parent.parent / "config" / "proxy.example.toml").read_text())
     defaults = Settings()
-    for section, cls in _SECTIONS.items():
+    for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             default = getattr(getattr(defaults, section), f.name)
             if default is None:
@@ -218,10 +218,10 @@ def test_every_setting_comes_from_the_environment_by_one_rule(tmp_path):
     """PROXY_<SECTION>__<KEY> for every key of every section, PROXY_PROJECTS__<ID>__<KEY> for a project."""
     import dataclasses
 
-    from proxy.settings import _SECTIONS
+    from proxy.settings import SECTIONS
 
     defaults = Settings()
-    for section, cls in _SECTIONS.items():
+    for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             assert f"PROXY_{section.upper()}__{f.name.upper()}"  # the rule names every key
     env = {

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 
 from tests.conftest import QUERY, REPORTER
-from tests.test_operations import proxy_process
+from tests.processes import kill_group, proxy_process
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 
@@ -109,7 +109,7 @@ async def test_strangers_nested_bodies_leave_a_valid_callers_latency_alone(tmp_p
                 await timed()
             strangers = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tests.stranger_load", str(port), "4", "4", "nested",
-                stdout=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, start_new_session=True,
             )  # fmt: skip
             try:
                 times = []
@@ -117,7 +117,10 @@ async def test_strangers_nested_bodies_leave_a_valid_callers_latency_alone(tmp_p
                 while time.monotonic() < deadline:
                     times.append(await timed())
             finally:
-                out, _ = await asyncio.wait_for(strangers.communicate(), 30)
+                try:
+                    out, _ = await asyncio.wait_for(strangers.communicate(), 30)
+                finally:
+                    kill_group(strangers.pid)
         counts = {int(k): v for k, v in json.loads(out).items()}
         assert sum(counts.values()) >= 40 and set(counts) <= {401, 503}, counts  # they were answered, and refused
         times.sort()

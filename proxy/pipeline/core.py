@@ -119,7 +119,11 @@ class Pipeline:
             exchange.path = path_template(path)
         exchange.bytes_received = length
         exchange.client = client_address(peer, headers.get(FORWARDED_FOR), self._trusted) if self._trusted else peer
-        exchange.user_agent = headers.get(USER_AGENT)
+        user_agent = headers.get(USER_AGENT)
+        if user_agent is not None and not user_agent.isascii():
+            # aiohttp keeps bytes that are not UTF-8 as lone surrogates, which no JSON line can hold
+            user_agent = user_agent.encode("utf-8", "backslashreplace").decode("utf-8")
+        exchange.user_agent = user_agent
         if (trace := headers.get(TRACEPARENT)) is not None:
             exchange.traceparent = traceparent(trace)
         self.metrics.in_flight += 1

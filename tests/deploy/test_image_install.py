@@ -21,6 +21,7 @@ import pytest
 
 from stack.localstack import free_port, wait_until
 from tests.conftest import CUBE_KEY
+from tests.processes import kill_group
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -76,16 +77,17 @@ def test_installed_as_the_image_installs_it_the_proxy_starts_from_a_mounted_conf
         f'[server]\nhost = "0.0.0.0"\nport = {port}\ndrain_delay = 0\n'
         f'[product_analytics]\ncube_api_base_url = "http://127.0.0.1:9"\ncube_api_key = "{CUBE_KEY}"\n'
     )
-    proc = subprocess.Popen([command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True
+    )
     try:
         health = [command, "--health"]  # the image's HEALTHCHECK
         wait_until(lambda: subprocess.run(health, env=env, timeout=30).returncode == 0, "the installed proxy", 60, proc)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_group(proc.pid)
+        proc.wait()
     assert sys.version_info >= (3, 11)
 
 

@@ -25,6 +25,7 @@ import yaml
 
 from stack.localstack import free_port, wait_until
 from tests.conftest import CUBE_KEY
+from tests.processes import kill_group
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -183,7 +184,9 @@ async def test_the_proxy_starts_from_the_rendered_configmap_and_secret_and_answe
             "PROXY_PRODUCT_ANALYTICS__CUBE_API_BASE_URL": cube_url,
         }
     )
-    proc = subprocess.Popen([sys.executable, "-m", "proxy"], env=process_env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy"], env=process_env, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         probes = [container[name]["httpGet"] for name in ("startupProbe", "livenessProbe", "readinessProbe")]
         named = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -201,9 +204,8 @@ async def test_the_proxy_starts_from_the_rendered_configmap_and_secret_and_answe
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_group(proc.pid)
+        proc.wait()
 
 
 def _ok(call: Any) -> bool:

@@ -1,4 +1,4 @@
-"""The README's "Next to GitLab" block is the one shipped in deploy/gitlab/, which the browser tests' nginx runs;
+"""docs/deployment.md's "Next to GitLab" block is the one shipped in deploy/gitlab/, which the browser tests' nginx runs;
 the Ingress for the GitLab chart is valid and routes the same path to the proxy's Service."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from tests.stack.browser import GITLAB_SNIPPET, SNIPPET_UPSTREAM
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_readme_shows_the_shipped_nginx_block_the_browser_tests_run() -> None:
+def test_the_deployment_page_shows_the_shipped_nginx_block_the_browser_tests_run() -> None:
     snippet = GITLAB_SNIPPET.read_text().rstrip()
-    readme = (ROOT / "README.md").read_text()
-    assert f"```nginx\n{snippet}\n```" in readme
+    page = (ROOT / "docs" / "deployment.md").read_text()
+    assert f"```nginx\n{snippet}\n```" in page
     assert SNIPPET_UPSTREAM in snippet  # what the browser tests' nginx replaces with the proxy it started
 
 

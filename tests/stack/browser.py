@@ -28,7 +28,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
-#: the location block the README gives GitLab's nginx (Omnibus), as shipped: this load balancer runs it
+#: the location block docs/deployment.md gives GitLab's nginx (Omnibus), as shipped: this load balancer runs it
 GITLAB_SNIPPET = Path(__file__).resolve().parents[2] / "deploy" / "gitlab" / "product-analytics.nginx.conf"
 SNIPPET_UPSTREAM = "http://product-analytics-proxy:8080"
 

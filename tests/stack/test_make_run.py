@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from stack.localstack import free_port
+from tests.processes import kill_group
 
 pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +56,7 @@ async def test_launcher_prints_a_working_curl_and_ctrl_c_stops_everything(tmp_pa
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
     )
     printed: list[str] = []
     try:
@@ -86,7 +88,6 @@ async def test_launcher_prints_a_working_curl_and_ctrl_c_stops_everything(tmp_pa
         assert proc.returncode == 0
         assert not port_open(proxy_port) and not port_open(cube_port) and not port_open(pg_port)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        kill_group(proc.pid)  # the launcher's own group; PostgreSQL and Cube it ends itself (their own sessions)
+        await proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -22,6 +22,7 @@ import yaml
 
 from proxy.web.openapi import document
 from stack.localstack import free_port
+from tests.processes import kill_group
 from tests.stack.conftest import STACK_KEY
 
 pytestmark = pytest.mark.stack
@@ -49,7 +50,9 @@ async def test_schemathesis_finds_nothing_on_the_real_stack(stack, tmp_path):
         f'[product_analytics]\nenabled = true\ncube_api_base_url = "{stack.cube.url}"\ncube_api_key = "{STACK_KEY}"\n'
         "[cube]\ncontinue_wait_budget = 2.0\n[limits]\nrate_limit = 0.0\n"
     )
-    proxy = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(config)], stderr=subprocess.DEVNULL)
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "--config", str(config)], stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         health = subprocess.run([sys.executable, "-m", "proxy", "--config", str(config), "--health"], check=False)
         for _ in range(100):
@@ -70,4 +73,7 @@ async def test_schemathesis_finds_nothing_on_the_real_stack(stack, tmp_path):
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     finally:
         proxy.send_signal(signal.SIGTERM)
-        proxy.wait(30)
+        try:
+            proxy.wait(30)
+        finally:
+            kill_group(proxy.pid)

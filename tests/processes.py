@@ -1,0 +1,112 @@
+"""Real proxy processes for the tests: started as production starts them, and never left behind.
+
+Each is started in a session (process group) of its own and the whole group is killed when
+its test ends, passed or failed, so no worker or fill process outlives a test.
+"""
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import CUBE_KEY
+
+LOAD = "/api/v4/projects/1/product_analytics/request/load"
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL to every process of ``pid``'s process group (its session leader's), if any is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_for_line(stream, needle, limit=200):
+    for _ in range(limit):
+        line = await asyncio.wait_for(stream.readline(), 30)
+        if not line:
+            raise AssertionError(f"process ended before printing {needle!r}")
+        if needle in line.decode():
+            return line.decode()
+    raise AssertionError(f"{needle!r} not printed")
+
+
+@contextlib.asynccontextmanager
+async def proxy_process(
+    tmp_path,
+    gitlab_url,
+    cube_url,
+    cube_section="",
+    server_section="",
+    preexec_fn=None,
+    shutdown_timeout=20,
+    drain_delay=0.0,
+):
+    """The proxy as production runs it (``python -m proxy``), listening, in a process group of its own:
+    the whole group (workers, fill processes) is killed when the test ends, whatever happened."""
+    port = free_port()
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        f"[server]\nport = {port}\nshutdown_timeout = {shutdown_timeout}\n"
+        f"drain_delay = {drain_delay}\n{server_section}\n"
+        f'[gitlab]\nurl = "{gitlab_url}"\n'
+        f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{CUBE_KEY}"\n[cube]\n{cube_section}\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "--config", str(config), stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec_fn, start_new_session=True,
+    )  # fmt: skip
+    try:
+        await wait_for_line(proc.stderr, "listening")
+        yield proc, port
+    finally:
+        kill_group(proc.pid)
+        await proc.wait()
+
+
+def open_files_limits(pid: int) -> tuple[str, str]:
+    """The soft and hard limits on open files of a running process, as the kernel reports them."""
+    line = next(
+        line for line in Path(f"/proc/{pid}/limits").read_text().splitlines() if line.startswith("Max open files")
+    )
+    soft, hard = line.split()[3:5]
+    return soft, hard
+
+
+async def ended(pid: int) -> None:
+    """Wait until a process (not necessarily our child) has ended: its pidfd becomes readable."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def worker_pids(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
