@@ -1,5 +1,5 @@
-"""docs/deployment.md's "Next to GitLab" block is the one shipped in deploy/gitlab/, which the browser tests' nginx runs;
-the Ingress for the GitLab chart is valid and routes the same path to the proxy's Service."""
+"""docs/deployment.md's "Next to GitLab" block is the one shipped in deploy/gitlab/, which the browser tests' nginx
+runs; the Ingress for the GitLab chart is valid and routes the same path to the proxy's Service."""
 
 from __future__ import annotations
 
