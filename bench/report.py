@@ -274,6 +274,24 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             "Upstream calls are counted in Cube's own request log. Direct callers ask again on Continue wait, as Cube's client does; "
             "through the proxy, the proxy does.",
         ]
+    if "viewers" in s:
+        v = s["viewers"]
+        off, on = v["without_cache"], v["with_cache"]
+        lines += [
+            "",
+            f"## Dashboard viewers ({on['viewers']} viewers of one {on['panels']}-panel dashboard arriving over about"
+            f" 10 s, real stack; the answer cache at a {v['ttl_s']:g} s TTL)",
+            "",
+            "| | Cube calls | per TTL window | Cube's CPU s | p50 to all panels s | p99 s |",
+            "|---|---|---|---|---|---|",
+            f"| without the answer cache | {off['cube_calls']} | {off['cube_calls_per_window']} | {off['cube_cpu_s']}"
+            f" | {off['p50_s']} | {off['p99_s']} |",
+            f"| with it | {on['cube_calls']} | {on['cube_calls_per_window']} | {on['cube_cpu_s']} | {on['p50_s']}"
+            f" | {on['p99_s']} |",
+            "",
+            f"Cube's own CPU (its process's, before and after): **{v['viewers_cube_cpu_ratio']}x** less with the cache."
+            " Cube calls are counted in Cube's request log.",
+        ]
     if "large" in s:
         lr = s["large"]
         lines += [

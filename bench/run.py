@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -28,6 +29,8 @@ from bench.fleet import fleet_burst
 from bench.procs import (
     Process,
     WrkResult,
+    children,
+    cpu_seconds,
     fake_gitlab,
     fast_upstream,
     free_port,
@@ -57,6 +60,9 @@ TARGETS = {
     "burst_p95_ratio": ("<=", 1.0),
     "large_rss_growth_mb": ("<", 10.0),
     "held_rss_kb_per_call": ("<", 50.0),
+    "answer_hit_cpu_ratio": ("<=", 1.0),
+    "viewers_cube_calls_per_ttl_window": ("<=", 20.0),
+    "viewers_cube_cpu_ratio": (">=", 20.0),
 }
 
 
@@ -132,6 +138,10 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
     quiet, quiet_port = proxy_process(
         workdir, "proxy-metrics-off", gitlab_url, cube_url, KEY, server={"metrics": False}
     )
+    # the same proxy answering every request from its answer cache (one query, a TTL longer than the run)
+    hits, hits_port = proxy_process(
+        workdir, "proxy-answer-hits", gitlab_url, cube_url, KEY, product_analytics={"answer_ttl": 3600.0}
+    )
     plain_port = free_port()
     plain = Process(
         ["-m", "bench.plain_proxy", str(plain_port), f"{cube_url}/cubejs-api/v1/load"],
@@ -157,6 +167,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
         bare.start()
         quiet.start()
         shared.start()
+        hits.start()
         plain.start()
         floor.start()
         protocol.start()
@@ -165,6 +176,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
         # warm the auth caches (and, for two workers, each worker's)
         for port in (one_port, two_port, bare_port, quiet_port, shared_port):
             wrk(f"http://127.0.0.1:{port}{LOAD}", [], seconds=1, connections=4, token=TOKEN, vary=True)
+        wrk(f"http://127.0.0.1:{hits_port}{LOAD}", [], seconds=1, connections=4, token=TOKEN)
 
         def one_round() -> dict[str, WrkResult]:
             def proxied(port: int, pids: list[int], connections: int) -> WrkResult:
@@ -182,6 +194,9 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
                 "proxy_aiohttp_only": proxied(bare_port, bare.pids, 64),
                 "proxy_metrics_off": proxied(quiet_port, quiet.pids, 64),
                 "proxy_redis": proxied(shared_port, shared.pids, 64),
+                "proxy_answer_hits": wrk(
+                    f"http://127.0.0.1:{hits_port}{LOAD}", hits.pids, seconds=seconds, connections=64, token=TOKEN
+                ),
                 "nginx_overload_256": wrk(nginx_load, reference.pids, seconds=seconds, connections=256),
                 "nginx_2_workers_overload_256": wrk(
                     f"http://127.0.0.1:{reference_2.port}/cubejs-api/v1/load",
@@ -227,6 +242,11 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
                 # CPU per request with the shared layer on (Redis) over the same proxy without it
                 "redis_cpu_cost_ratio": median_ratio(runs, "proxy_redis", "proxy_1_worker", "cpu_us_per_request"),
                 "redis_cpu_cost_ratio_range": ratio_range(runs, "proxy_redis", "proxy_1_worker", "cpu_us_per_request"),
+                # CPU per request answered from the answer cache over the plain pass-through (the issue: no more)
+                "answer_hit_cpu_ratio": median_ratio(runs, "proxy_answer_hits", "proxy_1_worker", "cpu_us_per_request"),
+                "answer_hit_cpu_ratio_range": ratio_range(
+                    runs, "proxy_answer_hits", "proxy_1_worker", "cpu_us_per_request"
+                ),
                 # CPU per request with metrics on over the same proxy counting nothing ([server] metrics = false)
                 "metrics_cpu_cost_ratio": median_ratio(
                     runs, "proxy_1_worker", "proxy_metrics_off", "cpu_us_per_request"
@@ -237,7 +257,7 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
             }
         )
     finally:
-        for process in (one, two, bare, quiet, shared, plain, floor, protocol, reference, reference_2, upstream):
+        for process in (one, two, bare, quiet, shared, hits, plain, floor, protocol, reference, reference_2, upstream):
             process.stop()
         redis.stop()
     return results
@@ -358,6 +378,91 @@ async def dashboard_burst(stack: Stack, port: int, viewers: int = 50) -> dict[st
         "proxy": through,
         "burst_upstream_call_ratio": round(direct["upstream_calls"] / max(1, through["upstream_calls"]), 1),
         "burst_p95_ratio": round(through["p95_s"] / direct["p95_s"], 2),
+    }
+
+
+def viewer_panels() -> list[dict[str, Any]]:
+    """The dashboard every viewer opens: 20 panels over the last 7 days (the same queries for everybody)."""
+    panels = []
+    for query in burst_queries("viewers"):
+        time_dimension = (
+            "Sessions.startAt" if query["measures"][0].startswith("Sessions") else "TrackedEvents.derivedTstamp"
+        )
+        panels.append(
+            {**query, "filters": [], "timeDimensions": [{"dimension": time_dimension, "dateRange": "last 7 days"}]}
+        )
+    return panels
+
+
+async def dashboard_viewers(
+    stack: Stack, workdir: Path, gitlab_url: str, viewers: int = 200, window: float = 10.0, ttl: float = 10.0
+) -> dict[str, Any]:
+    """``viewers`` open the same 20-panel dashboard, arriving evenly over ``window`` s: without the answer cache,
+    then with it (``answer_ttl`` = ``ttl``). Cube's calls (its request log) and its own CPU seconds are counted."""
+    panels = viewer_panels()
+    assert stack.cube.proc is not None
+    cube_pids = [stack.cube.proc.pid, *children(stack.cube.proc.pid)]
+
+    async def one_viewer(session: aiohttp.ClientSession, url: str) -> float:
+        started = time.monotonic()
+        body = [{"query": q, "queryType": "multi"} for q in panels]
+        results = await asyncio.gather(*(_post(session, url, b, {"PRIVATE-TOKEN": TOKEN}, True) for b in body))
+        if any(status != 200 for status, _ in results):
+            raise RuntimeError(f"a panel failed: {[s for s, _ in results]}")
+        return time.monotonic() - started
+
+    async def run(label: str, answer_ttl: float) -> dict[str, Any]:
+        proxy, port = proxy_process(
+            workdir,
+            f"proxy-viewers-{label}",
+            gitlab_url,
+            stack.cube.url,
+            KEY,
+            server={"workers": 2},
+            product_analytics={"answer_ttl": answer_ttl, "answer_stale": 3 * answer_ttl},
+            cube={"continue_wait_budget": 120.0, "max_concurrent_per_tenant": 64, "queue_timeout": 60.0},
+        )
+        proxy.start()
+        url = f"http://127.0.0.1:{port}{LOAD}"
+        try:
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+                if answer_ttl <= 0:  # first: Cube's own result cache warmed for both runs (the "on" run starts cold)
+                    await one_viewer(session, url)
+                calls_before = len(stack.cube.events("Load Request"))
+                cpu_before = cpu_seconds(cube_pids)
+                started = time.monotonic()
+
+                async def arriving(n: int) -> float:
+                    await asyncio.sleep(n * window / viewers)  # the arrival schedule, not a synchronisation
+                    return await one_viewer(session, url)
+
+                times = sorted(await asyncio.gather(*(arriving(n) for n in range(viewers))))
+                elapsed = time.monotonic() - started
+                cpu = cpu_seconds(cube_pids) - cpu_before
+                calls = len(stack.cube.events("Load Request")) - calls_before
+        finally:
+            proxy.stop()
+        windows = max(1, math.ceil(elapsed / ttl))
+        return {
+            "viewers": viewers,
+            "panels": len(panels),
+            "seconds": round(elapsed, 2),
+            "cube_calls": calls,
+            "cube_calls_per_window": round(calls / windows, 1),
+            "cube_cpu_s": round(cpu, 3),
+            "p50_s": round(statistics.median(times), 3),
+            "p99_s": round(times[int(0.99 * (len(times) - 1))], 3),
+        }
+
+    without = await run("off", 0.0)
+    with_cache = await run("on", ttl)
+    return {
+        "without_cache": without,
+        "with_cache": with_cache,
+        "ttl_s": ttl,
+        "viewers_cube_calls_per_ttl_window": with_cache["cube_calls_per_window"],
+        "viewers_cube_cpu_ratio": round(without["cube_cpu_s"] / max(with_cache["cube_cpu_s"], 1e-3), 1),
     }
 
 
@@ -484,9 +589,12 @@ def main() -> int:
         "--rounds", type=int, default=5, help="interleaved rounds of each wrk comparison (medians reported)"
     )
     parser.add_argument("--held", type=int, default=5000, help="concurrent callers in the held-connections scenario")
-    parser.add_argument("--only", nargs="*", default=None, help="pass_through cached_meta burst large held fleet")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="pass_through cached_meta burst viewers large held fleet"
+    )
+    parser.add_argument("--viewers", type=int, default=200, help="viewers in the dashboard-viewers scenario")
     args = parser.parse_args()
-    wanted = set(args.only or ["pass_through", "cached_meta", "burst", "large", "held", "fleet"])
+    wanted = set(args.only or ["pass_through", "cached_meta", "burst", "viewers", "large", "held", "fleet"])
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
@@ -506,7 +614,7 @@ def main() -> int:
             if "fleet" in wanted:
                 print("fleet burst (1, 2, 4 workers; with and without Redis) ...", flush=True)
                 results["scenarios"]["fleet"] = asyncio.run(fleet_burst(workdir))
-            if wanted & {"cached_meta", "burst", "large", "held"}:
+            if wanted & {"cached_meta", "burst", "viewers", "large", "held"}:
                 print("starting the real stack ...", flush=True)
                 with running_stack(KEY, workdir / "stack", log_queries=True) as stack:
                     proxy, port = proxy_process(
@@ -528,6 +636,13 @@ def main() -> int:
                         if "burst" in wanted:
                             print("dashboard burst ...", flush=True)
                             results["scenarios"]["burst"] = asyncio.run(dashboard_burst(stack, port))
+                        if "viewers" in wanted:
+                            print(
+                                f"dashboard viewers ({args.viewers}; without and with the answer cache) ...", flush=True
+                            )
+                            results["scenarios"]["viewers"] = asyncio.run(
+                                dashboard_viewers(stack, workdir, gitlab_url, viewers=args.viewers)
+                            )
                         if "large" in wanted:
                             print("large result ...", flush=True)
                             results["scenarios"]["large"] = asyncio.run(large_result(stack, proxy, port))

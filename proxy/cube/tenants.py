@@ -21,6 +21,9 @@ class Tenant(NamedTuple):
     cube_api_key: str
     #: the base URL as logs and pages may show it (``proxy/urls.py``), worked out once with the tenant
     shown_url: str = ""
+    #: seconds its load and dry-run answers are reused (0: the answer cache is off for it), and served stale after
+    answer_ttl: float = 0.0
+    answer_stale: float = 0.0
 
     def __repr__(self) -> str:
         return f"Tenant(project_id={self.project_id}, app_id={self.app_id!r}, cube_base_url={self.cube_base_url!r})"
@@ -40,15 +43,18 @@ def resolve_tenant(settings: Settings, project_id: int) -> Tenant | None:
     enabled = global_settings.enabled
     url = global_settings.cube_api_base_url
     key = global_settings.cube_api_key
+    ttl, stale = global_settings.answer_ttl, global_settings.answer_stale
     if override is not None:
         if override.enabled is not None:
             enabled = override.enabled
         url = override.cube_api_base_url or url
         key = override.cube_api_key or key
+        ttl = override.answer_ttl if override.answer_ttl is not None else ttl
+        stale = override.answer_stale if override.answer_stale is not None else stale
     if not enabled or not url or not key:
         return None
     base = url.rstrip("/")
-    return Tenant(project_id, app_id_for(project_id), base, key, redact_url(base))
+    return Tenant(project_id, app_id_for(project_id), base, key, redact_url(base), ttl, stale if ttl > 0 else 0.0)
 
 
 class Tenants:

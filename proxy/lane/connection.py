@@ -237,9 +237,12 @@ class Connection(asyncio.Protocol):
         self, status: int, content_type: bytes, exchange: Exchange, extra: dict[str, str] | None, framing: bytes
     ) -> list[bytes]:
         lane = self._lane
-        close = lane.closing or lane.pipeline.closes_connections
+        pipeline = lane.pipeline
+        close = lane.closing or pipeline.closes_connections
         if close and self.state is State.BUSY:
             self.state = State.LAST
+        if (cache := pipeline.answer_headers(exchange)) is not None:
+            extra = cache if not extra else {**extra, **cache}
         return lane.heads.head(status, content_type, exchange.request_id, framing, extra, close)
 
     def _write_whole(

@@ -118,6 +118,18 @@ class SnapshotCollector(Collector):
             s.get("meta_cache", []),
         )
         yield _counter(
+            "answer_cache_total",
+            "Load and dry-run answers by the answer cache's say: hit, stale, miss, bypass (none while it is off)",
+            ["result"],
+            s.get("answer_cache", []),
+        )
+        yield _counter(
+            "answer_cache_evictions_total",
+            "Answers the answer cache dropped to make room (its bytes bound)",
+            [],
+            s.get("answer_cache_evictions", []),
+        )
+        yield _counter(
             "gitlab_calls_total",
             "Calls to GitLab by endpoint and GitLab's status code ('unreachable' when it did not answer)",
             ["endpoint", "code"],
@@ -160,6 +172,9 @@ class SnapshotCollector(Collector):
         yield pool
         yield _gauge(
             "cube_pool_waiting_callers", "Calls waiting for a connection to Cube", gauges.get("pool_waiting", 0)
+        )
+        yield _gauge(
+            "answer_cache_bytes", "Bytes of answers the answer cache holds", gauges.get("answer_cache_bytes", 0)
         )
         yield _gauge(
             "coalesced_waiting_callers",

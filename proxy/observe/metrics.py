@@ -86,6 +86,8 @@ class Metrics:
         self.shared_calls = 0
         self.meta_hits = 0
         self.meta_misses = 0
+        #: load and dry-run answers by the answer cache's say: HIT, STALE, MISS, BYPASS
+        self.answer_results: dict[str, int] = {}
         #: authorisations answered from the cached grant, and those worked out
         self.auth_hits = 0
         self.auth_misses = 0
@@ -103,6 +105,11 @@ class Metrics:
         self.redis = Timed()
 
     # -- recording (the hot path) ---------------------------------------------------------------
+
+    def answer_cache(self, status: str) -> None:
+        """One load or dry-run answered with the answer cache's ``status`` (HIT, STALE, MISS, BYPASS)."""
+        results = self.answer_results
+        results[status] = results.get(status, 0) + 1
 
     def request_finished(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
         self.in_flight -= 1
@@ -201,6 +208,7 @@ class Metrics:
             ],
             "query_callers": [["own", self.own_calls], ["shared", self.shared_calls]],
             "meta_cache": [["hit", self.meta_hits], ["miss", self.meta_misses]],
+            "answer_cache": [[status.lower(), n] for status, n in self.answer_results.items()],
             "gitlab_calls": [[endpoint, status, n] for endpoint, t in gitlab for status, n in t.kinds.items()],
             "gitlab_latency": [t.rows(endpoint) for endpoint, t in gitlab],
             "auth_cache": [["hit", self.auth_hits], ["miss", self.auth_misses]],

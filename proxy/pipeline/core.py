@@ -33,6 +33,7 @@ from proxy.cube.forward import UpstreamCall
 from proxy.cube.tenants import Tenant
 from proxy.cube.zerofill import fill_plan
 from proxy.errors import ApiError, CallerStalled, not_enabled, rate_limited
+from proxy.pipeline.cached_queries import answer_headers
 from proxy.pipeline.client_info import client_address, traceparent, trusted_networks
 from proxy.pipeline.coalesce import QueryAnswer, StreamBroken
 from proxy.pipeline.delivery import Send, Stream, relay
@@ -85,6 +86,10 @@ class Pipeline:
     def closes_connections(self) -> bool:
         """Whether an answer written now must say ``Connection: close`` (draining): the rule for both doors."""
         return self.health.draining
+
+    def answer_headers(self, exchange: Exchange) -> dict[str, str] | None:
+        """The headers the answer cache adds to an answer (``X-Cache``, ``Age``), for both doors; None mostly."""
+        return answer_headers(exchange) if exchange.cache_status is not None else None
 
     async def relay(self, stream: Stream, exchange: Exchange, send: Send) -> bool:
         """A streamed answer written through ``send`` under the write deadline; False if it broke (the door
@@ -174,22 +179,44 @@ class Pipeline:
         if query.include_token:
             assert exchange.credential is not None
             gitlab_token = await self.services.authorizer.mint_token(exchange.credential, grant)
+        if tenant.answer_ttl <= 0:  # the answer cache is off for this tenant: straight to Cube
+            return await self._ask_cube(exchange, tenant, endpoint, query, gitlab_token, exchange.request_id)
+        request_id = exchange.request_id
+
+        async def ask(recorded: Exchange | None) -> QueryAnswer:
+            return await self._ask_cube(recorded, tenant, endpoint, query, gitlab_token, request_id)
+
+        return await self.services.answers.answer(exchange, tenant, endpoint, query, ask)
+
+    async def _ask_cube(
+        self,
+        exchange: Exchange | None,
+        tenant: Tenant,
+        endpoint: str,
+        query: QueryRequest,
+        gitlab_token: str | None,
+        request_id: str,
+    ) -> QueryAnswer:
+        """Cube's answer, the JWT signed now, coalesced with identical calls in flight; recorded in ``exchange``
+        (None: a background refresh of a stale cached answer, which no caller waits on)."""
         call = UpstreamCall(
             tenant=tenant,
             endpoint=endpoint,
             method="POST",
             jwt=self.services.signer.sign(tenant, int(time.time()), gitlab_token),
-            request_id=exchange.request_id,
+            request_id=request_id,
             payload=query.payload,
             fill=fill_plan(query.query) if endpoint == "load" else None,
-            traceparent=exchange.traceparent,
+            traceparent=exchange.traceparent if exchange is not None else None,
         )
         forwarder = self.services.forwarder
+        key = _coalesce_key(tenant, endpoint, query)
+        if exchange is None:
+            outcome, _ = await self.services.coalescer.run(key, lambda: forwarder.fetch(call))
+            return outcome
         asked = time.perf_counter()
         try:
-            outcome, shared = await self.services.coalescer.run(
-                _coalesce_key(tenant, endpoint, query), lambda: forwarder.fetch(call)
-            )
+            outcome, shared = await self.services.coalescer.run(key, lambda: forwarder.fetch(call))
         finally:
             exchange.cube_seconds = time.perf_counter() - asked
         exchange.cube_status = outcome.status if isinstance(outcome, Buffered) else 200

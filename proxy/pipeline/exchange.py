@@ -15,9 +15,11 @@ class Exchange:
 
     __slots__ = (
         "aborted",
+        "age",
         "bytes_received",
         "bytes_sent",
         "cache",
+        "cache_status",
         "client",
         "credential",
         "cube_seconds",
@@ -54,8 +56,12 @@ class Exchange:
         self.credential: Credential | None = None
         #: the numeric project id, once authorised
         self.project: int | None = None
-        #: "hit", "miss" or "shared": where the answer came from
+        #: where the answer came from: "hit" or "miss" (meta); "miss" or "shared" (coalesced) with the answer
+        #: cache off; "hit", "stale", "miss" or "bypass" with it on
         self.cache: str | None = None
+        #: the answer cache's say, for ``X-Cache`` (HIT, STALE, MISS, BYPASS), and a cached answer's age in seconds
+        self.cache_status: str | None = None
+        self.age: int | None = None
         #: a streamed 200 was cut off because Cube's body broke
         self.aborted = False
         #: bytes of the answer's body written (set by the front door)

@@ -33,6 +33,8 @@ from proxy.limits.overload import LoadShedder
 from proxy.limits.tenant_cap import TenantLimiter
 from proxy.observe.metrics import LAG_SAMPLE_SECONDS, Metrics, NoMetrics
 from proxy.pipeline.access_log import AccessLog
+from proxy.pipeline.answer_cache import AnswerCache
+from proxy.pipeline.cached_queries import CachedQueries
 from proxy.pipeline.coalesce import Coalescer
 from proxy.pipeline.door_counts import DoorCounts
 from proxy.pipeline.request_id import RequestIds
@@ -95,6 +97,12 @@ class Services:
             self.metrics,
         )
         self.readiness = CubeReadiness(cube_urls(settings), cube.readiness_ttl)
+        #: load and dry-run answers reused per tenant (off for tenants whose answer_ttl is 0)
+        self.answers = CachedQueries(
+            AnswerCache(cube.answer_cache_bytes, min(cube.answer_max_bytes, cube.buffer_limit)),
+            self.metrics,
+            cube.answer_shared_max_bytes,
+        )
         #: the fleet's shared layer, when ``[redis] url`` is set (opened by ``open_redis``)
         self.shared: SharedLayer | None = None
         #: GitLab's REST client, when GitLab authorises (opened by ``open_gitlab``)
@@ -116,6 +124,7 @@ class Services:
             return
         self.shared = shared = open_shared(config, self.metrics)
         self.meta_cache.share(shared, "meta", MetaCodec(_buffered), config.local_ttl)
+        self.answers.share(shared)
         await shared.ping()  # a first connection before traffic (not required: a failure only logs)
         try:
             yield
@@ -144,6 +153,7 @@ class Services:
         try:
             yield
         finally:
+            await self.answers.close()
             await self.fill_process.close(FILL_GRACE_SECONDS)
             await self.coalescer.close()
             await self.cube_http.close()
@@ -151,7 +161,7 @@ class Services:
 
     @contextlib.asynccontextmanager
     async def housekeeping(self) -> AsyncIterator[None]:
-        """Expired cache entries (GitLab's answers, refusals, meta) dropped every ``SWEEP_SECONDS``, not left
+        """Expired cache entries (GitLab's answers, refusals, meta, answers) dropped every ``SWEEP_SECONDS``, not left
         until the next insertion (a burst of refused callers leaves nothing behind once its TTL is over); and
         the event loop's lateness sampled for the metrics every ``LAG_SAMPLE_SECONDS``."""
         async with in_background(self._sweep()), in_background(self._sample_lag()):
@@ -169,6 +179,7 @@ class Services:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)  # the period itself, not a synchronisation
             self.meta_cache.expire()
+            self.answers.cache.expire()
             self.authorizer.expire()  # opened before the sweep starts (``create_app``'s order)
 
     @contextlib.asynccontextmanager

@@ -58,6 +58,8 @@ def validate(s: Settings, problems: list[str]) -> None:
         "[cube] buffer_limit": s.cube.buffer_limit,
         "[cube] max_whole_bytes": s.cube.max_whole_bytes,
         "[cube] whole_answers_bytes": s.cube.whole_answers_bytes,
+        "[cube] answer_cache_bytes": s.cube.answer_cache_bytes,
+        "[cube] answer_max_bytes": s.cube.answer_max_bytes,
         "[cube] pool_size": s.cube.pool_size,
         "[limits] max_body_bytes": s.limits.max_body_bytes,
         "[limits] max_json_depth": s.limits.max_json_depth,
@@ -84,6 +86,11 @@ def validate(s: Settings, problems: list[str]) -> None:
         "[cube] meta_cache_ttl": s.cube.meta_cache_ttl,
         "[cube] readiness_ttl": s.cube.readiness_ttl,
         "[limits] rate_limit": s.limits.rate_limit,
+        "[product_analytics] answer_ttl": s.product_analytics.answer_ttl,
+        "[product_analytics] answer_stale": s.product_analytics.answer_stale,
+        "[cube] answer_shared_max_bytes": s.cube.answer_shared_max_bytes,
+        **{f"[projects.{p}] answer_ttl": o.answer_ttl or 0.0 for p, o in s.projects.items()},
+        **{f"[projects.{p}] answer_stale": o.answer_stale or 0.0 for p, o in s.projects.items()},
     }
     for where, value in non_negative.items():
         if value < 0:

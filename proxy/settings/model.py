@@ -123,6 +123,12 @@ class ProjectOverride:
     cube_api_key: str | None = None
     #: a file holding the key (a mounted secret), instead of cube_api_key
     cube_api_key_file: str | None = None
+    #: seconds this project's load and dry-run answers are reused from the answer cache; unset: as
+    #: [product_analytics] answer_ttl
+    answer_ttl: float | None = None
+    #: seconds past answer_ttl this project's answers may still be served while one refresh runs; unset: as
+    #: [product_analytics] answer_stale
+    answer_stale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,11 @@ class AnalyticsSettings:
     cube_api_key_file: str | None = None
     #: seconds between the JWT's iat and exp.
     jwt_ttl: int = 180
+    #: seconds a load or dry-run answer is reused for every caller allowed on the project (the answer cache,
+    #: docs/operations.md); 0, the default: off. 10 to 60 suits dashboards with many viewers
+    answer_ttl: float = 0.0
+    #: seconds past answer_ttl an answer is still served (X-Cache: STALE) while one refresh asks Cube
+    answer_stale: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,12 @@ class CubeSettings:
     #: bytes of answers read whole (meta, zero-fills) held at once, from their first byte read until they are
     #: filled or cached (taken from Cube's Content-Length before reading: 503 past it, nothing read)
     whole_answers_bytes: int = 256 * 1024 * 1024
+    #: bytes of answers the answer cache holds in each process (the least recently used go first)
+    answer_cache_bytes: int = 64 * 1024 * 1024
+    #: the largest answer the answer cache keeps (answers larger than [cube] buffer_limit stream: never kept)
+    answer_max_bytes: int = 256 * 1024
+    #: with [redis], answers up to this size are shared with the fleet (signed); larger ones stay per process
+    answer_shared_max_bytes: int = 64 * 1024
     #: open connections per Cube origin; more calls wait for one, up to queue_timeout.
     pool_size: int = 256
     #: seconds a readiness probe's answer is reused (probes use their own few connections).

@@ -53,3 +53,22 @@ class MetaCodec(JsonCodec):
 
     def load(self, data: Any) -> Any:
         return self._make(int(data["status"]), str(data["body"]).encode())
+
+
+class AnswerCodec(JsonCodec):
+    """A whole load or dry-run answer and when Cube gave it, keyed by a hash of the tenant (its app id, Cube URL
+    and key), the endpoint and the canonical query: the key holds no query text and no secret."""
+
+    def key(self, key: Any) -> str:
+        tenant = key.tenant
+        digest = hashlib.sha256(
+            b"\0".join((tenant.cube_base_url.encode(), tenant.cube_api_key.encode(), key.endpoint.encode(), key.query))
+        ).hexdigest()[:40]
+        return f"{tenant.app_id}|{digest}"
+
+    def dump(self, value: Any) -> Any:
+        body, stored = value
+        return {"body": body.decode(), "stored": stored}
+
+    def load(self, data: Any) -> Any:
+        return str(data["body"]).encode(), float(data["stored"])

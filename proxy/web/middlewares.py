@@ -10,7 +10,8 @@ lane calls too, in the same order: a behaviour lives there, once.
 
 ``on_prepare`` (the app's ``on_response_prepare`` signal) runs as any response's head is
 about to go out, whole or streamed, from a view, a middleware or aiohttp's own errors: it
-names the request id and keeps the pipeline's connection rule (``closes_connections``).
+names the request id, adds the answer cache's headers and keeps the pipeline's connection
+rule (``closes_connections``).
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer's head: the request's id, and ``Connection: close`` while the pipeline says so (draining)."""
     exchange = request.get(EXCHANGE)
+    pipeline = request.app[PIPELINE]
     if exchange is not None:
         response.headers[REQUEST_ID_HEADER] = exchange.request_id
-    if request.app[PIPELINE].closes_connections:  # the caller moves to another worker or replica
+        if (cache := pipeline.answer_headers(exchange)) is not None:
+            response.headers.update(cache)
+    if pipeline.closes_connections:  # the caller moves to another worker or replica
         response.force_close()  # the connection ends after this answer...
         response.headers[CONNECTION] = "close"  # ...and says so (aiohttp has framed the head before this signal)
 

@@ -72,7 +72,11 @@ def _query_route(endpoint: str, summary: str, answer: str) -> dict[str, Any]:
                 "200": {
                     "description": f'{answer}, or `{{"error": "Continue wait"}}` while Cube still works on it'
                     " (ask again).",
-                    "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}},
+                    "headers": {
+                        "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
+                        "X-Cache": {"$ref": "#/components/headers/Cache"},
+                        "Age": {"$ref": "#/components/headers/Age"},
+                    },
                     "content": {
                         "application/json": {
                             "schema": {
@@ -256,6 +260,16 @@ def document() -> dict[str, Any]:
                     "schema": {"type": "string", "pattern": "^[0-9]+$"},
                 },
                 "RequestId": {"description": "The request's id, as Cube saw it.", "schema": {"type": "string"}},
+                "Cache": {
+                    "description": "The answer cache's say, when it is on for the project (`answer_ttl`): from the"
+                    " cache (`HIT`), from it while one refresh runs (`STALE`), from Cube (`MISS`), or from Cube"
+                    " because the call cannot share an answer (`BYPASS`: `include_token`, `renewQuery`).",
+                    "schema": {"type": "string", "enum": ["HIT", "STALE", "MISS", "BYPASS"]},
+                },
+                "Age": {
+                    "description": "Seconds since Cube gave a cached answer (with `X-Cache: HIT` or `STALE`).",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
             },
             "schemas": schemas(),
         },

@@ -1,0 +1,128 @@
+"""The answer cache: whole load and dry-run answers reused for every caller allowed on a project.
+
+A tenant's answer to one query is the same for every caller GitLab lets on the project
+(the security context Cube sees is the project's), so a dashboard opened by many viewers
+need not ask Cube once per viewer. Rules, in ``Pipeline.answer_query``'s order:
+
+- off for a tenant whose ``answer_ttl`` is 0 (the default): no lookup, no header;
+- ``BYPASS`` for an ``include_token`` call (its answer carries the caller's own token) and
+  for a query with Cube's ``renewQuery: true`` (Cube is asked, and a good answer replaces
+  the entry);
+- ``HIT`` within ``answer_ttl`` of Cube's answer; ``STALE`` for ``answer_stale`` seconds
+  more, while one refresh per entry asks Cube in the background (a refresh that fails
+  leaves the stale answer until its window ends; then callers ask Cube and see its error);
+- ``MISS`` otherwise: Cube is asked (through the coalescer), and the answer kept only when
+  it is a whole ``200`` that is not "Continue wait" and at most ``answer_max_bytes``.
+
+The key is the tenant (project, Cube URL and key), the endpoint and the query in canonical
+form (object keys sorted, list order kept: it is meaningful to Cube), ``renewQuery`` left
+out. Entries are bounded by bytes: the least recently used go first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import NamedTuple
+
+import orjson
+
+from proxy.cube.client import Buffered
+from proxy.cube.tenants import Tenant
+from proxy.pipeline.request_body import QueryRequest
+
+#: what a kept answer weighs beyond its body (the key, the entry): so many tiny answers are bounded too
+ENTRY_OVERHEAD = 512
+#: entries the sweep looks at per call (the oldest first)
+SWEEP_ENTRIES = 256
+
+HIT, MISS, STALE, BYPASS = "HIT", "MISS", "STALE", "BYPASS"
+
+
+class AnswerKey(NamedTuple):
+    tenant: Tenant
+    endpoint: str
+    #: the query and queryType in canonical form, without ``renewQuery``
+    query: bytes
+
+
+class CachedAnswer(NamedTuple):
+    #: the answer as callers get it (a whole 200)
+    answer: Buffered
+    #: when Cube gave it (wall-clock seconds, so an answer shared across the fleet keeps its age)
+    stored: float
+
+
+def answer_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[AnswerKey, bool]:
+    """The query's key, and whether it asks Cube to renew (``renewQuery: true``: bypass, then refresh)."""
+    renew = query.query.get("renewQuery") is True
+    if "renewQuery" not in query.query:
+        return AnswerKey(tenant, endpoint, query.payload), renew
+    rest = {k: v for k, v in query.query.items() if k != "renewQuery"}
+    canonical = orjson.dumps({"query": rest, "queryType": query.query_type}, option=orjson.OPT_SORT_KEYS)
+    return AnswerKey(tenant, endpoint, canonical), renew
+
+
+class AnswerCache:
+    """Whole answers by ``AnswerKey``, bounded by ``max_bytes``; each entry fresh for its tenant's ``answer_ttl``
+    and served stale for ``answer_stale`` more. ``clock`` is wall-clock seconds."""
+
+    def __init__(self, max_bytes: int, max_entry_bytes: int, clock: Callable[[], float] = time.time) -> None:
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_entry_bytes
+        self.clock = clock
+        self._entries: OrderedDict[AnswerKey, CachedAnswer] = OrderedDict()
+        #: bytes held (bodies plus ``ENTRY_OVERHEAD`` each), and entries dropped to make room
+        self.bytes = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def keeps(self, body: bytes) -> bool:
+        """Whether an answer of this size may be kept."""
+        return len(body) <= self.max_entry_bytes and len(body) + ENTRY_OVERHEAD <= self.max_bytes
+
+    def get(self, key: AnswerKey) -> tuple[CachedAnswer, str] | None:
+        """The entry and ``HIT`` or ``STALE``; None when there is none or it is past its stale window."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        age = self.clock() - entry.stored
+        tenant = key.tenant
+        if age < tenant.answer_ttl:
+            self._entries.move_to_end(key)
+            return entry, HIT
+        if age < tenant.answer_ttl + tenant.answer_stale:
+            self._entries.move_to_end(key)
+            return entry, STALE
+        self._drop(key)
+        return None
+
+    def put(self, key: AnswerKey, body: bytes, stored: float | None = None) -> None:
+        """Keep ``body`` (Cube's whole 200) for ``key``, making room by dropping the least recently used."""
+        if not self.keeps(body):
+            return
+        if key in self._entries:
+            self._drop(key)
+        weight = len(body) + ENTRY_OVERHEAD
+        while self.bytes + weight > self.max_bytes and self._entries:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+            self.evictions += 1
+        self._entries[key] = CachedAnswer(Buffered(200, body), self.clock() if stored is None else stored)
+        self.bytes += weight
+
+    def expire(self) -> None:
+        """Drop entries past their stale window, looking at a bounded number of the least recently used."""
+        now = self.clock()
+        for key in list(itertools.islice(self._entries, SWEEP_ENTRIES)):
+            entry = self._entries[key]
+            if now - entry.stored >= key.tenant.answer_ttl + key.tenant.answer_stale:
+                self._drop(key)
+
+    def _drop(self, key: AnswerKey) -> None:
+        entry = self._entries.pop(key)
+        self.bytes -= len(entry.answer.body) + ENTRY_OVERHEAD

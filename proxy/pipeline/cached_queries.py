@@ -1,0 +1,191 @@
+"""Load and dry-run through the answer cache: lookups, the fleet's copy in Redis, and stale entries' refreshes.
+
+The rules are ``answer_cache.py``'s. With ``[redis]``, a miss asks the fleet first: an
+answer up to ``[cube] answer_shared_max_bytes`` is kept in Redis for its ``answer_ttl``,
+signed like every shared value (a Redis writer cannot change a number a viewer sees), and
+one process of the fleet asks Cube for it; a refresh goes the same way, so a stale window
+costs Cube one call for the whole fleet. Larger answers stay in each process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from proxy.cube.client import Buffered, Streamed
+from proxy.cube.tenants import Tenant
+from proxy.observe.metrics import Metrics
+from proxy.pipeline.answer_cache import BYPASS, HIT, MISS, STALE, AnswerCache, AnswerKey, CachedAnswer, answer_key
+from proxy.pipeline.coalesce import QueryAnswer, SharedStream
+from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.request_body import QueryRequest
+from proxy.shared.codecs import AnswerCodec
+from proxy.shared.layer import SharedLayer
+from proxy.singleflight import SharePolicy
+
+log = logging.getLogger(__name__)
+
+#: asks Cube (through the coalescer); the caller's exchange records the call, or None for a background refresh
+Ask = Callable[[Exchange | None], Awaitable[QueryAnswer]]
+
+
+class _NotKept(Exception):
+    """Cube's answer is not one the fleet keeps (an error, Continue wait, a stream, too large): it is returned."""
+
+    def __init__(self, answer: QueryAnswer) -> None:
+        super().__init__("not kept")
+        self.answer = answer
+
+
+def _never(exc: BaseException) -> bool:
+    return False
+
+
+def _discard(answer: QueryAnswer) -> None:
+    """Let go of an answer nobody will read (a refresh's stream: too large to keep)."""
+    if isinstance(answer, Streamed | SharedStream):
+        answer.close()
+
+
+class CachedQueries:
+    """The answer cache of one process, and its refreshes (at most one per entry, all ended at shutdown)."""
+
+    def __init__(self, cache: AnswerCache, metrics: Metrics, shared_max_bytes: int) -> None:
+        self.cache = cache
+        self._metrics = metrics
+        self._shared_max = shared_max_bytes
+        self._shared: SharedLayer | None = None
+        self._codec = AnswerCodec()
+        self._refreshing: dict[AnswerKey, asyncio.Task[None]] = {}
+
+    def share(self, shared: SharedLayer) -> None:
+        """Answers up to ``answer_shared_max_bytes`` through the fleet's shared layer."""
+        self._shared = shared
+
+    @property
+    def refreshing(self) -> int:
+        """Refreshes under way."""
+        return len(self._refreshing)
+
+    async def answer(
+        self, exchange: Exchange, tenant: Tenant, endpoint: str, query: QueryRequest, ask: Ask
+    ) -> QueryAnswer:
+        """The caller's answer: from the cache, or Cube's (kept when it may be). See ``answer_cache.py``."""
+        if query.include_token:  # its answer carries the caller's own token
+            return self._asked(exchange, BYPASS, await ask(exchange))
+        key, renew = answer_key(tenant, endpoint, query)
+        if renew:  # Cube's renewQuery: ask, and replace the entry with a good answer
+            answer = await ask(exchange)
+            if (body := self._keepable(answer)) is not None:
+                self.cache.put(key, body)
+            return self._asked(exchange, BYPASS, answer)
+        found = self.cache.get(key)
+        if found is not None:
+            if found[1] == STALE:
+                self._refresh(key, ask)
+            return self._served(exchange, *found)
+        fetched, fleets = await self._fetch(key, ask, exchange)
+        if fetched is None:  # the fleet had it: Cube was not asked here
+            assert fleets is not None
+            return self._served(exchange, fleets, HIT)
+        return self._asked(exchange, MISS, fetched)
+
+    async def close(self) -> None:
+        """End every refresh under way (shutdown)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _keepable(self, answer: QueryAnswer) -> bytes | None:
+        """The body of an answer the cache keeps: a whole 200, not Continue wait, not too large."""
+        if (
+            isinstance(answer, Buffered)
+            and answer.status == 200
+            and not answer.continue_wait
+            and self.cache.keeps(answer.body)
+        ):
+            return answer.body
+        return None
+
+    async def _fetch(
+        self, key: AnswerKey, ask: Ask, exchange: Exchange | None
+    ) -> tuple[QueryAnswer | None, CachedAnswer | None]:
+        """Cube's answer (asked here), or the fleet's entry (asked elsewhere), kept in this process when it may be."""
+        shared = self._shared
+        if shared is None:
+            answer = await ask(exchange)
+            if (body := self._keepable(answer)) is not None:
+                self.cache.put(key, body)
+            return answer, None
+        asked: list[QueryAnswer] = []
+
+        async def load() -> tuple[bytes, float]:
+            answer = await ask(exchange)
+            asked.append(answer)
+            body = self._keepable(answer)
+            if body is None or len(body) > self._shared_max:
+                raise _NotKept(answer)
+            return body, self.cache.clock()
+
+        policy = SharePolicy("answers", self._codec, key.tenant.answer_ttl, 0.0, _never)
+        try:
+            body, stored = await shared.load(key, load, policy)
+        except _NotKept as not_kept:
+            if (body := self._keepable(not_kept.answer)) is not None:
+                self.cache.put(key, body)  # too large for the fleet, not for this process
+            return not_kept.answer, None
+        self.cache.put(key, body, stored)
+        if asked:
+            return asked[0], None
+        return None, CachedAnswer(Buffered(200, body), stored)
+
+    def _refresh(self, key: AnswerKey, ask: Ask) -> None:
+        if key in self._refreshing:
+            return  # one refresh per entry
+        task = asyncio.get_running_loop().create_task(self._refresh_now(key, ask))
+        self._refreshing[key] = task
+        task.add_done_callback(lambda _: self._refreshing.pop(key, None))
+
+    async def _refresh_now(self, key: AnswerKey, ask: Ask) -> None:
+        """Ask again for a stale entry; a failure leaves it to be served until its stale window ends."""
+        try:
+            answer, _ = await self._fetch(key, ask, None)
+        except Exception as exc:
+            log.warning(
+                "refreshing a stale answer failed (%s); it is served until its stale window ends",
+                type(exc).__name__,
+                extra={"event": "answer_refresh_failed", "project": key.tenant.project_id},
+            )
+            return
+        if answer is not None:
+            _discard(answer)
+
+    def _served(self, exchange: Exchange, entry: CachedAnswer, status: str) -> Buffered:
+        exchange.cache = status.lower()
+        exchange.cache_status = status
+        exchange.age = max(0, int(self.cache.clock() - entry.stored))
+        self._metrics.answer_cache(status)
+        return entry.answer
+
+    def _asked(self, exchange: Exchange, status: str, answer: QueryAnswer) -> QueryAnswer:
+        exchange.cache = status.lower()
+        exchange.cache_status = status
+        self._metrics.answer_cache(status)
+        return answer
+
+
+def answer_headers(exchange: Exchange) -> dict[str, str] | None:
+    """``X-Cache`` (and ``Age`` for a cached answer) when the answer cache had a say; None when it did not."""
+    status = exchange.cache_status
+    if status is None:
+        return None
+    if exchange.age is None:
+        return {"X-Cache": status}
+    return {"X-Cache": status, "Age": str(exchange.age)}

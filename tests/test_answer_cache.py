@@ -1,0 +1,288 @@
+"""The answer cache: load and dry-run answers reused per tenant, on both doors, never what must not be kept."""
+
+import asyncio
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from proxy.cube.tenants import Tenant
+from proxy.pipeline.answer_cache import ENTRY_OVERHEAD, AnswerCache, AnswerKey
+from proxy.web.keys import PIPELINE
+from tests.conftest import QUERY, REPORTER, replace
+from tests.fakes.cube import answer, continue_wait_then, load_answer
+from tests.test_observability import scrape, value
+from tests.test_streaming import until
+
+LOAD = "/api/v4/projects/{}/product_analytics/request/load"
+DRY_RUN = "/api/v4/projects/1/product_analytics/request/dry-run"
+TOKEN_CALL = {"PRIVATE-TOKEN": "glpat-maint-000000000004"}
+
+
+@pytest.fixture
+def cached(make_settings):
+    return make_settings(product_analytics={"answer_ttl": 10.0, "answer_stale": 30.0})
+
+
+class Clock:
+    """Wall-clock seconds the test moves by hand (the cache's ``clock``)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def clocked(client) -> Clock:
+    clock = Clock()
+    client.app[PIPELINE].services.answers.cache.clock = clock
+    return clock
+
+
+def counted_rows(n: int):
+    """Cube answering the load with a count that goes up by one per call (so a test sees which answer it got)."""
+    calls = [0]
+
+    async def behaviour(call, request):
+        calls[0] += 1
+        return web.json_response(load_answer(call.body["query"], [{"TrackedEvents.count": str(n + calls[0])}]))
+
+    return behaviour
+
+
+def count_of(body: bytes) -> str:
+    return orjson.loads(body)["results"][0]["data"][0]["TrackedEvents.count"]
+
+
+async def load(client, query=QUERY, project=1, headers=REPORTER, **extra):
+    resp = await client.post(LOAD.format(project), json={"query": query, **extra}, headers=headers)
+    return resp, await resp.read()
+
+
+async def test_a_repeated_query_is_a_hit_on_both_doors(make_client, cached, cube, access_lines):
+    cube.behaviour = counted_rows(0)
+    client = await make_client(cached)
+    clock = clocked(client)
+    first, body = await load(client)
+    assert (first.status, first.headers["X-Cache"], "Age" not in first.headers) == (200, "MISS", True)
+    clock.now += 4
+    again, cached_body = await load(client)
+    assert (again.status, again.headers["X-Cache"], again.headers["Age"]) == (200, "HIT", "4")
+    assert cached_body == body and count_of(body) == "1" and len(cube.calls_to("load")) == 1
+    assert again.headers["X-Request-Id"] != first.headers["X-Request-Id"]
+    lines = [line for line in access_lines() if line["route"] and line["route"].endswith("/load")]
+    assert [line["cache"] for line in lines] == ["miss", "hit"]
+    assert lines[1]["cube_status"] is None and lines[1]["cube"] is None  # Cube was not asked
+    found = await scrape(client)
+    assert value(found, "pa_proxy_answer_cache_total", result="hit") == 1
+    assert value(found, "pa_proxy_answer_cache_total", result="miss") == 1
+    assert value(found, "pa_proxy_answer_cache_bytes") >= len(body)
+
+
+async def test_off_by_default_there_is_no_header_and_every_call_reaches_cube(make_client, settings, cube):
+    client = await make_client(settings)
+    for _ in range(2):
+        resp, _ = await load(client)
+        assert resp.status == 200 and "X-Cache" not in resp.headers
+    assert len(cube.calls_to("load")) == 2
+
+
+async def test_the_key_is_the_canonical_query_keys_sorted_lists_in_order(make_client, cached, cube):
+    client = await make_client(cached)
+    query = {"measures": ["TrackedEvents.count", "TrackedEvents.pageViews"], "dimensions": ["TrackedEvents.name"]}
+    reordered = {"dimensions": ["TrackedEvents.name"], "measures": ["TrackedEvents.count", "TrackedEvents.pageViews"]}
+    swapped = {"dimensions": ["TrackedEvents.name"], "measures": ["TrackedEvents.pageViews", "TrackedEvents.count"]}
+    statuses = [(await load(client, q))[0].headers["X-Cache"] for q in (query, reordered, swapped)]
+    assert statuses == ["MISS", "HIT", "MISS"]  # object keys in any order are one query; list order is meaningful
+    dry = await client.post(DRY_RUN, json={"query": query}, headers=REPORTER)
+    assert dry.headers["X-Cache"] == "MISS"  # the endpoint is part of the key
+    dry = await client.post(DRY_RUN, json={"query": reordered}, headers=REPORTER)
+    assert dry.headers["X-Cache"] == "HIT" and len(cube.calls_to("dry-run")) == 1
+
+
+async def test_two_projects_asking_the_same_query_get_their_own_answers(make_client, cached, cube):
+    async def per_tenant(call, request):
+        app_id = call.claims["appId"]
+        return web.json_response(load_answer(call.body["query"], [{"TrackedEvents.count": app_id}]))
+
+    cube.behaviour = per_tenant
+    client = await make_client(cached)
+    for _ in range(2):
+        one, one_body = await load(client, project=1)
+        two, two_body = await load(client, project=2)
+        assert count_of(one_body) == "gitlab_project_1" and count_of(two_body) == "gitlab_project_2"
+    assert (one.headers["X-Cache"], two.headers["X-Cache"]) == ("HIT", "HIT")
+    assert sorted(c.claims["appId"] for c in cube.calls_to("load")) == ["gitlab_project_1", "gitlab_project_2"]
+
+
+async def test_a_project_can_have_its_own_ttl_or_none(make_settings, make_client, cube):
+    settings = make_settings(
+        product_analytics={"answer_ttl": 10.0}, projects={"2": {"answer_ttl": 0.0}}
+    )  # fmt: skip
+    client = await make_client(settings)
+    for _ in range(2):
+        two, _ = await load(client, project=2)
+        assert "X-Cache" not in two.headers
+    assert len(cube.calls_to("load")) == 2
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        answer(400, {"error": "'nope' not found for path 'TrackedEvents.nope'"}),
+        answer(500, {"error": "Internal Server Error"}),
+        continue_wait_then([1000]),
+    ],
+    ids=["cube_error", "cube_5xx", "continue_wait"],
+)
+async def test_errors_and_continue_wait_are_never_kept(make_settings, make_client, cube, behaviour):
+    settings = make_settings(
+        product_analytics={"answer_ttl": 10.0}, cube={"continue_wait_budget": 0.0, "continue_wait_pause": 0.0}
+    )
+    cube.behaviour = behaviour
+    client = await make_client(settings)
+    first, _ = await load(client)
+    second, _ = await load(client)
+    assert first.headers["X-Cache"] == second.headers["X-Cache"] == "MISS"
+    assert len(cube.calls_to("load")) == 2
+
+
+async def test_an_answer_over_the_size_limit_is_not_kept(make_settings, make_client, cube):
+    cube.rows = [{"TrackedEvents.count": "x" * 2000}]
+    client = await make_client(make_settings(product_analytics={"answer_ttl": 10.0}, cube={"answer_max_bytes": 1024}))
+    assert [(await load(client))[0].headers["X-Cache"] for _ in range(2)] == ["MISS", "MISS"]
+    assert len(cube.calls_to("load")) == 2
+
+
+async def test_include_token_calls_bypass_the_cache(make_client, cached, cube, gitlab):
+    client = await make_client(cached)
+    await load(client, headers=TOKEN_CALL)
+    for _ in range(2):
+        resp, _ = await load(client, headers=TOKEN_CALL, include_token=True)
+        assert (resp.status, resp.headers["X-Cache"]) == (200, "BYPASS")
+    assert len(cube.calls_to("load")) == 3
+    tokens = [c.claims["gitlabToken"] for c in cube.calls_to("load")]
+    assert tokens[0] is None and all(tokens[1:])  # each bypassing call carried its own minted token
+
+
+async def test_renew_query_asks_cube_and_replaces_the_entry(make_client, cached, cube):
+    cube.behaviour = counted_rows(0)
+    client = await make_client(cached)
+    _, first = await load(client)
+    renewed, renewed_body = await load(client, {**QUERY, "renewQuery": True})
+    assert renewed.headers["X-Cache"] == "BYPASS" and count_of(renewed_body) == "2"
+    again, again_body = await load(client)
+    assert again.headers["X-Cache"] == "HIT" and count_of(again_body) == "2"  # the renewed answer replaced it
+    assert count_of(first) == "1" and len(cube.calls_to("load")) == 2
+
+
+async def test_a_stale_answer_is_served_while_one_refresh_asks_cube(make_client, cached, cube):
+    cube.behaviour = counted_rows(0)
+    client = await make_client(cached)
+    clock = clocked(client)
+    await load(client)
+    hold = asyncio.Event()
+    counting = counted_rows(1)
+
+    async def held(call, request):
+        await hold.wait()
+        return await counting(call, request)
+
+    cube.behaviour = held
+    clock.now += 12  # past the TTL (10 s), within the stale window (30 s more)
+    stale = [await load(client) for _ in range(3)]
+    assert [(r.headers["X-Cache"], count_of(b)) for r, b in stale] == [("STALE", "1")] * 3
+    assert stale[0][0].headers["Age"] == "12"
+    answers = client.app[PIPELINE].services.answers
+    assert answers.refreshing == 1  # one refresh for three stale callers
+    hold.set()
+    await until(lambda: answers.refreshing == 0)
+    fresh, body = await load(client)
+    assert (fresh.headers["X-Cache"], count_of(body)) == ("HIT", "2")
+    assert len(cube.calls_to("load")) == 2
+
+
+async def test_a_failed_refresh_keeps_the_stale_answer_until_its_window_ends(make_client, cached, cube, caplog):
+    client = await make_client(cached)
+    clock = clocked(client)
+    _, body = await load(client)
+    cube.behaviour = answer(502, {"error": "bad gateway"})
+    clock.now += 15
+    stale, stale_body = await load(client)
+    assert (stale.status, stale.headers["X-Cache"], stale_body) == (200, "STALE", body)
+    answers = client.app[PIPELINE].services.answers
+    await until(lambda: answers.refreshing == 0 and len(cube.calls_to("load")) == 2)
+    still, still_body = await load(client)  # the refresh failed: the stale answer is still served
+    assert (still.headers["X-Cache"], still_body) == ("STALE", body)
+    await until(lambda: answers.refreshing == 0 and len(cube.calls_to("load")) == 3)
+    clock.now += 30  # past the stale window: Cube's error
+    gone, _ = await load(client)
+    assert gone.status >= 400 and gone.headers["X-Cache"] == "MISS"  # Cube's error, as Cube's errors are mapped
+
+
+async def test_a_hit_through_the_lane_is_served_by_the_lane(make_client, cached, cube, serving):
+    client = await make_client(cached)
+    await load(client)
+    resp, _ = await load(client)
+    assert resp.headers["X-Cache"] == "HIT"
+    if serving == "fast_lane":
+        assert client.server.lane.served == 2
+
+
+def test_the_cache_is_bounded_by_bytes_least_recently_used_first():
+    tenant = Tenant(1, "gitlab_project_1", "http://cube", "k", "http://cube", 10.0, 0.0)
+    cache = AnswerCache(max_bytes=3 * (1000 + ENTRY_OVERHEAD), max_entry_bytes=2000, clock=lambda: 0.0)
+    keys = [AnswerKey(tenant, "load", b"%d" % i) for i in range(5)]
+    for key in keys[:3]:
+        cache.put(key, b"x" * 1000)
+    assert cache.get(keys[0]) is not None  # used: now the most recent
+    cache.put(keys[3], b"y" * 1000)
+    assert cache.get(keys[1]) is None and cache.get(keys[0]) is not None and cache.evictions == 1
+    assert cache.bytes <= cache.max_bytes and len(cache) == 3
+    cache.put(keys[4], b"z" * 3000)  # over max_entry_bytes: not kept, nothing evicted for it
+    assert cache.get(keys[4]) is None and cache.evictions == 1
+
+
+async def test_the_fleet_shares_answers_signed(make_client, shared_settings, cube, redis_server, caplog):
+    settings = replace(shared_settings, "product_analytics", answer_ttl=10.0)
+    cube.behaviour = counted_rows(0)
+    first, second, third = [await make_client(settings) for _ in range(3)]
+    [one, two] = [await load(proxy) for proxy in (first, second)]
+    assert [r.headers["X-Cache"] for r, _ in (one, two)] == ["MISS", "HIT"]
+    assert one[1] == two[1] and len(cube.calls_to("load")) == 1  # the second process asked Cube nothing
+    client = aioredis.from_url(redis_server.url)
+    try:
+        keys = [k async for k in client.scan_iter(match="product-analytics-proxy:answers:*") if b":lock" not in k]
+        assert len(keys) == 1 and b"TrackedEvents" not in keys[0]  # keyed by a hash, never the query
+        stored = await client.get(keys[0])
+        version, expires, signature, payload = stored.split(b".", 3)
+        data = orjson.loads(payload)
+        data["value"]["body"] = data["value"]["body"].replace('"1"', '"999999"')
+        await client.set(keys[0], b".".join((version, expires, signature, orjson.dumps(data))))
+    finally:
+        await client.aclose()
+    resp, body = await load(third)
+    assert count_of(body) == "2" and resp.headers["X-Cache"] == "MISS"  # refused, and Cube asked again
+    assert any(getattr(r, "event", None) == "shared_value_refused" for r in caplog.records)
+
+
+async def test_shutdown_ends_a_refresh_under_way(make_client, cached, cube):
+    client = await make_client(cached)
+    clock = clocked(client)
+    await load(client)
+    hold = asyncio.Event()
+
+    async def slow(call, request):
+        await hold.wait()
+        return web.json_response(load_answer(call.body["query"], cube.rows))
+
+    cube.behaviour = slow
+    clock.now += 12
+    assert (await load(client))[0].headers["X-Cache"] == "STALE"
+    answers = client.app[PIPELINE].services.answers
+    assert answers.refreshing == 1
+    await asyncio.wait_for(answers.close(), 5)
+    assert answers.refreshing == 0
+    hold.set()
