@@ -398,7 +398,8 @@ async def dashboard_viewers(
     stack: Stack, workdir: Path, gitlab_url: str, viewers: int = 200, window: float = 10.0, ttl: float = 10.0
 ) -> dict[str, Any]:
     """``viewers`` open the same 20-panel dashboard, arriving evenly over ``window`` s: without the answer cache,
-    then with it (``answer_ttl`` = ``ttl``). Cube's calls (its request log) and its own CPU seconds are counted."""
+    then with it (``answer_ttl`` = ``ttl``), two workers sharing through Redis. Cube's calls (its request log) and
+    its own CPU seconds are counted."""
     panels = viewer_panels()
     assert stack.cube.proc is not None
     cube_pids = [stack.cube.proc.pid, *children(stack.cube.proc.pid)]
@@ -411,7 +412,8 @@ async def dashboard_viewers(
             raise RuntimeError(f"a panel failed: {[s for s, _ in results]}")
         return time.monotonic() - started
 
-    async def run(label: str, answer_ttl: float) -> dict[str, Any]:
+    async def run(label: str, answer_ttl: float, redis: RedisServer) -> dict[str, Any]:
+        # two workers, one per core, sharing answers (and GitLab's) through Redis as a fleet does
         proxy, port = proxy_process(
             workdir,
             f"proxy-viewers-{label}",
@@ -421,6 +423,7 @@ async def dashboard_viewers(
             server={"workers": 2},
             product_analytics={"answer_ttl": answer_ttl, "answer_stale": 3 * answer_ttl},
             cube={"continue_wait_budget": 120.0, "max_concurrent_per_tenant": 64, "queue_timeout": 60.0},
+            redis={"url": redis.url, "signing_key": "bench-signing-key-of-at-least-32-bytes-000"},
         )
         proxy.start()
         url = f"http://127.0.0.1:{port}{LOAD}"
@@ -455,8 +458,13 @@ async def dashboard_viewers(
             "p99_s": round(times[int(0.99 * (len(times) - 1))], 3),
         }
 
-    without = await run("off", 0.0)
-    with_cache = await run("on", ttl)
+    redis = RedisServer(workdir / "redis-viewers")
+    redis.start()
+    try:
+        without = await run("off", 0.0, redis)
+        with_cache = await run("on", ttl, redis)
+    finally:
+        redis.stop()
     return {
         "without_cache": without,
         "with_cache": with_cache,
