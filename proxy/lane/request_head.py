@@ -48,6 +48,22 @@ _ELSEWHERE = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"content-e
 #: the headers that may come once, a bit each
 _SINGLETON_BITS = {name: 1 << bit for bit, name in enumerate(sorted(SINGLETONS))}
 _HOST = _SINGLETON_BITS[b"host"]
+
+
+def _rule(key: bytes) -> tuple[bool, int, str | None]:
+    """What a header (lower-cased name) means to the lane: aiohttp's to serve, its singleton bit, the name read."""
+    return key in _ELSEWHERE, _SINGLETON_BITS.get(key, 0), _READ.get(key)
+
+
+#: the rules of every header the lane knows, by the name's common spellings (lower, Title-Case, UPPER): one
+#: lookup per header instead of lower-casing it and three; other spellings are lower-cased first
+_RULES = {
+    spelling: _rule(key)
+    for key in {*_ELSEWHERE, *_SINGLETON_BITS, *_READ}
+    for spelling in (key, key.upper(), b"-".join(part.capitalize() for part in key.split(b"-")))
+}
+_CONTENT_LENGTH = _SINGLETON_BITS[b"content-length"]
+
 #: the lane reads at most this many header fields (fewer than aiohttp's limit: odd requests are aiohttp's)
 MAX_FIELDS = min(64, MAX_HEADERS)
 #: what aiohttp strips around a header's value
@@ -87,7 +103,7 @@ class RequestReader:
 
     __slots__ = (
         "_begun",
-        "_body",
+        "_body_bytes",
         "_complete",
         "_fields",
         "_head_done",
@@ -105,7 +121,8 @@ class RequestReader:
         self._url = b""
         self._headers: dict[str, str] = {}
         self._length: int | None = None
-        self._body = b""
+        #: body bytes the parser gave (checked against Content-Length)
+        self._body_bytes = 0
         self._begun = self._head_done = self._complete = False
         #: the header fields counted, and the singletons seen (a bit each)
         self._fields = self._seen = 0
@@ -120,31 +137,26 @@ class RequestReader:
                 raise NotForLane
             return None  # the head is still arriving; the keep-alive timer bounds the wait
         head = end + 4
-        self._url, self._headers, self._length, self._body = b"", {}, None, b""
+        self._url, self._headers, self._length, self._body_bytes = b"", {}, None, 0
         self._begun = self._head_done = self._complete = False
         self._fields = self._seen = 0
+        if _bare_lf(buffer, end):
+            raise NotForLane
         try:
-            if _bare_lf(buffer, end):
-                raise NotForLane
-            self._parser.feed_data(buffer[:head])
-            length = self._length
-            if not self._head_done or length is None or length > self._max_body or len(buffer) != head + length:
-                # a body still arriving, or more bytes behind the request in the same read: aiohttp parses
-                # what arrived together as a whole (and refuses all of it if any of it is malformed)
-                raise NotForLane
-            body = buffer[head : head + length]
-            if not self._complete:
-                self._parser.feed_data(body)
+            # the whole buffer at once: a body longer than the limit stops at its head; bytes behind the
+            # request (a second message) stop it too, and aiohttp parses what arrived together as a whole
+            self._parser.feed_data(buffer)
         except httptools.HttpParserError:
             raise NotForLane from None
-        if not self._complete or self._body != body:
-            raise NotForLane
+        length = self._length
+        if not self._complete or length is None or self._body_bytes != length or len(buffer) != head + length:
+            raise NotForLane  # a body still arriving, or framed otherwise than by its Content-Length
         route = _ROUTE.fullmatch(self._url)
         if route is None:
             raise NotForLane
         prefix, project, endpoint = route.groups()
         name = _ROUTE_NAMES[(prefix, endpoint)]
-        return LaneRequest(name, endpoint.decode(), project.decode(), self._headers, self._body, head + length)
+        return LaneRequest(name, endpoint.decode(), project.decode(), self._headers, buffer[head:], head + length)
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -162,18 +174,22 @@ class RequestReader:
         self._fields += 1
         if len(name) + len(value) > MAX_FIELD or self._fields > MAX_FIELDS:
             raise NotForLane
-        key = name.lower()
-        if key in _ELSEWHERE:
+        rule = _RULES.get(name)
+        if rule is None:
+            rule = _rule(name.lower())
+        elsewhere, bit, canonical = rule
+        if elsewhere:
             raise NotForLane
-        if (bit := _SINGLETON_BITS.get(key)) is not None:
+        if bit:
             if self._seen & bit:
                 raise NotForLane  # repeated: aiohttp refuses it
             self._seen |= bit
-        if key == b"content-length":  # a singleton: a second one was refused above
-            if not value.isdigit():
-                raise NotForLane
-            self._length = int(value)
-        elif (canonical := _READ.get(key)) is not None:
+            if bit == _CONTENT_LENGTH:  # a singleton: a second one was refused above
+                if not value.isdigit():
+                    raise NotForLane
+                self._length = int(value)
+                return
+        if canonical is not None:
             if canonical in self._headers:
                 raise NotForLane  # repeated: aiohttp's rules decide which counts
             self._headers[canonical] = value.decode("latin-1").strip(_OWS)
@@ -185,10 +201,12 @@ class RequestReader:
             raise NotForLane
         if not self._seen & _HOST:
             raise NotForLane  # no Host: aiohttp's to answer
+        if self._length is None or self._length > self._max_body:
+            raise NotForLane  # no Content-Length, or a body over the limit: its bytes are not read here
         self._head_done = True
 
     def on_body(self, body: bytes) -> None:
-        self._body += body
+        self._body_bytes += len(body)
 
     def on_message_complete(self) -> None:
         self._complete = True
