@@ -38,10 +38,10 @@ test-tools: ## Make sure Chromium, nginx, Redis, Redis Sentinel and promtool are
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light redis-server redis-sentinel >/dev/null \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
-bench-tools: ## Make sure wrk and nginx are installed (Debian's packages; needs root)
-	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
-		echo "installing wrk and nginx from Debian"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
+bench-tools: ## Make sure wrk, nginx and valgrind are installed (Debian's packages; needs root)
+	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && command -v valgrind >/dev/null 2>&1 || { \
+		echo "installing wrk, nginx and valgrind from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light valgrind >/dev/null; }
 
 run: install postgres ## Run the proxy on a local stack (PostgreSQL + demo data + Cube); Ctrl-C stops it
 	$(PY) -m stack.run

@@ -21,9 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.procs import ROOT, fake_gitlab, fast_upstream, http_ok, proxy_process, wrk
+from bench.procs import ROOT, fake_gitlab, fast_upstream, http_ok, proxy_process, reference_proxy, wrk
 from bench.run import KEY, LOAD, TOKEN
 from stack.localstack import wait_until
+from stack.nginx import port_open, write_conf
 
 CONNECTIONS = 16
 
@@ -63,6 +64,11 @@ def count(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    return _totals(out), result.requests
+
+
+def _totals(out: Path) -> int:
+    """Every process's instruction total in ``out`` (one callgrind file each), added up."""
     totals = []
     for path in out.glob("*.out"):
         found = re.search(r"^(?:summary|totals): (\d+)", path.read_text(errors="replace"), re.MULTILINE)
@@ -70,7 +76,44 @@ def count(
             totals.append(int(found.group(1)))
     if not totals:
         raise RuntimeError(f"no instruction total in {out}")
-    return sum(totals), result.requests
+    return sum(totals)
+
+
+def count_nginx(workdir: Path, upstream_port: int, seconds: int) -> tuple[int, int]:
+    """Total instructions of nginx (its master and worker) proxying ``seconds`` of wrk, and the requests served."""
+    reference = reference_proxy(workdir, upstream_port)
+    root = workdir / f"nginx-counted-{seconds}"
+    conf = write_conf(root, reference.server_block, reference.port, 1)
+    out = workdir / f"callgrind.nginx.{seconds}"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [
+            "valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}/%p.out",
+            "nginx", "-c", str(conf), "-p", str(root),
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: port_open(reference.port), "nginx under valgrind", 120, proc)
+        url = f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load"
+        wrk(url, [], seconds=1, connections=1)
+        result = wrk(url, [], seconds=seconds, connections=CONNECTIONS)
+        if result.non2xx or result.socket_errors:
+            raise RuntimeError(f"nginx answered errors under valgrind: {result}")
+        proc.send_signal(signal.SIGQUIT)  # nginx's graceful stop
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return _totals(out), result.requests
+
+
+def nginx_per_request(workdir: Path, upstream_port: int) -> int:
+    """nginx's user-space instructions per proxied request, counted as the proxy's are."""
+    short_total, short_requests = count_nginx(workdir, upstream_port, 4)
+    long_total, long_requests = count_nginx(workdir, upstream_port, 12)
+    return round((long_total - short_total) / (long_requests - short_requests))
 
 
 def per_request(checkout: Path, workdir: Path, gitlab_url: str, cube_url: str, server: dict[str, object]) -> int:
@@ -85,6 +128,7 @@ def main() -> int:
     parser.add_argument(
         "--metrics-off", action="store_true", help="also count each checkout with [server] metrics = false"
     )
+    parser.add_argument("--nginx", action="store_true", help="also count nginx proxying the same requests")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
@@ -99,6 +143,8 @@ def main() -> int:
             variants: list[tuple[str, dict[str, object]]] = [("", {})]
             if args.metrics_off:
                 variants.append((" with metrics off", {"metrics": False}))
+            if args.nginx:
+                print(f"nginx: {nginx_per_request(workdir, upstream.port):,} instructions per proxied request")
             for checkout in args.checkouts:
                 for label, server in variants:
                     n = per_request(

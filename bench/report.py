@@ -216,6 +216,24 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 f"{p['metrics_cpu_cost_ratio_range'][-1]}) the CPU per request of the same proxy counting nothing "
                 f"(`[server] metrics = false`), measured in the same rounds; the target is at most 1.05.",
             ]
+        if "answer_hit_cpu_ratio" in p:
+            lines += [
+                "",
+                f"The answer cache: a load answered from it costs {p['answer_hit_cpu_ratio']}x "
+                f"({p['answer_hit_cpu_ratio_range'][0]} to {p['answer_hit_cpu_ratio_range'][-1]}) the CPU of a plain "
+                f"pass-through request (the target: at most 1).",
+            ]
+        if "instructions" in s:
+            ins = s["instructions"]
+            lines += [
+                "",
+                f"Counted the steady way (user-space instructions under callgrind, this run): the proxy "
+                f"{ins['proxy_instructions_per_request']:,} per pass-through request, nginx "
+                f"{ins['nginx_instructions_per_request']:,} per proxied request: "
+                f"{ins['pass_through_instructions_ratio']}x. nginx spends most of a request in the kernel, which these "
+                f"counts leave out, so this ratio is larger than the CPU-time one; compare versions with it, and "
+                f"judge the targets (CPU time) with the CPU-time ratios above.",
+            ]
         if "aiohttp_only_cpu_ratio" in p:
             lines += [
                 "",

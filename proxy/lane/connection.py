@@ -53,10 +53,11 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-#: the states in which the connection's task has a request to finish
-_SERVING = frozenset({State.BUSY, State.LAST})
-#: the states in which the connection's task ends
-_OVER = frozenset({State.HANDED_OVER, State.CLOSED})
+# the states as module constants, compared by identity: an Enum's hash and attribute lookup are Python-level
+# calls, and the state is checked on every request
+IDLE, BUSY, LAST, CLOSING, HANDED_OVER, CLOSED = (
+    State.IDLE, State.BUSY, State.LAST, State.CLOSING, State.HANDED_OVER, State.CLOSED
+)  # fmt: skip
 
 
 def _close_if_no_request(handler: web.RequestHandler) -> None:
@@ -71,7 +72,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, lane: FastLane) -> None:
         self._lane = lane
         self._loop = asyncio.get_running_loop()
-        self.state = State.IDLE
+        self.state = IDLE
         self._transport: asyncio.Transport | None = None
         self._flow: FlowControl  # made with the transport
         self._reader = RequestReader(lane.max_body)
@@ -103,7 +104,7 @@ class Connection(asyncio.Protocol):
         self._lane.forget(self)
         if self._timer is not None:
             self._timer.cancel()
-        self.state = State.CLOSED
+        self.state = CLOSED
         if self._worker is not None:
             self._worker.cancel()  # the caller hung up: stop its call, as aiohttp's handler_cancellation does
         self._flow.wake()
@@ -111,9 +112,9 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer = self._buffer + data if self._buffer else data
         state = self.state
-        if state is State.IDLE:
+        if state is IDLE:
             self._next()
-        elif state in _SERVING and len(self._buffer) > MAX_PIPELINED:
+        elif (state is BUSY or state is LAST) and len(self._buffer) > MAX_PIPELINED:
             self._flow.pause_reading()
 
     def pause_writing(self) -> None:
@@ -136,7 +137,7 @@ class Connection(asyncio.Protocol):
         if request is None:
             return  # the head is still arriving
         self._buffer = self._buffer[request.size :]
-        self.state = State.BUSY
+        self.state = BUSY
         self._lane.counts.served += 1
         self._pending = request
         worker = self._worker
@@ -148,7 +149,7 @@ class Connection(asyncio.Protocol):
 
     async def _work(self) -> None:
         """Serve the connection's requests in turn: one task per connection, not one per request."""
-        while self.state not in _OVER:
+        while (state := self.state) is not HANDED_OVER and state is not CLOSED:
             request = self._pending
             if request is None:
                 waiter = self._wakeup = self._loop.create_future()
@@ -171,7 +172,7 @@ class Connection(asyncio.Protocol):
         assert transport is not None
         lane.forget(self)
         lane.counts.handed_over += 1
-        self.state = State.HANDED_OVER
+        self.state = HANDED_OVER
         if (wakeup := self._wakeup) is not None and not wakeup.done():
             wakeup.set_result(None)  # an idle worker ends
         if self._timer is not None:
@@ -195,13 +196,14 @@ class Connection(asyncio.Protocol):
             # answer, if any, is written whole; close the connection rather than leave pipelined
             # requests behind it waiting for the keep-alive timeout
             log.exception("the lane failed serving a request; closing the connection", extra={"event": "unhandled"})
-            self.state = State.LAST
+            self.state = LAST
         self._last_active = self._loop.time()
-        self._flow.resume_reading()
-        if self.state is State.LAST:
+        if (flow := self._flow).reading_paused:
+            flow.resume_reading()
+        if self.state is LAST:
             self._close()
-        elif self.state is State.BUSY:
-            self.state = State.IDLE
+        elif self.state is BUSY:
+            self.state = IDLE
             self._next()
 
     async def _answer(self, request: LaneRequest) -> None:
@@ -239,9 +241,9 @@ class Connection(asyncio.Protocol):
         lane = self._lane
         pipeline = lane.pipeline
         close = lane.closing or pipeline.closes_connections
-        if close and self.state is State.BUSY:
-            self.state = State.LAST
-        if (cache := pipeline.answer_headers(exchange)) is not None:
+        if close and self.state is BUSY:
+            self.state = LAST
+        if exchange.cache_status is not None and (cache := pipeline.answer_headers(exchange)) is not None:
             extra = cache if not extra else {**extra, **cache}
         return lane.heads.head(status, content_type, exchange.request_id, framing, extra, close)
 
@@ -288,7 +290,7 @@ class Connection(asyncio.Protocol):
     def _check_idle(self) -> None:
         """Close a connection idle (or stuck in a request's head) for ``keepalive_timeout``; one timer each."""
         timeout = self._lane.keepalive_timeout
-        if self.state in _SERVING:
+        if (state := self.state) is BUSY or state is LAST:
             self._timer = self._loop.call_later(timeout, self._check_idle)
             return
         idle = self._loop.time() - self._last_active
@@ -302,14 +304,14 @@ class Connection(asyncio.Protocol):
             self._timer = self._loop.call_later(timeout - idle, self._check_idle)
 
     def close_when_idle(self) -> None:
-        if self.state in _SERVING:
-            self.state = State.LAST
+        if (state := self.state) is BUSY or state is LAST:
+            self.state = LAST
         else:
             self._close()
 
     def _close(self) -> None:
-        if self.state is not State.CLOSED:
-            self.state = State.CLOSING
+        if self.state is not CLOSED:
+            self.state = CLOSING
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 

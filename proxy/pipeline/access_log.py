@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.redaction import redact
 
 LOGGER = "proxy.access"
@@ -35,6 +36,36 @@ class AccessLog:
     def enabled(self, probe: bool = False) -> bool:
         """Whether a line would be written: INFO for requests, DEBUG for probes (health, metrics, status)."""
         return self._logger.isEnabledFor(logging.DEBUG if probe else logging.INFO)
+
+    def request(self, exchange: Exchange, status: int, seconds: float, probe: bool) -> None:
+        """One request's line, from what its exchange recorded (never a token: hashes, ids and templates)."""
+        route, trace = exchange.route, exchange.traceparent
+        self.write(
+            f"{exchange.method} {route or exchange.path} {status}",
+            {
+                "event": "request",
+                "request_id": exchange.request_id,
+                "method": exchange.method,
+                "route": route,
+                "path": exchange.path,
+                "project": exchange.project,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 2),
+                "bytes": exchange.bytes_sent,
+                "request_bytes": exchange.bytes_received,
+                "client": exchange.client,
+                "user_agent": exchange.user_agent,
+                "user_id": exchange.user_id,
+                "cache": exchange.cache,
+                "cube": exchange.cube_url,
+                "cube_status": exchange.cube_status,
+                "cube_ms": None if exchange.cube_seconds is None else round(exchange.cube_seconds * 1000, 2),
+                "trace_id": trace[3:35] if trace is not None else None,
+                "span_id": trace[36:52] if trace is not None else None,
+                "aborted": exchange.aborted,
+            },
+            probe,
+        )
 
     def write(self, message: str, fields: dict[str, Any], probe: bool = False) -> None:
         now = time.time()

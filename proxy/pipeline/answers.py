@@ -11,4 +11,12 @@ from __future__ import annotations
 from proxy.cube.client import Buffered, Streamed
 from proxy.pipeline.coalesce import QueryAnswer, SharedStream
 
-__all__ = ["Buffered", "QueryAnswer", "SharedStream", "Streamed"]
+__all__ = ["Buffered", "ContinueWaitAnswer", "QueryAnswer", "SharedStream", "Streamed"]
+
+
+class ContinueWaitAnswer(Exception):
+    """A meta answer that must reach the caller but never the cache."""
+
+    def __init__(self, answer: Buffered) -> None:
+        super().__init__("continue wait")
+        self.answer = answer

@@ -18,6 +18,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 
 from proxy.cube.client import Buffered, CubeAnswer, Streamed
+from proxy.cube.tenants import Tenant
+from proxy.pipeline.request_body import QueryRequest
 
 log = logging.getLogger(__name__)
 
@@ -262,3 +264,10 @@ class Coalescer:
         for task in list(self._pumps):
             task.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
+
+
+def coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[Tenant, str, bytes] | None:
+    """The key identical calls share a flight by (the tenant, the endpoint, the canonical query); None: never shared."""
+    if query.include_token:
+        return None  # each such call carries its own minted token
+    return (tenant, endpoint, query.fingerprint)

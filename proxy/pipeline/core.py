@@ -33,9 +33,10 @@ from proxy.cube.forward import UpstreamCall
 from proxy.cube.tenants import Tenant
 from proxy.cube.zerofill import fill_plan
 from proxy.errors import ApiError, CallerStalled, not_enabled, rate_limited
+from proxy.pipeline.answers import ContinueWaitAnswer
 from proxy.pipeline.cached_queries import answer_headers
 from proxy.pipeline.client_info import client_address, traceparent, trusted_networks
-from proxy.pipeline.coalesce import QueryAnswer, StreamBroken
+from proxy.pipeline.coalesce import QueryAnswer, StreamBroken, coalesce_key
 from proxy.pipeline.delivery import Send, Stream, relay
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.health import Health
@@ -50,14 +51,6 @@ log = logging.getLogger(__name__)
 
 #: the status of a request whose caller went away before its answer was whole (nginx's convention)
 CLIENT_CLOSED_REQUEST = 499
-
-
-class ContinueWaitAnswer(Exception):
-    """A meta answer that must reach the caller but never the cache."""
-
-    def __init__(self, answer: Buffered) -> None:
-        super().__init__("continue wait")
-        self.answer = answer
 
 
 class Pipeline:
@@ -179,14 +172,46 @@ class Pipeline:
         if query.include_token:
             assert exchange.credential is not None
             gitlab_token = await self.services.authorizer.mint_token(exchange.credential, grant)
-        if tenant.answer_ttl <= 0:  # the answer cache is off for this tenant: straight to Cube
-            return await self._ask_cube(exchange, tenant, endpoint, query, gitlab_token, exchange.request_id)
-        request_id = exchange.request_id
+        if tenant.answer_ttl > 0:  # the answer cache, which asks Cube through ``ask`` when it must
+            request_id = exchange.request_id
 
-        async def ask(recorded: Exchange | None) -> QueryAnswer:
-            return await self._ask_cube(recorded, tenant, endpoint, query, gitlab_token, request_id)
+            async def ask(recorded: Exchange | None) -> QueryAnswer:
+                return await self._ask_cube(recorded, tenant, endpoint, query, gitlab_token, request_id)
 
-        return await self.services.answers.answer(exchange, tenant, endpoint, query, ask)
+            return await self.services.answers.answer(exchange, tenant, endpoint, query, ask)
+        # the answer cache off (the common case): ``_ask_cube``'s steps, inline (a coroutine less per request)
+        call = self._call(tenant, endpoint, query, gitlab_token, exchange.request_id, exchange.traceparent)
+        forwarder = self.services.forwarder
+        asked = time.perf_counter()
+        try:
+            outcome, shared = await self.services.coalescer.run(
+                coalesce_key(tenant, endpoint, query), lambda: forwarder.fetch(call)
+            )
+        finally:
+            exchange.cube_seconds = time.perf_counter() - asked
+        self._record(exchange, tenant, outcome, shared)
+        return outcome
+
+    def _call(
+        self,
+        tenant: Tenant,
+        endpoint: str,
+        query: QueryRequest,
+        gitlab_token: str | None,
+        request_id: str,
+        traceparent: str | None,
+    ) -> UpstreamCall:
+        """The call to Cube for a query, its JWT signed now."""
+        return UpstreamCall(
+            tenant=tenant,
+            endpoint=endpoint,
+            method="POST",
+            jwt=self.services.signer.sign(tenant, int(time.time()), gitlab_token),
+            request_id=request_id,
+            payload=query.payload,
+            fill=fill_plan(query.query) if endpoint == "load" else None,
+            traceparent=traceparent,
+        )
 
     async def _ask_cube(
         self,
@@ -197,28 +222,25 @@ class Pipeline:
         gitlab_token: str | None,
         request_id: str,
     ) -> QueryAnswer:
-        """Cube's answer, the JWT signed now, coalesced with identical calls in flight; recorded in ``exchange``
-        (None: a background refresh of a stale cached answer, which no caller waits on)."""
-        call = UpstreamCall(
-            tenant=tenant,
-            endpoint=endpoint,
-            method="POST",
-            jwt=self.services.signer.sign(tenant, int(time.time()), gitlab_token),
-            request_id=request_id,
-            payload=query.payload,
-            fill=fill_plan(query.query) if endpoint == "load" else None,
-            traceparent=exchange.traceparent if exchange is not None else None,
-        )
+        """Cube's answer, coalesced with identical calls in flight; recorded in ``exchange`` (None: a background
+        refresh of a stale cached answer, which no caller waits on)."""
+        traceparent = exchange.traceparent if exchange is not None else None
+        call = self._call(tenant, endpoint, query, gitlab_token, request_id, traceparent)
         forwarder = self.services.forwarder
-        key = _coalesce_key(tenant, endpoint, query)
-        if exchange is None:
-            outcome, _ = await self.services.coalescer.run(key, lambda: forwarder.fetch(call))
-            return outcome
         asked = time.perf_counter()
         try:
-            outcome, shared = await self.services.coalescer.run(key, lambda: forwarder.fetch(call))
+            outcome, shared = await self.services.coalescer.run(
+                coalesce_key(tenant, endpoint, query), lambda: forwarder.fetch(call)
+            )
         finally:
-            exchange.cube_seconds = time.perf_counter() - asked
+            if exchange is not None:
+                exchange.cube_seconds = time.perf_counter() - asked
+        if exchange is not None:
+            self._record(exchange, tenant, outcome, shared)
+        return outcome
+
+    def _record(self, exchange: Exchange, tenant: Tenant, outcome: QueryAnswer, shared: bool) -> None:
+        """What Cube's answer was, for the access line and the metrics."""
         exchange.cube_status = outcome.status if isinstance(outcome, Buffered) else 200
         exchange.cube_url = tenant.shown_url
         exchange.cache = "shared" if shared else "miss"
@@ -228,7 +250,6 @@ class Pipeline:
                 tally.coalesced += 1
         else:
             self.metrics.own_calls += 1
-        return outcome
 
     async def answer_meta(self, exchange: Exchange, project_ref: str, method: str, body: BodySource | None) -> Buffered:
         """Step 3 for meta: the caller authorised, the body (POST) read and checked, the tenant's meta from cache
@@ -326,33 +347,7 @@ class Pipeline:
         probe = route in PROBE_ROUTES
         if not access_log.enabled(probe):
             return
-        trace = exchange.traceparent
-        access_log.write(
-            f"{method} {route or exchange.path} {status}",
-            {
-                "event": "request",
-                "request_id": exchange.request_id,
-                "method": method,
-                "route": route,
-                "path": exchange.path,
-                "project": exchange.project,
-                "status": status,
-                "duration_ms": round(seconds * 1000, 2),
-                "bytes": exchange.bytes_sent,
-                "request_bytes": exchange.bytes_received,
-                "client": exchange.client,
-                "user_agent": exchange.user_agent,
-                "user_id": exchange.user_id,
-                "cache": exchange.cache,
-                "cube": exchange.cube_url,
-                "cube_status": exchange.cube_status,
-                "cube_ms": None if exchange.cube_seconds is None else round(exchange.cube_seconds * 1000, 2),
-                "trace_id": trace[3:35] if trace is not None else None,
-                "span_id": trace[36:52] if trace is not None else None,
-                "aborted": exchange.aborted,
-            },
-            probe,
-        )
+        access_log.request(exchange, status, seconds, probe)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -395,12 +390,6 @@ class Pipeline:
             if wait is not None:
                 self.metrics.refusal("rate_limited")
                 raise rate_limited(wait)
-
-
-def _coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[Tenant, str, bytes] | None:
-    if query.include_token:
-        return None  # each such call carries its own minted token
-    return (tenant, endpoint, query.fingerprint)
 
 
 #: the methods that are metrics labels as they are (any other is counted as "other")
