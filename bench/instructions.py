@@ -19,7 +19,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.procs import ROOT, fake_gitlab, fast_upstream, http_ok, proxy_process, reference_proxy, wrk
 from bench.run import KEY, LOAD, TOKEN
@@ -29,46 +31,35 @@ from stack.nginx import port_open, write_conf
 CONNECTIONS = 16
 
 
-def count(
-    checkout: Path, workdir: Path, gitlab_url: str, cube_url: str, seconds: int, server: dict[str, object]
+def _counted(
+    command: list[str],
+    cwd: Path,
+    out: Path,
+    ready: Callable[[], bool],
+    url: str,
+    seconds: int,
+    stop: int,
+    **wrk_args: Any,
 ) -> tuple[int, int]:
-    """Total instructions of one proxy process that served ``seconds`` of wrk, and the requests served."""
-    # the benchmark's own proxy settings: auth cache warm for the run, rate limit off
-    process, port = proxy_process(workdir, "counted", gitlab_url, cube_url, KEY, server=server)
-    # the parent supervises and the worker serves: every process of the tree is counted (one file each)
-    out = workdir / f"callgrind.{port}"
+    """Run ``command`` under callgrind (its children too, a file each in ``out``), warm it and drive ``url`` with
+    wrk for ``seconds``, stop it with ``stop``: every process's instructions added up, and the requests served."""
     out.mkdir()
     proc = subprocess.Popen(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--trace-children=yes",
-            f"--callgrind-out-file={out}/%p.out",
-            sys.executable,
-            *process.args,
-        ],
-        cwd=checkout,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}/%p.out", *command],
+        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     try:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/-/liveness"), "the proxy under valgrind", 180, proc)
-        url = f"http://127.0.0.1:{port}{LOAD}"
-        wrk(url, [], seconds=1, connections=1, token=TOKEN, vary=True)  # warm the auth caches
-        result = wrk(url, [], seconds=seconds, connections=CONNECTIONS, token=TOKEN, vary=True)
+        wait_until(ready, f"{command[0]} under valgrind", 180, proc)
+        wrk(url, [], seconds=1, connections=1, **wrk_args)  # warm (the proxy's auth caches)
+        result = wrk(url, [], seconds=seconds, connections=CONNECTIONS, **wrk_args)
         if result.non2xx or result.socket_errors:
-            raise RuntimeError(f"the proxy answered errors under valgrind: {result}")
-        proc.send_signal(signal.SIGTERM)
+            raise RuntimeError(f"{command[0]} answered errors under valgrind: {result}")
+        proc.send_signal(stop)
         proc.wait(120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return _totals(out), result.requests
-
-
-def _totals(out: Path) -> int:
-    """Every process's instruction total in ``out`` (one callgrind file each), added up."""
     totals = []
     for path in out.glob("*.out"):
         found = re.search(r"^(?:summary|totals): (\d+)", path.read_text(errors="replace"), re.MULTILINE)
@@ -76,7 +67,26 @@ def _totals(out: Path) -> int:
             totals.append(int(found.group(1)))
     if not totals:
         raise RuntimeError(f"no instruction total in {out}")
-    return sum(totals)
+    return sum(totals), result.requests
+
+
+def count(
+    checkout: Path, workdir: Path, gitlab_url: str, cube_url: str, seconds: int, server: dict[str, object]
+) -> tuple[int, int]:
+    """Total instructions of one proxy (its parent and worker) that served ``seconds`` of wrk, and the requests."""
+    # the benchmark's own proxy settings: auth cache warm for the run, rate limit off
+    process, port = proxy_process(workdir, "counted", gitlab_url, cube_url, KEY, server=server)
+    return _counted(
+        [sys.executable, *process.args],
+        checkout,
+        workdir / f"callgrind.{port}",
+        lambda: http_ok(f"http://127.0.0.1:{port}/-/liveness"),
+        f"http://127.0.0.1:{port}{LOAD}",
+        seconds,
+        signal.SIGTERM,
+        token=TOKEN,
+        vary=True,
+    )
 
 
 def count_nginx(workdir: Path, upstream_port: int, seconds: int) -> tuple[int, int]:
@@ -84,29 +94,15 @@ def count_nginx(workdir: Path, upstream_port: int, seconds: int) -> tuple[int, i
     reference = reference_proxy(workdir, upstream_port)
     root = workdir / f"nginx-counted-{seconds}"
     conf = write_conf(root, reference.server_block, reference.port, 1)
-    out = workdir / f"callgrind.nginx.{seconds}"
-    out.mkdir()
-    proc = subprocess.Popen(
-        [
-            "valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}/%p.out",
-            "nginx", "-c", str(conf), "-p", str(root),
-        ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_until(lambda: port_open(reference.port), "nginx under valgrind", 120, proc)
-        url = f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load"
-        wrk(url, [], seconds=1, connections=1)
-        result = wrk(url, [], seconds=seconds, connections=CONNECTIONS)
-        if result.non2xx or result.socket_errors:
-            raise RuntimeError(f"nginx answered errors under valgrind: {result}")
-        proc.send_signal(signal.SIGQUIT)  # nginx's graceful stop
-        proc.wait(120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return _totals(out), result.requests
+    return _counted(
+        ["nginx", "-c", str(conf), "-p", str(root)],
+        ROOT,
+        workdir / f"callgrind.nginx.{seconds}",
+        lambda: port_open(reference.port),
+        f"http://127.0.0.1:{reference.port}/cubejs-api/v1/load",
+        seconds,
+        signal.SIGQUIT,  # nginx's graceful stop
+    )
 
 
 def nginx_per_request(workdir: Path, upstream_port: int) -> int:

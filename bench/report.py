@@ -197,7 +197,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 "",
                 f"Outside aiohttp's server, a bare asyncio protocol server (httptools) forwarding through the proxy's "
                 f"own Cube client, with no features, costs {p['protocol_proxy_cpu_ratio']}x nginx: the floor of "
-                f"serving without aiohttp's server.",
+                f"serving without aiohttp's server. A goal of 2.5x nginx sits below what the proxy's steps cost on top "
+                f'of that floor, measured step by step in bench/NOTES.md ("Tenth round").',
             ]
         if "redis_cpu_cost_ratio" in p:
             lines += [

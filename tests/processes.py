@@ -1,7 +1,9 @@
 """Real proxy processes for the tests: started as production starts them, and never left behind.
 
-Each is started in a session (process group) of its own and the whole group is killed when
-its test ends, passed or failed, so no worker or fill process outlives a test.
+Each is killed with every process below it when its test ends, passed or failed, so no
+worker or fill process outlives a test: a launcher (which starts servers in sessions of their
+own) in a process group of its own (``kill_group``), the proxy by its process tree
+(``kill_tree``).
 """
 
 import asyncio
@@ -22,6 +24,33 @@ def kill_group(pid: int) -> None:
     """SIGKILL to every process of ``pid``'s process group (its session leader's), if any is left."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, theirs...), deepest last, as /proc lists them now."""
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            children = [int(c) for c in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+        except OSError:
+            continue
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL to ``pid`` and every process below it: a proxy's workers and their fill processes.
+
+    Used where a test must leave the proxy in the test's own session: a session of its own
+    would give it a scheduling group of its own (autogroup), which changes what the latency
+    tests measure.
+    """
+    for each in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(each, signal.SIGKILL)
 
 
 def run_cli(*args, env=None):
@@ -61,8 +90,8 @@ async def proxy_process(
     shutdown_timeout=20,
     drain_delay=0.0,
 ):
-    """The proxy as production runs it (``python -m proxy``), listening, in a process group of its own:
-    the whole group (workers, fill processes) is killed when the test ends, whatever happened."""
+    """The proxy as production runs it (``python -m proxy``), listening; it and every process below it
+    (workers, fill processes) are killed when the test ends, whatever happened."""
     port = free_port()
     config = tmp_path / "proxy.toml"
     config.write_text(
@@ -72,14 +101,13 @@ async def proxy_process(
         f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{CUBE_KEY}"\n[cube]\n{cube_section}\n'
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "--config", str(config), stderr=asyncio.subprocess.PIPE,
-        preexec_fn=preexec_fn, start_new_session=True,
+        sys.executable, "-m", "proxy", "--config", str(config), stderr=asyncio.subprocess.PIPE, preexec_fn=preexec_fn,
     )  # fmt: skip
     try:
         await wait_for_line(proc.stderr, "listening")
         yield proc, port
     finally:
-        kill_group(proc.pid)
+        kill_tree(proc.pid)  # its workers and fill processes too, whatever the test left
         await proc.wait()
 
 

@@ -179,39 +179,7 @@ class Pipeline:
                 return await self._ask_cube(recorded, tenant, endpoint, query, gitlab_token, request_id)
 
             return await self.services.answers.answer(exchange, tenant, endpoint, query, ask)
-        # the answer cache off (the common case): ``_ask_cube``'s steps, inline (a coroutine less per request)
-        call = self._call(tenant, endpoint, query, gitlab_token, exchange.request_id, exchange.traceparent)
-        forwarder = self.services.forwarder
-        asked = time.perf_counter()
-        try:
-            outcome, shared = await self.services.coalescer.run(
-                coalesce_key(tenant, endpoint, query), lambda: forwarder.fetch(call)
-            )
-        finally:
-            exchange.cube_seconds = time.perf_counter() - asked
-        self._record(exchange, tenant, outcome, shared)
-        return outcome
-
-    def _call(
-        self,
-        tenant: Tenant,
-        endpoint: str,
-        query: QueryRequest,
-        gitlab_token: str | None,
-        request_id: str,
-        traceparent: str | None,
-    ) -> UpstreamCall:
-        """The call to Cube for a query, its JWT signed now."""
-        return UpstreamCall(
-            tenant=tenant,
-            endpoint=endpoint,
-            method="POST",
-            jwt=self.services.signer.sign(tenant, int(time.time()), gitlab_token),
-            request_id=request_id,
-            payload=query.payload,
-            fill=fill_plan(query.query) if endpoint == "load" else None,
-            traceparent=traceparent,
-        )
+        return await self._ask_cube(exchange, tenant, endpoint, query, gitlab_token, exchange.request_id)
 
     async def _ask_cube(
         self,
@@ -222,10 +190,18 @@ class Pipeline:
         gitlab_token: str | None,
         request_id: str,
     ) -> QueryAnswer:
-        """Cube's answer, coalesced with identical calls in flight; recorded in ``exchange`` (None: a background
-        refresh of a stale cached answer, which no caller waits on)."""
-        traceparent = exchange.traceparent if exchange is not None else None
-        call = self._call(tenant, endpoint, query, gitlab_token, request_id, traceparent)
+        """Cube's answer, the JWT signed now, coalesced with identical calls in flight; recorded in ``exchange``
+        (None: a background refresh of a stale cached answer, which no caller waits on)."""
+        call = UpstreamCall(
+            tenant=tenant,
+            endpoint=endpoint,
+            method="POST",
+            jwt=self.services.signer.sign(tenant, int(time.time()), gitlab_token),
+            request_id=request_id,
+            payload=query.payload,
+            fill=fill_plan(query.query) if endpoint == "load" else None,
+            traceparent=exchange.traceparent if exchange is not None else None,
+        )
         forwarder = self.services.forwarder
         asked = time.perf_counter()
         try:
