@@ -286,3 +286,37 @@ async def test_shutdown_ends_a_refresh_under_way(make_client, cached, cube):
     await asyncio.wait_for(answers.close(), 5)
     assert answers.refreshing == 0
     hold.set()
+
+
+def test_the_sweep_drops_entries_past_their_stale_window():
+    tenant = Tenant(1, "gitlab_project_1", "http://cube", "k", "http://cube", 10.0, 5.0)
+    now = [0.0]
+    cache = AnswerCache(max_bytes=1 << 20, max_entry_bytes=1 << 16, clock=lambda: now[0])
+    cache.put(AnswerKey(tenant, "load", b"old"), b"x" * 100)
+    now[0] = 12.0
+    cache.put(AnswerKey(tenant, "load", b"new"), b"y" * 100)
+    cache.expire()
+    assert len(cache) == 2  # the old one is stale, not gone
+    now[0] = 15.5
+    cache.expire()
+    assert len(cache) == 1 and cache.get(AnswerKey(tenant, "load", b"new")) is not None
+    assert cache.bytes == 100 + ENTRY_OVERHEAD
+
+
+async def test_a_refresh_that_streams_is_let_go_and_the_stale_answer_served(make_settings, make_client, cube):
+    settings = make_settings(
+        product_analytics={"answer_ttl": 10.0, "answer_stale": 30.0}, cube={"buffer_limit": 4096}
+    )  # fmt: skip
+    client = await make_client(settings)
+    clock = clocked(client)
+    _, body = await load(client)
+    cube.rows = [{"TrackedEvents.count": "x" * 10_000}]  # now too large to keep: Cube's answer streams
+    clock.now += 12
+    stale, stale_body = await load(client)
+    assert (stale.headers["X-Cache"], stale_body) == ("STALE", body)
+    answers = client.app[PIPELINE].services.answers
+    await until(lambda: answers.refreshing == 0 and len(cube.calls_to("load")) == 2)
+    pools = client.app[PIPELINE].services.cube_http.pools()
+    await until(lambda: sum(pool.open_connections - pool.idle_connections for pool in pools) == 0)
+    again, again_body = await load(client)
+    assert (again.headers["X-Cache"], again_body) == ("STALE", body)  # nothing kept from the stream
