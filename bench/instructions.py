@@ -94,6 +94,9 @@ def count_nginx(workdir: Path, upstream_port: int, seconds: int) -> tuple[int, i
     reference = reference_proxy(workdir, upstream_port)
     root = workdir / f"nginx-counted-{seconds}"
     conf = write_conf(root, reference.server_block, reference.port, 1)
+    # one process, no master: the worker's instructions are what callgrind sees (a forked worker stopped by its
+    # master may never write its count)
+    conf.write_text(conf.read_text().replace("master_process on;", "master_process off;"))
     return _counted(
         ["nginx", "-c", str(conf), "-p", str(root)],
         ROOT,

@@ -282,7 +282,7 @@ def instructions(workdir: Path, gitlab_url: str) -> dict[str, Any]:
     return {
         "proxy_instructions_per_request": proxy,
         "nginx_instructions_per_request": nginx,
-        "pass_through_instructions_ratio": round(proxy / nginx, 2),
+        "pass_through_instructions_ratio": round(proxy / nginx, 2) if nginx > 0 else None,
     }
 
 
