@@ -7,9 +7,10 @@ across settings in ``checks.py``; reading (file, environment, secret files) in
 """
 
 from proxy.settings.checks import is_loopback
-from proxy.settings.load import ENV_OVERRIDES, ENV_PREFIX, SECTIONS, load_settings, redacted, settings_from_mapping
+from proxy.settings.load import ENV_OVERRIDES, ENV_PREFIX, load_settings, redacted, settings_from_mapping
 from proxy.settings.model import (
     CUBE_MAX_LIMIT,
+    SECTIONS,
     AnalyticsSettings,
     AuthSettings,
     CubeSettings,

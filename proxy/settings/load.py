@@ -11,18 +11,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from proxy.ids import project_id
 from proxy.settings.checks import validate
-from proxy.settings.model import (
-    AnalyticsSettings,
-    AuthSettings,
-    CubeSettings,
-    GitLabSettings,
-    LimitsSettings,
-    ProjectOverride,
-    RedisSettings,
-    ServerSettings,
-    Settings,
-    SettingsError,
-)
+from proxy.settings.model import SECTIONS, ProjectOverride, Settings, SettingsError
 from proxy.urls import REDACTED, redact_url
 
 ENV_PREFIX = "PROXY_"
@@ -33,17 +22,6 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "GITLAB_URL": ("gitlab", "url"),
     "CUBE_API_BASE_URL": ("product_analytics", "cube_api_base_url"),
     "CUBE_API_KEY": ("product_analytics", "cube_api_key"),
-}
-
-
-SECTIONS: dict[str, type[Any]] = {
-    "server": ServerSettings,
-    "gitlab": GitLabSettings,
-    "auth": AuthSettings,
-    "product_analytics": AnalyticsSettings,
-    "cube": CubeSettings,
-    "limits": LimitsSettings,
-    "redis": RedisSettings,
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 AuthBackendName = Literal["gitlab", "dev_tokens"]
 
@@ -278,3 +278,15 @@ class Settings:
 
 #: every setting also comes from the environment as PROXY_<SECTION>__<KEY> (PROXY_CUBE__READ_TIMEOUT),
 #: a project's as PROXY_PROJECTS__<ID>__<KEY>; these older short names still work too
+
+
+#: the file's sections (and the environment's PROXY_<SECTION>__ names), each with its settings class
+SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "gitlab": GitLabSettings,
+    "auth": AuthSettings,
+    "product_analytics": AnalyticsSettings,
+    "cube": CubeSettings,
+    "limits": LimitsSettings,
+    "redis": RedisSettings,
+}

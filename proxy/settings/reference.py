@@ -14,7 +14,8 @@ import sys
 from typing import Any
 
 from proxy.settings import model
-from proxy.settings.load import ENV_OVERRIDES, ENV_PREFIX, SECTIONS
+from proxy.settings.load import ENV_OVERRIDES, ENV_PREFIX
+from proxy.settings.model import SECTIONS
 
 _INTRO = """# Configuration
 
