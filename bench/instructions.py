@@ -71,11 +71,17 @@ def _counted(
 
 
 def count(
-    checkout: Path, workdir: Path, gitlab_url: str, cube_url: str, seconds: int, server: dict[str, object]
+    checkout: Path,
+    workdir: Path,
+    gitlab_url: str,
+    cube_url: str,
+    seconds: int,
+    server: dict[str, object],
+    **sections: dict[str, object],
 ) -> tuple[int, int]:
     """Total instructions of one proxy (its parent and worker) that served ``seconds`` of wrk, and the requests."""
     # the benchmark's own proxy settings: auth cache warm for the run, rate limit off
-    process, port = proxy_process(workdir, "counted", gitlab_url, cube_url, KEY, server=server)
+    process, port = proxy_process(workdir, "counted", gitlab_url, cube_url, KEY, server=server, **sections)
     return _counted(
         [sys.executable, *process.args],
         checkout,
@@ -115,9 +121,16 @@ def nginx_per_request(workdir: Path, upstream_port: int) -> int:
     return round((long_total - short_total) / (long_requests - short_requests))
 
 
-def per_request(checkout: Path, workdir: Path, gitlab_url: str, cube_url: str, server: dict[str, object]) -> int:
-    short_total, short_requests = count(checkout, workdir, gitlab_url, cube_url, 4, server)
-    long_total, long_requests = count(checkout, workdir, gitlab_url, cube_url, 12, server)
+def per_request(
+    checkout: Path,
+    workdir: Path,
+    gitlab_url: str,
+    cube_url: str,
+    server: dict[str, object],
+    **sections: dict[str, object],
+) -> int:
+    short_total, short_requests = count(checkout, workdir, gitlab_url, cube_url, 4, server, **sections)
+    long_total, long_requests = count(checkout, workdir, gitlab_url, cube_url, 12, server, **sections)
     return round((long_total - short_total) / (long_requests - short_requests))
 
 

@@ -235,6 +235,15 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 f"counts leave out, so this ratio is larger than the CPU-time one; compare versions with it, and "
                 f"judge the targets (CPU time) with the CPU-time ratios above.",
             ]
+            if "metrics_instructions_cost_ratio" in ins:
+                lines += [
+                    "",
+                    f"Counted the same way: metrics cost {ins['metrics_instructions_cost_ratio']}x "
+                    f"({ins['proxy_instructions_per_request']:,} against "
+                    f"{ins['proxy_metrics_off_instructions_per_request']:,} with metrics off; under callgrind the "
+                    f"once-a-second snapshot weighs more per request than at full speed), Redis "
+                    f"{ins['redis_instructions_cost_ratio']}x ({ins['proxy_redis_instructions_per_request']:,}).",
+                ]
         if "aiohttp_only_cpu_ratio" in p:
             lines += [
                 "",

@@ -268,21 +268,39 @@ def pass_through(workdir: Path, gitlab_url: str, seconds: int, rounds: int) -> d
 
 
 def instructions(workdir: Path, gitlab_url: str) -> dict[str, Any]:
-    """User-space instructions per pass-through request of the proxy (its defaults: metrics and sessions on) and
-    of nginx proxying the same requests, counted the same way under callgrind: the steady figure next to CPU time."""
+    """User-space instructions per pass-through request, counted under callgrind: the steady figure next to each
+    CPU-time ratio. The proxy as benched (metrics and sessions on), with metrics off, with Redis; and nginx
+    proxying the same requests, counted the same way."""
     from bench.instructions import nginx_per_request, per_request
 
     upstream = fast_upstream(workdir)
     upstream.start()
+    redis = RedisServer(workdir / "redis-instructions")
+    redis.start()
+    cube_url = f"http://127.0.0.1:{upstream.port}"
     try:
-        proxy = per_request(ROOT, workdir, gitlab_url, f"http://127.0.0.1:{upstream.port}", {})
+        proxy = per_request(ROOT, workdir, gitlab_url, cube_url, {})
+        quiet = per_request(ROOT, workdir, gitlab_url, cube_url, {"metrics": False})
+        shared = per_request(
+            ROOT,
+            workdir,
+            gitlab_url,
+            cube_url,
+            {},
+            redis={"url": redis.url, "signing_key": "bench-signing-key-of-at-least-32-bytes-000"},
+        )
         nginx = nginx_per_request(workdir, upstream.port)
     finally:
+        redis.stop()
         upstream.stop()
     return {
         "proxy_instructions_per_request": proxy,
+        "proxy_metrics_off_instructions_per_request": quiet,
+        "proxy_redis_instructions_per_request": shared,
         "nginx_instructions_per_request": nginx,
         "pass_through_instructions_ratio": round(proxy / nginx, 2) if nginx > 0 else None,
+        "metrics_instructions_cost_ratio": round(proxy / quiet, 3),
+        "redis_instructions_cost_ratio": round(shared / proxy, 3),
     }
 
 

@@ -289,6 +289,19 @@ async def test_a_bucket_someone_wrote_is_reset(redis_server, writer, tokens, at)
         await fleet.close()
 
 
+async def test_an_empty_bucket_stamped_a_hair_ahead_stays_empty(redis_server, writer):
+    """Calls microseconds apart: the last one's stamp, as stored (rounded), may be past Redis' clock at the next
+    call. That is the same bucket, not one "from the future" to reset (a reset let a burst through the fleet)."""
+    fleet = fleet_on(aioredis.from_url(redis_server.url))
+    seconds, micros = await writer.time()
+    key = f"{PREFIX}rate:caller"
+    await writer.hset(key, mapping={"tokens": "0", "at": f"{seconds + micros / 1e6 + 0.5:.6f}"})
+    try:
+        assert isinstance(await fleet.rate("caller", 0.1, 5), int)  # still empty: a 429
+    finally:
+        await fleet.close()
+
+
 async def test_retry_after_is_at_most_the_time_one_token_takes(redis_server):
     fleet = fleet_on(aioredis.from_url(redis_server.url))
     try:

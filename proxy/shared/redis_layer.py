@@ -55,13 +55,13 @@ local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens, at = tonumber(state[1]), tonumber(state[2])
 if tokens == nil or at == nil or tokens ~= tokens or at ~= at or tokens < 0 or tokens > burst
-   or at > t or at < t - 86400 then
+   or at > t + 1 or at < t - 86400 then
   tokens, at = burst, t
 end
-tokens = math.min(burst, tokens + (t - at) * rate)
+tokens = math.min(burst, tokens + math.max(0, t - at) * rate)
 local wait = 0
 if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate) end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(t))
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'at', string.format('%.6f', t))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return wait
 """
