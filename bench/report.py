@@ -228,7 +228,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             ins = s["instructions"]
             lines += [
                 "",
-                f"Counted the steady way (user-space instructions under callgrind, this run): the proxy "
+                f"Counted the steady way (user-space instructions under callgrind): the proxy "
                 f"{ins['proxy_instructions_per_request']:,} per pass-through request, nginx "
                 f"{ins['nginx_instructions_per_request']:,} per proxied request: "
                 f"{ins['pass_through_instructions_ratio']}x. nginx spends most of a request in the kernel, which these "
