@@ -35,7 +35,8 @@ def went_back(before: dict, after: dict) -> list:
 
 async def test_counters_never_go_back_through_reloads_and_a_killed_worker(cube, gitlab_url, cube_url, tmp_path):
     metrics_port = free_port()
-    server = f"workers = 2\nmetrics_port = {metrics_port}\n[limits]\nrate_limit = 0.0"
+    # the answer cache on for the project: its counters are summed through the reloads like every other
+    server = f"workers = 2\nmetrics_port = {metrics_port}\n[limits]\nrate_limit = 0.0\n[projects.1]\nanswer_ttl = 60.0"
     async with proxy_process(tmp_path, gitlab_url, cube_url, server_section=server) as (proc, port):
         lines = Lines(proc.stderr)
         config = tmp_path / "proxy.toml"
@@ -85,6 +86,7 @@ async def test_counters_never_go_back_through_reloads_and_a_killed_worker(cube, 
                     assert went_back(before, after) == []
                 assert value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", code="200") == 50
                 assert value(found, "pa_proxy_lane_requests_total", outcome="served") == 50
+                assert value(found, "pa_proxy_answer_cache_total", result="miss") == 50  # each query a new one
                 assert value(found, "pa_proxy_reloads_total", outcome="ok") == 2
                 assert value(found, "pa_proxy_worker_restarts_total", cause="killed") == 1
                 assert time.time() - 60 < value(found, "pa_proxy_last_reload_time_seconds") <= time.time()

@@ -44,7 +44,7 @@ class FastLane:
         self.max_body = settings.limits.max_body_bytes
         #: requests answered here, connections handed to aiohttp's server, and those open here: the
         #: pipeline's own record, which its metrics read
-        self.counts: DoorCounts = pipeline.lane_counts
+        self.counts: DoorCounts = pipeline.services.lane_counts
         self.heads = AnswerHeads()
         self.closing = False
         self.connections: set[Connection] = set()

@@ -106,7 +106,6 @@ class RequestReader:
         "_body_bytes",
         "_complete",
         "_fields",
-        "_head_done",
         "_headers",
         "_length",
         "_max_body",
@@ -123,7 +122,7 @@ class RequestReader:
         self._length: int | None = None
         #: body bytes the parser gave (checked against Content-Length)
         self._body_bytes = 0
-        self._begun = self._head_done = self._complete = False
+        self._begun = self._complete = False
         #: the header fields counted, and the singletons seen (a bit each)
         self._fields = self._seen = 0
 
@@ -138,7 +137,7 @@ class RequestReader:
             return None  # the head is still arriving; the keep-alive timer bounds the wait
         head = end + 4
         self._url, self._headers, self._length, self._body_bytes = b"", {}, None, 0
-        self._begun = self._head_done = self._complete = False
+        self._begun = self._complete = False
         self._fields = self._seen = 0
         if _bare_lf(buffer, end):
             raise NotForLane
@@ -203,7 +202,6 @@ class RequestReader:
             raise NotForLane  # no Host: aiohttp's to answer
         if self._length is None or self._length > self._max_body:
             raise NotForLane  # no Content-Length, or a body over the limit: its bytes are not read here
-        self._head_done = True
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)

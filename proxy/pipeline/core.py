@@ -67,9 +67,6 @@ class Pipeline:
         #: seconds a caller may read nothing of an answer being written (``relay`` keeps it for both doors)
         self.write_timeout = settings.server.write_timeout
         self.max_json_depth = settings.limits.max_json_depth
-        #: what each front door counts, handed to it (the metrics read them)
-        self.lane_counts = services.lane_counts
-        self.aiohttp_counts = services.aiohttp_counts
 
     def drain(self) -> None:
         """From now on readiness fails and every answer closes its connection (SIGTERM: callers move on)."""
@@ -82,7 +79,7 @@ class Pipeline:
 
     def answer_headers(self, exchange: Exchange) -> dict[str, str] | None:
         """The headers the answer cache adds to an answer (``X-Cache``, ``Age``), for both doors; None mostly."""
-        return answer_headers(exchange) if exchange.cache_status is not None else None
+        return answer_headers(exchange)
 
     async def relay(self, stream: Stream, exchange: Exchange, send: Send) -> bool:
         """A streamed answer written through ``send`` under the write deadline; False if it broke (the door

@@ -93,5 +93,5 @@ class ProxyRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # the application started and frozen, as aiohttp does it
-        counts = self.app[PIPELINE].aiohttp_counts
+        counts = self.app[PIPELINE].services.aiohttp_counts
         return ProxyServer(made.request_handler, counts, request_factory=made.request_factory, **self._server_options)
