@@ -209,7 +209,10 @@ class Service:
         servers = "".join(f"server 127.0.0.1:{pod.port};" for pod in pods)
         return (
             f"upstream pods {{ {servers} }}\n"
-            "server { listen 127.0.0.1:PORT; location / { proxy_pass http://pods; proxy_http_version 1.1;"
+            # no client keep-alive: a reload's old workers close idle client connections, and a request sent on
+            # one just then is reset (nginx's reload race, not a pod's drain; kube-proxy does not reload)
+            "server { listen 127.0.0.1:PORT; keepalive_timeout 0;"
+            " location / { proxy_pass http://pods; proxy_http_version 1.1;"
             ' proxy_set_header Connection ""; proxy_next_upstream error timeout; } }'
         )
 
