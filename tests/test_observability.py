@@ -300,6 +300,32 @@ def test_worker_snapshots_add_up_and_a_dead_workers_counts_stay(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["retired.json", "worker-1002.json"]
 
 
+def test_a_scrape_between_the_two_steps_of_a_retire_counts_the_worker_once(tmp_path):
+    """The parent writes ``retired.json`` naming the dead worker, then removes its file: a scrape in between sees
+    its counts once, a retire cut short after its first step and run again adds nothing, and a new worker that
+    is given the dead one's pid is counted (a worker is named by pid and start time)."""
+    dead = Metrics()
+    for _ in range(3):
+        dead.request_finished("/r", "POST", 200, 0.01, 10)
+    snapshot = dead.snapshot()
+    snapshot["pid"] = 1001
+    write_snapshot(tmp_path, snapshot)
+    kept = (tmp_path / "worker-1001.json").read_bytes()
+    retire(tmp_path, 1001)
+    (tmp_path / "worker-1001.json").write_bytes(kept)  # as if the parent stopped between its two steps
+    assert merge(read_snapshots(tmp_path), alive=lambda pid: False)["requests"] == [["/r", "POST", 200, 3]]
+    retire(tmp_path, 1001)  # the retire run again: the file goes, nothing is added twice
+    assert merge(read_snapshots(tmp_path), alive=lambda pid: False)["requests"] == [["/r", "POST", 200, 3]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["retired.json"]
+    reborn = Metrics()
+    reborn.started = snapshot["started"] + 1.0
+    reborn.request_finished("/r", "POST", 200, 0.01, 10)
+    again = reborn.snapshot()
+    again["pid"] = 1001  # the kernel gave the pid out again
+    write_snapshot(tmp_path, again)
+    assert merge(read_snapshots(tmp_path), alive=lambda pid: True)["requests"] == [["/r", "POST", 200, 4]]
+
+
 def test_project_tallies_are_capped():
     metrics = Metrics(max_projects=2)
     for project in (1, 2, 3, 4):

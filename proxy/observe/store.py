@@ -8,9 +8,10 @@ Rules it keeps:
   one more, however many workers come and go); gauges and process numbers are read from
   live workers only;
 - never counted twice nor dropped: ``retired.json`` names the workers it holds (the last
-  ``FOLDED_KEPT``), and a worker's own file is ignored once it is named there, so a scrape
-  between the parent's two steps (write ``retired.json``, remove the worker's file) sees
-  each count once; a counter therefore never goes back;
+  ``FOLDED_KEPT``, each by pid and start time, so a new worker given a reused pid is not
+  taken for a folded one), and a worker's own file is ignored once it is named there, so a
+  scrape between the parent's two steps (write ``retired.json``, remove the worker's file)
+  sees each count once; a counter therefore never goes back;
 - the folder is the runtime's own (made by the parent before it forks, removed on exit).
 """
 
@@ -59,6 +60,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _named(snapshot: dict[str, Any]) -> tuple[int, float]:
+    """Which worker wrote a snapshot: its pid and start time (a pid alone can be reused)."""
+    return int(snapshot["pid"]), float(snapshot.get("started", 0))
+
+
+def _named_pair(entry: list[Any]) -> tuple[int, float]:
+    return int(entry[0]), float(entry[1])
+
+
 def read_snapshots(folder: Path) -> list[dict[str, Any]]:
     snapshots = []
     for path in sorted(folder.glob("*.json")):
@@ -73,9 +83,9 @@ def merge(snapshots: Iterable[dict[str, Any]], alive: Callable[[int], bool] = _a
     rows: dict[str, dict[tuple[Any, ...], float]] = {key: {} for key in (*_ROWS, *_ROWS_MORE)}
     histograms: dict[str, dict[tuple[Any, ...], tuple[list[int], float]]] = {key: {} for key in _HISTOGRAMS}
     snapshots = list(snapshots)
-    folded = {pid for snap in snapshots for pid in snap.get("folded", [])}
+    folded = {_named_pair(entry) for snap in snapshots for entry in snap.get("folded", [])}
     for snap in snapshots:
-        if snap.get("pid") in folded:
+        if snap.get("pid") is not None and _named(snap) in folded:
             continue  # already counted in retired.json (its file is about to go)
         for key in rows:
             for *labels, value in snap.get(key, []):
@@ -125,8 +135,9 @@ def retire(folder: Path, pid: int) -> None:
     if not dead:
         path.unlink(missing_ok=True)
         return
-    folded = [*(earlier[0].get("folded", []) if earlier else []), pid][-FOLDED_KEPT:]
-    if earlier and pid in earlier[0].get("folded", []):
+    named = _named(dead[0])
+    folded = [*(earlier[0].get("folded", []) if earlier else []), list(named)][-FOLDED_KEPT:]
+    if earlier and named in {_named_pair(entry) for entry in earlier[0].get("folded", [])}:
         path.unlink(missing_ok=True)  # folded already (a retire cut short after its first step)
         return
     combined = merge([*earlier, *dead], alive=lambda _: False)
