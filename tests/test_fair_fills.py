@@ -12,9 +12,10 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp import web
 
-from proxy.cube.fill_queue import FillProcess
+from proxy.cube.fill_queue import FillProcess, filled
 from proxy.cube.zerofill import fill_plan
 from proxy.web.keys import PIPELINE
 from tests.conftest import REPORTER
@@ -112,6 +113,37 @@ async def test_the_fill_process_is_ended_within_its_grace_and_waiters_are_answer
     assert done, "a fill cut off by the shutdown is answered, never left waiting"
     failure = running.exception()
     assert failure is None or getattr(failure, "status", None) == 503
+
+
+async def test_a_caller_gone_mid_fill_leaves_the_next_fill_its_own_answer():
+    """The pipe carries one fill at a time: a caller cancelled while its fill is under way keeps the turn until its
+    answer has been read, so the next caller never reads another's answer."""
+    fills = FillProcess()
+    plan = fill_plan(long_query(1))
+    assert plan is not None
+    small = big_answer(10)
+    try:
+        slow = asyncio.ensure_future(fills.run(plan, big_answer(60_000)))
+        await asyncio.sleep(0)  # one step of the task: it takes the turn and sends its fill (no wait in between)
+        slow.cancel()
+        mine = await fills.run(plan, small)
+        assert orjson.loads(mine) == orjson.loads(filled(plan, small))
+        assert orjson.loads(await fills.run(plan, small)) == orjson.loads(filled(plan, small))
+    finally:
+        await fills.close(0.01)
+    assert multiprocessing.active_children() == []
+
+
+async def test_a_fill_error_comes_back_as_the_error():
+    fills = FillProcess()
+    plan = fill_plan(long_query(1))
+    assert plan is not None
+    try:
+        with pytest.raises(orjson.JSONDecodeError):
+            await fills.run(plan, b"{not json")
+        assert orjson.loads(await fills.run(plan, big_answer(10)))["results"]  # and the process serves on
+    finally:
+        await fills.close(1.0)
 
 
 @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
@@ -69,6 +70,13 @@ def big_cube(cube):
     return cube
 
 
+def is_json(line: str) -> bool:
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
 @pytest.mark.parametrize("before_sigterm", ["nothing", "sighup", "kill_worker"])
 async def test_every_process_of_the_tree_exits_after_a_large_fill(
     big_cube, gitlab_url, cube_url, tmp_path, before_sigterm
@@ -103,5 +111,7 @@ async def test_every_process_of_the_tree_exits_after_a_large_fill(
             assert await asyncio.wait_for(proc.wait(), SHUTDOWN_TIMEOUT + 5) == 0
             await until(lambda: not alive(tree), "every process of the tree gone", SHUTDOWN_TIMEOUT + 1)
             assert time.monotonic() - started < SHUTDOWN_TIMEOUT + 1  # drain_delay is 0 here
+            # every line any process of the tree wrote to stderr is JSON, its helpers' warnings included
+            assert [line for line in await lines.ended(10) if not is_json(line)] == []
         finally:
             await lines.close()

@@ -58,6 +58,11 @@ class Lines:
     def having(self, needle: str) -> list[str]:
         return [line for line in self.seen if needle in line]
 
+    async def ended(self, timeout: float) -> list[str]:
+        """Every line, once the stream has ended: every process that held it (children included) is gone."""
+        await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        return self.seen
+
     async def close(self) -> None:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)

@@ -1,8 +1,11 @@
 """Large zero-fills, off the event loop and fair between tenants: a process of their own and a turn per tenant.
 
 - ``FillProcess``: one spawned process (started on first use) parses, fills and serialises
-  answers too large for the loop. ``close(grace)`` lets a fill under way finish within
-  ``grace`` seconds, then terminates the process: a worker never waits on it at exit.
+  answers too large for the loop, one at a time, over a pipe. ``close(grace)`` lets a fill under
+  way finish within ``grace`` seconds, then ends the process: a worker never waits on it at
+  exit. The process and its pipe hold no semaphore (a ``multiprocessing.Pool``'s queues do),
+  so a worker killed outright leaves nothing for Python's resource tracker to report in plain
+  text on stderr; the fill process ends by itself when its worker's end of the pipe closes.
 - ``FillQueue``: a tenant's fills queue behind its own, not everyone's (one turn per tenant,
   first come first served within it), so the process takes the tenants' fills in turn. The
   per-tenant table holds one entry per tenant with a fill waiting or under way.
@@ -19,8 +22,10 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import signal
 from collections.abc import AsyncIterator
-from multiprocessing.pool import Pool
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import orjson
@@ -30,78 +35,131 @@ from proxy.errors import ApiError
 
 log = logging.getLogger(__name__)
 
+#: seconds a fill process may take to exit once told to (its pipe closed, then SIGTERM) before it is killed
+EXIT_SECONDS = 2.0
+
 
 def filled(plan: FillPlan, raw: bytes) -> bytes:
     """Cube's answer zero-filled, as bytes (what the fill process runs)."""
     return orjson.dumps(zero_fill(plan, orjson.loads(raw)))
 
 
+def serve_fills(pipe: Connection) -> None:
+    """The fill process: fill each ``(plan, raw)`` that arrives and send back ``(True, bytes)`` or ``(False,
+    error)``, until the pipe closes. Ctrl-C is its worker's to handle (the worker ends this process)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            plan, raw = pipe.recv()
+        except (EOFError, OSError):
+            return  # the worker closed its end, or is gone
+        try:
+            reply: tuple[bool, Any] = (True, filled(plan, raw))
+        except Exception as exc:  # every failure goes back to the caller, as it is
+            reply = (False, exc)
+        try:
+            pipe.send(reply)
+        except (EOFError, OSError):
+            return
+        except Exception:  # an error that does not pickle (nothing was sent): its text goes back instead
+            pipe.send((False, RuntimeError(repr(reply[1]))))
+        del plan, raw, reply
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, {"message": "The proxy is shutting down; retry"}, {"Retry-After": "1"})
+
+
+def _round_trip(pipe: Connection, plan: FillPlan, raw: bytes) -> bytes:
+    """One fill, in a thread: send it, wait for its answer (the process works on one at a time)."""
+    try:
+        pipe.send((plan, raw))
+        ok, result = pipe.recv()
+    except (EOFError, OSError):
+        raise _shutting_down() from None  # the process was ended under this fill
+    if ok:
+        return bytes(result)
+    raise result
+
+
 class FillProcess:
-    """One spawned process for large fills, started on first use, stopped within a deadline."""
+    """One spawned process for large fills, started on first use, one fill at a time, stopped within a deadline."""
 
     def __init__(self) -> None:
-        self._pool: Pool | None = None
-        #: fills sent and not yet answered (each is failed if the process is ended first)
-        self._pending: set[asyncio.Future[bytes]] = set()
+        self._process: BaseProcess | None = None
+        self._pipe: Connection | None = None
+        #: one fill at a time in the process; whoever holds this talks to the pipe
+        self._turn = asyncio.Lock()
+        #: the fill under way (its thread's future), if any
+        self._current: asyncio.Future[bytes] | None = None
+        self._closed = False
 
     async def run(self, plan: FillPlan, raw: bytes) -> bytes:
-        if self._pool is None:
-            # spawned: nothing of this process's loop or sockets is copied into it
-            self._pool = multiprocessing.get_context("spawn").Pool(1)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[bytes] = loop.create_future()
-
-        def settle(result: Any) -> None:
-            loop.call_soon_threadsafe(_settle, done, result)
-
-        self._pending.add(done)
+        """The filled answer. The turn is held until the round trip ends, even if this caller goes away first: the
+        pipe carries one fill at a time, so the next is sent only once this one's answer has been read."""
+        await self._turn.acquire()
         try:
-            self._pool.apply_async(filled, (plan, raw), callback=settle, error_callback=settle)
-            return await done
-        finally:
-            self._pending.discard(done)
+            if self._closed:
+                raise _shutting_down()
+            current = asyncio.ensure_future(asyncio.to_thread(_round_trip, self._started(), plan, raw))
+        except BaseException:
+            self._turn.release()
+            raise
+        self._current = current
+        current.add_done_callback(self._round_trip_done)
+        return await asyncio.shield(current)
+
+    def _round_trip_done(self, current: asyncio.Future[bytes]) -> None:
+        if self._current is current:
+            self._current = None
+        self._turn.release()
+        if not current.cancelled():
+            current.exception()  # seen here: a caller that went away leaves no "never retrieved" complaint
+
+    def _started(self) -> Connection:
+        if self._pipe is None:
+            # spawned: nothing of this process's loop or sockets is copied into it
+            context = multiprocessing.get_context("spawn")
+            mine, theirs = context.Pipe()
+            process = context.Process(target=serve_fills, args=(theirs,), name="fill", daemon=True)
+            process.start()
+            theirs.close()  # the process's end lives in the process only: its EOF is this end closing
+            self._process, self._pipe = process, mine
+        return self._pipe
 
     async def close(self, grace: float) -> None:
-        """Let a fill under way finish for ``grace`` seconds, then end the process; returns when it is gone."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        pool.close()
-        try:
-            await asyncio.wait_for(asyncio.to_thread(pool.join), grace)
-        except TimeoutError:
-            log.warning("the fill process did not finish within %g s; ending it", grace, extra={"event": "fill_ended"})
-            await asyncio.to_thread(_end, pool)
-        for done in self._pending:
-            _settle(done, ApiError(503, {"message": "The proxy is shutting down; retry"}, {"Retry-After": "1"}))
+        """Let a fill under way finish for ``grace`` seconds, then end the process; returns when it is gone.
+        Fills not yet sent are answered 503, as is one cut off by the end."""
+        self._closed = True
+        current = self._current
+        if current is not None:
+            await asyncio.wait({current}, timeout=grace)
+            if not current.done():
+                log.warning(
+                    "the fill process did not finish within %g s; ending it", grace, extra={"event": "fill_ended"}
+                )
+        process, pipe = self._process, self._pipe
+        self._process = self._pipe = None
+        if process is not None:
+            await asyncio.to_thread(_end, process, pipe if current is None or current.done() else None)
+        if current is not None:
+            await asyncio.wait({current})  # its pipe read ends with the process
+        if pipe is not None:
+            pipe.close()
 
 
-#: seconds a terminated fill process may take to exit before it is killed
-EXIT_SECONDS = 2.0
-
-
-def _end(pool: Pool) -> None:
-    """Terminate the pool, then make sure its process is gone: joined, or killed past ``EXIT_SECONDS``.
-
-    ``Pool.terminate`` races a ``join`` still running in another thread (the grace's), and can
-    return with the process alive; the workers are the pool's own list (CPython's ``_pool``).
-    """
-    workers = list(getattr(pool, "_pool", ()))
-    pool.terminate()
-    for worker in workers:
-        worker.join(EXIT_SECONDS)
-        if worker.is_alive():
-            worker.kill()
-            worker.join(EXIT_SECONDS)
-
-
-def _settle(done: asyncio.Future[bytes], result: Any) -> None:
-    if done.done():
-        return  # the caller went away
-    if isinstance(result, BaseException):
-        done.set_exception(result)
-    else:
-        done.set_result(result)
+def _end(process: BaseProcess, idle_pipe: Connection | None) -> None:
+    """End the fill process: an idle one by closing its pipe (it exits by itself), one under way by SIGTERM;
+    killed past ``EXIT_SECONDS`` either way, and joined."""
+    if idle_pipe is not None:
+        idle_pipe.close()
+        process.join(EXIT_SECONDS)
+    if process.is_alive():
+        process.terminate()
+        process.join(EXIT_SECONDS)
+    if process.is_alive():
+        process.kill()
+        process.join(EXIT_SECONDS)
 
 
 class FillQueue:
