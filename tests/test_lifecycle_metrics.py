@@ -111,15 +111,36 @@ async def test_redis_calls_are_timed_and_counted_by_outcome(make_client, shared_
     assert failed >= 1
 
 
-def test_every_line_on_stderr_is_json_warnings_included():
-    program = (
-        "from proxy.runtime.logs import setup_logging; setup_logging('json', 'INFO');"
-        "import warnings, logging; warnings.warn('a leaked semaphore, say', ResourceWarning);"
-        "logging.getLogger('proxy').info('and a line of ours')"
-    )
-    err = subprocess.run(
-        [sys.executable, "-W", "always", "-c", program], capture_output=True, text=True, timeout=60, check=True
-    ).stderr
-    lines = [orjson.loads(line) for line in err.splitlines()]
-    assert [e["logger"] for e in lines] == ["py.warnings", "proxy"]
+def test_every_line_on_stderr_is_json_warnings_and_uncaught_exceptions_included():
+    program = """
+from proxy.runtime.logs import log_uncaught, setup_logging
+setup_logging("json", "INFO")
+log_uncaught()
+import gc, logging, threading, warnings
+warnings.warn("a leaked semaphore, say", ResourceWarning)
+logging.getLogger("proxy").info("and a line of ours")
+class Broken:
+    def __del__(self):
+        raise ValueError("in a finaliser")
+Broken()
+gc.collect()
+worker = threading.Thread(target=lambda: 1 / 0, name="helper")
+worker.start()
+worker.join()
+raise RuntimeError("nobody caught this")
+"""
+    done = subprocess.run([sys.executable, "-W", "always", "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = [orjson.loads(line) for line in done.stderr.splitlines()]
+    assert [e["logger"] for e in lines] == [
+        "py.warnings",
+        "proxy",
+        "proxy.uncaught",
+        "proxy.uncaught",
+        "proxy.uncaught",
+    ]
     assert "a leaked semaphore" in lines[0]["message"] and all("pid" in e for e in lines)
+    finaliser, thread, main = lines[2:]
+    assert "Broken.__del__" in finaliser["message"] and "in a finaliser" in finaliser["exception"]
+    assert thread["message"] == "uncaught ZeroDivisionError in thread helper" and thread["level"] == "ERROR"
+    assert main["level"] == "CRITICAL" and "nobody caught this" in main["exception"]

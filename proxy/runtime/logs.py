@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -84,3 +86,32 @@ def setup_logging(fmt: str, level: str) -> None:
     server = logging.getLogger("aiohttp.server")
     server.filters[:] = [f for f in server.filters if not isinstance(f, MalformedRequests)]
     server.addFilter(MalformedRequests())
+
+
+def log_uncaught() -> None:
+    """Exceptions nobody caught (the main thread's, a thread's, one Python could only ignore, as in a ``__del__``)
+    become log records too, so every line on stderr stays JSON. A process's start-up calls this, after
+    ``setup_logging``; the hooks are the process's own (tests keep theirs)."""
+    log = logging.getLogger("proxy.uncaught")
+
+    def main_thread(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        log.critical("uncaught %s", kind.__name__, exc_info=(kind, exc, tb))
+
+    def thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None:
+            name = args.thread.name if args.thread is not None else "?"
+            exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+            log.error("uncaught %s in thread %s", args.exc_type.__name__, name, exc_info=exc_info)
+
+    def unraisable(args: Any) -> None:
+        where = args.err_msg or "Exception ignored in"
+        try:
+            what = repr(args.object)[:200]
+        except Exception:  # its repr may be what fails
+            what = f"<{type(args.object).__name__}>"
+        exc_info = (args.exc_type, args.exc_value, args.exc_traceback) if args.exc_value is not None else None
+        log.warning("%s: %s", where, what, exc_info=exc_info)
+
+    sys.excepthook = main_thread
+    threading.excepthook = thread
+    sys.unraisablehook = unraisable

@@ -21,7 +21,7 @@ from aiohttp import web
 from proxy.lane import listener as fast_lane
 from proxy.lane.listener import FastLane
 from proxy.observe.store import parent_event, retire
-from proxy.runtime.logs import setup_logging
+from proxy.runtime.logs import log_uncaught, setup_logging
 from proxy.runtime.workers import Supervisor, die_with_parent
 from proxy.settings import Settings, SettingsError
 from proxy.web.app import create_app
@@ -290,6 +290,7 @@ def _run_one(
     die_with_parent(parent)
     settings = generation.settings
     setup_logging(settings.server.log_format, settings.server.log_level)
+    log_uncaught()
     tune_gc()
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
         sockets = generation.listeners.for_slot(slot, settings.server.workers)
@@ -360,6 +361,7 @@ def run(settings: Settings, load_again: Callable[[], Settings] | None = None) ->
     valid): a valid change starts a new generation of workers before the old one drains.
     """
     setup_logging(settings.server.log_format, settings.server.log_level)
+    log_uncaught()
     raise_open_files_limit()
     try:
         listeners = bind(settings)
