@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,19 @@ async def test_docs_metrics_md_matches_a_scrape(make_client, shared_settings, cu
         assert doc_kind == kind, name
         # a family may show no sample (nothing counted yet): its documented labels stand
         assert not labels or doc_labels == labels, (name, doc_labels, labels)
+
+
+@pytest.mark.handed_over  # metrics are aiohttp's; the load goes on a connection already handed over
+async def test_a_scrape_passes_promtools_lint(make_client, shared_settings, cube, tmp_path):
+    """Prometheus' own linter (``promtool check metrics``: names, units, suffixes, help texts) finds nothing."""
+    settings = replace(shared_settings, "server", metrics_project_label=True)
+    client = await make_client(settings)
+    assert (await client.get("/-/readiness")).status == 200
+    assert (await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)).status == 200
+    text = await (await client.get("/-/metrics")).text()
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian's prometheus package) is installed by make test-tools and .ci/run"
+    linted = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (linted.returncode, linted.stdout + linted.stderr) == (0, "")
