@@ -17,6 +17,7 @@ from tests.conftest import QUERY, REPORTER
 from tests.processes import LOAD, free_port, proxy_process, worker_pids
 from tests.test_observability import value
 from tests.test_observability_process import LOAD_ROUTE, until_counted
+from tests.test_process_tree_exits import is_json
 from tests.test_reload import Lines, until
 
 
@@ -92,5 +93,7 @@ async def test_counters_never_go_back_through_reloads_and_a_killed_worker(cube, 
                 assert time.time() - 60 < value(found, "pa_proxy_last_reload_time_seconds") <= time.time()
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 30) == 0
+            # and through all of it, every line on stderr was JSON
+            assert [line for line in await lines.ended(10) if not is_json(line)] == []
         finally:
             await lines.close()
