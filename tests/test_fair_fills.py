@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from aiohttp import web
 
 from proxy.cube.fill_queue import FillProcess, filled
 from proxy.cube.zerofill import fill_plan
+from proxy.errors import ApiError
 from proxy.web.keys import PIPELINE
 from tests.conftest import REPORTER
 from tests.test_zerofill import M, query
@@ -131,6 +134,36 @@ async def test_a_caller_gone_mid_fill_leaves_the_next_fill_its_own_answer():
         assert orjson.loads(await fills.run(plan, small)) == orjson.loads(filled(plan, small))
     finally:
         await fills.close(0.01)
+    assert multiprocessing.active_children() == []
+
+
+async def test_a_fill_process_killed_is_replaced():
+    """Killed while idle, the next fill starts another and pays nothing; killed under a fill, that fill is a 503 to
+    retry (not "shutting down") and the next one starts another."""
+    fills = FillProcess()
+    plan = fill_plan(long_query(1))
+    assert plan is not None
+    small = big_answer(10)
+    try:
+        assert orjson.loads(await fills.run(plan, small))["results"]
+        [first] = multiprocessing.active_children()
+        os.kill(first.pid, signal.SIGKILL)
+        first.join(10)
+        assert orjson.loads(await fills.run(plan, small))["results"]  # idle death: no 503 for anyone
+        [second] = multiprocessing.active_children()
+        assert second.pid != first.pid
+        under_way = asyncio.ensure_future(fills.run(plan, big_answer(120_000)))
+        await asyncio.sleep(0)  # one step of the task: it takes the turn and sends its fill
+        os.kill(second.pid, signal.SIGKILL)
+        with pytest.raises(ApiError) as cut:
+            await under_way
+        assert cut.value.status == 503 and "retry" in cut.value.body["message"]
+        assert "shutting down" not in cut.value.body["message"]
+        assert orjson.loads(await fills.run(plan, small))["results"]
+        [third] = multiprocessing.active_children()
+        assert third.pid not in (first.pid, second.pid)
+    finally:
+        await fills.close(1.0)
     assert multiprocessing.active_children() == []
 
 

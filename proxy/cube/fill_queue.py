@@ -1,7 +1,7 @@
 """Large zero-fills, off the event loop and fair between tenants: a process of their own and a turn per tenant.
 
-- ``FillProcess``: one spawned process (started on first use) parses, fills and serialises
-  answers too large for the loop, one at a time, over a pipe. ``close(grace)`` lets a fill under
+- ``FillProcess``: one spawned process (started on first use, and again if it dies) parses,
+  fills and serialises answers too large for the loop, one at a time, over a pipe. ``close(grace)`` lets a fill under
   way finish within ``grace`` seconds, then ends the process: a worker never waits on it at
   exit. The process and its pipe hold no semaphore (a ``multiprocessing.Pool``'s queues do),
   so a worker killed outright leaves nothing for Python's resource tracker to report in plain
@@ -70,13 +70,21 @@ def _shutting_down() -> ApiError:
     return ApiError(503, {"message": "The proxy is shutting down; retry"}, {"Retry-After": "1"})
 
 
+def _fill_process_ended() -> ApiError:
+    return ApiError(503, {"message": "The zero-fill process ended under this answer; retry"}, {"Retry-After": "1"})
+
+
+class _ProcessEnded(Exception):
+    """The fill process went away under a fill (ended at shutdown, or killed)."""
+
+
 def _round_trip(pipe: Connection, plan: FillPlan, raw: bytes) -> bytes:
     """One fill, in a thread: send it, wait for its answer (the process works on one at a time)."""
     try:
         pipe.send((plan, raw))
         ok, result = pipe.recv()
     except (EOFError, OSError):
-        raise _shutting_down() from None  # the process was ended under this fill
+        raise _ProcessEnded from None
     if ok:
         return bytes(result)
     raise result
@@ -107,16 +115,32 @@ class FillProcess:
             raise
         self._current = current
         current.add_done_callback(self._round_trip_done)
-        return await asyncio.shield(current)
+        try:
+            return await asyncio.shield(current)
+        except _ProcessEnded:
+            raise (_shutting_down() if self._closed else _fill_process_ended()) from None
 
     def _round_trip_done(self, current: asyncio.Future[bytes]) -> None:
         if self._current is current:
             self._current = None
+        # seen here, so a caller that went away leaves no "never retrieved" complaint
+        failure = None if current.cancelled() else current.exception()
+        if isinstance(failure, _ProcessEnded) and not self._closed:
+            self._discard()  # killed under a fill: the next fill starts another
         self._turn.release()
-        if not current.cancelled():
-            current.exception()  # seen here: a caller that went away leaves no "never retrieved" complaint
+
+    def _discard(self) -> None:
+        """Forget a fill process that is gone (its exit status is collected when the next one starts)."""
+        process, pipe = self._process, self._pipe
+        self._process = self._pipe = None
+        if pipe is not None:
+            pipe.close()
+        if process is not None and process.is_alive():
+            process.kill()
 
     def _started(self) -> Connection:
+        if self._process is not None and not self._process.is_alive():
+            self._discard()  # ended while idle (killed, say): nobody needs to pay for it with a 503
         if self._pipe is None:
             # spawned: nothing of this process's loop or sockets is copied into it
             context = multiprocessing.get_context("spawn")
