@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.conftest import QUERY, REPORTER
 from tests.processes import proxy_process
@@ -65,15 +66,23 @@ async def serving(tmp_path, gitlab_url, cube_url, server_section="", cube_sectio
             await reading
 
 
-async def refused_loads(port: int, n: int, size: int, concurrency: int = 8) -> list[int]:
+async def refused_loads(port: int, n: int, size: int, concurrency: int = 8, who: str = "strangers") -> list[int]:
+    """``n`` loads with ``size``-byte bodies, refused: made-up tokens (401), or a valid caller asking for projects
+    that do not exist (404), each a new credential or project so that each refusal is a new cache entry."""
     body = b'{"query": {"x": "' + b"y" * (size - 20) + b'"}}'
     statuses: list[int] = []
     limit = asyncio.Semaphore(concurrency)
 
     async def one(session: aiohttp.ClientSession, i: int) -> None:
         async with limit:
-            headers = {"PRIVATE-TOKEN": f"glpat-stranger-{i:012d}", "Content-Type": "application/json"}
-            async with session.post(f"http://127.0.0.1:{port}{LOAD}", data=body, headers=headers) as resp:
+            headers = {"Content-Type": "application/json"}
+            url = f"http://127.0.0.1:{port}{LOAD}"
+            if who == "strangers":
+                headers["PRIVATE-TOKEN"] = f"glpat-stranger-{i:012d}"
+            else:
+                headers |= REPORTER
+                url = url.replace("/projects/1/", f"/projects/nobody%2Fnothing-{i}/")
+            async with session.post(url, data=body, headers=headers) as resp:
                 await resp.read()
                 statuses.append(resp.status)
 
@@ -82,13 +91,17 @@ async def refused_loads(port: int, n: int, size: int, concurrency: int = 8) -> l
     return statuses
 
 
-async def test_refused_callers_with_large_bodies_leave_memory_flat(tmp_path, gitlab_url, cube_url, gitlab):
-    async with serving(tmp_path, gitlab_url, cube_url) as (port, worker, _):
-        assert set(await refused_loads(port, 40, 512 * 1024)) <= {401, 503}  # warm: every code path once
+@pytest.mark.parametrize(("who", "refusal"), [("strangers", 401), ("unknown_projects", 404)])
+async def test_refused_callers_with_large_bodies_leave_memory_flat(
+    tmp_path, gitlab_url, cube_url, gitlab, who, refusal
+):
+    unlimited = "[limits]\nrate_limit = 0.0\n"  # one valid caller asks for every unknown project
+    async with serving(tmp_path, gitlab_url, cube_url, server_section=unlimited) as (port, worker, _):
+        assert set(await refused_loads(port, 40, 512 * 1024, who=who)) <= {refusal, 503}  # warm: every path once
         before = rss_mb(worker)
-        statuses = await refused_loads(port, 400, 512 * 1024)
+        statuses = await refused_loads(port, 400, 512 * 1024, who=who)
         after = rss_mb(worker)
-        assert set(statuses) <= {401, 503} and statuses.count(401) > 100
+        assert set(statuses) <= {refusal, 503} and statuses.count(refusal) > 100, sorted(set(statuses))
         # 400 refusals of 512 KiB bodies (200 MiB in all) within the negative TTL: nothing of them is kept
         assert after - before < 8, (before, after)
 
