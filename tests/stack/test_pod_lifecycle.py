@@ -9,6 +9,13 @@ same on one machine is moved and said: each pod's ports are free ones (pods do n
 network namespace in Kubernetes), the proxy's Cube URL follows its pod's Cube port, and the
 user's own pieces (the data model and the database Secret) are the local stack's.
 
+Each container runs under its security context, as far as this machine allows (it needs root,
+which the tests have): in a mount namespace of its own, the root filesystem read-only when the
+container says so, each of its emptyDirs mounted at its path (``/tmp``), the mounted ConfigMaps
+and Secrets read-only, privileges never regained. Cube runs as the pod's user and groups
+(10001). The proxy keeps this machine's user: its Python lives under ``/root``, which no other
+user may enter (the image installs it where the pod's user can).
+
 The kubelet's order: the native sidecar (Cube) starts first and the proxy after it is up; a new
 pod takes traffic once its readiness probe passes. On termination the endpoints controller takes
 the pod out of the Service while the kubelet sends SIGTERM to the proxy; Cube, a sidecar, gets
@@ -23,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import urllib.request
@@ -90,11 +99,20 @@ class Pod:
 
     # -- the pod's filesystem and each container's environment ------------------------------
 
+    def _where(self, mount: dict[str, Any]) -> Path:
+        """Where a volume mount lives in the emulation: an emptyDir by its volume's name (two containers' ``/tmp``
+        are two volumes), anything else at its mount path under the pod's root."""
+        volume = next(v for v in self.spec["volumes"] if v["name"] == mount["name"])
+        if "emptyDir" in volume:
+            return self.root / "volumes" / mount["name"]
+        return self.root / mount["mountPath"].lstrip("/")
+
     def _mount(self, container: dict[str, Any]) -> None:
         volumes = {v["name"]: v for v in self.spec["volumes"]}
         for mount in container.get("volumeMounts", []):
-            target = self.root / mount["mountPath"].lstrip("/")
+            target = self._where(mount)
             volume = volumes[mount["name"]]
+            self._owned_by_the_pod(target.parent if "subPath" in mount else target)
             if "configMap" in volume and volume["configMap"]["name"] in self.configmaps:
                 data = self.configmaps[volume["configMap"]["name"]]["data"]
                 if "subPath" in mount:
@@ -112,6 +130,62 @@ class Pod:
                     (target / item["path"]).write_text(self.secret[item["key"]])
             else:  # an emptyDir
                 target.mkdir(parents=True, exist_ok=True)
+        self._permissions(container)
+
+    def _owned_by_the_pod(self, target: Path) -> None:
+        """Every directory from the pod's root down to ``target`` made, and enterable by the pod's user."""
+        target.mkdir(parents=True, exist_ok=True)
+        for directory in (target, *target.parents):
+            if directory == self.root.parent:
+                break
+            directory.chmod(0o755)
+
+    def _permissions(self, container: dict[str, Any]) -> None:
+        """As the kubelet leaves them: ConfigMaps world-readable, Secrets in their ``defaultMode`` for the pod's
+        ``fsGroup``, emptyDirs writable by all (0777)."""
+        if os.geteuid() != 0:
+            return
+        group = self.spec["securityContext"]["fsGroup"]
+        volumes = {v["name"]: v for v in self.spec["volumes"]}
+        for mount in container.get("volumeMounts", []):
+            target = self._where(mount)
+            volume = volumes[mount["name"]]
+            if "emptyDir" in volume:
+                target.chmod(0o777)
+                continue
+            for path in (target, *target.rglob("*")) if target.is_dir() else (target,):
+                if path.is_dir():
+                    path.chmod(0o755)
+                elif "secret" in volume:
+                    os.chown(path, 0, group)
+                    path.chmod(volume["secret"].get("defaultMode", 0o644))
+                else:
+                    path.chmod(0o644)
+
+    def _contained(self, container: dict[str, Any], argv: list[str], cwd: Path, as_pod_user: bool) -> list[str]:
+        """``argv`` wrapped to run under the container's security context (see the module's docstring): a mount
+        namespace with the root read-only and the emptyDirs at their paths, no new privileges, and (when
+        ``as_pod_user``) the pod's user and groups. As it is without root, which a mount namespace needs."""
+        if os.geteuid() != 0:
+            return argv
+        context = {**self.spec["securityContext"], **container.get("securityContext", {})}
+        assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+        steps = []
+        volumes = {v["name"]: v for v in self.spec["volumes"]}
+        for mount in container.get("volumeMounts", []):
+            if "emptyDir" in volumes[mount["name"]]:
+                assert Path(mount["mountPath"]).is_dir(), "the emulation mounts emptyDirs on paths this host has"
+                emulated = self._where(mount)
+                steps.append(f"mount --bind {shlex.quote(str(emulated))} {shlex.quote(mount['mountPath'])}")
+        if context.get("readOnlyRootFilesystem"):  # after the emptyDirs: they are mounts of their own, still writable
+            steps.append("mount -o remount,bind,ro /")
+        steps.append(f"cd {shlex.quote(str(cwd))}")
+        user = ""
+        if as_pod_user:
+            assert context["runAsNonRoot"] is True
+            user = f"--reuid {context['runAsUser']} --regid {context['runAsGroup']} --groups {context['fsGroup']} "
+        steps.append(f'exec setpriv {user}--no-new-privs --bounding-set -all "$@"')
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(steps), "sh", *argv]
 
     def _env(self, container: dict[str, Any]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "CUBEJS_"))}
@@ -146,11 +220,12 @@ class Pod:
         [cube] = self.spec["initContainers"]
         assert cube["restartPolicy"] == "Always"  # a native sidecar
         self._mount(cube)
-        env = self._env(cube) | {"PORT": str(self.cube_port)}
+        env = self._env(cube) | {"PORT": str(self.cube_port), "HOME": "/"}  # the pod's user has no home
         conf = self.root / "cube" / "conf"
         log = (self.root / "cube.log").open("ab")
+        server = ["node", str(CUBE_DIR / "node_modules" / ".bin" / "cubejs-server")]
         self.cube = subprocess.Popen(
-            ["node", str(CUBE_DIR / "node_modules" / ".bin" / "cubejs-server")],
+            self._contained(cube, server, conf, as_pod_user=True),
             cwd=conf, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         probe = cube["readinessProbe"]["httpGet"]
@@ -171,11 +246,14 @@ class Pod:
             "PROXY_GITLAB__URL": self.gitlab_url,
         }
         self.proxy = subprocess.Popen(
-            [sys.executable, "-m", "proxy"], env=env, stderr=(self.root / "proxy.log").open("ab"),
-            start_new_session=True,
+            self._contained(proxy, [sys.executable, "-m", "proxy"], self.root, as_pod_user=False),
+            env=env, stderr=(self.root / "proxy.log").open("ab"), start_new_session=True,
         )  # fmt: skip
         ready = proxy["readinessProbe"]["httpGet"]["path"]
         await _until(lambda: _ok(f"http://127.0.0.1:{self.port}{ready}"), f"{self.name}'s proxy", 60, self.proxy)
+        if os.geteuid() == 0:  # both serve under their security contexts: Cube as the pod's user
+            assert _runs_contained(self.cube.pid, self.spec["securityContext"]["runAsUser"])
+            assert _runs_contained(self.proxy.pid, None)
 
     async def terminate(self, sidecar_order: bool) -> None:
         """SIGTERM as the kubelet sends it: to the proxy, and to Cube once the proxy exited (a sidecar) or, in the
@@ -275,14 +353,33 @@ async def _totals(port: int, token: str) -> dict[int, int]:
     return totals
 
 
+@pytest.fixture
+def pods_root():
+    """Where the emulated pods' filesystems live: outside /tmp (each container mounts its emptyDir there) and
+    enterable by the pod's user (pytest's own folders are not)."""
+    root = Path(tempfile.mkdtemp(prefix="pa-pods-", dir="/var/tmp"))
+    root.chmod(0o755)
+    yield root
+    if os.environ.get("KEEP_PODS") is None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _runs_contained(pid: int, uid: int | None) -> bool:
+    """Whether a process runs with a read-only root filesystem (and as ``uid``, when given)."""
+    mounts = [line.split() for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()]
+    read_only_root = any(f[4] == "/" and f[5].split(",")[0] == "ro" for f in mounts)
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return read_only_root and (uid is None or int(status["Uid"].split()[0]) == uid)
+
+
 async def _rolling_replacement(
-    tmp_path: Path, stack, gitlab, gitlab_url: str, sidecar_order: bool, replace: int
+    tmp_path: Path, pods_root: Path, stack, gitlab, gitlab_url: str, sidecar_order: bool, replace: int
 ) -> Callers:
     tokens = [f"glpat-caller-{n:012d}" for n in range(4)]
     for token in tokens:  # a token each: the proxy's rate limit is per caller
         gitlab.tokens[token] = FakeToken(1, ["api"])
     rendered = by_kind(render("example"))
-    pods = [Pod(f"pod-{n}", rendered, tmp_path, stack.pg.port, gitlab_url) for n in range(2)]
+    pods = [Pod(f"pod-{n}", rendered, pods_root, stack.pg.port, gitlab_url) for n in range(2)]
     service = Service(tmp_path)
     started: list[Pod] = []
     try:
@@ -295,7 +392,7 @@ async def _rolling_replacement(
         try:
             await _until(lambda: callers.statuses[200] >= 20, f"traffic through both pods ({callers.statuses})", 30)
             for n in range(replace):  # maxSurge 1, maxUnavailable 0: a new pod Ready, then an old one goes
-                new = Pod(f"pod-new-{n}", rendered, tmp_path, stack.pg.port, gitlab_url)
+                new = Pod(f"pod-new-{n}", rendered, pods_root, stack.pg.port, gitlab_url)
                 started.append(new)
                 await new.start()
                 old = pods.pop(0)
@@ -317,12 +414,31 @@ async def _rolling_replacement(
             pod.kill()
 
 
-async def test_a_rolling_replacement_under_traffic_fails_no_request(tmp_path, stack, gitlab, gitlab_url):
-    callers = await _rolling_replacement(tmp_path, stack, gitlab, gitlab_url, sidecar_order=True, replace=2)
+async def test_a_rolling_replacement_under_traffic_fails_no_request(tmp_path, pods_root, stack, gitlab, gitlab_url):
+    callers = await _rolling_replacement(tmp_path, pods_root, stack, gitlab, gitlab_url, sidecar_order=True, replace=2)
     assert callers.statuses[200] >= 100 and callers.failed() == {}, dict(callers.statuses)
 
 
-async def test_the_old_shape_both_containers_stopped_at_once_loses_requests(tmp_path, stack, gitlab, gitlab_url):
+async def test_the_old_shape_both_containers_stopped_at_once_loses_requests(
+    tmp_path, pods_root, stack, gitlab, gitlab_url
+):
     """What the manifests did before Cube became a sidecar: Cube exits at SIGTERM while the proxy still serves."""
-    callers = await _rolling_replacement(tmp_path, stack, gitlab, gitlab_url, sidecar_order=False, replace=1)
+    callers = await _rolling_replacement(tmp_path, pods_root, stack, gitlab, gitlab_url, sidecar_order=False, replace=1)
     assert callers.failed(), dict(callers.statuses)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a container's read-only root needs a mount namespace, which needs root")
+async def test_the_emulation_holds_a_container_to_its_read_only_root(pods_root, stack, gitlab_url):
+    """The proxy without the emptyDir its manifests give it at /tmp (where its metrics folder goes) cannot start
+    on a read-only root, here as it could not in a pod: the emulation does not let a manifest's gap pass."""
+    rendered = by_kind(render("example"))
+    spec = rendered[("Deployment", "product-analytics-proxy")]["spec"]["template"]["spec"]
+    [proxy] = spec["containers"]
+    proxy["volumeMounts"] = [m for m in proxy["volumeMounts"] if m["name"] != "tmp"]  # its emptyDir at /tmp
+    pod = Pod("pod-without-tmp", rendered, pods_root, stack.pg.port, gitlab_url)
+    try:
+        with pytest.raises(AssertionError, match="proxy: the process exited with 1"):
+            await pod.start()
+        assert "No usable temporary directory" in (pod.root / "proxy.log").read_text()
+    finally:
+        pod.kill()
