@@ -1,11 +1,12 @@
 """Large zero-fills, off the event loop and fair between tenants: a process of their own and a turn per tenant.
 
 - ``FillProcess``: one spawned process (started on first use, and again if it dies) parses,
-  fills and serialises answers too large for the loop, one at a time, over a pipe. ``close(grace)`` lets a fill under
-  way finish within ``grace`` seconds, then ends the process: a worker never waits on it at
-  exit. The process and its pipe hold no semaphore (a ``multiprocessing.Pool``'s queues do),
-  so a worker killed outright leaves nothing for Python's resource tracker to report in plain
-  text on stderr; the fill process ends by itself when its worker's end of the pipe closes.
+  fills and serialises answers too large for the loop, one at a time, over a pipe.
+  ``close(grace)`` lets a fill under way finish within ``grace`` seconds, then ends the
+  process: a worker never waits on it at exit. The process and its pipe hold no semaphore (a
+  ``multiprocessing.Pool``'s queues do), so a worker killed outright leaves nothing for
+  Python's resource tracker to report in plain text on stderr; the fill process ends by itself
+  when its worker's end of the pipe closes.
 - ``FillQueue``: a tenant's fills queue behind its own, not everyone's (one turn per tenant,
   first come first served within it), so the process takes the tenants' fills in turn. The
   per-tenant table holds one entry per tenant with a fill waiting or under way.
@@ -62,7 +63,8 @@ def serve_fills(pipe: Connection) -> None:
         except (EOFError, OSError):
             return
         except Exception:  # an error that does not pickle (nothing was sent): its text goes back instead
-            pipe.send((False, RuntimeError(repr(reply[1]))))
+            with contextlib.suppress(OSError):  # or, the pipe gone, the next read ends this process
+                pipe.send((False, RuntimeError(repr(reply[1]))))
         del plan, raw, reply
 
 

@@ -10,11 +10,13 @@ network namespace in Kubernetes), the proxy's Cube URL follows its pod's Cube po
 user's own pieces (the data model and the database Secret) are the local stack's.
 
 Each container runs under its security context, as far as this machine allows (it needs root,
-which the tests have): in a mount namespace of its own, the root filesystem read-only when the
-container says so, each of its emptyDirs mounted at its path (``/tmp``), the mounted ConfigMaps
-and Secrets read-only, privileges never regained. Cube runs as the pod's user and groups
-(10001). The proxy keeps this machine's user: its Python lives under ``/root``, which no other
-user may enter (the image installs it where the pod's user can).
+which the tests have): in a mount namespace of its own, the root filesystem (and ``/tmp``)
+read-only when the container says so, each of its emptyDirs writable (the one a container
+mounts at ``/tmp`` given to it as ``TMPDIR``: this repository, which the containers' programs
+are run from, may itself live under ``/tmp``), the mounted ConfigMaps and Secrets read-only,
+privileges never regained. Cube runs as the pod's user and groups (10001). The proxy keeps this
+machine's user: its Python lives under ``/root``, which no other user may enter (the image
+installs it where the pod's user can).
 
 The kubelet's order: the native sidecar (Cube) starts first and the proxy after it is up; a new
 pod takes traffic once its readiness probe passes. On termination the endpoints controller takes
@@ -57,6 +59,8 @@ pytestmark = pytest.mark.stack
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 #: what the user supplies beside the manifests (the Deployment's envFrom Secret): the local stack's PostgreSQL
 DATABASE_SECRET = "product-analytics-cube-database"
+#: a container's temporary directory (its emptyDir, in the manifests), as the container sees it
+CONTAINER_TMP = "/tmp"  # noqa: S108 - a path inside the container
 #: how long after a pod's SIGTERM its endpoint leaves the Service (kube-proxy's and the load balancer's lag)
 ENDPOINT_LAG = 1.0
 #: seconds between one caller's requests (four callers: about 100 requests a second in all)
@@ -162,33 +166,40 @@ class Pod:
                 else:
                     path.chmod(0o644)
 
-    def _contained(self, container: dict[str, Any], argv: list[str], cwd: Path, as_pod_user: bool) -> list[str]:
-        """``argv`` wrapped to run under the container's security context (see the module's docstring): a mount
-        namespace with the root read-only and the emptyDirs at their paths, no new privileges, and (when
-        ``as_pod_user``) the pod's user and groups. As it is without root, which a mount namespace needs."""
+    def _contained(
+        self, container: dict[str, Any], argv: list[str], cwd: Path, as_pod_user: bool
+    ) -> tuple[list[str], dict[str, str]]:
+        """``argv`` wrapped to run under the container's security context (see the module's docstring), and the
+        environment that goes with it: a mount namespace with the root read-only and the emptyDirs writable, no
+        new privileges, and (when ``as_pod_user``) the pod's user and groups. As it is without root, which a
+        mount namespace needs."""
         if os.geteuid() != 0:
-            return argv
+            return argv, {}
         context = {**self.spec["securityContext"], **container.get("securityContext", {})}
         assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
-        steps = []
+        steps, env = [], {}
         volumes = {v["name"]: v for v in self.spec["volumes"]}
         for mount in container.get("volumeMounts", []):
             if "emptyDir" in volumes[mount["name"]]:
-                assert Path(mount["mountPath"]).is_dir(), "the emulation mounts emptyDirs on paths this host has"
-                emulated = self._where(mount)
-                steps.append(f"mount --bind {shlex.quote(str(emulated))} {shlex.quote(mount['mountPath'])}")
-        if context.get("readOnlyRootFilesystem"):  # after the emptyDirs: they are mounts of their own, still writable
+                assert mount["mountPath"] == CONTAINER_TMP, "the emulation gives an emptyDir as TMPDIR"
+                emulated = shlex.quote(str(self._where(mount)))
+                steps.append(f"mount --bind {emulated} {emulated}")  # a mount of its own: still writable below
+                env["TMPDIR"] = str(self._where(mount))
+        if context.get("readOnlyRootFilesystem"):
             steps.append("mount -o remount,bind,ro /")
+            if os.path.ismount(CONTAINER_TMP):  # part of a container's root filesystem, whatever this host made of it
+                steps.append(f"mount -o remount,bind,ro {CONTAINER_TMP}")
         steps.append(f"cd {shlex.quote(str(cwd))}")
         user = ""
         if as_pod_user:
             assert context["runAsNonRoot"] is True
             user = f"--reuid {context['runAsUser']} --regid {context['runAsGroup']} --groups {context['fsGroup']} "
         steps.append(f'exec setpriv {user}--no-new-privs --bounding-set -all "$@"')
-        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(steps), "sh", *argv]
+        wrapped = ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(steps), "sh", *argv]
+        return wrapped, env
 
     def _env(self, container: dict[str, Any]) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "CUBEJS_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "CUBEJS_")) and k != "TMPDIR"}
         for source in container.get("envFrom", []):
             assert source["secretRef"]["name"] == DATABASE_SECRET
             env.update(
@@ -223,10 +234,11 @@ class Pod:
         env = self._env(cube) | {"PORT": str(self.cube_port), "HOME": "/"}  # the pod's user has no home
         conf = self.root / "cube" / "conf"
         log = (self.root / "cube.log").open("ab")
-        server = ["node", str(CUBE_DIR / "node_modules" / ".bin" / "cubejs-server")]
+        server, contained = self._contained(
+            cube, ["node", str(CUBE_DIR / "node_modules" / ".bin" / "cubejs-server")], conf, as_pod_user=True
+        )
         self.cube = subprocess.Popen(
-            self._contained(cube, server, conf, as_pod_user=True),
-            cwd=conf, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            server, cwd=conf, env=env | contained, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         probe = cube["readinessProbe"]["httpGet"]
         await _until(lambda: _ok(f"http://127.0.0.1:{self.cube_port}{probe['path']}"), f"{self.name}'s Cube", 90,
@@ -245,9 +257,9 @@ class Pod:
             "PROXY_PRODUCT_ANALYTICS__CUBE_API_BASE_URL": f"http://127.0.0.1:{self.cube_port}",
             "PROXY_GITLAB__URL": self.gitlab_url,
         }
+        command, contained = self._contained(proxy, [sys.executable, "-m", "proxy"], self.root, as_pod_user=False)
         self.proxy = subprocess.Popen(
-            self._contained(proxy, [sys.executable, "-m", "proxy"], self.root, as_pod_user=False),
-            env=env, stderr=(self.root / "proxy.log").open("ab"), start_new_session=True,
+            command, env=env | contained, stderr=(self.root / "proxy.log").open("ab"), start_new_session=True,
         )  # fmt: skip
         ready = proxy["readinessProbe"]["httpGet"]["path"]
         await _until(lambda: _ok(f"http://127.0.0.1:{self.port}{ready}"), f"{self.name}'s proxy", 60, self.proxy)
