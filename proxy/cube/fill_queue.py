@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import pickle
 import signal
 from collections.abc import AsyncIterator
 from multiprocessing.connection import Connection
@@ -36,6 +37,8 @@ from proxy.errors import ApiError
 
 log = logging.getLogger(__name__)
 
+#: the pickle protocol on the fill process's pipe
+PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: seconds a fill process may take to exit once told to (its pipe closed, then SIGTERM) before it is killed
 EXIT_SECONDS = 2.0
 
@@ -51,7 +54,7 @@ def serve_fills(pipe: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
-            plan, raw = pipe.recv()
+            plan, raw = _receive(pipe)
         except (EOFError, OSError):
             return  # the worker closed its end, or is gone
         try:
@@ -59,13 +62,22 @@ def serve_fills(pipe: Connection) -> None:
         except Exception as exc:  # every failure goes back to the caller, as it is
             reply = (False, exc)
         try:
-            pipe.send(reply)
-        except (EOFError, OSError):
-            return
-        except Exception:  # an error that does not pickle (nothing was sent): its text goes back instead
-            with contextlib.suppress(OSError):  # or, the pipe gone, the next read ends this process
-                pipe.send((False, RuntimeError(repr(reply[1]))))
+            message = pickle.dumps(reply, PROTOCOL)
+        except Exception:  # an error that does not pickle: its text goes back instead
+            message = pickle.dumps((False, RuntimeError(repr(reply[1]))), PROTOCOL)
         del plan, raw, reply
+        try:
+            pipe.send_bytes(message)
+        except OSError:
+            return
+        del message
+
+
+def _receive(pipe: Connection) -> Any:
+    """One message, unpickled from bytes. (``Connection.send``/``recv`` pickle through a ``BytesIO`` and an exported
+    view of it, and a failed send that keeps them in a reference cycle makes the collector raise ``BufferError``
+    later; plain bytes keep nothing.)"""
+    return pickle.loads(pipe.recv_bytes())  # noqa: S301 - from our own fill process or worker only
 
 
 def _shutting_down() -> ApiError:
@@ -82,9 +94,11 @@ class _ProcessEnded(Exception):
 
 def _round_trip(pipe: Connection, plan: FillPlan, raw: bytes) -> bytes:
     """One fill, in a thread: send it, wait for its answer (the process works on one at a time)."""
+    message = pickle.dumps((plan, raw), PROTOCOL)
     try:
-        pipe.send((plan, raw))
-        ok, result = pipe.recv()
+        pipe.send_bytes(message)
+        del message
+        ok, result = _receive(pipe)
     except (EOFError, OSError):
         raise _ProcessEnded from None
     if ok:
