@@ -8,6 +8,9 @@ from proxy.cube.answers import error_text, is_continue_wait, map_cube_error
     [
         "Code: 81. DB::Exception: Database gitlab_project_9 doesn't exist. (UNKNOWN_DATABASE)",
         "Code: 60. DB::Exception: Table gitlab_project_9.snowplow_events doesn't exist. (UNKNOWN_TABLE)",
+        # older ClickHouse servers and drivers (Debian's 18.16 with driver 0.28.64) say it without the code
+        "Error: Database gitlab_project_9 doesn't exist",
+        "Error: Table gitlab_project_9.snowplow_events doesn't exist.",
         'Error: relation "gitlab_project_9.events" does not exist',
         'schema "gitlab_project_9" does not exist',
     ],
@@ -48,3 +51,15 @@ def test_a_body_nobody_reads_is_passed_on_unparsed_once_its_outline_is_json():
     for bad in (b'{"results":[{"data":[', b"<html>proxy error</html>", b""):
         with pytest.raises(ApiError, match="not valid JSON"):
             classify_body(bad, parse=False)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Error: Missing columns: 'nope' while processing query",
+        "Error: Unknown identifier: doesn't exist in this table",
+        "Cube not found for path 'Table.count'",
+    ],
+)
+def test_other_clickhouse_errors_are_not_404(message):
+    assert map_cube_error(message)[0] == 400

@@ -7,11 +7,13 @@ from typing import Any
 
 CONTINUE_WAIT = "Continue wait"
 
-# ClickHouse: Code: 81 (UNKNOWN_DATABASE) or Code: 60 (UNKNOWN_TABLE); PostgreSQL: the tenant's
-# schema or table is missing ('relation "gitlab_project_1.events" does not exist',
-# 'schema "gitlab_project_1" does not exist').
+# ClickHouse: Code: 81 (UNKNOWN_DATABASE) or Code: 60 (UNKNOWN_TABLE), or without the code as older
+# servers and drivers say it ('Error: Database gitlab_project_1 doesn't exist', 'Table
+# gitlab_project_1.snowplow_events doesn't exist.'); PostgreSQL: the tenant's schema or table is missing
+# ('relation "gitlab_project_1.events" does not exist', 'schema "gitlab_project_1" does not exist').
 _MISSING_DATABASE = re.compile(
     r"Code:\s*(?:81|60)\b|UNKNOWN_DATABASE|UNKNOWN_TABLE"
+    r"|\b(?:Database|Table)\s+[\w.`\"]+\s+doesn't exist"
     r"|(?:relation|schema)\s+\"[^\"]*\"\s+does not exist",
     re.IGNORECASE,
 )
