@@ -1,4 +1,4 @@
-"""The local stack: PostgreSQL with demo events per project, and a real Cube in front of it.
+"""The local stack: PostgreSQL (or ClickHouse, stack/clickhouse.py) with demo events per project, and a real Cube.
 
 Used by ``make run`` (``python -m stack.run``) and by the integration tests. Every
 server binds 127.0.0.1 only; nothing waits a fixed time (readiness is polled).
@@ -20,8 +20,9 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 HERE = Path(__file__).resolve().parent
 CUBE_DIR = HERE / "cube"
@@ -199,6 +200,23 @@ class Postgres:
         if not exists.strip():
             self.psql(f"CREATE DATABASE {DATABASE}", database="postgres")
 
+    @property
+    def model_path(self) -> Path:
+        return CUBE_DIR / "model"
+
+    def cube_env(self) -> dict[str, str]:
+        return {
+            "CUBEJS_DB_TYPE": "postgres",
+            "CUBEJS_DB_HOST": "127.0.0.1",
+            "CUBEJS_DB_PORT": str(self.port),
+            "CUBEJS_DB_USER": "postgres",
+            "CUBEJS_DB_PASS": "postgres",
+            "CUBEJS_DB_NAME": DATABASE,
+        }
+
+    def seed(self) -> dict[int, int]:
+        return seed(self)
+
     def stop(self) -> None:
         """A fast shutdown through pg_ctl (a signal to runuser would not reach postgres)."""
         if self.proc is None or self.proc.poll() is not None:
@@ -296,14 +314,31 @@ def install_cube() -> None:
         subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=CUBE_DIR, check=True)
 
 
+class Store(Protocol):
+    """A database Cube serves from: its own variables for Cube, and the model Cube compiles for it."""
+
+    @property
+    def model_path(self) -> Path: ...
+
+    def cube_env(self) -> dict[str, str]: ...
+
+    def start(self) -> None: ...
+
+    def seed(self) -> dict[int, int]: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass
 class Cube:
     port: int
-    pg: Postgres
+    store: Store
     secret: str
     log_path: Path
     #: log every Cube event (one JSON line each) so tests can count calls at Cube.
     log_queries: bool = False
+    #: variables an operator might also set (``CUBEJS_DB_NAME``...), over the store's own
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -317,7 +352,8 @@ class Cube:
         except (urllib.error.URLError, OSError):
             return False
 
-    def start(self) -> None:
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Cube's process, not yet waited for (a test of a refused start reads its log)."""
         env = {
             **os.environ,
             "NODE_ENV": "production",  # anything else is Cube's dev mode, which accepts garbage tokens
@@ -325,22 +361,25 @@ class Cube:
             "CUBEJS_CACHE_AND_QUEUE_DRIVER": "memory",
             "CUBEJS_REFRESH_WORKER": "false",
             "CUBEJS_TELEMETRY": "false",
-            "CUBEJS_DB_TYPE": "postgres",
-            "CUBEJS_DB_HOST": "127.0.0.1",
-            "CUBEJS_DB_PORT": str(self.pg.port),
-            "CUBEJS_DB_USER": "postgres",
-            "CUBEJS_DB_PASS": "postgres",
-            "CUBEJS_DB_NAME": "analytics",
+            **self.store.cube_env(),
+            # Cube joins the model path to its working folder: relative to it
+            "CUBE_MODEL_PATH": os.path.relpath(self.store.model_path, CUBE_DIR),
             "CUBE_HOST": "127.0.0.1",
             "CUBE_PORT": str(self.port),
             "CUBE_LOG_QUERIES": "true" if self.log_queries else "false",
         }
-        for unset in ("CUBEJS_PG_SQL_PORT", "CUBEJS_SQL_PORT", "CUBEJS_DEV_MODE"):
-            env.pop(unset, None)
+        for unset in ("CUBEJS_PG_SQL_PORT", "CUBEJS_SQL_PORT", "CUBEJS_DEV_MODE", "CUBEJS_DB_NAME"):
+            if unset not in self.store.cube_env():
+                env.pop(unset, None)
+        env.update(self.extra_env)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             ["node", "server.js"], cwd=CUBE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        return self.proc
+
+    def start(self) -> None:
+        self.launch()
         wait_until(self.ready, f"Cube (log: {self.log_path})", 90, self.proc)
 
     def events(self, message: str) -> list[dict[str, object]]:
@@ -357,10 +396,20 @@ class Cube:
 
 @dataclass
 class Stack:
-    pg: Postgres
+    store: Store
     cube: Cube
     secret: str
     rows: dict[int, int]
+
+    @property
+    def pg(self) -> Postgres:
+        """The PostgreSQL of a stack on PostgreSQL."""
+        assert isinstance(self.store, Postgres), "this stack runs on ClickHouse"
+        return self.store
+
+
+#: the stores the local stack runs on: `make run STORE=...`, and the tests of each
+STORES = ("postgres", "clickhouse")
 
 
 @contextlib.contextmanager
@@ -370,27 +419,37 @@ def running_stack(
     pg_port: int | None = None,
     cube_port: int | None = None,
     log_queries: bool = False,
+    store: str = "postgres",
 ) -> Iterator[Stack]:
-    """PostgreSQL seeded with both demo projects, and Cube in front of it; stopped on exit."""
+    """A store seeded with both demo projects (PostgreSQL or ClickHouse), and Cube in front of it; stopped on exit."""
     install_cube()
     own_dir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="pa-proxy-stack-")) if workdir is None else workdir
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o755)
-    pg = Postgres(workdir / "pgdata", pg_port or free_port())
-    cube = Cube(cube_port or free_port(), pg, secret, workdir / "cube.log", log_queries)
+    database: Store
+    if store == "clickhouse":
+        from stack.clickhouse import ClickHouse
+
+        database = ClickHouse(workdir / "clickhouse", pg_port or free_port())
+    else:
+        database = Postgres(workdir / "pgdata", pg_port or free_port())
+    cube = Cube(cube_port or free_port(), database, secret, workdir / "cube.log", log_queries)
     try:
-        pg.start()
-        rows = seed(pg)
+        database.start()
+        rows = database.seed()
         cube.start()
-        yield Stack(pg, cube, secret, rows)
+        yield Stack(database, cube, secret, rows)
     finally:
         cube.stop()
-        pg.stop()
+        database.stop()
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
+    from stack.clickhouse import DEMO_CLICKHOUSE_SQL, demo_clickhouse_sql
+
     DEMO_SQL.write_text(demo_sql())
-    print(f"wrote {DEMO_SQL}")
+    DEMO_CLICKHOUSE_SQL.write_text(demo_clickhouse_sql())
+    print(f"wrote {DEMO_SQL} and {DEMO_CLICKHOUSE_SQL}")

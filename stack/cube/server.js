@@ -3,7 +3,13 @@
 // an express app bound to loopback, with the shipped tenant configuration
 // (deploy/cube/cube.js: one model, orchestrator and schema per GitLab project, keyed
 // by the JWT's appId) and the connection from Cube's own CUBEJS_DB_* variables.
+const http = require('http');
 const path = require('path');
+
+// Node 20's global agent closes a socket that has been idle for 5 s; the ClickHouse driver's HTTP client waits
+// silently on its socket while a query runs, so any query over 5 s ended in "socket hang up". Cube 0.33's image
+// runs Node 16, whose agent keeps no such timeout: the local Cube does the same.
+http.globalAgent = new http.Agent();
 const express = require('express');
 const { CubejsServerCore } = require('@cubejs-backend/server-core');
 

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from proxy.settings import settings_from_mapping
+from stack.clickhouse import COLUMNS
 from stack.localstack import Stack, cube_token, running_stack
 from tests.fakes.gitlab import FakeGitLab
 from tests.fakes.gitlab_web import web_ui_routes
@@ -35,11 +36,36 @@ def stack() -> Iterator[Stack]:
         yield running
 
 
-def stack_settings(stack: Stack, gitlab_url: str, **cube: Any):
+#: project 5 has no database on ClickHouse, project 7 a database without the table (the fake GitLab's project 5,
+#: and a project 7 the ClickHouse tests add to it); ``default`` and ``analytics`` (a database an operator might
+#: name in CUBEJS_DB_NAME) hold rows of an event no demo project has, so a tenant that reads them shows it
+NO_DATABASE, NO_TABLE = 5, 7
+NOT_THIS_TENANT = "not_this_tenants_event"
+
+
+@pytest.fixture(scope="session")
+def clickhouse_stack() -> Iterator[Stack]:
+    """Debian's ClickHouse with GitLab's layout (a database per project), seeded, and Cube on the shipped files."""
+    with running_stack(STACK_KEY, log_queries=True, store="clickhouse") as running:
+        clickhouse = running.store
+        clickhouse.query(f"CREATE DATABASE IF NOT EXISTS gitlab_project_{NO_TABLE}")  # type: ignore[attr-defined]
+        for database in ("default", "analytics"):
+            clickhouse.query(f"CREATE DATABASE IF NOT EXISTS {database}")  # type: ignore[attr-defined]
+            clickhouse.query(  # type: ignore[attr-defined]
+                f"CREATE TABLE {database}.snowplow_events AS gitlab_project_1.snowplow_events"
+            )
+            columns = ", ".join(f"'{NOT_THIS_TENANT}'" if name == "event_name" else name for name, _ in COLUMNS)
+            clickhouse.query(  # type: ignore[attr-defined]
+                f"INSERT INTO {database}.snowplow_events SELECT {columns} FROM gitlab_project_1.snowplow_events"  # noqa: S608
+            )
+        yield running
+
+
+def stack_settings(stack: Stack, gitlab_url: str, cube_url: str | None = None, **cube: Any):
     return settings_from_mapping(
         {
             "gitlab": {"url": gitlab_url},
-            "product_analytics": {"cube_api_base_url": stack.cube.url, "cube_api_key": STACK_KEY},
+            "product_analytics": {"cube_api_base_url": cube_url or stack.cube.url, "cube_api_key": STACK_KEY},
             "cube": {"continue_wait_budget": 25.0, **cube},
             "limits": {"rate_limit": 0.0},
         },
@@ -56,12 +82,14 @@ def signed(project_id: int) -> str:
     return cube_token(STACK_KEY, project_id, issuer="tests")
 
 
-async def direct(stack: Stack, project_id: int, endpoint: str, query: dict[str, Any] | None = None) -> tuple[int, Any]:
+async def direct(
+    stack: Stack, project_id: int, endpoint: str, query: dict[str, Any] | None = None, cube_url: str | None = None
+) -> tuple[int, Any]:
     """Ask Cube itself, correctly signed, asking again on Continue wait as Cube's client does."""
     async with aiohttp.ClientSession() as session:
         for _ in range(20):
             headers = {"Authorization": signed(project_id)}
-            url = f"{stack.cube.url}/cubejs-api/v1/{endpoint}"
+            url = f"{cube_url or stack.cube.url}/cubejs-api/v1/{endpoint}"
             if query is None:
                 resp = await session.get(url, headers=headers)
             else:
