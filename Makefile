@@ -6,7 +6,7 @@ CUBE_DIR := stack/cube
 CLIENT_DIR := stack/client
 
 .DEFAULT_GOAL := help
-.PHONY: help install postgres test-tools bench-tools lock run test test-unit test-pythons fuzz soak lint format bench clean
+.PHONY: help install postgres clickhouse test-tools bench-tools lock run test test-unit test-pythons fuzz soak lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,11 @@ postgres: ## Make sure PostgreSQL's server is installed (Debian's postgresql; ne
 		echo "installing PostgreSQL from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
+clickhouse: ## Make sure ClickHouse's server is installed (Debian's clickhouse-server; needs root)
+	@command -v clickhouse-server >/dev/null 2>&1 || test -x /usr/sbin/clickhouse-server || { \
+		echo "installing ClickHouse from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server >/dev/null; }
+
 test-tools: ## Make sure Chromium, nginx, Redis, Redis Sentinel and promtool are installed for the tests (Debian's packages; needs root)
 	@command -v chromium >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 && command -v redis-sentinel >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
 		echo "installing chromium, nginx, redis-server, redis-sentinel and promtool (prometheus) from Debian"; \
@@ -43,10 +48,13 @@ bench-tools: ## Make sure wrk, nginx and valgrind are installed (Debian's packag
 		echo "installing wrk, nginx and valgrind from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light valgrind >/dev/null; }
 
-run: install postgres ## Run the proxy on a local stack (PostgreSQL + demo data + Cube); Ctrl-C stops it
-	$(PY) -m stack.run
+#: the store `make run` serves from: postgres (the default) or clickhouse (GitLab's own: a database per project)
+STORE ?= postgres
 
-test: install postgres test-tools ## Run every test (unit and real-stack) with coverage of proxy/
+run: install $(if $(filter clickhouse,$(STORE)),clickhouse,postgres) ## Run the proxy on a local stack (PostgreSQL, or STORE=clickhouse, + demo data + Cube); Ctrl-C stops it
+	$(PY) -m stack.run --store $(STORE)
+
+test: install postgres clickhouse test-tools ## Run every test (unit and real-stack on PostgreSQL and ClickHouse) with coverage of proxy/
 	$(PY) -m pytest --cov=proxy --cov-report=term-missing --cov-report=xml
 
 test-unit: install ## Only the tests that need no PostgreSQL or Cube

@@ -85,6 +85,17 @@ def free_port() -> int:
         return port
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on ``host:port`` (a socket in TIME_WAIT does not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def pg_bin(name: str) -> str:
     for directory in PG_BIN_CANDIDATES:
         if (directory / name).exists():
@@ -353,7 +364,12 @@ class Cube:
             return False
 
     def launch(self) -> subprocess.Popen[bytes]:
-        """Cube's process, not yet waited for (a test of a refused start reads its log)."""
+        """Cube's process, not yet waited for (a test of a refused start reads its log).
+
+        A port something else listens on is refused first: another Cube there would answer the readiness poll
+        while this one failed to bind."""
+        if not port_free(self.port):
+            raise RuntimeError(f"port {self.port} (Cube's) is in use by another process: stop it, or pick another")
         env = {
             **os.environ,
             "NODE_ENV": "production",  # anything else is Cube's dev mode, which accepts garbage tokens

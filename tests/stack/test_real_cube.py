@@ -240,6 +240,8 @@ def test_cube_dir_is_the_pinned_install():
     lock = json.loads((CUBE_DIR / "package-lock.json").read_text())
     assert lock["packages"]["node_modules/@cubejs-backend/server-core"]["version"] == "0.33.65"
     assert lock["packages"]["node_modules/@cubejs-backend/postgres-driver"]["version"] == "0.35.81"
+    # the newest 0.x ClickHouse driver the npm registry serves (it prefers CUBEJS_DB_NAME: cube.js overrides that)
+    assert lock["packages"]["node_modules/@cubejs-backend/clickhouse-driver"]["version"] == "0.28.64"
 
 
 @pytest.mark.parametrize("app_id", ["gitlab_project_", "gitlab_project_1; DROP SCHEMA x", "other_app", None])
