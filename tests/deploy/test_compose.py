@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from proxy.settings import settings_from_mapping
+from stack.clickhouse import CUBE_PASSWORD, CUBE_USER, DEMO_CLICKHOUSE_SQL, SHIPPED_MODEL, demo_clickhouse_sql
 from stack.localstack import CUBE_DIR, DEMO_SQL, demo_sql
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ def test_every_file_compose_mounts_exists() -> None:
 
 def test_the_proxy_runs_make_runs_settings_but_for_where_the_services_are() -> None:
     services = compose()["services"]
-    for name in ("proxy", "proxy-fleet"):
+    for name in ("proxy", "proxy-fleet", "proxy-clickhouse"):
         proxy = services[name]
         files = mounts(proxy)
         env = {k: str(v) for k, v in proxy["environment"].items()}
@@ -81,7 +82,9 @@ def test_the_proxy_runs_make_runs_settings_but_for_where_the_services_are() -> N
         if name == "proxy-fleet":
             expected |= {"redis.url", "redis.signing_key"}
         assert changed == expected, changed
-        assert in_compose.product_analytics.cube_api_base_url == "http://cube:4000"
+        cube = "cube-clickhouse" if name == "proxy-clickhouse" else "cube"
+        assert in_compose.product_analytics.cube_api_base_url == f"http://{cube}:4000"
+        assert cube in proxy["depends_on"]
 
 
 def test_cube_and_postgres_run_the_stacks_files_and_data() -> None:
@@ -102,3 +105,26 @@ def test_cube_and_postgres_run_the_stacks_files_and_data() -> None:
 def test_the_demo_data_file_is_what_the_stack_generates() -> None:
     """stack/demo.sql is written by `python -m stack.localstack`; the local stack loads the same file."""
     assert DEMO_SQL.read_text() == demo_sql()
+
+    assert DEMO_CLICKHOUSE_SQL.read_text() == demo_clickhouse_sql()
+
+
+def test_the_clickhouse_profile_runs_the_shipped_files_and_names_no_database() -> None:
+    services = compose()["services"]
+    cube, clickhouse = services["cube-clickhouse"], services["clickhouse"]
+    assert {cube["profiles"][0], clickhouse["profiles"][0], services["proxy-clickhouse"]["profiles"][0]} == {
+        "clickhouse"
+    }
+    cube_files = mounts(cube)
+    assert cube_files["/cube/conf/cube.js"] == ROOT / "deploy" / "kubernetes" / "base" / "cube.js"
+    assert cube_files["/cube/conf/model"] == SHIPPED_MODEL  # what the Kubernetes component ships
+    assert cube["image"] == services["cube"]["image"]
+    env = cube["environment"]
+    assert (env["CUBEJS_DB_TYPE"], env["CUBEJS_DB_HOST"], env["CUBEJS_DB_PORT"]) == ("clickhouse", "clickhouse", "8123")
+    assert "CUBEJS_DB_NAME" not in env
+    assert (env["CUBEJS_DB_USER"], env["CUBEJS_DB_PASS"]) == (CUBE_USER, CUBE_PASSWORD)
+    assert (clickhouse["environment"]["CLICKHOUSE_USER"], clickhouse["environment"]["CLICKHOUSE_PASSWORD"]) == (
+        CUBE_USER,
+        CUBE_PASSWORD,
+    )
+    assert mounts(clickhouse)["/docker-entrypoint-initdb.d/demo.sql"] == DEMO_CLICKHOUSE_SQL

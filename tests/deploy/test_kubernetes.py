@@ -30,7 +30,7 @@ from tests.processes import kill_group
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
 KUBERNETES = "1.33.0"
-OVERLAYS = ("example", "fleet")
+OVERLAYS = ("example", "fleet", "clickhouse")
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -273,3 +273,30 @@ async def test_the_fleet_overlay_renders_and_its_redis_admits_only_the_proxy_wit
             await anonymous.aclose()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_of_an_overlay_lands_in_its_namespace(overlay: str) -> None:
+    """A component's objects too: generated names are rewritten only within one namespace (the fleet's Redis had
+    none, and a ClickHouse model ConfigMap in no namespace left the Deployment naming one without its hash)."""
+    assert {doc["metadata"].get("namespace") for doc in render(overlay)} == {"analytics"}
+
+
+def test_the_clickhouse_overlay_is_example_plus_clickhouse_and_names_no_database() -> None:
+    example, clickhouse = by_kind(render("example")), by_kind(render("clickhouse"))
+    assert set(example) <= set(clickhouse), set(example) - set(clickhouse)
+    pod = clickhouse[("Deployment", "product-analytics-proxy")]["spec"]["template"]["spec"]
+    [cube] = pod["initContainers"]
+    sources = [next(iter(s.values()))["name"] for s in cube["envFrom"]]
+    where = clickhouse[("ConfigMap", "product-analytics-cube-clickhouse")]
+    assert sources == ["product-analytics-cube-database", where["metadata"]["name"]]  # the ConfigMap's, last, wins
+    assert where["data"]["CUBEJS_DB_TYPE"] == "clickhouse" and where["data"]["CUBEJS_DB_PORT"] == "8123"
+    secret = clickhouse[("Secret", "product-analytics-cube-database")]["stringData"]
+    assert set(secret) == {"CUBEJS_DB_USER", "CUBEJS_DB_PASS"}
+    assert not any("CUBEJS_DB_NAME" in str(doc) for doc in clickhouse.values() if doc["kind"] != "ConfigMap"
+                   or "cube.js" not in doc["data"])  # fmt: skip
+    volumes = {v["name"]: v.get("configMap", {}).get("name") for v in pod["volumes"]}
+    model = clickhouse[("ConfigMap", "product-analytics-cube-model")]
+    assert volumes["cube-model"] == model["metadata"]["name"]  # the generated, hash-suffixed model
+    shipped = DEPLOY / "components" / "clickhouse" / "model"
+    assert model["data"] == {path.name: path.read_text() for path in shipped.glob("*.js")}

@@ -48,16 +48,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from stack.localstack import CUBE_DIR, free_port, stop_process
+from stack.localstack import CUBE_DIR, Store, free_port, stop_process
 from stack.nginx import start_nginx, write_conf
-from tests.conftest import QUERY
+from tests.conftest import MAINTAINER, QUERY, REPORTER
 from tests.deploy.test_kubernetes import by_kind, render
 from tests.fakes.gitlab import FakeToken
+from tests.stack.conftest import NO_DATABASE
 
 pytestmark = pytest.mark.stack
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
-#: what the user supplies beside the manifests (the Deployment's envFrom Secret): the local stack's PostgreSQL
+#: what the user supplies beside the manifests (the Deployment's envFrom Secret): the local stack's store
 DATABASE_SECRET = "product-analytics-cube-database"
 #: a container's temporary directory (its emptyDir, in the manifests), as the container sees it
 CONTAINER_TMP = "/tmp"  # noqa: S108 - a path inside the container
@@ -88,7 +89,15 @@ async def _until(check, what: str, timeout: float, proc: subprocess.Popen[bytes]
 class Pod:
     """One pod of the rendered Deployment, its containers started in the kubelet's order."""
 
-    def __init__(self, name: str, rendered: dict[tuple[str, str], Any], root: Path, pg_port: int, gitlab_url: str):
+    def __init__(
+        self,
+        name: str,
+        rendered: dict[tuple[str, str], Any],
+        root: Path,
+        store: Store,
+        gitlab_url: str,
+        database_env: dict[str, str] | None = None,
+    ):
         self.name = name
         self.root = root / name
         deployment = rendered[("Deployment", "product-analytics-proxy")]
@@ -96,8 +105,12 @@ class Pod:
         self.grace = float(self.spec["terminationGracePeriodSeconds"])
         self.secret = rendered[("Secret", "product-analytics-proxy-keys")]["stringData"]
         self.configmaps = {d["metadata"]["name"]: d for d in rendered.values() if d["kind"] == "ConfigMap"}
+        #: the keys the overlay's own database Secret names, if it ships an example of one
+        database = rendered.get(("Secret", DATABASE_SECRET), {}).get("stringData")
+        self.database_keys = set(database) if database is not None else None
         self.cube_port, self.port = free_port(), free_port()
-        self.pg_port, self.gitlab_url = pg_port, gitlab_url
+        self.store, self.gitlab_url = store, gitlab_url
+        self.database_env = database_env or {}
         self.cube: subprocess.Popen[bytes] | None = None
         self.proxy: subprocess.Popen[bytes] | None = None
 
@@ -200,19 +213,17 @@ class Pod:
 
     def _env(self, container: dict[str, Any]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "CUBEJS_")) and k != "TMPDIR"}
-        for source in container.get("envFrom", []):
-            assert source["secretRef"]["name"] == DATABASE_SECRET
-            env.update(
-                {
-                    "CUBEJS_DB_TYPE": "postgres",
-                    "CUBEJS_DB_HOST": "127.0.0.1",
-                    "CUBEJS_DB_PORT": str(self.pg_port),
-                    "CUBEJS_DB_USER": "postgres",
-                    "CUBEJS_DB_PASS": "postgres",
-                    "CUBEJS_DB_NAME": "analytics",
-                    "CUBEJS_CACHE_AND_QUEUE_DRIVER": "memory",  # no Cube Store here
-                }
-            )
+        local = self.store.cube_env()
+        for source in container.get("envFrom", []):  # in order: a later source wins, as in Kubernetes
+            if "secretRef" in source:  # the user's own database Secret: the local stack's store, its keys if shipped
+                assert source["secretRef"]["name"] == DATABASE_SECRET
+                keys = local.keys() if self.database_keys is None else self.database_keys
+                env.update({key: local[key] for key in keys if key in local} | self.database_env)
+            else:  # a shipped ConfigMap of Cube's variables: where the database is, moved to this machine's
+                data = self.configmaps[source["configMapRef"]["name"]]["data"]
+                moved = {"CUBEJS_DB_HOST": local["CUBEJS_DB_HOST"], "CUBEJS_DB_PORT": local["CUBEJS_DB_PORT"]}
+                env.update(data | {key: value for key, value in moved.items() if key in data})
+            env["CUBEJS_CACHE_AND_QUEUE_DRIVER"] = "memory"  # no Cube Store here
         for entry in container.get("env", []):
             if "value" in entry:
                 env[entry["name"]] = (
@@ -391,7 +402,7 @@ async def _rolling_replacement(
     for token in tokens:  # a token each: the proxy's rate limit is per caller
         gitlab.tokens[token] = FakeToken(1, ["api"])
     rendered = by_kind(render("example"))
-    pods = [Pod(f"pod-{n}", rendered, pods_root, stack.pg.port, gitlab_url) for n in range(2)]
+    pods = [Pod(f"pod-{n}", rendered, pods_root, stack.store, gitlab_url) for n in range(2)]
     service = Service(tmp_path)
     started: list[Pod] = []
     try:
@@ -404,7 +415,7 @@ async def _rolling_replacement(
         try:
             await _until(lambda: callers.statuses[200] >= 20, f"traffic through both pods ({callers.statuses})", 30)
             for n in range(replace):  # maxSurge 1, maxUnavailable 0: a new pod Ready, then an old one goes
-                new = Pod(f"pod-new-{n}", rendered, pods_root, stack.pg.port, gitlab_url)
+                new = Pod(f"pod-new-{n}", rendered, pods_root, stack.store, gitlab_url)
                 started.append(new)
                 await new.start()
                 old = pods.pop(0)
@@ -447,10 +458,35 @@ async def test_the_emulation_holds_a_container_to_its_read_only_root(pods_root, 
     spec = rendered[("Deployment", "product-analytics-proxy")]["spec"]["template"]["spec"]
     [proxy] = spec["containers"]
     proxy["volumeMounts"] = [m for m in proxy["volumeMounts"] if m["name"] != "tmp"]  # its emptyDir at /tmp
-    pod = Pod("pod-without-tmp", rendered, pods_root, stack.pg.port, gitlab_url)
+    pod = Pod("pod-without-tmp", rendered, pods_root, stack.store, gitlab_url)
     try:
         with pytest.raises(AssertionError, match="proxy: the process exited with 1"):
             await pod.start()
         assert "No usable temporary directory" in (pod.root / "proxy.log").read_text()
+    finally:
+        pod.kill()
+
+
+@pytest.mark.parametrize(
+    "database_env", [{}, {"CUBEJS_DB_NAME": "gitlab_project_1"}], ids=["as_shipped", "db_name_set"]
+)
+async def test_the_clickhouse_overlay_keeps_each_project_to_its_own_database(
+    pods_root, clickhouse_stack, gitlab_url, database_env
+):
+    """The clickhouse overlay as rendered (its cube.js, its model of GitLab's members, its ConfigMap of where
+    ClickHouse is, the Secret's keys) on Debian's ClickHouse: each project its own rows, also with CUBEJS_DB_NAME
+    set in the Secret as Cube's docs tell operators to; a project without a database is 404."""
+    rendered = by_kind(render("clickhouse"))
+    pod = Pod("pod-clickhouse", rendered, pods_root, clickhouse_stack.store, gitlab_url, database_env)
+    try:
+        await pod.start()
+        totals = await _totals(pod.port, REPORTER["PRIVATE-TOKEN"])
+        assert totals == {1: clickhouse_stack.rows[1], 2: clickhouse_stack.rows[2]}
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{pod.port}/api/v4/projects/{NO_DATABASE}/product_analytics/request/load"
+            async with session.post(url, json={"query": QUERY}, headers=MAINTAINER) as resp:
+                assert (resp.status, await resp.json()) == (404, {"message": "404 Clickhouse Database Not Found"})
+        log = (pod.root / "cube.log").read_text()
+        assert ("CUBEJS_DB_NAME=gitlab_project_1 is ignored on ClickHouse" in log) == bool(database_env)
     finally:
         pod.kill()
