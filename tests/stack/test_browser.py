@@ -3,7 +3,7 @@
 Chromium signs in to the fake GitLab through nginx (GitLab's load balancer, one origin),
 opens an analytics dashboard page that runs GitLab's client code (``@cubejs-client/core``'s
 browser build, configured as ``cube_analytics.js`` configures it), and the numbers it
-renders are compared with Cube's own answer for that tenant. Another origin's page then
+renders are compared with Cube's own answer for that tenant, on PostgreSQL and on ClickHouse. Another origin's page then
 tries the same API with the browser's cookies and is refused, with nothing reaching Cube.
 Each test runs through both front doors (``proxy`` is served both ways).
 """
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from stack.localstack import wait_until
+from stack.localstack import Stack, wait_until
 from tests.stack.browser import chromium, load_balancer
-from tests.stack.conftest import direct
+from tests.stack.conftest import direct, stack_settings
 
 pytestmark = pytest.mark.stack
 
@@ -53,7 +53,21 @@ async def sign_in(page: Any, origin: str, target: str, username: str = "alice") 
     await page.wait_for_url(f"{origin}{target}")
 
 
-async def test_gitlabs_dashboard_renders_cubes_numbers_through_the_proxy(stack, proxy, gitlab, gitlab_port, tmp_path):
+@pytest.fixture(params=["stack", "clickhouse_stack"], ids=["postgres", "clickhouse"])
+def any_stack(request: pytest.FixtureRequest) -> Stack:
+    """The real stack on each store: PostgreSQL (a schema per project) and ClickHouse (a database per project)."""
+    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def any_proxy(any_stack, gitlab_url, make_client):
+    return await make_client(stack_settings(any_stack, gitlab_url))
+
+
+async def test_gitlabs_dashboard_renders_cubes_numbers_through_the_proxy(
+    any_stack, any_proxy, gitlab, gitlab_port, tmp_path
+):
+    stack, proxy = any_stack, any_proxy
     with load_balancer(tmp_path, proxy.server.port, gitlab_port) as origin:
         async with chromium() as context:
             page = await context.new_page()
