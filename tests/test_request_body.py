@@ -20,6 +20,22 @@ def test_fingerprint_ignores_key_order():
     assert a.fingerprint == b.fingerprint != c.fingerprint
 
 
+def test_an_order_objects_key_order_reaches_cube_and_tells_calls_apart():
+    """Cube sorts by an ``order`` object's keys in their order: that order is the caller's, never sorted away."""
+    by_path = {"A.path": "asc", "A.count": "desc"}
+    by_count = {"A.count": "desc", "A.path": "asc"}
+    a = query_request({"query": {"measures": ["A.count"], "order": by_path, "limit": 3}}, {})
+    b = query_request({"query": {"limit": 3, "order": by_count, "measures": ["A.count"]}}, {})
+    assert list(orjson.loads(a.payload)["query"]["order"]) == ["A.path", "A.count"]
+    assert list(orjson.loads(b.payload)["query"]["order"]) == ["A.count", "A.path"]
+    assert a.fingerprint != b.fingerprint
+    # the other keys' order still means nothing; Cube's array form of the same order is the same call
+    c = query_request({"query": {"order": by_path, "limit": 3, "measures": ["A.count"]}}, {})
+    pairs = [["A.path", "asc"], ["A.count", "desc"]]
+    d = query_request({"query": {"measures": ["A.count"], "order": pairs, "limit": 3}}, {})
+    assert a.fingerprint == c.fingerprint == d.fingerprint
+
+
 def test_include_token_from_body_or_query_string():
     assert query_request({"query": {}, "include_token": True}, {}).include_token
     assert query_request({"query": {}}, {"include_token": "true"}).include_token

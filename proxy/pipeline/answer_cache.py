@@ -15,8 +15,8 @@ need not ask Cube once per viewer. Rules, in ``Pipeline.answer_query``'s order:
   it is a whole ``200`` that is not "Continue wait" and at most ``answer_max_bytes``.
 
 The key is the tenant (project, Cube URL and key), the endpoint and the query in canonical
-form (object keys sorted, list order kept: it is meaningful to Cube), ``renewQuery`` left
-out. Entries are bounded by bytes: the least recently used go first.
+form (``request_body.canonical``: object keys sorted but ``order``'s, list order kept: both
+are meaningful to Cube), ``renewQuery`` left out. Entries are bounded by bytes: the least recently used go first.
 """
 
 from __future__ import annotations
@@ -27,11 +27,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
-import orjson
-
 from proxy.cube.client import Buffered
 from proxy.cube.tenants import Tenant
-from proxy.pipeline.request_body import QueryRequest
+from proxy.pipeline.request_body import QueryRequest, canonical
 
 #: what a kept answer weighs beyond its body (the key, the entry): so many tiny answers are bounded too
 ENTRY_OVERHEAD = 512
@@ -59,10 +57,9 @@ def answer_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[Answ
     """The query's key, and whether it asks Cube to renew (``renewQuery: true``: bypass, then refresh)."""
     renew = query.query.get("renewQuery") is True
     if "renewQuery" not in query.query:
-        return AnswerKey(tenant, endpoint, query.payload), renew
+        return AnswerKey(tenant, endpoint, query.fingerprint), renew
     rest = {k: v for k, v in query.query.items() if k != "renewQuery"}
-    canonical = orjson.dumps({"query": rest, "queryType": query.query_type}, option=orjson.OPT_SORT_KEYS)
-    return AnswerKey(tenant, endpoint, canonical), renew
+    return AnswerKey(tenant, endpoint, canonical(rest, query.query_type)), renew
 
 
 class AnswerCache:

@@ -16,13 +16,32 @@ class QueryRequest(NamedTuple):
     query: dict[str, Any]
     query_type: str
     include_token: bool
-    #: exactly ``{"query": ..., "queryType": ...}``, serialised once with sorted keys.
+    #: what Cube receives: exactly ``{"query": ..., "queryType": ...}``, its meaning the caller's (see ``canonical``)
     payload: bytes
+    #: the query in canonical form: calls that mean the same to Cube have the same fingerprint
+    fingerprint: bytes
 
-    @property
-    def fingerprint(self) -> bytes:
-        """Identical calls have identical payloads (sorted keys), so the payload identifies them."""
-        return self.payload
+
+def canonical(query: Mapping[str, Any], query_type: str) -> bytes:
+    """``{"query": ..., "queryType": ...}`` in canonical form: object keys sorted, list order kept, and the one
+    object whose key order Cube reads, ``order``, as its list of ``[member, direction]`` pairs in the caller's order
+    (Cube's own array form of it: the same meaning, so the two forms share a key)."""
+    order = query.get("order")
+    if isinstance(order, dict):
+        query = {**query, "order": [[member, direction] for member, direction in order.items()]}
+    return orjson.dumps({"query": query, "queryType": query_type}, option=orjson.OPT_SORT_KEYS)
+
+
+def payload_and_fingerprint(query: Mapping[str, Any], query_type: str) -> tuple[bytes, bytes]:
+    """What Cube receives and the canonical key, serialised once where they can be the same bytes.
+
+    Cube reads an ``order`` object in its key order (``{"a": "asc", "b": "desc"}`` sorts by ``a`` first), so a
+    query with one goes to Cube in the caller's key order, and its key is ``canonical``; any other query means
+    the same whatever its key order, so its canonical form is what Cube receives too."""
+    if isinstance(query.get("order"), dict):
+        return orjson.dumps({"query": query, "queryType": query_type}), canonical(query, query_type)
+    same = orjson.dumps({"query": query, "queryType": query_type}, option=orjson.OPT_SORT_KEYS)
+    return same, same
 
 
 class BodySource(Protocol):
@@ -118,5 +137,5 @@ def query_request(body: Mapping[str, Any], query_params: Mapping[str, str]) -> Q
         include_token = _bool_param(body["include_token"], "include_token")
     elif "include_token" in query_params:
         include_token = _bool_param(query_params["include_token"], "include_token")
-    payload = orjson.dumps({"query": query, "queryType": query_type}, option=orjson.OPT_SORT_KEYS)
-    return QueryRequest(query, query_type, include_token, payload)
+    payload, fingerprint = payload_and_fingerprint(query, query_type)
+    return QueryRequest(query, query_type, include_token, payload, fingerprint)

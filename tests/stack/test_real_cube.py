@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from stack.localstack import CUBE_DIR, Cube, free_port
-from tests.conftest import MAINTAINER, REPORTER
+from tests.conftest import MAINTAINER, REPORTER, replace
 from tests.stack.conftest import STACK_KEY, direct, stack_settings
 
 pytestmark = pytest.mark.stack
@@ -267,3 +267,26 @@ def test_the_stack_runs_the_shipped_tenant_file():
     assert (
         "'deploy', 'kubernetes', 'base', 'cube.js'" in server and "contextToAppId" not in server
     )  # one file, not a copy
+
+
+@pytest.mark.parametrize("answer_ttl", [0.0, 60.0], ids=["cache_off", "cache_on"])
+async def test_an_order_objects_key_order_gets_cubes_own_rows_for_each(stack, gitlab_url, make_client, answer_ttl):
+    """Cube sorts by an ``order`` object's keys in their order: each form gets the rows Cube gives it, and neither
+    is answered with the other's (from a flight in common or from the answer cache)."""
+    settings = stack_settings(stack, gitlab_url)
+    settings = replace(settings, "product_analytics", answer_ttl=answer_ttl)
+    proxy = await make_client(settings)
+    base = {"measures": ["TrackedEvents.count"], "dimensions": ["TrackedEvents.pageUrlpath"], "limit": 3}
+    forms = [
+        {**base, "order": {"TrackedEvents.pageUrlpath": "asc", "TrackedEvents.count": "desc"}},
+        {**base, "order": {"TrackedEvents.count": "desc", "TrackedEvents.pageUrlpath": "asc"}},
+    ]
+    rows = []
+    for query in forms:
+        _, straight = await direct(stack, 1, "load", query)
+        for _ in range(2):  # the second time from the answer cache, when it is on
+            status, through = await load(proxy, 1, query)
+            assert status == 200, through
+            assert through["results"][0]["data"] == straight["results"][0]["data"]
+        rows.append(straight["results"][0]["data"])
+    assert rows[0] != rows[1]  # the two orders do mean two answers on the demo data
