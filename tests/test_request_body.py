@@ -1,10 +1,13 @@
+import gzip
 import time
+import zlib
 
 import orjson
 import pytest
 
 from proxy.errors import ApiError
-from proxy.pipeline.request_body import json_depth_ok, parse_body, query_request
+from proxy.pipeline.request_body import MAX_MEMBERS, inflate, json_depth_ok, parse_body, query_request
+from tests.stranger_load import gzip_bomb
 
 
 def test_only_query_and_query_type_reach_cube():
@@ -107,3 +110,40 @@ def test_many_brackets_side_by_side_or_in_strings_are_not_depth():
     assert parse_body(b'{"a": [1], "b": [2], "c": [3], "d": "[[[[{{{{"}', 2)["d"] == "[[[[{{{{"
     with pytest.raises(ApiError, match="nested deeper than 2"):
         parse_body(b'{"a": [[1]]}', 2)
+
+
+def test_a_body_is_inflated_as_its_encoding_says_within_the_limit():
+    body = b'{"query": {"measures": ["A.count"]}}'
+    assert inflate(gzip.compress(body), "gzip", 1024) == body
+    assert inflate(gzip.compress(body), " X-Gzip ", 1024) == body
+    assert inflate(zlib.compress(body), "deflate", 1024) == body
+    bare = zlib.compressobj(6, zlib.DEFLATED, -15)
+    assert inflate(bare.compress(body) + bare.flush(), "deflate", 1024) == body  # as some clients send deflate
+    assert inflate(gzip.compress(body[:10]) + gzip.compress(body[10:]), "gzip", 1024) == body  # two members
+    assert inflate(body, "identity", 1024) == inflate(body, "", 1024) == body
+    assert inflate(gzip.compress(b"x" * 1024), "gzip", 1024) == b"x" * 1024  # the limit itself is allowed
+
+
+def test_a_gzip_bomb_is_413_after_inflating_no_more_than_the_limit():
+    bomb = gzip_bomb(1000)  # 1 MiB that inflates to 1000 MiB
+    started = time.process_time()
+    with pytest.raises(ApiError) as refused:
+        inflate(bomb, "gzip", 1024 * 1024)
+    assert refused.value.status == 413 and "1048576 bytes" in refused.value.body["message"]
+    assert time.process_time() - started < 0.05  # what 1 MiB costs, not 1000 MiB (about half a second)
+
+
+@pytest.mark.parametrize(
+    ("raw", "coding", "fragment"),
+    [
+        (b"plain text", "gzip", "could not be decoded as its Content-Encoding ('gzip')"),
+        (gzip.compress(b"{}")[:-6], "gzip", "ends inside its gzip stream"),
+        (b"{}", "br", "Content-Encoding 'br' is not supported: send gzip, deflate or none"),
+        (b"{}", "gzip, deflate", "is not supported"),
+        (gzip.compress(b"") * (MAX_MEMBERS + 1), "gzip", f"more than {MAX_MEMBERS} gzip members"),
+    ],
+)
+def test_a_body_that_does_not_decode_is_a_400_saying_what_to_send(raw, coding, fragment):
+    with pytest.raises(ApiError) as refused:
+        inflate(raw, coding, 1024)
+    assert refused.value.status == 400 and fragment in refused.value.body["message"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import gzip
 import json
 import signal
 import sys
@@ -24,6 +25,7 @@ import pytest
 
 from tests.conftest import QUERY, REPORTER
 from tests.processes import proxy_process
+from tests.stranger_load import gzip_bomb
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 
@@ -189,9 +191,81 @@ async def test_stalled_bodies_past_the_budget_are_refused(tmp_path, gitlab_url, 
         assert held < 100, held
 
 
-def test_the_stranger_load_script_builds_what_it_says():
-    from tests.stranger_load import MIB, body
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process's threads have run so far, to the nanosecond (the scheduler's account)."""
+    return sum(int((task / "schedstat").read_text().split()[0]) for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
 
+
+async def send_bomb(port: int, bomb: bytes, token: str) -> int:
+    """One load with ``bomb`` as its gzip body (with a made-up token, or none when ``token`` is empty), then a
+    liveness probe on the same connection, which the worker answers only once it has read the whole bomb (what an
+    attacker keeping the connection does); the load's status."""
+    token = f"PRIVATE-TOKEN: {token}\r\n" if token else ""
+    head = (
+        f"POST {LOAD} HTTP/1.1\r\nHost: p\r\n{token}Content-Type: application/json\r\n"
+        f"Content-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + bomb + b"GET /-/liveness HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        answers = await asyncio.wait_for(reader.read(), 30)  # both answers, up to the worker's close
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    assert answers.count(b"HTTP/1.1 ") == 2, answers[:300]
+    return int(answers.split(b" ", 2)[1])
+
+
+async def test_a_strangers_gzip_bomb_costs_no_inflation_and_no_stall(tmp_path, gitlab_url, cube_url, cube):
+    """1000 MiB of JSON gzipped into 1 MiB, sent with a made-up token: refused (401) before anything is inflated,
+    and the rest of its body read and dropped as the compressed bytes it is (aiohttp's server inflated it all:
+    0.5 s of the worker's CPU, the loop stalled as long). Its CPU is measured alone; then again with a liveness
+    poller on a connection of its own, for the stall."""
+    bomb = gzip_bomb(1000)
+    liveness = "http://127.0.0.1:{}/-/liveness"
+    async with serving(tmp_path, gitlab_url, cube_url) as (port, worker, _), aiohttp.ClientSession() as session:
+
+        async def probe() -> float:
+            started = time.perf_counter()
+            async with session.get(liveness.format(port)) as resp:
+                await resp.read()
+            return time.perf_counter() - started
+
+        for _ in range(20):  # warm: the poller's connection open, every path once
+            await probe()
+        assert await send_bomb(port, bomb, "") == 401
+        before = cpu_seconds(worker)
+        statuses = [await send_bomb(port, bomb, "" if n == 1 else f"glpat-stranger-{n:012d}") for n in range(1, 4)]
+        await probe()  # the loop went round once more after the last body was dropped
+        spent = (cpu_seconds(worker) - before) / 3
+        done = asyncio.Event()
+        times: list[float] = []
+
+        async def poll() -> None:
+            while not done.is_set():
+                times.append(await probe())
+
+        gc.collect()
+        gc.disable()  # the test process's own collections are not the proxy's stalls
+        polling = asyncio.ensure_future(poll())
+        try:
+            statuses += [await send_bomb(port, bomb, f"glpat-stranger-{n:012d}") for n in range(4, 7)]
+        finally:
+            done.set()
+            await polling
+            gc.enable()
+    assert statuses == [401] * 6
+    assert spent < 0.010, f"{spent * 1000:.1f} ms of the worker's CPU per bomb"
+    assert len(times) >= 3 and max(times) < 0.020, f"a liveness probe answered {max(times) * 1000:.1f} ms late"
+
+
+def test_the_stranger_load_script_builds_what_it_says():
+    from tests.stranger_load import MIB, body, gzip_bomb
+
+    bomb = gzip_bomb(3)
+    assert len(bomb) < 10_000 and len(gzip.decompress(bomb)) == 3 * MIB + 20
     nested = body("nested")
     assert MIB - 300 < len(nested) <= MIB and orjson.loads(nested)["query"]["x"][0][0][0][0] is not None
     assert MIB - 100 < len(body("flat")) <= MIB

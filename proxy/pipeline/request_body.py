@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
@@ -68,6 +69,48 @@ class WholeBody:
 
 def too_large(limit: int) -> ApiError:
     return bad_request(f"the request body is larger than the limit of {limit} bytes", status=413)
+
+
+#: the request body codings the proxy decodes, and zlib's window bits for each (deflate: the zlib wrapping HTTP
+#: names, or a bare stream as some clients send it)
+_CODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+#: gzip members one body may hold (each asks for a decompressor of its own)
+MAX_MEMBERS = 16
+
+
+def inflate(raw: bytes, coding: str, limit: int) -> bytes:
+    """``raw`` decoded as its ``Content-Encoding`` says, into at most ``limit`` bytes.
+
+    Work is bounded by ``limit``, never by the ratio a body declares: inflating stops one byte past the limit (a
+    413), so a gigabyte bomb costs what ``limit`` bytes cost. A coding it does not know, or bytes that do not
+    decode, are a 400 that says what to send."""
+    coding = coding.strip().lower()
+    if coding in ("", "identity"):
+        return raw
+    bits = _CODINGS.get(coding)
+    if bits is None:
+        shown = coding[:32]
+        raise bad_request(f"the request body's Content-Encoding {shown!r} is not supported: send gzip, deflate or none")
+    if coding == "deflate" and raw[:1] != b"\x78":
+        bits = -15  # a bare deflate stream, without zlib's header
+    out = bytearray()
+    rest = raw
+    for _ in range(MAX_MEMBERS):
+        decoder = zlib.decompressobj(bits)
+        try:
+            out += decoder.decompress(rest, limit + 1 - len(out))
+        except zlib.error:
+            raise bad_request(
+                f"the request body could not be decoded as its Content-Encoding ({coding!r}) says"
+            ) from None
+        if len(out) > limit or decoder.unconsumed_tail:
+            raise too_large(limit)
+        if not decoder.eof:
+            raise bad_request(f"the request body ends inside its {coding} stream") from None
+        rest = decoder.unused_data
+        if not rest:
+            return bytes(out)
+    raise bad_request(f"the request body holds more than {MAX_MEMBERS} {coding} members")
 
 
 #: a JSON string, escapes and all (a string may hold brackets that nest nothing)

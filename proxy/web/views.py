@@ -9,14 +9,15 @@ from aiohttp import web
 from proxy.errors import bad_request
 from proxy.pipeline.answers import Buffered, SharedStream, Streamed
 from proxy.pipeline.exchange import Exchange
-from proxy.pipeline.request_body import too_large
+from proxy.pipeline.request_body import inflate, too_large
 from proxy.pipeline.routes import DRY_RUN, LOAD
 from proxy.web.keys import EXCHANGE, PIPELINE
 
 
 class RequestBody:
     """aiohttp's request body for the pipeline: read (once, when the pipeline asks) within the size limit and
-    ``body_timeout``; a body that fails its ``Content-Encoding`` or its framing is a 400."""
+    ``body_timeout``, then inflated as its ``Content-Encoding`` says within that limit (aiohttp's server inflates
+    nothing: ``head_rules.server_limits``); a body that fails its encoding or its framing is a 400."""
 
     __slots__ = ("_request", "length")
 
@@ -29,21 +30,17 @@ class RequestBody:
         limits = request.app[PIPELINE].settings.limits
         try:
             if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
-                return await request.read()
-            async with asyncio.timeout(limits.body_timeout):
-                return await request.read()
+                raw = await request.read()
+            else:
+                async with asyncio.timeout(limits.body_timeout):
+                    raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise too_large(limits.max_body_bytes) from None
         except TimeoutError:
             raise bad_request(f"the request body did not arrive within {limits.body_timeout:g} s", status=408) from None
         except web.RequestPayloadError:
-            raise bad_request(_unreadable(request.headers.get("Content-Encoding"))) from None
-
-
-def _unreadable(encoding: str | None) -> str:
-    if encoding:
-        return f"the request body could not be decoded as its Content-Encoding ({encoding[:32]!r}) says"
-    return "the request body's framing is broken (Content-Length or chunks)"
+            raise bad_request("the request body's framing is broken (Content-Length or chunks)") from None
+        return inflate(raw, request.headers.get("Content-Encoding", ""), limits.max_body_bytes)
 
 
 async def load(request: web.Request) -> web.StreamResponse:
