@@ -32,3 +32,23 @@ def test_cli_checks_the_dev_tokens_file(tmp_path):
     result = run_cli("--check", "--config", str(config))
     assert result.returncode == 2
     assert "cannot be read" in result.stderr
+
+
+def test_check_refuses_durations_nothing_downstream_can_take(tmp_path):
+    """``inf`` made every load a 500 with Redis, ``nan`` turned the answer cache off silently, ``1e300`` broke Redis's
+    writes; ``--check`` called all three valid."""
+    config = tmp_path / "odd.toml"
+    config.write_text(
+        "[product_analytics]\nanswer_ttl = inf\nanswer_stale = nan\n[gitlab]\ncache_ttl = 1e300\n"
+        "[projects.2]\nanswer_ttl = -inf\n[redis]\ntimeout = nan\n"
+    )
+    result = run_cli("--check", "--config", str(config))
+    assert result.returncode == 2
+    for line in (
+        "[product_analytics] answer_ttl: must be a finite number, not inf",
+        "[product_analytics] answer_stale: must be a finite number, not nan",
+        "[gitlab] cache_ttl: must be at most 3.1536e+07 seconds (a year), not 1e+300",
+        "[projects.2] answer_ttl: must not be negative, not -inf",
+        "[redis] timeout: must be a finite number, not nan",
+    ):
+        assert line in result.stderr, result.stderr

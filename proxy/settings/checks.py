@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from proxy.urls import redact_url
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}")
 
 MIN_KEY_BYTES = 32
+#: the longest duration a setting may name (a TTL, timeout, delay...): Redis and the clocks take it as is
+MAX_SECONDS = 365 * 24 * 3600.0
+#: the settings that are durations in seconds, by their names' endings
+_DURATION = re.compile(r"(ttl|timeout|stale|delay|budget|pause|retry_after)$")
 
 
 def _is_http_url(value: str) -> bool:
@@ -95,6 +100,13 @@ def validate(s: Settings, problems: list[str]) -> None:
     for where, value in non_negative.items():
         if value < 0:
             problems.append(f"{where}: must not be negative, not {value!r}")
+    redis_durations = {"[redis] timeout": s.redis.timeout, "[redis] lock_ttl": s.redis.lock_ttl,
+                       "[redis] local_ttl": s.redis.local_ttl}  # fmt: skip
+    for where, value in {**positive, **non_negative, **redis_durations}.items():
+        if not math.isfinite(value):  # nan passes every comparison above, inf every lower bound
+            problems.append(f"{where}: must be a finite number, not {value!r}")
+        elif _DURATION.search(where) and value > MAX_SECONDS:
+            problems.append(f"{where}: must be at most {MAX_SECONDS:g} seconds (a year), not {value!r}")
     if s.server.port > 65535:
         problems.append(f"[server] port: must be at most 65535, not {s.server.port}")
     if s.server.log_format not in {"json", "text"}:
@@ -117,11 +129,7 @@ def validate(s: Settings, problems: list[str]) -> None:
     if not 0 <= s.server.metrics_port <= 65535:
         problems.append(f"[server] metrics_port: must be a port (1-65535) or 0 (off), not {s.server.metrics_port}")
     _validate_redis(s.redis, problems)
-    for where, value in {
-        "[redis] timeout": s.redis.timeout,
-        "[redis] lock_ttl": s.redis.lock_ttl,
-        "[redis] local_ttl": s.redis.local_ttl,
-    }.items():
+    for where, value in redis_durations.items():
         if value <= 0:
             problems.append(f"{where}: must be greater than 0, not {value!r}")
     if not _COOKIE_NAME.fullmatch(s.gitlab.session_cookie):
