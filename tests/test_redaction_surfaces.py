@@ -117,7 +117,8 @@ async def test_status_and_readiness_serve_a_unix_socket_redis_and_show_no_secret
         ready = await proxy.get("/-/readiness")
         body = await ready.text()
         assert ready.status == 200 and "cube-secret" not in body
-        assert orjson.loads(body)["down"] == ["http://[REDACTED]@127.0.0.1:1"]
+        assert orjson.loads(body)["cubes"] == {"up": 1, "down": 1} and "127.0.0.1" not in body  # names no Cube
+        assert "http://[REDACTED]@127.0.0.1:1" in [cube["url"] for cube in report["cubes"]]  # the status page does
         page = await proxy.get("/-/status")
         assert page.status == 200 and not [s for s in SECRETS if s in await page.text()]
     finally:

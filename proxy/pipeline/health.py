@@ -23,15 +23,15 @@ class Health:
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether this proxy can serve, and why: not while shutting down, nor while every Cube is down (one
-        tenant's Cube down is not an outage of the others), nor (``[gitlab] ready_check``) while GitLab is."""
+        tenant's Cube down is not an outage of the others), nor (``[gitlab] ready_check``) while GitLab is. The
+        report names no Cube (how many are up and down): it is the public probe's body."""
         if self.draining:
             return False, {"status": "shutting down"}
         services = self._services
         cubes = await services.readiness.check()
-        report: dict[str, Any] = {
-            "cubes": {redact_url(url): "up" if up else "down" for url, up in cubes.items()},
-            "down": [redact_url(url) for url, up in cubes.items() if not up],
-        }
+        # counts only: the probe is public, and a Cube's host and path are for the protected status page
+        up = sum(cubes.values())
+        report: dict[str, Any] = {"cubes": {"up": up, "down": len(cubes) - up}}
         ready = any(cubes.values())
         gitlab = services.gitlab
         if services.settings.gitlab.ready_check and gitlab is not None:

@@ -165,7 +165,7 @@ def document() -> dict[str, Any]:
                     operation["operationId"] = operation["operationId"] + "_bare"
     paths["/-/liveness"] = _operator("200 while the process serves", _json())
     paths["/-/readiness"] = _operator(
-        "200 while the proxy can serve: each Cube named up or down",
+        "200 while the proxy can serve: how many Cubes are up and down (none named)",
         _json(),
         {"503": {"description": "Shutting down, every Cube down, or (ready_check) GitLab down.", "content": _json()}},
     )
