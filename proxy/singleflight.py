@@ -15,6 +15,14 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+#: the largest value (sealed, as Redis holds it) a cache of small JSON values reads from the shared layer
+SMALL_SHARED_VALUE = 64 * 1024
+
+
+def _always(value: Any) -> bool:
+    return True
+
+
 class SharePolicy(NamedTuple):
     """How one cache's answers are kept in the fleet's shared layer."""
 
@@ -24,6 +32,10 @@ class SharePolicy(NamedTuple):
     ttl: float
     negative_ttl: float
     cache_error: Callable[[BaseException], bool]
+    #: a stored value longer than this is refused unread (someone wrote it: no value of ours is that long)
+    max_bytes: int = SMALL_SHARED_VALUE
+    #: whether a value found in the shared layer is fresh for this reader (a writer's TTL may be longer)
+    fresh: Callable[[Any], bool] = _always
 
 
 class Refusal(NamedTuple):
@@ -86,7 +98,10 @@ class SingleFlightCache(Generic[K, V]):
     def share(self, shared: SharedLoads, namespace: str, codec: Any, local_ttl: float) -> None:
         """Load through the fleet's shared layer: Redis keeps answers for ``ttl`` (and failures for
         ``negative_ttl``) for every process; this process keeps them ``local_ttl`` seconds at most."""
-        self._shared = (shared, SharePolicy(namespace, codec, self._ttl, self._negative_ttl, self._cache_error))
+        # a cache bounded by bytes reads values up to twice its capacity (a body as a JSON string: escaped quotes)
+        largest = 2 * self._capacity + SMALL_SHARED_VALUE if self._size_of is not None else SMALL_SHARED_VALUE
+        policy = SharePolicy(namespace, codec, self._ttl, self._negative_ttl, self._cache_error, largest)
+        self._shared = (shared, policy)
         local = min(self._ttl, local_ttl)
         if self._values is not None:
             self._values = self._store(self._entries, local)

@@ -134,7 +134,13 @@ class CachedQueries:
                 raise _NotKept(answer)
             return body, self.cache.clock()
 
-        policy = SharePolicy("answers", self._codec, key.tenant.answer_ttl, 0.0, _never)
+        ttl = key.tenant.answer_ttl
+        clock = self.cache.clock
+
+        def fresh(value: tuple[bytes, float]) -> bool:  # by this reader's TTL, whatever the writer's was
+            return clock() - value[1] < ttl
+
+        policy = SharePolicy("answers", self._codec, ttl, 0.0, _never, 2 * self._shared_max + 1024, fresh)
         try:
             body, stored = await shared.load(key, load, policy)
         except _NotKept as not_kept:

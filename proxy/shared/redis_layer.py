@@ -46,6 +46,19 @@ log = logging.getLogger(__name__)
 #: how often a process waiting for another's load looks for its answer
 POLL_SECONDS = 0.02
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+#: a value, read only when it is at most ARGV[1] bytes long; else its length (refused unread: nobody of ours wrote
+#: it); with KEYS[2], that key's value too (a lock: at most ARGV[2] bytes, else false), in one round trip
+_BOUNDED_GET = """
+local n = redis.call('STRLEN', KEYS[1])
+local value = false
+if n > tonumber(ARGV[1]) then value = n elseif n > 0 then value = redis.call('GET', KEYS[1]) end
+if #KEYS == 1 then return {value} end
+local held = false
+if redis.call('STRLEN', KEYS[2]) <= tonumber(ARGV[2]) then held = redis.call('GET', KEYS[2]) end
+return {value, held}
+"""
+#: the longest lock of ours (a sealed random token)
+_LOCK_BYTES = 256
 #: a token bucket per key: ARGV rate (tokens/s), burst; returns 0 when a token was taken, else the seconds to
 #: wait. State that is not a bucket this script wrote (not finite, out of range, from the future) is reset.
 _BUCKET = """
@@ -102,23 +115,32 @@ class RedisLayer:
         #: values and locks refused: a bad signature, another format, or past their expiry (a metric)
         self.tampered = 0
         self._release = client.register_script(_RELEASE)
+        self._bounded_get = client.register_script(_BOUNDED_GET)
         self._bucket = client.register_script(_BUCKET)
         #: lock releases still under way for a load that was cancelled (each ends within ``timeout``)
         self._letting_go: set[asyncio.Task[Any]] = set()
 
     # -- the envelope ---------------------------------------------------------------------------
 
-    def _open(self, rkey: str, stored: bytes) -> bytes | None:
-        payload, why = self._envelope.open(rkey, stored)
+    def _open(self, rkey: str, stored: bytes | int) -> bytes | None:
+        """The payload of a value read from Redis, or None: refused (and counted) when its envelope does not open,
+        or when it was too long to read (``stored`` is then its length)."""
+        if isinstance(stored, int):
+            payload, why = None, "oversize"
+        else:
+            payload, why = self._envelope.open(rkey, stored)
         if payload is None:
-            self.tampered += 1
-            log.error(
-                "a shared value was refused (%s) and is ignored: someone wrote to Redis, or the signing keys"
-                " differ across the fleet",
-                why,
-                extra={"event": "shared_value_refused", "reason": why},
-            )
+            self._refused(why)
         return payload
+
+    def _refused(self, why: str) -> None:
+        self.tampered += 1
+        log.error(
+            "a shared value was refused (%s) and is ignored: someone wrote to Redis, or the signing keys"
+            " differ across the fleet",
+            why,
+            extra={"event": "shared_value_refused", "reason": why},
+        )
 
     # -- Redis calls, each with its timeout; a failure marks the layer degraded ---------------
 
@@ -160,36 +182,43 @@ class RedisLayer:
         rkey = f"{self._prefix}{policy.namespace}:{codec.key(key)}"
         lock = f"{rkey}:lock"
         try:
-            found = await self._get(rkey)
+            found = await self._get(rkey, policy)
             if found is not None:
                 return _settle(found, codec)
             held = self._envelope.seal(lock, secrets.token_hex(8).encode(), self._lock_ttl)
             if await self._call(self._redis.set(lock, held, nx=True, px=self._lock_ms)):
                 return await self._load_for_fleet(rkey, lock, held, load, policy)
-            found = await self._wait_for(rkey, lock)
+            found = await self._wait_for(rkey, lock, policy)
             if found is not None:
                 return _settle(found, codec)
         except _RedisFailed:
             pass
         return await load()  # Redis failing, or the lock's holder gone (or not ours) without an answer
 
-    async def _get(self, rkey: str) -> Any | None:
-        stored = await self._call(self._redis.get(rkey))
-        return self._decode(rkey, stored)
+    async def _get(self, rkey: str, policy: SharePolicy) -> Any | None:
+        [stored] = await self._call(self._bounded_get(keys=[rkey], args=[policy.max_bytes]))
+        return self._decode(rkey, stored, policy)
 
-    def _decode(self, rkey: str, stored: bytes | None) -> Any | None:
+    def _decode(self, rkey: str, stored: bytes | int | None, policy: SharePolicy) -> Any | None:
+        """A value found in Redis, or None: none there, refused (its envelope, its size), or not fresh for this
+        reader (an answer a writer with a longer TTL keeps)."""
         if stored is None:
             return None
         payload = self._open(rkey, stored)
-        return None if payload is None else orjson.loads(payload)
+        if payload is None:
+            return None
+        found = orjson.loads(payload)
+        if isinstance(found, dict) and "value" in found and not policy.fresh(policy.codec.load(found["value"])):
+            return None
+        return found
 
-    async def _wait_for(self, rkey: str, lock: str) -> Any | None:
+    async def _wait_for(self, rkey: str, lock: str, policy: SharePolicy) -> Any | None:
         """Another process loads: its answer, or None (load here) once its lock is gone or is not a live lock of
         ours, and at the latest after ``timeout``: a lock costs no longer than a failed Redis call would."""
         deadline = time.monotonic() + self._timeout
         while True:
-            stored, held = await self._call(self._redis.mget(rkey, lock))
-            found = self._decode(rkey, stored)
+            stored, held = await self._call(self._bounded_get(keys=[rkey, lock], args=[policy.max_bytes, _LOCK_BYTES]))
+            found = self._decode(rkey, stored, policy)
             if found is not None:
                 return found
             if held is None or self._open(lock, held) is None:
@@ -206,7 +235,7 @@ class RedisLayer:
         try:
             with contextlib.suppress(_RedisFailed):
                 # another process may have loaded, stored and let go between the miss and this lock
-                found = await self._get(rkey)
+                found = await self._get(rkey, policy)
                 if found is not None:
                     return _settle(found, policy.codec)
             try:
@@ -215,8 +244,8 @@ class RedisLayer:
                 if policy.negative_ttl > 0 and policy.cache_error(exc) and (error := _error_data(exc)) is not None:
                     await self._store(rkey, {"error": error}, policy.negative_ttl)
                 raise
-            if policy.ttl > 0:
-                await self._store(rkey, {"value": policy.codec.dump(value)}, policy.ttl)
+            if policy.ttl > 0 and (data := _dumped(policy, value)) is not None:
+                await self._store(rkey, {"value": data}, policy.ttl)
             return value
         finally:
             await self._let_go(lock, held)
@@ -263,6 +292,20 @@ class _RedisFailed(Exception):
 def _released(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # a failed release was logged by ``_call``; the lock expires by itself
+
+
+def _dumped(policy: SharePolicy, value: Any) -> Any | None:
+    """``value`` in the shared layer's form, or None when it has none (a body that is not UTF-8 text): it is then
+    answered, and kept in this process only."""
+    try:
+        return policy.codec.dump(value)
+    except ValueError:
+        log.warning(
+            "a %s value could not be shared (not text) and stays in this process",
+            policy.namespace,
+            extra={"event": "shared_value_not_shared", "namespace": policy.namespace},
+        )
+        return None
 
 
 def _settle(found: Any, codec: Codec) -> Any:
