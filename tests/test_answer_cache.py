@@ -320,3 +320,34 @@ async def test_a_refresh_that_streams_is_let_go_and_the_stale_answer_served(make
     await until(lambda: sum(pool.open_connections - pool.idle_connections for pool in pools) == 0)
     again, again_body = await load(client)
     assert (again.headers["X-Cache"], again_body) == ("STALE", body)  # nothing kept from the stream
+
+
+def test_a_tenant_holds_at_most_its_share_and_evicts_its_own_first():
+    one, two = (Tenant(n, f"gitlab_project_{n}", "http://cube", "k" * 40, answer_ttl=60.0) for n in (1, 2))
+    cache = AnswerCache(max_bytes=40 * 1024, max_entry_bytes=4096, clock=lambda: 0.0, tenant_share=0.25)
+    panels = [AnswerKey(two, "load", b"panel-%d" % n) for n in range(5)]
+    for key in panels:
+        cache.put(key, b"p" * 1000)
+    for n in range(200):  # the other tenant floods distinct queries
+        cache.put(AnswerKey(one, "load", b"flood-%d" % n), b"f" * 1000)
+    assert all(cache.get(key) is not None for key in panels)  # every panel of project 2 stays
+    flood = [AnswerKey(one, "load", b"flood-%d" % n) for n in range(200)]
+    kept = [key for key in flood if cache.get(key) is not None]
+    assert kept == flood[-len(kept) :] and 0 < len(kept) * (1000 + ENTRY_OVERHEAD) <= 10 * 1024  # its newest, its share
+    assert cache.bytes == (len(kept) + 5) * (1000 + ENTRY_OVERHEAD)
+    assert not cache.keeps(b"x" * (10 * 1024))  # an answer larger than a tenant's share is never kept
+
+
+async def test_one_tenants_flood_leaves_another_tenants_panels_hits(make_settings, make_client, cube):
+    """A Reporter of project 1 within the rate limit sent 480 distinct queries: all of project 2's cached panels
+    went from HIT to MISS. Each project now holds at most its share of the cache."""
+    settings = make_settings(product_analytics={"answer_ttl": 60.0}, cube={"answer_cache_bytes": 256 * 1024})
+    client = await make_client(settings)
+    panels = [{**QUERY, "limit": n + 1} for n in range(10)]
+    maintainer = {"PRIVATE-TOKEN": "glpat-maint-000000000004"}  # a member of both projects
+    for panel in panels:
+        assert (await load(client, panel, project=2, headers=maintainer))[0].headers["X-Cache"] == "MISS"
+    for n in range(300):
+        await load(client, {**QUERY, "filters": [{"member": "A.b", "operator": "equals", "values": [str(n)]}]})
+    statuses = [(await load(client, panel, project=2, headers=maintainer))[0].headers["X-Cache"] for panel in panels]
+    assert statuses == ["HIT"] * 10

@@ -16,7 +16,9 @@ need not ask Cube once per viewer. Rules, in ``Pipeline.answer_query``'s order:
 
 The key is the tenant (project, Cube URL and key), the endpoint and the query in canonical
 form (``request_body.canonical``: object keys sorted but ``order``'s, list order kept: both
-are meaningful to Cube), ``renewQuery`` left out. Entries are bounded by bytes: the least recently used go first.
+are meaningful to Cube), ``renewQuery`` left out. Entries are bounded by bytes: the least
+recently used go first, and each tenant holds at most its share of the bytes, so a tenant
+asking many distinct queries evicts its own answers first, never more than its share of others'.
 """
 
 from __future__ import annotations
@@ -66,11 +68,18 @@ class AnswerCache:
     """Whole answers by ``AnswerKey``, bounded by ``max_bytes``; each entry fresh for its tenant's ``answer_ttl``
     and served stale for ``answer_stale`` more. ``clock`` is wall-clock seconds."""
 
-    def __init__(self, max_bytes: int, max_entry_bytes: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, max_bytes: int, max_entry_bytes: int, clock: Callable[[], float] = time.time, tenant_share: float = 1.0
+    ) -> None:
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
         self.clock = clock
+        #: the bytes one tenant's entries may hold at most
+        self.tenant_bytes = max(ENTRY_OVERHEAD, int(max_bytes * tenant_share))
         self._entries: OrderedDict[AnswerKey, CachedAnswer] = OrderedDict()
+        #: each tenant's keys, least recently used first, and the bytes they hold
+        self._tenants: dict[Tenant, OrderedDict[AnswerKey, None]] = {}
+        self._held: dict[Tenant, int] = {}
         #: bytes held (bodies plus ``ENTRY_OVERHEAD`` each), and entries dropped to make room
         self.bytes = 0
         self.evictions = 0
@@ -80,7 +89,7 @@ class AnswerCache:
 
     def keeps(self, body: bytes) -> bool:
         """Whether an answer of this size may be kept."""
-        return len(body) <= self.max_entry_bytes and len(body) + ENTRY_OVERHEAD <= self.max_bytes
+        return len(body) <= self.max_entry_bytes and len(body) + ENTRY_OVERHEAD <= self.tenant_bytes
 
     def get(self, key: AnswerKey) -> tuple[CachedAnswer, str] | None:
         """The entry and ``HIT`` or ``STALE``; None when there is none or it is past its stale window."""
@@ -90,10 +99,10 @@ class AnswerCache:
         age = self.clock() - entry.stored
         tenant = key.tenant
         if age < tenant.answer_ttl:
-            self._entries.move_to_end(key)
+            self._used(key)
             return entry, HIT
         if age < tenant.answer_ttl + tenant.answer_stale:
-            self._entries.move_to_end(key)
+            self._used(key)
             return entry, STALE
         self._drop(key)
         return None
@@ -105,11 +114,17 @@ class AnswerCache:
         if key in self._entries:
             self._drop(key)
         weight = len(body) + ENTRY_OVERHEAD
+        tenant = key.tenant
+        own = self._tenants.setdefault(tenant, OrderedDict())
+        while self._held.get(tenant, 0) + weight > self.tenant_bytes and own:
+            self._drop(next(iter(own)))  # the tenant's own least recently used first
+            self.evictions += 1
         while self.bytes + weight > self.max_bytes and self._entries:
-            oldest = next(iter(self._entries))
-            self._drop(oldest)
+            self._drop(next(iter(self._entries)))
             self.evictions += 1
         self._entries[key] = CachedAnswer(Buffered(200, body), self.clock() if stored is None else stored)
+        self._tenants.setdefault(tenant, OrderedDict())[key] = None
+        self._held[tenant] = self._held.get(tenant, 0) + weight
         self.bytes += weight
 
     def expire(self) -> None:
@@ -120,6 +135,16 @@ class AnswerCache:
             if now - entry.stored >= key.tenant.answer_ttl + key.tenant.answer_stale:
                 self._drop(key)
 
+    def _used(self, key: AnswerKey) -> None:
+        self._entries.move_to_end(key)
+        self._tenants[key.tenant].move_to_end(key)
+
     def _drop(self, key: AnswerKey) -> None:
         entry = self._entries.pop(key)
-        self.bytes -= len(entry.answer.body) + ENTRY_OVERHEAD
+        weight = len(entry.answer.body) + ENTRY_OVERHEAD
+        self.bytes -= weight
+        own = self._tenants[key.tenant]
+        del own[key]
+        self._held[key.tenant] -= weight
+        if not own:  # a tenant with nothing kept takes no room
+            del self._tenants[key.tenant], self._held[key.tenant]

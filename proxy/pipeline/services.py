@@ -99,7 +99,11 @@ class Services:
         self.readiness = CubeReadiness(cube_urls(settings), cube.readiness_ttl)
         #: load and dry-run answers reused per tenant (off for tenants whose answer_ttl is 0)
         self.answers = CachedQueries(
-            AnswerCache(cube.answer_cache_bytes, min(cube.answer_max_bytes, cube.buffer_limit)),
+            AnswerCache(
+                cube.answer_cache_bytes,
+                min(cube.answer_max_bytes, cube.buffer_limit),
+                tenant_share=cube.answer_cache_tenant_share,
+            ),
             self.metrics,
             cube.answer_shared_max_bytes,
         )

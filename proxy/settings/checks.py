@@ -107,6 +107,9 @@ def validate(s: Settings, problems: list[str]) -> None:
             problems.append(f"{where}: must be a finite number, not {value!r}")
         elif _DURATION.search(where) and value > MAX_SECONDS:
             problems.append(f"{where}: must be at most {MAX_SECONDS:g} seconds (a year), not {value!r}")
+    share = s.cube.answer_cache_tenant_share
+    if not 0 < share <= 1:  # nan fails this too
+        problems.append(f"[cube] answer_cache_tenant_share: must be more than 0 and at most 1, not {share!r}")
     if s.server.port > 65535:
         problems.append(f"[server] port: must be at most 65535, not {s.server.port}")
     if s.server.log_format not in {"json", "text"}:

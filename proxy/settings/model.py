@@ -181,6 +181,9 @@ class CubeSettings:
     whole_answers_bytes: int = 256 * 1024 * 1024
     #: bytes of answers the answer cache holds in each process (the least recently used go first)
     answer_cache_bytes: int = 64 * 1024 * 1024
+    #: the share of answer_cache_bytes one project's answers may take: a project asking many distinct queries
+    #: evicts its own least recently used answers, not other projects'
+    answer_cache_tenant_share: float = 0.25
     #: the largest answer the answer cache keeps (answers larger than [cube] buffer_limit stream: never kept)
     answer_max_bytes: int = 256 * 1024
     #: with [redis], answers up to this size are shared with the fleet (signed); larger ones stay per process
