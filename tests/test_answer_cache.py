@@ -204,22 +204,48 @@ async def test_a_stale_answer_is_served_while_one_refresh_asks_cube(make_client,
     assert len(cube.calls_to("load")) == 2
 
 
-async def test_a_failed_refresh_keeps_the_stale_answer_until_its_window_ends(make_client, cached, cube, caplog):
+@pytest.mark.parametrize("failure", [answer(502, {"error": "bad gateway"}), answer(400, {"error": "bad query"})])
+async def test_a_failed_refresh_keeps_the_stale_answer_and_backs_off(make_client, cached, cube, caplog, failure):
+    """A Cube that fails fast behind a stale entry is asked once per interval (the tenant's answer_ttl: 10 s here),
+    not once per stale hit (40 hits had made 40 Cube calls, each with a warning); the failure is said once."""
     client = await make_client(cached)
     clock = clocked(client)
     _, body = await load(client)
-    cube.behaviour = answer(502, {"error": "bad gateway"})
+    cube.behaviour = failure
     clock.now += 15
     stale, stale_body = await load(client)
     assert (stale.status, stale.headers["X-Cache"], stale_body) == (200, "STALE", body)
     answers = client.app[PIPELINE].services.answers
     await until(lambda: answers.refreshing == 0 and len(cube.calls_to("load")) == 2)
-    still, still_body = await load(client)  # the refresh failed: the stale answer is still served
-    assert (still.headers["X-Cache"], still_body) == ("STALE", body)
+    for _ in range(20):  # the refresh failed: the stale answer is served, and Cube not asked again
+        still, still_body = await load(client)
+        assert (still.headers["X-Cache"], still_body) == ("STALE", body)
+    assert answers.refreshing == 0 and len(cube.calls_to("load")) == 2
+    clock.now += 10  # the interval has passed: one more try, and again one only
+    for _ in range(20):
+        await load(client)
     await until(lambda: answers.refreshing == 0 and len(cube.calls_to("load")) == 3)
+    assert len([r for r in caplog.records if getattr(r, "event", None) == "answer_refresh_failed"]) == 1
     clock.now += 30  # past the stale window: Cube's error
     gone, _ = await load(client)
     assert gone.status >= 400 and gone.headers["X-Cache"] == "MISS"  # Cube's error, as Cube's errors are mapped
+
+
+async def test_a_refresh_that_succeeds_after_failing_ends_the_backoff(make_client, cached, cube):
+    client = await make_client(cached)
+    clock = clocked(client)
+    await load(client)
+    cube.behaviour = answer(503, {"error": "connect ECONNREFUSED 10.0.0.5:5432"})
+    clock.now += 15
+    await load(client)
+    answers = client.app[PIPELINE].services.answers
+    await until(lambda: answers.refreshing == 0 and len(cube.calls_to("load")) == 2)
+    cube.behaviour = counted_rows(10)
+    clock.now += 10
+    await load(client)
+    await until(lambda: answers.refreshing == 0 and len(cube.calls_to("load")) == 3)
+    fresh, body = await load(client)
+    assert (fresh.headers["X-Cache"], count_of(body)) == ("HIT", "11")
 
 
 async def test_a_hit_through_the_lane_is_served_by_the_lane(make_client, cached, cube, serving):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from proxy.cube.client import Buffered, Streamed
@@ -26,6 +27,11 @@ from proxy.shared.layer import SharedLayer
 from proxy.singleflight import SharePolicy
 
 log = logging.getLogger(__name__)
+
+#: stale entries whose last refresh failed, remembered at most (the oldest forgotten first: it is then tried again)
+BACKOFF_ENTRIES = 4096
+#: the shortest wait between two refreshes of one entry after a failed one (otherwise: the tenant's answer_ttl)
+MIN_BACKOFF_SECONDS = 1.0
 
 #: asks Cube (through the coalescer); the caller's exchange records the call, or None for a background refresh
 Ask = Callable[[Exchange | None], Awaitable[QueryAnswer]]
@@ -59,6 +65,8 @@ class CachedQueries:
         self._shared: SharedLayer | None = None
         self._codec = AnswerCodec()
         self._refreshing: dict[AnswerKey, asyncio.Task[None]] = {}
+        #: entries whose last refresh failed, and when the next may be tried (wall-clock, the cache's clock)
+        self._backoff: OrderedDict[AnswerKey, float] = OrderedDict()
 
     def share(self, shared: SharedLayer) -> None:
         """Answers up to ``answer_shared_max_bytes`` through the fleet's shared layer."""
@@ -153,8 +161,10 @@ class CachedQueries:
         return None, CachedAnswer(Buffered(200, body), stored)
 
     def _refresh(self, key: AnswerKey, ask: Ask) -> None:
-        if key in self._refreshing:
-            return  # one refresh per entry
+        """One refresh per entry at a time, and after a failed one none before its backoff ends (the tenant's
+        ``answer_ttl``, at least ``MIN_BACKOFF_SECONDS``): a Cube failing fast is asked once per interval."""
+        if key in self._refreshing or self.cache.clock() < self._backoff.get(key, 0.0):
+            return
         task = asyncio.get_running_loop().create_task(self._refresh_now(key, ask))
         self._refreshing[key] = task
         task.add_done_callback(lambda _: self._refreshing.pop(key, None))
@@ -164,14 +174,30 @@ class CachedQueries:
         try:
             answer, _ = await self._fetch(key, ask, None)
         except Exception as exc:
-            log.warning(
-                "refreshing a stale answer failed (%s); it is served until its stale window ends",
-                type(exc).__name__,
-                extra={"event": "answer_refresh_failed", "project": key.tenant.project_id},
-            )
+            self._failed(key, type(exc).__name__)
             return
+        if answer is None or self._keepable(answer) is not None:  # the fleet's, or Cube's kept answer
+            self._backoff.pop(key, None)
+        else:
+            self._failed(key, f"Cube answered {answer.status}" if isinstance(answer, Buffered) else "a stream")
         if answer is not None:
             _discard(answer)
+
+    def _failed(self, key: AnswerKey, why: str) -> None:
+        """A refresh failed: the entry waits its backoff; said once, at the first failure of a run of them."""
+        interval = max(MIN_BACKOFF_SECONDS, key.tenant.answer_ttl)
+        if key not in self._backoff:
+            log.warning(
+                "refreshing a stale answer failed (%s); tried again at most every %g s, the stale answer served"
+                " until its stale window ends",
+                why,
+                interval,
+                extra={"event": "answer_refresh_failed", "project": key.tenant.project_id},
+            )
+        self._backoff[key] = self.cache.clock() + interval
+        self._backoff.move_to_end(key)
+        while len(self._backoff) > BACKOFF_ENTRIES:
+            self._backoff.popitem(last=False)
 
     def _served(self, exchange: Exchange, entry: CachedAnswer, status: str) -> Buffered:
         exchange.cache = status.lower()
