@@ -57,6 +57,18 @@ def insufficient_scope(needed: str) -> ApiError:
     )
 
 
+def renewals_limited(wait: int, per_second: float) -> ApiError:
+    """429: the project's calls with ``renewQuery`` (each makes Cube run the query again) are over their rate."""
+    return ApiError(
+        429,
+        {
+            "message": f"Too many renewQuery calls for this project (at most {per_second:g} a second);"
+            f" retry after {wait} s, or ask without renewQuery"
+        },
+        {"Retry-After": str(wait)},
+    )
+
+
 def rate_limited(wait: int) -> ApiError:
     """429: the caller's bucket (this process's, or the fleet's) is empty for ``wait`` seconds."""
     return ApiError(

@@ -167,15 +167,29 @@ async def test_include_token_calls_bypass_the_cache(make_client, cached, cube, g
     assert tokens[0] is None and all(tokens[1:])  # each bypassing call carried its own minted token
 
 
-async def test_renew_query_asks_cube_and_replaces_the_entry(make_client, cached, cube):
+@pytest.mark.parametrize("renew", [True, "true", None, 1, "yes"])
+async def test_a_renewal_asks_cube_and_never_answers_or_replaces_the_plain_entry(make_client, cached, cube, renew):
+    """``renewQuery`` as anything but ``false``: Cube is asked (it renews on true and "true", refuses the rest); a
+    good answer drops the plain entry, so the next plain call asks Cube (whose cache is renewed), and the renewed
+    answer, which echoes renewQuery, is never served for the plain query."""
     cube.behaviour = counted_rows(0)
     client = await make_client(cached)
     _, first = await load(client)
-    renewed, renewed_body = await load(client, {**QUERY, "renewQuery": True})
+    renewed, renewed_body = await load(client, {**QUERY, "renewQuery": renew})
     assert renewed.headers["X-Cache"] == "BYPASS" and count_of(renewed_body) == "2"
     again, again_body = await load(client)
-    assert again.headers["X-Cache"] == "HIT" and count_of(again_body) == "2"  # the renewed answer replaced it
-    assert count_of(first) == "1" and len(cube.calls_to("load")) == 2
+    assert again.headers["X-Cache"] == "MISS" and count_of(again_body) == "3"  # asked again, not the renewed one
+    assert count_of(first) == "1" and len(cube.calls_to("load")) == 3
+    assert cube.calls_to("load")[1].body["query"]["renewQuery"] == renew  # Cube got the caller's value
+
+
+async def test_renew_query_false_is_a_query_of_its_own(make_client, cached, cube):
+    cube.behaviour = counted_rows(0)
+    client = await make_client(cached)
+    await load(client)
+    plain_false, _ = await load(client, {**QUERY, "renewQuery": False})
+    again, _ = await load(client, {**QUERY, "renewQuery": False})
+    assert (plain_false.headers["X-Cache"], again.headers["X-Cache"]) == ("MISS", "HIT")
 
 
 async def test_a_stale_answer_is_served_while_one_refresh_asks_cube(make_client, cached, cube):
@@ -377,3 +391,20 @@ async def test_one_tenants_flood_leaves_another_tenants_panels_hits(make_setting
         await load(client, {**QUERY, "filters": [{"member": "A.b", "operator": "equals", "values": [str(n)]}]})
     statuses = [(await load(client, panel, project=2, headers=maintainer))[0].headers["X-Cache"] for panel in panels]
     assert statuses == ["HIT"] * 10
+
+
+async def test_renewals_of_a_project_are_bounded_by_its_renewal_rate(make_settings, make_client, cube):
+    """renewQuery was bounded by the caller's rate alone (100 identical calls, 100 Cube calls): a project's renewals
+    are [cube] renewals_per_second with a burst, then 429 with Retry-After, costing Cube nothing; plain calls and
+    another project's renewals go on. With the answer cache off too."""
+    settings = make_settings(cube={"renewals_per_second": 0.5, "renewals_burst": 3})
+    client = await make_client(settings)
+    renewing = {**QUERY, "renewQuery": True}
+    statuses = [(await load(client, renewing))[0].status for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    refused, body = await load(client, renewing)
+    assert refused.headers["Retry-After"] == "2" and b"renewQuery" in body
+    assert len(cube.calls_to("load")) == 3
+    assert (await load(client))[0].status == 200  # a plain call is not a renewal
+    maintainer = {"PRIVATE-TOKEN": "glpat-maint-000000000004"}
+    assert (await load(client, renewing, project=2, headers=maintainer))[0].status == 200

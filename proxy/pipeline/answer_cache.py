@@ -6,8 +6,9 @@ need not ask Cube once per viewer. Rules, in ``Pipeline.answer_query``'s order:
 
 - off for a tenant whose ``answer_ttl`` is 0 (the default): no lookup, no header;
 - ``BYPASS`` for an ``include_token`` call (its answer carries the caller's own token) and
-  for a query with Cube's ``renewQuery: true`` (Cube is asked, and a good answer replaces
-  the entry);
+  for a query that renews (``renewQuery`` set to anything but ``false``: Cube is asked, and a
+  good answer drops the plain query's entry, so the next plain call asks Cube's renewed cache;
+  the renewed answer itself, which echoes ``renewQuery``, is never kept for the plain query);
 - ``HIT`` within ``answer_ttl`` of Cube's answer; ``STALE`` for ``answer_stale`` seconds
   more, while one refresh per entry asks Cube in the background (a refresh that fails
   leaves the stale answer until its window ends; then callers ask Cube and see its error);
@@ -16,7 +17,7 @@ need not ask Cube once per viewer. Rules, in ``Pipeline.answer_query``'s order:
 
 The key is the tenant (project, Cube URL and key), the endpoint and the query in canonical
 form (``request_body.canonical``: object keys sorted but ``order``'s, list order kept: both
-are meaningful to Cube), ``renewQuery`` left out. Entries are bounded by bytes: the least
+are meaningful to Cube), ``renewQuery: false`` kept as sent. Entries are bounded by bytes: the least
 recently used go first, and each tenant holds at most its share of the bytes, so a tenant
 asking many distinct queries evicts its own answers first, never more than its share of others'.
 """
@@ -44,7 +45,7 @@ HIT, MISS, STALE, BYPASS = "HIT", "MISS", "STALE", "BYPASS"
 class AnswerKey(NamedTuple):
     tenant: Tenant
     endpoint: str
-    #: the query and queryType in canonical form, without ``renewQuery``
+    #: the query and queryType in canonical form
     query: bytes
 
 
@@ -55,13 +56,13 @@ class CachedAnswer(NamedTuple):
     stored: float
 
 
-def answer_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[AnswerKey, bool]:
-    """The query's key, and whether it asks Cube to renew (``renewQuery: true``: bypass, then refresh)."""
-    renew = query.query.get("renewQuery") is True
-    if "renewQuery" not in query.query:
-        return AnswerKey(tenant, endpoint, query.fingerprint), renew
-    rest = {k: v for k, v in query.query.items() if k != "renewQuery"}
-    return AnswerKey(tenant, endpoint, canonical(rest, query.query_type)), renew
+def answer_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> AnswerKey:
+    """The query's key; for a call that renews, the key of the same query without ``renewQuery`` (the entry a
+    renewal drops)."""
+    if not query.renews:
+        return AnswerKey(tenant, endpoint, query.fingerprint)
+    plain = {k: v for k, v in query.query.items() if k != "renewQuery"}
+    return AnswerKey(tenant, endpoint, canonical(plain, query.query_type))
 
 
 class AnswerCache:
@@ -138,6 +139,11 @@ class AnswerCache:
     def _used(self, key: AnswerKey) -> None:
         self._entries.move_to_end(key)
         self._tenants[key.tenant].move_to_end(key)
+
+    def forget(self, key: AnswerKey) -> None:
+        """Drop ``key``'s entry, if there is one (a renewal made it older than Cube's own cache)."""
+        if key in self._entries:
+            self._drop(key)
 
     def _drop(self, key: AnswerKey) -> None:
         entry = self._entries.pop(key)

@@ -83,11 +83,11 @@ class CachedQueries:
         """The caller's answer: from the cache, or Cube's (kept when it may be). See ``answer_cache.py``."""
         if query.include_token:  # its answer carries the caller's own token
             return self._asked(exchange, BYPASS, await ask(exchange))
-        key, renew = answer_key(tenant, endpoint, query)
-        if renew:  # Cube's renewQuery: ask, and replace the entry with a good answer
+        key = answer_key(tenant, endpoint, query)
+        if query.renews:  # Cube renews its cache: a good answer makes the plain query's entry older than Cube's
             answer = await ask(exchange)
-            if (body := self._keepable(answer)) is not None:
-                self.cache.put(key, body)
+            if self._keepable(answer) is not None:
+                self.cache.forget(key)
             return self._asked(exchange, BYPASS, answer)
         found = self.cache.get(key)
         if found is not None:

@@ -32,7 +32,7 @@ from proxy.cube.client import Buffered
 from proxy.cube.forward import UpstreamCall
 from proxy.cube.tenants import Tenant
 from proxy.cube.zerofill import fill_plan
-from proxy.errors import ApiError, CallerStalled, not_enabled, rate_limited
+from proxy.errors import ApiError, CallerStalled, not_enabled, rate_limited, renewals_limited
 from proxy.pipeline.answers import ContinueWaitAnswer
 from proxy.pipeline.cached_queries import answer_headers
 from proxy.pipeline.client_info import client_address, traceparent, trusted_networks
@@ -165,6 +165,10 @@ class Pipeline:
         self._check_declared_size(body)
         tenant, grant = await self._grant_tenant(exchange, project_ref, "POST")
         query = query_request(await self._parsed_body(exchange, body), query_params)
+        if query.renews and self.services.renewals.enabled:  # each makes Cube run the query again
+            wait = self.services.renewals.check(tenant.app_id, time.monotonic())
+            if wait is not None:
+                raise renewals_limited(wait, self.services.settings.cube.renewals_per_second)
         gitlab_token = None
         if query.include_token:
             assert exchange.credential is not None

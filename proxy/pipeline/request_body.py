@@ -22,6 +22,13 @@ class QueryRequest(NamedTuple):
     #: the query in canonical form: calls that mean the same to Cube have the same fingerprint
     fingerprint: bytes
 
+    @property
+    def renews(self) -> bool:
+        """Whether the call asks Cube to renew its own cache: ``renewQuery`` set to anything but ``false`` (Cube
+        renews on ``true`` and ``"true"`` and refuses ``null``, ``1``, ``"yes"``...: none may be answered from the
+        plain query's cache entry)."""
+        return "renewQuery" in self.query and self.query["renewQuery"] is not False
+
 
 def canonical(query: Mapping[str, Any], query_type: str) -> bytes:
     """``{"query": ..., "queryType": ...}`` in canonical form: object keys sorted, list order kept, and the one

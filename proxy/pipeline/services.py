@@ -48,6 +48,8 @@ from proxy.singleflight import SingleFlightCache
 SWEEP_SECONDS = 1.0
 #: seconds a fill under way may take to finish at shutdown before its process is ended
 FILL_GRACE_SECONDS = 2.0
+#: projects whose renewQuery rate each process remembers (the least recently renewing forgotten first)
+RENEWING_PROJECTS = 10_000
 
 
 class Services:
@@ -72,6 +74,8 @@ class Services:
             cube.meta_cache_size, cube.meta_cache_ttl, size_of=_answer_size, max_bytes=cube.meta_cache_bytes
         )
         self.rate_limiter = RateLimiter(limits.rate_limit, limits.rate_limit_burst, limits.rate_limit_callers)
+        #: renewQuery calls per project (the most recent RENEWING_PROJECTS projects remembered)
+        self.renewals = RateLimiter(cube.renewals_per_second, cube.renewals_burst, RENEWING_PROJECTS)
         self.shedder = LoadShedder(server.shed_lag_ms / 1000)
         self.body_budget = BodyBudget(limits.bodies_in_flight_bytes, limits.bodies_in_flight_per_client_bytes)
         # no cookies, no redirects, no decompression: the client only speaks what Cube's API needs

@@ -72,6 +72,7 @@ def validate(s: Settings, problems: list[str]) -> None:
         "[limits] bodies_in_flight_bytes": s.limits.bodies_in_flight_bytes,
         "[limits] bodies_in_flight_per_client_bytes": s.limits.bodies_in_flight_per_client_bytes,
         "[limits] rate_limit_burst": s.limits.rate_limit_burst,
+        "[cube] renewals_burst": s.cube.renewals_burst,
         "[limits] rate_limit_callers": s.limits.rate_limit_callers,
     }
     for where, value in positive.items():
@@ -91,6 +92,7 @@ def validate(s: Settings, problems: list[str]) -> None:
         "[cube] meta_cache_ttl": s.cube.meta_cache_ttl,
         "[cube] readiness_ttl": s.cube.readiness_ttl,
         "[limits] rate_limit": s.limits.rate_limit,
+        "[cube] renewals_per_second": s.cube.renewals_per_second,
         "[product_analytics] answer_ttl": s.product_analytics.answer_ttl,
         "[product_analytics] answer_stale": s.product_analytics.answer_stale,
         "[cube] answer_shared_max_bytes": s.cube.answer_shared_max_bytes,

@@ -181,6 +181,11 @@ class CubeSettings:
     whole_answers_bytes: int = 256 * 1024 * 1024
     #: bytes of answers the answer cache holds in each process (the least recently used go first)
     answer_cache_bytes: int = 64 * 1024 * 1024
+    #: calls that ask Cube to renew its cache (renewQuery) per project and second, in each process; more are 429
+    #: (0: no limit)
+    renewals_per_second: float = 1.0
+    #: renewals a project may make at once before renewals_per_second applies
+    renewals_burst: int = 10
     #: the share of answer_cache_bytes one project's answers may take: a project asking many distinct queries
     #: evicts its own least recently used answers, not other projects'
     answer_cache_tenant_share: float = 0.25
