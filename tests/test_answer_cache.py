@@ -408,3 +408,24 @@ async def test_renewals_of_a_project_are_bounded_by_its_renewal_rate(make_settin
     assert (await load(client))[0].status == 200  # a plain call is not a renewal
     maintainer = {"PRIVATE-TOKEN": "glpat-maint-000000000004"}
     assert (await load(client, renewing, project=2, headers=maintainer))[0].status == 200
+
+
+async def test_identical_renewals_in_flight_together_are_one_cube_call(make_client, cached, cube):
+    hold = asyncio.Event()
+    counting = counted_rows(0)
+
+    async def held(call, request):
+        await hold.wait()
+        return await counting(call, request)
+
+    cube.behaviour = held
+    client = await make_client(cached)
+    renewing = {**QUERY, "renewQuery": True}
+    both = asyncio.gather(load(client, renewing), load(client, renewing))
+    coalescer = client.app[PIPELINE].services.coalescer
+    try:  # both callers wait on the one flight that Cube holds
+        await until(lambda: len(cube.calls_to("load")) == 1 and coalescer.waiting() == 2)
+    finally:
+        hold.set()
+    (one, one_body), (two, two_body) = await both
+    assert one.status == two.status == 200 and one_body == two_body and len(cube.calls_to("load")) == 1
