@@ -36,6 +36,8 @@ class SharePolicy(NamedTuple):
     max_bytes: int = SMALL_SHARED_VALUE
     #: whether a value found in the shared layer is fresh for this reader (a writer's TTL may be longer)
     fresh: Callable[[Any], bool] = _always
+    #: whose values these are and the bytes they may write per ``ttl`` (so hold at most twice that); None: no bound
+    budget: tuple[str, int] | None = None
 
 
 class Refusal(NamedTuple):

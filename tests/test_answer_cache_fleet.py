@@ -7,12 +7,16 @@ that has no shared form (not UTF-8 text) is answered and kept in its process onl
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.exceptions import OutOfMemoryError
 
+from proxy.web.keys import PIPELINE
 from tests.conftest import QUERY, replace
+from tests.redis_server import RedisServer
 from tests.test_answer_cache import clocked, count_of, counted_rows, load
 
 ANSWERS = "product-analytics-proxy:answers:*"
@@ -102,3 +106,63 @@ async def test_an_answer_that_is_not_utf8_is_answered_and_kept_in_its_process(ma
     assert (first.status, first.headers["X-Cache"], body) == (200, "MISS", raw)
     again, body = await load(client, QUERY)
     assert (again.status, again.headers["X-Cache"], body) == (200, "HIT", raw)
+
+
+async def test_a_projects_answers_in_redis_are_bounded_by_its_budget(make_client, shared_settings, cube, redis_server):
+    """One Reporter at 50 calls a second with a 600 s TTL could put 1.8 GiB into Redis: a project writes at most
+    answer_shared_tenant_bytes per answer_ttl there (so holds at most twice that); past it, its answers are still
+    answered and kept in the process, and another project's still go to the fleet."""
+    settings = replace(shared_settings, "product_analytics", answer_ttl=600.0)
+    settings = replace(settings, "cube", answer_shared_tenant_bytes=8 * 1024)
+    big = "x" * 1500
+
+    async def sized(call, request):
+        return web.json_response({"results": [{"data": [{"TrackedEvents.pageTitle": big}]}]})
+
+    cube.behaviour = sized
+    client = await make_client(settings)
+    for n in range(20):
+        resp, _ = await load(client, {**QUERY, "limit": n + 1})
+        assert resp.status == 200 and resp.headers["X-Cache"] == "MISS"
+    again, _ = await load(client, {**QUERY, "limit": 20})
+    assert again.headers["X-Cache"] == "HIT"  # kept in the process all the same
+    redis = aioredis.from_url(redis_server.url)
+    try:
+        one = [k for k in await answer_keys(redis_server.url) if b"gitlab_project_1|" in k]
+        held = sum([await redis.strlen(k) for k in one])
+        assert 0 < held <= 8 * 1024 and len(one) < 20, (len(one), held)
+        maintainer = {"PRIVATE-TOKEN": "glpat-maint-000000000004"}
+        assert (await load(client, QUERY, project=2, headers=maintainer))[0].status == 200
+        assert [k for k in await answer_keys(redis_server.url) if b"gitlab_project_2|" in k]  # another's still shared
+    finally:
+        await redis.aclose()
+
+
+async def test_a_full_redis_is_said_once_and_costs_callers_nothing(
+    make_client, shared_settings, cube, tmp_path, caplog
+):
+    """A Redis at its maxmemory with no eviction refuses every write: each request logged an error (and the layer
+    flapped between degraded and restored); now one line says so, the layer is not degraded (reads work), and
+    every caller is answered."""
+    full = RedisServer(tmp_path / "full", ["maxmemory 1mb", "maxmemory-policy noeviction"])
+    full.start()
+    try:
+        filler = aioredis.from_url(full.url)
+        try:  # fill it up to its limit
+            with contextlib.suppress(OutOfMemoryError):
+                for n in range(1000):
+                    await filler.set(f"filler:{n}", b"f" * 16384)
+        finally:
+            await filler.aclose()
+        settings = replace(shared_settings, "redis", url=full.url)
+        settings = replace(settings, "product_analytics", answer_ttl=60.0)
+        cube.behaviour = counted_rows(0)
+        client = await make_client(settings)
+        for n in range(10):
+            resp, _ = await load(client, {**QUERY, "limit": n + 1})
+            assert resp.status == 200
+        said = [r for r in caplog.records if getattr(r, "event", None) in {"shared_full", "shared_degraded"}]
+        assert [getattr(r, "event", None) for r in said] == ["shared_full"]
+        assert client.app[PIPELINE].services.shared.degraded is False
+    finally:
+        full.stop()

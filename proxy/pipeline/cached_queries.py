@@ -58,10 +58,14 @@ def _discard(answer: QueryAnswer) -> None:
 class CachedQueries:
     """The answer cache of one process, and its refreshes (at most one per entry, all ended at shutdown)."""
 
-    def __init__(self, cache: AnswerCache, metrics: Metrics, shared_max_bytes: int) -> None:
+    def __init__(
+        self, cache: AnswerCache, metrics: Metrics, shared_max_bytes: int, shared_tenant_bytes: int = 64 * 1024 * 1024
+    ) -> None:
         self.cache = cache
         self._metrics = metrics
         self._shared_max = shared_max_bytes
+        #: bytes of answers one project may write to the fleet per answer_ttl
+        self._shared_tenant_bytes = shared_tenant_bytes
         self._shared: SharedLayer | None = None
         self._codec = AnswerCodec()
         self._refreshing: dict[AnswerKey, asyncio.Task[None]] = {}
@@ -148,7 +152,8 @@ class CachedQueries:
         def fresh(value: tuple[bytes, float]) -> bool:  # by this reader's TTL, whatever the writer's was
             return clock() - value[1] < ttl
 
-        policy = SharePolicy("answers", self._codec, ttl, 0.0, _never, 2 * self._shared_max + 1024, fresh)
+        budget = (f"answers:{key.tenant.app_id}", self._shared_tenant_bytes)
+        policy = SharePolicy("answers", self._codec, ttl, 0.0, _never, 2 * self._shared_max + 1024, fresh, budget)
         try:
             body, stored = await shared.load(key, load, policy)
         except _NotKept as not_kept:

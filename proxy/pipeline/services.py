@@ -110,6 +110,7 @@ class Services:
             ),
             self.metrics,
             cube.answer_shared_max_bytes,
+            cube.answer_shared_tenant_bytes,
         )
         #: the fleet's shared layer, when ``[redis] url`` is set (opened by ``open_redis``)
         self.shared: SharedLayer | None = None

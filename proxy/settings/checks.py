@@ -65,6 +65,7 @@ def validate(s: Settings, problems: list[str]) -> None:
         "[cube] whole_answers_bytes": s.cube.whole_answers_bytes,
         "[cube] answer_cache_bytes": s.cube.answer_cache_bytes,
         "[cube] answer_max_bytes": s.cube.answer_max_bytes,
+        "[cube] answer_shared_tenant_bytes": s.cube.answer_shared_tenant_bytes,
         "[cube] pool_size": s.cube.pool_size,
         "[limits] max_body_bytes": s.limits.max_body_bytes,
         "[limits] max_json_depth": s.limits.max_json_depth,

@@ -193,6 +193,9 @@ class CubeSettings:
     answer_max_bytes: int = 256 * 1024
     #: with [redis], answers up to this size are shared with the fleet (signed); larger ones stay per process
     answer_shared_max_bytes: int = 64 * 1024
+    #: with [redis], bytes of answers one project may write to Redis per its answer_ttl (so it holds at most twice
+    #: that there); past it, its answers stay in each process until the window ends
+    answer_shared_tenant_bytes: int = 64 * 1024 * 1024
     #: open connections per Cube origin; more calls wait for one, up to queue_timeout.
     pool_size: int = 256
     #: seconds a readiness probe's answer is reused (probes use their own few connections).

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from proxy.errors import ApiError
 from proxy.observe.metrics import Metrics
@@ -59,6 +59,21 @@ return {value, held}
 """
 #: the longest lock of ours (a sealed random token)
 _LOCK_BYTES = 256
+#: a value stored within its owner's budget: KEYS[1] the value, KEYS[2] the budget's bytes written this window;
+#: ARGV the sealed value, its TTL (ms), the budget (bytes). 0 when it does not fit (not stored). A budget someone
+#: wrote (not a number, negative) counts as empty; one without a TTL gets the window's.
+_BUDGETED_SET = """
+local size = string.len(ARGV[1])
+local used = tonumber(redis.call('GET', KEYS[2])) or 0
+if used ~= used or used < 0 then used = 0 end
+if used + size > tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[2], string.format('%d', used + size), 'KEEPTTL')
+if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+#: seconds between two log lines saying Redis refuses writes for want of memory
+FULL_LOG_SECONDS = 60.0
 #: a token bucket per key: ARGV rate (tokens/s), burst; returns 0 when a token was taken, else the seconds to
 #: wait. State that is not a bucket this script wrote (not finite, out of range, from the future) is reset.
 _BUCKET = """
@@ -116,6 +131,9 @@ class RedisLayer:
         self.tampered = 0
         self._release = client.register_script(_RELEASE)
         self._bounded_get = client.register_script(_BOUNDED_GET)
+        self._budgeted_set = client.register_script(_BUDGETED_SET)
+        #: when a Redis refusing writes for want of memory may be said again (monotonic seconds)
+        self._full_said_until = 0.0
         self._bucket = client.register_script(_BUCKET)
         #: lock releases still under way for a load that was cancelled (each ends within ``timeout``)
         self._letting_go: set[asyncio.Task[Any]] = set()
@@ -149,6 +167,17 @@ class RedisLayer:
         try:
             async with asyncio.timeout(self._timeout):
                 result = await call
+        except OutOfMemoryError:  # Redis answers, but refuses writes (maxmemory, noeviction): not an outage
+            self._metrics.redis_call("error", time.monotonic() - started)
+            if (now := time.monotonic()) >= self._full_said_until:
+                self._full_said_until = now + FULL_LOG_SECONDS
+                log.warning(
+                    "Redis refuses writes for want of memory: what would be shared stays in each process; give"
+                    " Redis more memory or an eviction policy (said at most every %g s)",
+                    FULL_LOG_SECONDS,
+                    extra={"event": "shared_full"},
+                )
+            raise _RedisFailed() from None
         except (RedisError, OSError, TimeoutError) as exc:
             self._metrics.redis_call(
                 "timeout" if isinstance(exc, TimeoutError) else "error", time.monotonic() - started
@@ -245,7 +274,7 @@ class RedisLayer:
                     await self._store(rkey, {"error": error}, policy.negative_ttl)
                 raise
             if policy.ttl > 0 and (data := _dumped(policy, value)) is not None:
-                await self._store(rkey, {"value": data}, policy.ttl)
+                await self._store(rkey, {"value": data}, policy.ttl, policy.budget)
             return value
         finally:
             await self._let_go(lock, held)
@@ -259,10 +288,17 @@ class RedisLayer:
         with contextlib.suppress(_RedisFailed):
             await asyncio.shield(task)
 
-    async def _store(self, rkey: str, data: dict[str, Any], ttl: float) -> None:
+    async def _store(self, rkey: str, data: dict[str, Any], ttl: float, budget: tuple[str, int] | None = None) -> None:
+        """Keep a value for ``ttl``; with a ``budget`` (its owner, its bytes per ``ttl``), only while it fits."""
         sealed = self._envelope.seal(rkey, orjson.dumps(data), ttl)
+        px = max(1, int(ttl * 1000))
         with contextlib.suppress(_RedisFailed):
-            await self._call(self._redis.set(rkey, sealed, px=max(1, int(ttl * 1000))))
+            if budget is None:
+                await self._call(self._redis.set(rkey, sealed, px=px))
+                return
+            owner, most = budget
+            spent = f"{self._prefix}budget:{owner}"
+            await self._call(self._budgeted_set(keys=[rkey, spent], args=[sealed, px, most]))
 
     # -- the fleet's rate limit -----------------------------------------------------------------
 
