@@ -218,6 +218,7 @@ def wrk(
     token: str | None = None,
     authorization: str | None = None,
     vary: bool = False,
+    accept_encoding: str | None = None,
 ) -> WrkResult:
     """Run wrk against ``url`` and read the CPU the server processes used meanwhile."""
     if shutil.which("wrk") is None:
@@ -230,6 +231,8 @@ def wrk(
         env["BENCH_TOKEN"] = token
     if authorization:
         env["BENCH_AUTHORIZATION"] = authorization
+    if accept_encoding:
+        env["BENCH_ACCEPT_ENCODING"] = accept_encoding
     before = cpu_seconds(pids)
     started = time.monotonic()
     out = subprocess.run(

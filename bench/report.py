@@ -330,6 +330,35 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             f"proxy {lr['proxy']['ttfb_ms']} ms; whole answer {lr['direct']['total_ms']} ms vs {lr['proxy']['total_ms']} ms. "
             f"Proxy RSS {lr['proxy_rss_baseline_mb']} MB before, peak {lr['proxy_rss_peak_mb']} MB: **+{lr['large_rss_growth_mb']} MB**.",
         ]
+        if "proxy_gzip" in lr:
+            lines += [
+                "",
+                f"Gzipped as it streams: {lr['proxy_gzip']['bytes'] / 2**20:.2f} MB on the wire"
+                f" ({lr['gzip_wire_ratio']}x less), whole answer {lr['proxy_gzip']['total_ms']} ms;"
+                f" proxy RSS **+{lr['large_gzip_rss_growth_mb']} MB**.",
+            ]
+    if "compression" in s:
+        c = s["compression"]
+        cpu = c["cpu_us_per_request"]
+        lines += [
+            "",
+            f"## Answers on the wire (a {c['panel_bytes'] / 1000:.1f} KB dashboard panel)",
+            "",
+            f"On the wire: {c['panel_wire_bytes']['identity']} bytes plain, {c['panel_wire_bytes']['gzip']} gzipped"
+            f" (**{c['panel_wire_ratio']}x** less). A 4 MiB answer cache holds {c['cache_answers_4mib']['plain']} such"
+            f" panels kept plain and {c['cache_answers_4mib']['compressed']} kept compressed"
+            f" (**{c['cache_capacity_ratio']}x**).",
+            "",
+            "| CPU per request (µs) | plain | gzip |",
+            "|---|---|---|",
+            f"| the proxy, pass-through | {cpu['pass_through_plain']} | {cpu['pass_through_gzip']} |",
+            f"| the proxy, answer cache hit | {cpu['hit_plain']} | {cpu['hit_gzip']} |",
+            f"| nginx (gzip level 1) | {cpu['nginx_plain']} | {cpu['nginx_gzip']} |",
+            "",
+            f"A compressed cache hit costs **{c['compressed_hit_vs_plain_pass_through_cpu']}x** a plain pass-through's"
+            f" CPU and {c['compressed_hit_vs_nginx_gzip_cpu']}x nginx's gzip of the same answer (medians of"
+            f" {c['rounds']} rounds, same run).",
+        ]
     if "held" in s:
         h = s["held"]
         lines += [

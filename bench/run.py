@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.compression import compression
 from bench.fleet import fleet_burst
 from bench.procs import (
     ROOT,
@@ -67,6 +68,10 @@ TARGETS = {
     "answer_hit_cpu_ratio": ("<=", 1.0),
     "viewers_cube_calls_per_ttl_window": ("<=", 20.0),
     "viewers_cube_cpu_ratio": (">=", 20.0),
+    "compressed_hit_vs_plain_pass_through_cpu": ("<=", 1.0),
+    "panel_wire_ratio": (">=", 15.0),
+    "cache_capacity_ratio": (">=", 5.0),
+    "large_gzip_rss_growth_mb": ("<", 10.0),
 }
 
 
@@ -530,7 +535,9 @@ async def large_result(stack: Stack, proxy: Process, port: int) -> dict[str, Any
     async def fetch(
         url: str, headers: dict[str, str], measure: Callable[[], Awaitable[None]] | None = None
     ) -> dict[str, Any]:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+        # the bytes as they come over the wire (gzipped, when asked for)
+        timeout = aiohttp.ClientTimeout(total=300)
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
             for _ in range(30):  # Cube may say Continue wait while it builds the answer
                 started = time.monotonic()
                 async with session.post(url, json={"query": query, "queryType": "multi"}, headers=headers) as resp:
@@ -555,10 +562,20 @@ async def large_result(stack: Stack, proxy: Process, port: int) -> dict[str, Any
     baseline = sum(rss_bytes(p) for p in pids)
     stop = asyncio.Event()
     sampler = asyncio.ensure_future(_sample_rss(pids, stop))
-    through = await fetch(f"http://127.0.0.1:{port}{LOAD}", {"PRIVATE-TOKEN": TOKEN})
+    through = await fetch(f"http://127.0.0.1:{port}{LOAD}", {"PRIVATE-TOKEN": TOKEN, "Accept-Encoding": "identity"})
     stop.set()
     peak = await sampler
+    # the same answer gzipped as it streams (memory: zlib's, whatever the answer's size)
+    gzip_baseline = sum(rss_bytes(p) for p in pids)
+    stop = asyncio.Event()
+    sampler = asyncio.ensure_future(_sample_rss(pids, stop))
+    gzipped = await fetch(f"http://127.0.0.1:{port}{LOAD}", {"PRIVATE-TOKEN": TOKEN, "Accept-Encoding": "gzip"})
+    stop.set()
+    gzip_peak = await sampler
     return {
+        "proxy_gzip": gzipped,
+        "gzip_wire_ratio": round(through["bytes"] / max(1, gzipped["bytes"]), 1),
+        "large_gzip_rss_growth_mb": round((gzip_peak - gzip_baseline) / 2**20, 2),
         "rows": 50_000,
         "cold_cube_ms": warm["total_ms"],
         "direct": direct,
@@ -639,12 +656,16 @@ def main() -> int:
     )
     parser.add_argument("--held", type=int, default=5000, help="concurrent callers in the held-connections scenario")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="pass_through instructions cached_meta burst viewers large held fleet"
+        "--only",
+        nargs="*",
+        default=None,
+        help="pass_through instructions compression cached_meta burst viewers large held fleet",
     )
     parser.add_argument("--viewers", type=int, default=200, help="viewers in the dashboard-viewers scenario")
     args = parser.parse_args()
     wanted = set(
-        args.only or ["pass_through", "instructions", "cached_meta", "burst", "viewers", "large", "held", "fleet"]
+        args.only
+        or ["pass_through", "instructions", "compression", "cached_meta", "burst", "viewers", "large", "held", "fleet"]
     )
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -668,6 +689,9 @@ def main() -> int:
                 else:
                     print("instructions per request, the proxy's and nginx's (callgrind) ...", flush=True)
                     results["scenarios"]["instructions"] = instructions(workdir, gitlab_url)
+            if "compression" in wanted:
+                print("answers on the wire: gzip, compressed cache hits, nginx's gzip ...", flush=True)
+                results["scenarios"]["compression"] = compression(workdir, gitlab_url, args.seconds, args.rounds)
             if "fleet" in wanted:
                 print("fleet burst (1, 2, 4 workers; with and without Redis) ...", flush=True)
                 results["scenarios"]["fleet"] = asyncio.run(fleet_burst(workdir))

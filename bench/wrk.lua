@@ -6,6 +6,7 @@ local path = os.getenv("BENCH_PATH") or "/"
 local token = os.getenv("BENCH_TOKEN")
 local auth = os.getenv("BENCH_AUTHORIZATION")
 local vary = os.getenv("BENCH_VARY") == "1"
+local accept_encoding = os.getenv("BENCH_ACCEPT_ENCODING")
 local threads = 0
 local counter = 0
 
@@ -19,6 +20,7 @@ function request()
   local headers = { ["Content-Type"] = "application/json" }
   if token then headers["PRIVATE-TOKEN"] = token end
   if auth then headers["Authorization"] = auth end
+  if accept_encoding then headers["Accept-Encoding"] = accept_encoding end
   local body = nil
   if method == "POST" then
     if vary then

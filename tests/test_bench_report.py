@@ -50,6 +50,24 @@ def sample():
                 "overload_p99_ratio_2_workers": 1.5,
                 "two_workers_rps_ratio": 1.9,
             },
+            "compression": {
+                "rounds": 3,
+                "panel_bytes": 14290,
+                "cpu_us_per_request": {
+                    "pass_through_plain": 51.1,
+                    "pass_through_gzip": 94.5,
+                    "hit_gzip": 50.8,
+                    "hit_plain": 78.3,
+                    "nginx_plain": 35.2,
+                    "nginx_gzip": 71.3,
+                },
+                "compressed_hit_vs_plain_pass_through_cpu": 0.98,
+                "compressed_hit_vs_nginx_gzip_cpu": 0.71,
+                "panel_wire_bytes": {"identity": 14290, "gzip": 926},
+                "panel_wire_ratio": 15.4,
+                "cache_answers_4mib": {"plain": 121, "compressed": 2137},
+                "cache_capacity_ratio": 17.7,
+            },
             "held": {
                 "callers": 10,
                 "distinct_slow_queries": 2,
@@ -90,5 +108,7 @@ def test_report_has_every_measured_scenario_and_a_chart(tmp_path):
     assert "| nginx, 2 workers, overload | 256 |" in text
     assert "with two workers each (one per core, as both are deployed) the proxy's p99 is 1.5x nginx's" in text
     assert "## Cached meta" not in text  # not measured in this run
+    assert "926 gzipped (**15.4x** less)" in text and "| the proxy, answer cache hit | 78.3 | 50.8 |" in text
+    assert "A compressed cache hit costs **0.98x** a plain pass-through's CPU" in text
     assert (tmp_path / "chart.png").stat().st_size > 1000
     json.dumps(results)  # results.json stays plain JSON

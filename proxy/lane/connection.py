@@ -30,6 +30,7 @@ from proxy.lane.answer_head import CHUNKED, JSON, JSON_UTF8, content_length
 from proxy.lane.flow import FlowControl
 from proxy.lane.request_head import LaneRequest, NotForLane, RequestReader
 from proxy.pipeline.answers import Buffered, QueryAnswer
+from proxy.pipeline.encoding import IDENTITY
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.request_body import WholeBody
 from proxy.tcp import as_stream
@@ -248,26 +249,39 @@ class Connection(asyncio.Protocol):
         return lane.heads.head(status, content_type, exchange.request_id, framing, extra, close)
 
     def _write_whole(
-        self, status: int, content_type: bytes, body: bytes, exchange: Exchange, extra: dict[str, str] | None = None
+        self,
+        status: int,
+        content_type: bytes,
+        body: bytes,
+        exchange: Exchange,
+        extra: dict[str, str] | None = None,
+        coding: str = IDENTITY,
+        tag: str | None = None,
     ) -> None:
+        """A whole answer in the form the pipeline gives this caller (gzip, ``Vary``, ``ETag``, a 304)."""
         transport = self._transport
         assert transport is not None
-        lines = self._head(status, content_type, exchange, extra, content_length(len(body)))
+        status, body, form = self._lane.pipeline.whole(exchange, status, body, coding, tag)
+        extra = form if not extra else {**extra, **form}
+        framing = b"" if status == 304 else content_length(len(body))  # a 304 has no body and says no length
+        lines = self._head(status, content_type, exchange, extra, framing)
         lines.append(body)
         transport.write(b"".join(lines))
         exchange.bytes_sent = len(body)
 
     async def _send(self, outcome: QueryAnswer, exchange: Exchange) -> None:
         if isinstance(outcome, Buffered):
-            self._write_whole(outcome.status, JSON, outcome.body, exchange)
+            self._write_whole(outcome.status, JSON, outcome.body, exchange, None, outcome.coding, outcome.tag)
             return
         transport = self._transport
         assert transport is not None
         flow = self._flow
-        length = outcome.content_length
+        pipeline = self._lane.pipeline
+        form = pipeline.stream_headers(exchange)
+        length = None if exchange.gzip else outcome.content_length  # gzipped as it goes: its length is unknown
         try:
             transport.write(
-                b"".join(self._head(200, JSON, exchange, None, CHUNKED if length is None else content_length(length)))
+                b"".join(self._head(200, JSON, exchange, form, CHUNKED if length is None else content_length(length)))
             )
 
             def send(chunk: bytes) -> Awaitable[None] | None:
@@ -277,7 +291,7 @@ class Connection(asyncio.Protocol):
                     transport.write(chunk)
                 return flow.drain() if flow.paused else None
 
-            if not await self._lane.pipeline.relay(outcome, exchange, send):
+            if not await pipeline.relay(outcome, exchange, send):
                 self.abort()  # the 200 is out: only cutting it off is left
                 return
             if length is None:

@@ -20,6 +20,8 @@ form (``request_body.canonical``: object keys sorted but ``order``'s, list order
 are meaningful to Cube), ``renewQuery: false`` kept as sent. Entries are bounded by bytes: the least
 recently used go first, and each tenant holds at most its share of the bytes, so a tenant
 asking many distinct queries evicts its own answers first, never more than its share of others'.
+An answer is kept compressed once (``encoding.encode_kept``) and the bytes kept are what count,
+so the same budget holds many times more answers; a compressing caller's hit costs no compression.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import NamedTuple
 
 from proxy.cube.client import Buffered
 from proxy.cube.tenants import Tenant
+from proxy.pipeline.answers import kept_answer
 from proxy.pipeline.request_body import QueryRequest, canonical
 
 #: what a kept answer weighs beyond its body (the key, the entry): so many tiny answers are bounded too
@@ -50,7 +53,7 @@ class AnswerKey(NamedTuple):
 
 
 class CachedAnswer(NamedTuple):
-    #: the answer as callers get it (a whole 200)
+    #: the answer as kept (a whole 200, gzipped when long enough, with its content's hash)
     answer: Buffered
     #: when Cube gave it (wall-clock seconds, so an answer shared across the fleet keeps its age)
     stored: float
@@ -108,13 +111,15 @@ class AnswerCache:
         self._drop(key)
         return None
 
-    def put(self, key: AnswerKey, body: bytes, stored: float | None = None) -> None:
-        """Keep ``body`` (Cube's whole 200) for ``key``, making room by dropping the least recently used."""
+    def put(self, key: AnswerKey, body: bytes, stored: float | None = None) -> CachedAnswer | None:
+        """Keep ``body`` (Cube's whole 200) for ``key``, compressed once when long enough (the bytes kept are what
+        counts), making room by dropping the least recently used; the entry kept, or None."""
         if not self.keeps(body):
-            return
+            return None
         if key in self._entries:
             self._drop(key)
-        weight = len(body) + ENTRY_OVERHEAD
+        answer = kept_answer(200, body)
+        weight = len(answer.body) + ENTRY_OVERHEAD
         tenant = key.tenant
         own = self._tenants.setdefault(tenant, OrderedDict())
         while self._held.get(tenant, 0) + weight > self.tenant_bytes and own:
@@ -123,10 +128,11 @@ class AnswerCache:
         while self.bytes + weight > self.max_bytes and self._entries:
             self._drop(next(iter(self._entries)))
             self.evictions += 1
-        self._entries[key] = CachedAnswer(Buffered(200, body), self.clock() if stored is None else stored)
+        entry = self._entries[key] = CachedAnswer(answer, self.clock() if stored is None else stored)
         self._tenants.setdefault(tenant, OrderedDict())[key] = None
         self._held[tenant] = self._held.get(tenant, 0) + weight
         self.bytes += weight
+        return entry
 
     def expire(self) -> None:
         """Drop entries past their stale window, looking at a bounded number of the least recently used."""

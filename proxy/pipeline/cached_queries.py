@@ -19,6 +19,7 @@ from proxy.cube.client import Buffered, Streamed
 from proxy.cube.tenants import Tenant
 from proxy.observe.metrics import Metrics
 from proxy.pipeline.answer_cache import BYPASS, HIT, MISS, STALE, AnswerCache, AnswerKey, CachedAnswer, answer_key
+from proxy.pipeline.answers import kept_answer
 from proxy.pipeline.coalesce import QueryAnswer, SharedStream
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.request_body import QueryRequest
@@ -98,11 +99,13 @@ class CachedQueries:
             if found[1] == STALE:
                 self._refresh(key, ask)
             return self._served(exchange, *found)
-        fetched, fleets = await self._fetch(key, ask, exchange)
+        fetched, kept = await self._fetch(key, ask, exchange)
         if fetched is None:  # the fleet had it: Cube was not asked here
-            assert fleets is not None
-            return self._served(exchange, fleets, HIT)
-        return self._asked(exchange, MISS, fetched)
+            assert kept is not None
+            return self._served(exchange, kept, HIT)
+        self._asked(exchange, MISS, fetched)
+        # Cube's answer as kept (compressed once, with its validator), unless the caller takes it plain
+        return kept.answer if kept is not None and exchange.gzip else fetched
 
     async def close(self) -> None:
         """End every refresh under way (shutdown)."""
@@ -129,13 +132,13 @@ class CachedQueries:
     async def _fetch(
         self, key: AnswerKey, ask: Ask, exchange: Exchange | None
     ) -> tuple[QueryAnswer | None, CachedAnswer | None]:
-        """Cube's answer (asked here), or the fleet's entry (asked elsewhere), kept in this process when it may be."""
+        """Cube's answer (asked here; None when the fleet had it) and the entry kept for it in this process, if
+        one was."""
         shared = self._shared
         if shared is None:
             answer = await ask(exchange)
-            if (body := self._keepable(answer)) is not None:
-                self.cache.put(key, body)
-            return answer, None
+            body = self._keepable(answer)
+            return answer, None if body is None else self.cache.put(key, body)
         asked: list[QueryAnswer] = []
 
         async def load() -> tuple[bytes, float]:
@@ -157,13 +160,12 @@ class CachedQueries:
         try:
             body, stored = await shared.load(key, load, policy)
         except _NotKept as not_kept:
-            if (body := self._keepable(not_kept.answer)) is not None:
-                self.cache.put(key, body)  # too large for the fleet, not for this process
-            return not_kept.answer, None
-        self.cache.put(key, body, stored)
+            kept_body = self._keepable(not_kept.answer)  # too large for the fleet, not for this process
+            return not_kept.answer, None if kept_body is None else self.cache.put(key, kept_body)
+        kept = self.cache.put(key, body, stored)
         if asked:
-            return asked[0], None
-        return None, CachedAnswer(Buffered(200, body), stored)
+            return asked[0], kept
+        return None, kept if kept is not None else CachedAnswer(kept_answer(200, body), stored)
 
     def _refresh(self, key: AnswerKey, ask: Ask) -> None:
         """One refresh per entry at a time, and after a failed one none before its backoff ends (the tenant's

@@ -33,17 +33,25 @@ from proxy.cube.forward import UpstreamCall
 from proxy.cube.tenants import Tenant
 from proxy.cube.zerofill import fill_plan
 from proxy.errors import ApiError, CallerStalled, not_enabled, rate_limited, renewals_limited
-from proxy.pipeline.answers import ContinueWaitAnswer
+from proxy.pipeline.answers import ContinueWaitAnswer, kept_answer
 from proxy.pipeline.cached_queries import answer_headers
 from proxy.pipeline.client_info import client_address, traceparent, trusted_networks
 from proxy.pipeline.coalesce import QueryAnswer, StreamBroken, coalesce_key
-from proxy.pipeline.delivery import Send, Stream, relay
+from proxy.pipeline.delivery import Send, Stream, relay, stream_headers
+from proxy.pipeline.encoding import IDENTITY, accepts_gzip, represent
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.health import Health
 from proxy.pipeline.path_template import path_template
 from proxy.pipeline.request_body import BodySource, QueryRequest, parse_body, query_request, too_large
 from proxy.pipeline.request_id import REQUEST_ID_HEADER, normalise_request_id
-from proxy.pipeline.routes import FORWARDED_FOR, PROBE_ROUTES, TRACEPARENT, USER_AGENT
+from proxy.pipeline.routes import (
+    ACCEPT_ENCODING,
+    FORWARDED_FOR,
+    IF_NONE_MATCH,
+    PROBE_ROUTES,
+    TRACEPARENT,
+    USER_AGENT,
+)
 from proxy.pipeline.services import Services
 from proxy.settings import Settings
 
@@ -80,6 +88,17 @@ class Pipeline:
     def answer_headers(self, exchange: Exchange) -> dict[str, str] | None:
         """The headers the answer cache adds to an answer (``X-Cache``, ``Age``), for both doors; None mostly."""
         return answer_headers(exchange)
+
+    def whole(
+        self, exchange: Exchange, status: int, body: bytes, coding: str = IDENTITY, tag: str | None = None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """A whole answer (or error) as it goes to this caller: status, body and the headers of its form (gzip,
+        ``Vary``, ``ETag``; a 304 when the caller has it). See ``proxy.pipeline.encoding.represent``."""
+        return represent(exchange.gzip, exchange.if_none_match, status, body, coding, tag)
+
+    def stream_headers(self, exchange: Exchange) -> dict[str, str]:
+        """A streamed answer's headers of form (``relay`` gzips it for a caller that takes gzip)."""
+        return stream_headers(exchange)
 
     async def relay(self, stream: Stream, exchange: Exchange, send: Send) -> bool:
         """A streamed answer written through ``send`` under the write deadline; False if it broke (the door
@@ -121,6 +140,9 @@ class Pipeline:
         exchange.user_agent = user_agent
         if (trace := headers.get(TRACEPARENT)) is not None:
             exchange.traceparent = traceparent(trace)
+        if (accepted := headers.get(ACCEPT_ENCODING)) is not None:
+            exchange.gzip = accepts_gzip(accepted)
+        exchange.if_none_match = headers.get(IF_NONE_MATCH)
         self.metrics.in_flight += 1
         return exchange
 
@@ -255,7 +277,7 @@ class Pipeline:
             if answer.status != 200:
                 body = answer.parsed if isinstance(answer.parsed, dict) else {"message": "Cube error"}
                 raise ApiError(answer.status, body)
-            return answer
+            return kept_answer(answer.status, answer.body)
 
         asked = time.perf_counter()
         try:

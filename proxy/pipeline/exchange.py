@@ -25,7 +25,9 @@ class Exchange:
         "cube_seconds",
         "cube_status",
         "cube_url",
+        "gzip",
         "hung_up",
+        "if_none_match",
         "method",
         "path",
         "project",
@@ -79,6 +81,9 @@ class Exchange:
         self.cube_seconds: float | None = None
         #: the Cube asked (its URL as it may be shown), when one was
         self.cube_url: str | None = None
+        #: the caller takes its answer gzipped (``Accept-Encoding``), and the validators it already has
+        self.gzip = False
+        self.if_none_match: str | None = None
 
     def __repr__(self) -> str:
         return f"Exchange(request_id={self.request_id!r}, route={self.route!r}, project={self.project!r})"

@@ -10,6 +10,10 @@ FORWARDED_FOR = "X-Forwarded-For"
 TRACEPARENT = "traceparent"
 #: what the access line says of the caller (its address through trusted proxies, its agent, its trace)
 CLIENT_HEADERS = (USER_AGENT, FORWARDED_FOR, TRACEPARENT)
+ACCEPT_ENCODING = "Accept-Encoding"
+IF_NONE_MATCH = "If-None-Match"
+#: what the answer's form depends on (its coding; a 304 for a kept answer the caller has)
+ANSWER_HEADERS = (ACCEPT_ENCODING, IF_NONE_MATCH)
 
 API_PREFIX = "/api/v4"
 #: every analytics route answers with and without GitLab's API prefix
@@ -22,7 +26,7 @@ META = "meta"
 #: the endpoints that run a query (POST, a body with ``query``)
 QUERY_ENDPOINTS = (LOAD, DRY_RUN)
 #: the request headers the analytics steps read; nothing else of a request's head is used
-HEADERS_READ = (*CREDENTIAL_HEADERS, REQUEST_ID_HEADER, *CLIENT_HEADERS)
+HEADERS_READ = (*CREDENTIAL_HEADERS, REQUEST_ID_HEADER, *CLIENT_HEADERS, *ANSWER_HEADERS)
 #: routes a load balancer or a scraper polls: their access lines are DEBUG, not INFO
 PROBE_ROUTES = frozenset({"/-/liveness", "/-/readiness", "/-/metrics", "/-/status"})
 

@@ -34,6 +34,7 @@ from proxy.limits.tenant_cap import TenantLimiter
 from proxy.observe.metrics import LAG_SAMPLE_SECONDS, Metrics, NoMetrics
 from proxy.pipeline.access_log import AccessLog
 from proxy.pipeline.answer_cache import AnswerCache
+from proxy.pipeline.answers import kept_answer, plain_body
 from proxy.pipeline.cached_queries import CachedQueries
 from proxy.pipeline.coalesce import Coalescer
 from proxy.pipeline.door_counts import DoorCounts
@@ -132,7 +133,7 @@ class Services:
             yield
             return
         self.shared = shared = open_shared(config, self.metrics)
-        self.meta_cache.share(shared, "meta", MetaCodec(_buffered), config.local_ttl)
+        self.meta_cache.share(shared, "meta", MetaCodec(kept_answer, plain_body), config.local_ttl)
         self.answers.share(shared)
         await shared.ping()  # a first connection before traffic (not required: a failure only logs)
         try:
@@ -199,10 +200,6 @@ class Services:
 
 def _answer_size(answer: Buffered) -> int:
     return len(answer.body)
-
-
-def _buffered(status: int, body: bytes) -> Buffered:
-    return Buffered(status, body, None)
 
 
 def _issuer(settings: Settings) -> str:

@@ -28,8 +28,10 @@ class JsonCodec:
 class CallerCodec(JsonCodec):
     """A GitLab caller (``proxy.auth.authorizer.Caller``), given the class to rebuild it with."""
 
-    def __init__(self, make: Any) -> None:
+    def __init__(self, make: Any, plain: Any = None) -> None:
+        #: an answer from its status and plain body (as a cache keeps it), and a kept answer's plain body
         self._make = make
+        self._plain = plain if plain is not None else (lambda value: value.body)
 
     def dump(self, value: Any) -> Any:
         return {"id": value.user_id, "name": value.username, "admin": value.is_admin, "scopes": sorted(value.scopes)}
@@ -41,15 +43,17 @@ class CallerCodec(JsonCodec):
 class MetaCodec(JsonCodec):
     """A tenant's meta answer (``Buffered``), keyed by the tenant's app id and a hash of its Cube URL and key."""
 
-    def __init__(self, make: Any) -> None:
+    def __init__(self, make: Any, plain: Any = None) -> None:
+        #: an answer from its status and plain body (as a cache keeps it), and a kept answer's plain body
         self._make = make
+        self._plain = plain if plain is not None else (lambda value: value.body)
 
     def key(self, key: Any) -> str:
         digest = hashlib.sha256(f"{key.cube_base_url}\0{key.cube_api_key}".encode()).hexdigest()[:32]
         return f"{key.app_id}|{digest}"
 
     def dump(self, value: Any) -> Any:
-        return {"status": value.status, "body": value.body.decode()}
+        return {"status": value.status, "body": self._plain(value).decode()}
 
     def load(self, data: Any) -> Any:
         return self._make(int(data["status"]), str(data["body"]).encode())

@@ -26,6 +26,7 @@ from aiohttp.typedefs import Handler
 from proxy.errors import INTERNAL_ERROR, ApiError
 from proxy.pipeline.request_id import REQUEST_ID_HEADER
 from proxy.web.keys import EXCHANGE, PIPELINE
+from proxy.web.views import whole_response
 
 #: route names that need a caller's credential start with this.
 PROTECTED_PREFIX = "analytics."
@@ -82,20 +83,27 @@ def _compact_json(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+def _error(request: web.Request, status: int, body: dict[str, object], headers: dict[str, str] | None) -> web.Response:
+    """An error answer in the same form rule as every answer (a long one gzipped for a caller that takes it)."""
+    response = whole_response(request, status, orjson.dumps(body), headers=headers)
+    response.charset = "utf-8"
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.body, exc.headers)
+        return _error(request, exc.status, exc.body, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {k: v for k, v in exc.headers.items() if k in {"Allow", "Retry-After"}}
-        return error_response(exc.status, {"message": f"{exc.status} {exc.reason}"}, headers)
+        return _error(request, exc.status, {"message": f"{exc.status} {exc.reason}"}, headers)
     except Exception:
         request.app[PIPELINE].fault(request[EXCHANGE])
-        return error_response(500, dict(INTERNAL_ERROR))
+        return _error(request, 500, dict(INTERNAL_ERROR), None)
 
 
 def _protected(request: web.Request) -> bool:

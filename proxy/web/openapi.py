@@ -63,7 +63,11 @@ def _query_route(endpoint: str, summary: str, answer: str) -> dict[str, Any]:
             "summary": summary,
             "operationId": f"{endpoint.replace('-', '_')}",
             "tags": ["analytics"],
-            "parameters": [{"$ref": "#/components/parameters/Project"}, {"$ref": "#/components/parameters/RequestId"}],
+            "parameters": [
+                {"$ref": "#/components/parameters/Project"},
+                {"$ref": "#/components/parameters/RequestId"},
+                *_ANSWER_PARAMETERS,
+            ],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/QueryRequest"}}},
@@ -76,6 +80,7 @@ def _query_route(endpoint: str, summary: str, answer: str) -> dict[str, Any]:
                         "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
                         "X-Cache": {"$ref": "#/components/headers/Cache"},
                         "Age": {"$ref": "#/components/headers/Age"},
+                        **_FORM_HEADERS,
                     },
                     "content": {
                         "application/json": {
@@ -88,16 +93,35 @@ def _query_route(endpoint: str, summary: str, answer: str) -> dict[str, Any]:
                         }
                     },
                 },
+                "304": _NOT_MODIFIED,
                 **_errors("400", "408", "413"),
             },
         }
     }
 
 
+#: the request headers an answer's form depends on
+_ANSWER_PARAMETERS = [
+    {"$ref": "#/components/parameters/AcceptEncoding"},
+    {"$ref": "#/components/parameters/IfNoneMatch"},
+]
+#: the headers that say an answer's form
+_FORM_HEADERS = {
+    "Content-Encoding": {"$ref": "#/components/headers/ContentEncoding"},
+    "Vary": {"$ref": "#/components/headers/Vary"},
+    "ETag": {"$ref": "#/components/headers/ETag"},
+}
+_NOT_MODIFIED = {
+    "description": "Not modified: the caller's `If-None-Match` names this answer's content (an answer served from"
+    " the answer cache, or meta); no body.",
+    "headers": {"ETag": {"$ref": "#/components/headers/ETag"}, "Vary": {"$ref": "#/components/headers/Vary"}},
+}
+
+
 def _meta_route() -> dict[str, Any]:
     answer = {
         "description": "The tenant's cubes, measures and dimensions (Cube's `/meta`), or Continue wait.",
-        "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}},
+        "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}, **_FORM_HEADERS},
         "content": {
             "application/json": {
                 "schema": {
@@ -109,14 +133,18 @@ def _meta_route() -> dict[str, Any]:
             }
         },
     }
-    parameters = [{"$ref": "#/components/parameters/Project"}, {"$ref": "#/components/parameters/RequestId"}]
+    parameters = [
+        {"$ref": "#/components/parameters/Project"},
+        {"$ref": "#/components/parameters/RequestId"},
+        *_ANSWER_PARAMETERS,
+    ]
     return {
         "get": {
             "summary": "The project's data model",
             "operationId": "meta",
             "tags": ["analytics"],
             "parameters": parameters,
-            "responses": {"200": answer, **_errors("400")},
+            "responses": {"200": answer, "304": _NOT_MODIFIED, **_errors("400")},
         },
         "post": {
             "summary": "The project's data model (POST, as GitLab accepts it too)",
@@ -127,7 +155,7 @@ def _meta_route() -> dict[str, Any]:
                 "required": False,
                 "content": {"application/json": {"schema": {"type": "object"}}},
             },
-            "responses": {"200": answer, **_errors("400", "408", "413")},
+            "responses": {"200": answer, "304": _NOT_MODIFIED, **_errors("400", "408", "413")},
         },
     }
 
@@ -253,6 +281,20 @@ def document() -> dict[str, Any]:
                     "description": "Kept when well-formed (a `-span-1` suffix added), else replaced; sent to Cube.",
                     "schema": {"type": "string"},
                 },
+                "AcceptEncoding": {
+                    "name": "Accept-Encoding",
+                    "in": "header",
+                    "required": False,
+                    "description": "`gzip` (q-values honoured): answers of 1 KiB or more come gzipped, streams too.",
+                    "schema": {"type": "string"},
+                },
+                "IfNoneMatch": {
+                    "name": "If-None-Match",
+                    "in": "header",
+                    "required": False,
+                    "description": "An `ETag` the caller has: a 304 without a body when it names the answer's content.",
+                    "schema": {"type": "string"},
+                },
             },
             "headers": {
                 "RetryAfter": {
@@ -269,6 +311,19 @@ def document() -> dict[str, Any]:
                 "Age": {
                     "description": "Seconds since Cube gave a cached answer (with `X-Cache: HIT` or `STALE`).",
                     "schema": {"type": "integer", "minimum": 0},
+                },
+                "ContentEncoding": {
+                    "description": "`gzip` when the answer is gzipped (the caller takes gzip; 1 KiB or more).",
+                    "schema": {"type": "string", "enum": ["gzip"]},
+                },
+                "Vary": {
+                    "description": "`Accept-Encoding`: an answer's form depends on it.",
+                    "schema": {"type": "string"},
+                },
+                "ETag": {
+                    "description": "A strong validator of a kept answer's content (answer cache, meta): one per coding"
+                    ' (`"<hash>"`, `"<hash>-gzip"`).',
+                    "schema": {"type": "string"},
                 },
             },
             "schemas": schemas(),

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from proxy.errors import bad_request
 from proxy.pipeline.answers import Buffered, SharedStream, Streamed
+from proxy.pipeline.encoding import IDENTITY
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.request_body import inflate, too_large
 from proxy.pipeline.routes import DRY_RUN, LOAD
@@ -56,7 +57,7 @@ async def _query(request: web.Request, endpoint: str) -> web.StreamResponse:
     project = request.match_info["project"]
     outcome = await request.app[PIPELINE].answer_query(exchange, endpoint, project, RequestBody(request), request.query)
     if isinstance(outcome, Buffered):
-        return _buffered_response(outcome)
+        return whole_response(request, outcome.status, outcome.body, outcome.coding, outcome.tag)
     return await stream_response(request, exchange, outcome)
 
 
@@ -64,12 +65,28 @@ async def meta(request: web.Request) -> web.StreamResponse:
     body = RequestBody(request) if request.method == "POST" else None
     pipeline = request.app[PIPELINE]
     answer = await pipeline.answer_meta(request[EXCHANGE], request.match_info["project"], request.method, body)
-    return _buffered_response(answer)
+    return whole_response(request, answer.status, answer.body, answer.coding, answer.tag)
 
 
-def _buffered_response(answer: Buffered) -> web.Response:
-    # X-Request-Id is named by the on_prepare signal, as for every answer
-    return web.Response(status=answer.status, body=answer.body, content_type="application/json")
+def whole_response(
+    request: web.Request,
+    status: int,
+    body: bytes,
+    coding: str = IDENTITY,
+    tag: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """A whole answer (or error) in the form the pipeline gives this caller: gzip, ``Vary``, ``ETag``, a 304.
+    X-Request-Id and the cache's headers are named by the on_prepare signal, as for every answer."""
+    exchange = request.get(EXCHANGE)
+    form: dict[str, str] = {}
+    if exchange is not None:
+        status, body, form = request.app[PIPELINE].whole(exchange, status, body, coding, tag)
+    if status == 304:
+        return web.Response(status=304, headers={**(headers or {}), **form})
+    response = web.Response(status=status, body=body, headers={**(headers or {}), **form})
+    response.content_type = "application/json"
+    return response
 
 
 async def stream_response(
@@ -77,13 +94,14 @@ async def stream_response(
 ) -> web.StreamResponse:
     """Send a streamed answer chunk by chunk as it arrives (``Pipeline.relay``: the write deadline); cut the
     connection off if it fails after its 200."""
-    response = web.StreamResponse(status=200)
+    pipeline = request.app[PIPELINE]
+    response = web.StreamResponse(status=200, headers=pipeline.stream_headers(exchange))
     response.content_type = "application/json"
-    if outcome.content_length is not None:
+    if outcome.content_length is not None and not exchange.gzip:  # gzipped as it goes: its length is unknown
         response.content_length = outcome.content_length
     try:
         await response.prepare(request)
-        if not await request.app[PIPELINE].relay(outcome, exchange, response.write):
+        if not await pipeline.relay(outcome, exchange, response.write):
             if request.transport is not None:
                 request.transport.abort()
             raise ConnectionAbortedError("the streamed answer failed mid-way")
