@@ -348,6 +348,14 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             f" (**{c['panel_wire_ratio']}x** less). A 4 MiB answer cache holds {c['cache_answers_4mib']['plain']} such"
             f" panels kept plain and {c['cache_answers_4mib']['compressed']} kept compressed"
             f" (**{c['cache_capacity_ratio']}x**).",
+        ]
+        if "view_bytes" in c:
+            lines += [
+                "",
+                f"A dashboard view on the real stack ({c['panels']} panels): {c['view_bytes']['identity']} bytes plain,"
+                f" {c['view_bytes']['gzip']} gzipped (**{c['view_wire_ratio']}x** less).",
+            ]
+        lines += [
             "",
             "| CPU per request (µs) | plain | gzip |",
             "|---|---|---|",

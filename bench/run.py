@@ -70,6 +70,7 @@ TARGETS = {
     "viewers_cube_cpu_ratio": (">=", 20.0),
     "compressed_hit_vs_plain_pass_through_cpu": ("<=", 1.0),
     "panel_wire_ratio": (">=", 15.0),
+    "view_wire_ratio": (">=", 5.0),
     "cache_capacity_ratio": (">=", 5.0),
     "large_gzip_rss_growth_mb": ("<", 10.0),
 }
@@ -440,6 +441,28 @@ def viewer_panels() -> list[dict[str, Any]]:
     return panels
 
 
+async def view_bytes(port: int) -> dict[str, Any]:
+    """Bytes on the wire for one dashboard view (every panel of ``viewer_panels`` once, on the real stack), plain
+    and gzipped: the bodies as they come, not inflated."""
+    sizes = {"identity": 0, "gzip": 0}
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        for query in viewer_panels():
+            for coding in sizes:
+                headers = {"PRIVATE-TOKEN": TOKEN, "Accept-Encoding": coding}
+                for _ in range(30):  # Cube may say Continue wait while it computes a panel
+                    url = f"http://127.0.0.1:{port}{LOAD}"
+                    async with session.post(url, json={"query": query}, headers=headers) as resp:
+                        body = await resp.read()
+                    if resp.status == 200 and len(body) > 40:
+                        break
+                sizes[coding] += len(body)
+    return {
+        "panels": len(viewer_panels()),
+        "view_bytes": sizes,
+        "view_wire_ratio": round(sizes["identity"] / max(1, sizes["gzip"]), 1),
+    }
+
+
 async def dashboard_viewers(
     stack: Stack, workdir: Path, gitlab_url: str, viewers: int = 200, window: float = 10.0, ttl: float = 10.0
 ) -> dict[str, Any]:
@@ -695,7 +718,7 @@ def main() -> int:
             if "fleet" in wanted:
                 print("fleet burst (1, 2, 4 workers; with and without Redis) ...", flush=True)
                 results["scenarios"]["fleet"] = asyncio.run(fleet_burst(workdir))
-            if wanted & {"cached_meta", "burst", "viewers", "large", "held"}:
+            if wanted & {"cached_meta", "burst", "viewers", "large", "held", "compression"}:
                 print("starting the real stack ...", flush=True)
                 with running_stack(KEY, workdir / "stack", log_queries=True) as stack:
                     proxy, port = proxy_process(
@@ -724,6 +747,9 @@ def main() -> int:
                             results["scenarios"]["viewers"] = asyncio.run(
                                 dashboard_viewers(stack, workdir, gitlab_url, viewers=args.viewers)
                             )
+                        if "compression" in wanted:
+                            print("a dashboard view's bytes on the wire, plain and gzipped ...", flush=True)
+                            results["scenarios"]["compression"].update(asyncio.run(view_bytes(port)))
                         if "large" in wanted:
                             print("large result ...", flush=True)
                             results["scenarios"]["large"] = asyncio.run(large_result(stack, proxy, port))
