@@ -279,13 +279,15 @@ async def test_a_live_lock_holds_a_waiter_no_longer_than_a_redis_timeout(redis_s
         ("nan", "now"),
         ("inf", "now"),
         ("1", "1e12"),  # a bucket "from the future" never refills
+        ("0", "an hour ahead"),  # an empty one from the future: without the reset it would refuse for an hour
         ("1", "garbage"),
     ],
 )
 async def test_a_bucket_someone_wrote_is_reset(redis_server, writer, tokens, at):
     fleet = fleet_on(aioredis.from_url(redis_server.url))
     key = f"{PREFIX}rate:caller"
-    await writer.hset(key, mapping={"tokens": tokens, "at": str(time.time()) if at == "now" else at})
+    stamps = {"now": str(time.time()), "an hour ahead": str(time.time() + 3600)}
+    await writer.hset(key, mapping={"tokens": tokens, "at": stamps.get(at, at)})
     try:
         assert await fleet.rate("caller", 0.5, 3) is None  # reset to a full bucket: a token taken
         assert await writer.ttl(key) > 0  # and it expires again

@@ -1,5 +1,6 @@
 """Spec sections 1 and 4: routes, what Cube receives, and the signed security context."""
 
+import asyncio
 import re
 import time
 
@@ -7,7 +8,10 @@ import jwt
 import pytest
 
 from tests.conftest import CUBE_KEY, MAINTAINER, QUERY, REPORTER
-from tests.fakes.cube import FakeCube, load_answer
+from tests.fakes.cube import FakeCube, held_until, load_answer
+from tests.test_streaming import until
+
+LOAD_PATH = "/api/v4/projects/1/product_analytics/request/load"
 
 BASE = "/projects/1/product_analytics/request"
 
@@ -212,3 +216,30 @@ async def test_cookies_set_upstream_never_reach_another_call(gitlab_url, cube_ur
     assert "Cookie" not in cube.calls[1].headers
     assert len(gitlab.seen_headers) > 4
     assert not any("Cookie" in h for h in gitlab.seen_headers)
+
+
+async def test_two_concurrent_include_token_calls_are_two_cube_calls_with_their_own_tokens(
+    make_settings, make_client, cube
+):
+    """A personal call never joins another's flight, cache or no cache: each JWT carries its own caller's minted
+    token (with the coalescer's exclusion removed, both callers got the first one's token)."""
+    hold = asyncio.Event()
+    cube.behaviour = held_until(hold)
+    for ttl in (0.0, 60.0):  # the answer cache off, then on
+        client = await make_client(make_settings(product_analytics={"answer_ttl": ttl}))
+        before = len(cube.calls_to("load"))
+        both = asyncio.gather(
+            *(
+                client.post(LOAD_PATH, json={"query": QUERY, "include_token": True}, headers=MAINTAINER)
+                for _ in range(2)
+            )
+        )
+        await until(lambda: len(cube.calls_to("load")) == before + 2)  # noqa: B023 - read while this round runs
+        hold.set()
+        answers = await both
+        hold.clear()
+        assert [a.status for a in answers] == [200, 200]
+        if ttl:
+            assert [a.headers["X-Cache"] for a in answers] == ["BYPASS", "BYPASS"]
+        tokens = [c.claims["gitlabToken"] for c in cube.calls_to("load")[before:]]
+        assert all(tokens) and tokens[0] != tokens[1]

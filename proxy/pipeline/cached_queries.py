@@ -85,9 +85,8 @@ class CachedQueries:
     async def answer(
         self, exchange: Exchange, tenant: Tenant, endpoint: str, query: QueryRequest, ask: Ask
     ) -> QueryAnswer:
-        """The caller's answer: from the cache, or Cube's (kept when it may be). See ``answer_cache.py``."""
-        if query.include_token:  # its answer carries the caller's own token
-            return self._asked(exchange, BYPASS, await ask(exchange))
+        """The caller's answer: from the cache, or Cube's (kept when it may be). See ``answer_cache.py``. A personal
+        (``include_token``) call never comes here: the pipeline asks Cube for it alone (``bypassed``)."""
         key = answer_key(tenant, endpoint, query)
         if query.renews:  # Cube renews its cache: a good answer makes the plain query's entry older than Cube's
             answer = await ask(exchange)
@@ -213,11 +212,18 @@ class CachedQueries:
         self._metrics.answer_cache(status)
         return entry.answer
 
+    def bypassed(self, exchange: Exchange) -> None:
+        """Record a call the cache had no say in (a personal one): ``X-Cache: BYPASS``."""
+        self._note(exchange, BYPASS)
+
     def _asked(self, exchange: Exchange, status: str, answer: QueryAnswer) -> QueryAnswer:
+        self._note(exchange, status)
+        return answer
+
+    def _note(self, exchange: Exchange, status: str) -> None:
         exchange.cache = status.lower()
         exchange.cache_status = status
         self._metrics.answer_cache(status)
-        return answer
 
 
 def answer_headers(exchange: Exchange) -> dict[str, str] | None:

@@ -266,8 +266,7 @@ class Coalescer:
         await asyncio.gather(*self._pumps, return_exceptions=True)
 
 
-def coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[Tenant, str, bytes] | None:
-    """The key identical calls share a flight by (the tenant, the endpoint, the canonical query); None: never shared."""
-    if query.include_token:
-        return None  # each such call carries its own minted token
+def coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[Tenant, str, bytes]:
+    """The key identical calls share a flight by (the tenant, the endpoint, the canonical query). A personal call
+    (``include_token``) is never given one: ``Pipeline._ask_cube`` runs it alone."""
     return (tenant, endpoint, query.fingerprint)

@@ -191,18 +191,30 @@ class Pipeline:
             wait = self.services.renewals.check(tenant.app_id, time.monotonic())
             if wait is not None:
                 raise renewals_limited(wait, self.services.settings.cube.renewals_per_second)
-        gitlab_token = None
-        if query.include_token:
-            assert exchange.credential is not None
-            gitlab_token = await self.services.authorizer.mint_token(exchange.credential, grant)
+        if query.include_token:  # a personal call: the one place it branches off (see ``_personal``)
+            return await self._personal(exchange, tenant, grant, endpoint, query)
         if tenant.answer_ttl > 0:  # the answer cache, which asks Cube through ``ask`` when it must
             request_id = exchange.request_id
 
             async def ask(recorded: Exchange | None) -> QueryAnswer:
-                return await self._ask_cube(recorded, tenant, endpoint, query, gitlab_token, request_id)
+                return await self._ask_cube(recorded, tenant, endpoint, query, None, request_id)
 
             return await self.services.answers.answer(exchange, tenant, endpoint, query, ask)
-        return await self._ask_cube(exchange, tenant, endpoint, query, gitlab_token, exchange.request_id)
+        return await self._ask_cube(exchange, tenant, endpoint, query, None, exchange.request_id)
+
+    async def _personal(
+        self, exchange: Exchange, tenant: Tenant, grant: Grant, endpoint: str, query: QueryRequest
+    ) -> QueryAnswer:
+        """An ``include_token`` call: its JWT carries a GitLab token minted for this caller, so its answer is the
+        caller's alone. It branches off here, before the answer cache and the coalescer ever see it: never kept,
+        never served from a kept answer (``X-Cache: BYPASS`` where the cache is on), never joined to another
+        caller's flight, its JWT signed for it alone."""
+        assert exchange.credential is not None
+        gitlab_token = await self.services.authorizer.mint_token(exchange.credential, grant)
+        answer = await self._ask_cube(exchange, tenant, endpoint, query, gitlab_token, exchange.request_id)
+        if tenant.answer_ttl > 0:
+            self.services.answers.bypassed(exchange)
+        return answer
 
     async def _ask_cube(
         self,
@@ -213,8 +225,9 @@ class Pipeline:
         gitlab_token: str | None,
         request_id: str,
     ) -> QueryAnswer:
-        """Cube's answer, the JWT signed now, coalesced with identical calls in flight; recorded in ``exchange``
-        (None: a background refresh of a stale cached answer, which no caller waits on)."""
+        """Cube's answer, the JWT signed now, coalesced with identical calls in flight (never a personal call's, one
+        with a ``gitlab_token``); recorded in ``exchange`` (None: a background refresh of a stale cached answer,
+        which no caller waits on)."""
         call = UpstreamCall(
             tenant=tenant,
             endpoint=endpoint,
@@ -228,9 +241,8 @@ class Pipeline:
         forwarder = self.services.forwarder
         asked = time.perf_counter()
         try:
-            outcome, shared = await self.services.coalescer.run(
-                coalesce_key(tenant, endpoint, query), lambda: forwarder.fetch(call)
-            )
+            key = None if gitlab_token is not None else coalesce_key(tenant, endpoint, query)
+            outcome, shared = await self.services.coalescer.run(key, lambda: forwarder.fetch(call))
         finally:
             if exchange is not None:
                 exchange.cube_seconds = time.perf_counter() - asked
