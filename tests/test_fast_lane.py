@@ -1,4 +1,4 @@
-"""The fast lane (proxy/fast_lane.py): what it serves itself, what it hands to aiohttp, and how it closes.
+"""The fast lane (proxy/lane/): what it serves itself, what it hands to aiohttp, and how it closes.
 
 Every HTTP test of the suite already runs through the fast lane as well (the ``serving``
 fixture), so these tests are about the lane's own edges: that plain loads are really

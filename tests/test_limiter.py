@@ -1,4 +1,4 @@
-"""The per-tenant cap (proxy/limiter.py): in turn, bounded in time, and leaking no slot whatever callers do."""
+"""The per-tenant cap (proxy/limits/tenant_cap.py): in turn, bounded in time, leaking no slot whatever callers do."""
 
 from __future__ import annotations
 
