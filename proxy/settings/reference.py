@@ -24,12 +24,13 @@ by `python -m proxy.settings.reference`; a test keeps this page true.
 
 Settings come from a TOML file (`--config FILE`, or the `PROXY_CONFIG` environment variable),
 then the environment, then the command line (`--workers`), each over the one before. Every
-setting has an environment name, `PROXY_<SECTION>__<KEY>` (two underscores between the parts); a project's override is `PROXY_PROJECTS__<ID>__<KEY>`. A setting ending in
-`_file` reads its secret from that file (a mounted secret) instead: set one or the other.
-All problems are reported together at start-up (`python -m proxy --check` checks without
-starting); `--print-config` shows the settings in effect with every secret redacted. Numbers
-must be finite (`inf` and `nan` are refused) and a duration (a TTL, timeout, delay, budget)
-at most a year.
+setting has an environment name, `PROXY_<SECTION>__<KEY>` (two underscores between the parts);
+a project's override is `PROXY_PROJECTS__<ID>__<KEY>`. A setting ending in `_file` reads its
+secret from that file (a mounted secret) instead: set one or the other. All problems are
+reported together at start-up (`python -m proxy --check` checks without starting);
+`--print-config` shows the settings in effect with every secret redacted. Numbers must be
+finite (`inf` and `nan` are refused) and a duration (a TTL, timeout, delay, budget) at most a
+year.
 """
 
 

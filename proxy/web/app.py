@@ -13,7 +13,7 @@ from proxy.settings import Settings
 from proxy.web.explorer import setup_explorer, setup_templates
 from proxy.web.health import setup_health
 from proxy.web.keys import PIPELINE
-from proxy.web.middlewares import MIDDLEWARES, PROTECTED_PREFIX, on_prepare
+from proxy.web.middlewares import ANALYTICS_PREFIX, MIDDLEWARES, on_prepare
 from proxy.web.observability import setup_observability
 from proxy.web.openapi import setup_openapi
 from proxy.web.views import dry_run, load, meta
@@ -22,9 +22,9 @@ from proxy.web.views import dry_run, load, meta
 def setup_routes(app: web.Application) -> None:
     for prefix in PREFIXES:
         tag = "v4" if prefix else "bare"
-        app.router.add_post(analytics_route(prefix, LOAD), load, name=f"{PROTECTED_PREFIX}load.{tag}")
-        app.router.add_post(analytics_route(prefix, DRY_RUN), dry_run, name=f"{PROTECTED_PREFIX}dry_run.{tag}")
-        resource = app.router.add_resource(analytics_route(prefix, META), name=f"{PROTECTED_PREFIX}meta.{tag}")
+        app.router.add_post(analytics_route(prefix, LOAD), load, name=f"{ANALYTICS_PREFIX}load.{tag}")
+        app.router.add_post(analytics_route(prefix, DRY_RUN), dry_run, name=f"{ANALYTICS_PREFIX}dry_run.{tag}")
+        resource = app.router.add_resource(analytics_route(prefix, META), name=f"{ANALYTICS_PREFIX}meta.{tag}")
         resource.add_route("GET", meta)
         resource.add_route("POST", meta)
     setup_health(app)

@@ -28,8 +28,23 @@ from proxy.pipeline.request_id import REQUEST_ID_HEADER
 from proxy.web.keys import EXCHANGE, PIPELINE
 from proxy.web.views import whole_response
 
-#: route names that need a caller's credential start with this.
-PROTECTED_PREFIX = "analytics."
+#: the analytics routes' names start with this
+ANALYTICS_PREFIX = "analytics."
+#: the routes that need no credential, by name: every other route goes through the gate (shedding, credential,
+#: rate), a route added without a name or under a name not listed here too (fail closed). The status page and the
+#: runtime view check their callers themselves (metrics port, loopback, a GitLab administrator).
+OPEN_ROUTES = frozenset(
+    {
+        "health.liveness",
+        "health.readiness",
+        "health.runtime",
+        "observe.metrics",
+        "observe.status",
+        "explorer.page",
+        "explorer.static",
+        "openapi",
+    }
+)
 
 
 @web.middleware
@@ -107,8 +122,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _protected(request: web.Request) -> bool:
-    name = request.match_info.route.name
-    return name is not None and name.startswith(PROTECTED_PREFIX)
+    """Whether the request's route needs a credential: all but the ``OPEN_ROUTES`` (and no route at all: a 404 or
+    405 is aiohttp's to answer)."""
+    match_info = request.match_info
+    if match_info.http_exception is not None:
+        return False
+    return match_info.route.name not in OPEN_ROUTES
 
 
 @web.middleware

@@ -37,7 +37,10 @@ def unparsed_body(status: int) -> dict[str, str]:
     """What a caller is told of a request the server answered before the application saw it."""
     if status >= 500:
         return dict(INTERNAL_ERROR)
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Bad Request"
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:  # not a status the standard names
+        phrase = "Bad Request"
     message = (
         f"{status} {phrase}: the request could not be read as HTTP/1.1 (check the request line, the header"
         " names and values, their length, and the body's framing)"
