@@ -76,5 +76,11 @@ def rate_limited(wait: int) -> ApiError:
     )
 
 
+def unavailable(message: str, retry_after: int | str = 1, body: dict[str, Any] | None = None) -> ApiError:
+    """503 with ``Retry-After``: not the caller's fault, and worth asking again after ``retry_after`` seconds. The one
+    way every such answer is built (``body``: a body of its own, when the answer carries more than a message)."""
+    return ApiError(503, body if body is not None else {"message": message}, {"Retry-After": str(retry_after)})
+
+
 def gitlab_unavailable(retry_after: int) -> ApiError:
-    return ApiError(503, {"message": "GitLab is unavailable"}, {"Retry-After": str(retry_after)})
+    return unavailable("GitLab is unavailable", retry_after)

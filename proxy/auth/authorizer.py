@@ -19,6 +19,7 @@ from proxy.errors import (
     not_enabled,
     project_not_found,
     unauthorized,
+    unavailable,
 )
 from proxy.ids import project_id
 from proxy.limits.caller_rate import RateLimiter
@@ -232,9 +233,7 @@ class GitLabAuthorizer:
         wait = self._new_credentials.check("new", self._timer())
         if wait is not None:
             self._metrics.refusal("new_credentials")
-            raise ApiError(
-                503, {"message": "Too many new credentials at once; retry shortly"}, {"Retry-After": str(wait)}
-            )
+            raise unavailable("Too many new credentials at once; retry shortly", wait)
 
     async def _load_caller(self, credential: Credential) -> Caller:
         self._spend_new_credential()

@@ -13,7 +13,7 @@ import orjson
 
 from proxy.bounded import read_at_most
 from proxy.cube.answers import DATABASE_RETRY_AFTER, error_text, error_type, is_continue_wait, map_cube_error
-from proxy.errors import ApiError
+from proxy.errors import ApiError, unavailable
 from proxy.http_client import (
     ConnectFailed,
     ConnectTimeout,
@@ -102,7 +102,7 @@ def cube_error(message: str, kind: str | None = None) -> Buffered:
     status, body = map_cube_error(message, kind)
     if status == 503:
         log.warning("Cube cannot reach its database: %s", message, extra={"event": "cube_database_down"})
-        raise ApiError(503, body, {"Retry-After": DATABASE_RETRY_AFTER})
+        raise unavailable(body["message"], DATABASE_RETRY_AFTER, body)
     return Buffered(status, orjson.dumps(body), body)
 
 
@@ -176,7 +176,7 @@ class CubeClient:
             raise upstream_fault(504, f"Cube did not answer within {read_timeout:g} s") from None
         except PoolBusy as exc:
             # Cube is healthy but saturated by other calls: the caller may try again, as at the tenant cap
-            raise ApiError(503, {"message": f"{exc}; try again shortly"}, {"Retry-After": "1"}) from None
+            raise unavailable(f"{exc}; try again shortly") from None
         except UpstreamError as exc:
             raise upstream_fault(502, _connection_failed(exc)) from None
         try:

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from proxy.cube.zerofill import FillPlan, zero_fill
-from proxy.errors import ApiError
+from proxy.errors import ApiError, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,11 @@ def _receive(pipe: Connection) -> Any:
 
 
 def _shutting_down() -> ApiError:
-    return ApiError(503, {"message": "The proxy is shutting down; retry"}, {"Retry-After": "1"})
+    return unavailable("The proxy is shutting down; retry")
 
 
 def _fill_process_ended() -> ApiError:
-    return ApiError(503, {"message": "The zero-fill process ended under this answer; retry"}, {"Retry-After": "1"})
+    return unavailable("The zero-fill process ended under this answer; retry")
 
 
 class _ProcessEnded(Exception):

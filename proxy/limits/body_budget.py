@@ -10,17 +10,13 @@ per address with a body in flight (bounded by the requests in flight).
 
 from __future__ import annotations
 
-from proxy.errors import ApiError
+from proxy.errors import ApiError, unavailable
 
 RETRY_AFTER = "1"
 
 
 def bodies_busy() -> ApiError:
-    return ApiError(
-        503,
-        {"message": "Too many request bodies are arriving at once; retry shortly"},
-        {"Retry-After": RETRY_AFTER},
-    )
+    return unavailable("Too many request bodies are arriving at once; retry shortly", RETRY_AFTER)
 
 
 class BodyBudget:

@@ -7,7 +7,7 @@ held never exceeds the budget however many callers ask.
 
 from __future__ import annotations
 
-from proxy.errors import ApiError
+from proxy.errors import unavailable
 
 
 class ByteBudget:
@@ -19,7 +19,7 @@ class ByteBudget:
 
     def take(self, size: int) -> None:
         if self.held + size > self.total:
-            raise ApiError(503, {"message": self._refusal}, {"Retry-After": "1"})
+            raise unavailable(self._refusal)
         self.held += size
 
     def give(self, size: int) -> None:

@@ -7,7 +7,7 @@ import collections
 import contextlib
 from collections.abc import Callable
 
-from proxy.errors import ApiError
+from proxy.errors import unavailable
 
 
 class _Slots:
@@ -20,6 +20,10 @@ class _Slots:
         #: callers holding or waiting for a slot: the entry is dropped when none are left
         self.users = 0
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+
+#: what a caller past its project's cap is told
+BUSY = "Too many concurrent analytics requests for this project; try again shortly"
 
 
 class TenantLimiter:
@@ -82,10 +86,8 @@ class TenantLimiter:
                     slots.waiters.remove(waiter)
             self._leave(key, slots)
             if isinstance(exc, TimeoutError):
-                raise ApiError(
-                    503,
-                    {"message": "Too many concurrent analytics requests for this project; try again shortly"},
-                    {"Retry-After": "1"},
+                raise unavailable(
+                    "Too many concurrent analytics requests for this project; try again shortly"
                 ) from None
             raise
         finally:

@@ -32,7 +32,7 @@ from proxy.cube.client import Buffered
 from proxy.cube.forward import UpstreamCall
 from proxy.cube.tenants import Tenant
 from proxy.cube.zerofill import fill_plan
-from proxy.errors import ApiError, CallerStalled, not_enabled, rate_limited, renewals_limited
+from proxy.errors import ApiError, CallerStalled, not_enabled, rate_limited, unavailable
 from proxy.pipeline.answers import ContinueWaitAnswer, kept_answer
 from proxy.pipeline.cached_queries import answer_headers
 from proxy.pipeline.client_info import client_address, traceparent, trusted_networks
@@ -44,14 +44,7 @@ from proxy.pipeline.health import Health
 from proxy.pipeline.path_template import path_template
 from proxy.pipeline.request_body import BodySource, QueryRequest, parse_body, query_request, too_large
 from proxy.pipeline.request_id import REQUEST_ID_HEADER, normalise_request_id
-from proxy.pipeline.routes import (
-    ACCEPT_ENCODING,
-    FORWARDED_FOR,
-    IF_NONE_MATCH,
-    PROBE_ROUTES,
-    TRACEPARENT,
-    USER_AGENT,
-)
+from proxy.pipeline.routes import ACCEPT_ENCODING, FORWARDED_FOR, IF_NONE_MATCH, PROBE_ROUTES, TRACEPARENT, USER_AGENT
 from proxy.pipeline.services import Services
 from proxy.settings import Settings
 
@@ -92,8 +85,7 @@ class Pipeline:
     def whole(
         self, exchange: Exchange, status: int, body: bytes, coding: str = IDENTITY, tag: str | None = None
     ) -> tuple[int, bytes, dict[str, str]]:
-        """A whole answer (or error) as it goes to this caller: status, body and the headers of its form (gzip,
-        ``Vary``, ``ETag``; a 304 when the caller has it). See ``proxy.pipeline.encoding.represent``."""
+        """A whole answer (or error) as it goes to this caller (``proxy.pipeline.encoding.represent``)."""
         return represent(exchange.gzip, exchange.if_none_match, status, body, coding, tag)
 
     def stream_headers(self, exchange: Exchange) -> dict[str, str]:
@@ -151,7 +143,7 @@ class Pipeline:
         shedder = self.services.shedder
         if shedder.enabled and shedder.overloaded():
             self.metrics.refusal("shed")
-            raise ApiError(503, {"message": "The proxy is overloaded; retry shortly"}, {"Retry-After": "1"})
+            raise unavailable("The proxy is overloaded; retry shortly")
         credential = extract_credential(headers, query, self.session_cookie)
         limiter = self.services.rate_limiter
         if limiter.enabled:
@@ -187,10 +179,8 @@ class Pipeline:
         self._check_declared_size(body)
         tenant, grant = await self._grant_tenant(exchange, project_ref, "POST")
         query = query_request(await self._parsed_body(exchange, body), query_params)
-        if query.renews and self.services.renewals.enabled:  # each makes Cube run the query again
-            wait = self.services.renewals.check(tenant.app_id, time.monotonic())
-            if wait is not None:
-                raise renewals_limited(wait, self.services.settings.cube.renewals_per_second)
+        if query.renews:  # each makes Cube run the query again: the project's renewal rate (429 past it)
+            self.services.renewal_allowed(tenant)
         if query.include_token:  # a personal call: the one place it branches off (see ``_personal``)
             return await self._personal(exchange, tenant, grant, endpoint, query)
         if tenant.answer_ttl > 0:  # the answer cache, which asks Cube through ``ask`` when it must
@@ -205,10 +195,8 @@ class Pipeline:
     async def _personal(
         self, exchange: Exchange, tenant: Tenant, grant: Grant, endpoint: str, query: QueryRequest
     ) -> QueryAnswer:
-        """An ``include_token`` call: its JWT carries a GitLab token minted for this caller, so its answer is the
-        caller's alone. It branches off here, before the answer cache and the coalescer ever see it: never kept,
-        never served from a kept answer (``X-Cache: BYPASS`` where the cache is on), never joined to another
-        caller's flight, its JWT signed for it alone."""
+        """An ``include_token`` call, whose JWT carries a token minted for this caller: it branches off here, before
+        the answer cache and the coalescer see it (never kept nor served kept: ``X-Cache: BYPASS``; never joined)."""
         assert exchange.credential is not None
         gitlab_token = await self.services.authorizer.mint_token(exchange.credential, grant)
         answer = await self._ask_cube(exchange, tenant, endpoint, query, gitlab_token, exchange.request_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import yarl
@@ -25,6 +26,7 @@ from proxy.cube.forward import Forwarder
 from proxy.cube.readiness import CubeReadiness, cube_urls
 from proxy.cube.signing import Signer
 from proxy.cube.tenants import Tenant, Tenants
+from proxy.errors import renewals_limited
 from proxy.http_client import HttpClient
 from proxy.limits.body_budget import BodyBudget
 from proxy.limits.byte_budget import ByteBudget
@@ -168,6 +170,11 @@ class Services:
             await self.coalescer.close()
             await self.cube_http.close()
             await self.readiness.close()
+
+    def renewal_allowed(self, tenant: Tenant) -> None:
+        """A ``renewQuery`` call of ``tenant``'s within its rate, or 429 (``[cube] renewals_per_second``)."""
+        if self.renewals.enabled and (wait := self.renewals.check(tenant.app_id, time.monotonic())) is not None:
+            raise renewals_limited(wait, self.settings.cube.renewals_per_second)
 
     @contextlib.asynccontextmanager
     async def housekeeping(self) -> AsyncIterator[None]:
