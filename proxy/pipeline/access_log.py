@@ -18,7 +18,8 @@ from typing import Any, TextIO
 import orjson
 
 from proxy.pipeline.exchange import Exchange
-from proxy.pipeline.redaction import redact
+from proxy.redaction import redact
+from proxy.stamps import UtcStamps
 
 LOGGER = "proxy.access"
 
@@ -77,22 +78,3 @@ class AccessLog:
         else:
             line = f"{stamp} {level} {LOGGER} {message}"
         self._stream().write(redact(line) + "\n")
-
-
-class UtcStamps:
-    """Times as UTC to the millisecond with their zone, ``2026-12-01T19:50:01.123Z``.
-
-    The part to the second is formatted once per second (the rest is arithmetic).
-    """
-
-    __slots__ = ("_second",)
-
-    def __init__(self) -> None:
-        self._second: tuple[int, str] = (-1, "")
-
-    def __call__(self, now: float) -> str:
-        second = int(now)
-        if second != self._second[0]:
-            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        # rounded, not truncated: 1000.9 is 1000.89999... in binary; capped so a rounding never reaches 1000
-        return f"{self._second[1]}.{min(999, round((now - second) * 1000)):03d}Z"

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
-from proxy.pipeline.access_log import UtcStamps
-from proxy.pipeline.redaction import redact
+from proxy.redaction import redact
+from proxy.stamps import UtcStamps
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
