@@ -63,6 +63,36 @@ class Health:
         found["connections_aiohttp"] = services.aiohttp_counts.open
         return found
 
+    async def cubes(self) -> list[dict[str, Any]]:
+        """Each Cube as the status page shows it: its URL (raw: the caller redacts what it shows), whether its
+        ``/readyz`` answers, and its connection pool (open, idle, waiting callers)."""
+        pools = {pool.origin: pool for pool in self._services.cube_http.pools()}
+        found = []
+        for url, up in (await self._services.readiness.check()).items():
+            origin = next((o for o in pools if url.startswith(f"{o.scheme}://{o.host}")), None)
+            pool = pools.get(origin) if origin is not None else None
+            found.append(
+                {
+                    "url": url,
+                    "ready": up,
+                    "pool": {
+                        "open": pool.open_connections if pool else 0,
+                        "idle": pool.idle_connections if pool else 0,
+                        "waiting": pool.waiting if pool else 0,
+                    },
+                }
+            )
+        return found
+
+    def cube_connections(self) -> dict[str, int]:
+        """This process's connections to every Cube, open and idle."""
+        pools = self._services.cube_http.pools()
+        return {"open": sum(p.open_connections for p in pools), "idle": sum(p.idle_connections for p in pools)}
+
+    def queued(self) -> dict[str, int]:
+        """Callers waiting for a tenant's slot, by app id."""
+        return self._services.tenant_cap.queued()
+
     def cube_up(self) -> dict[str, int]:
         """Each Cube, as shown, and whether the last readiness check found it up."""
         return {redact_url(url): int(up) for url, up in self._services.readiness.last.items()}

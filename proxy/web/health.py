@@ -71,17 +71,13 @@ async def runtime(request: web.Request) -> web.Response:
             last.at, last.blocks = now, sys.getallocatedblocks()
         blocks = last.blocks
         collected = {"collected": ran, "collected_seconds_ago": round(now - last.at, 3)}
-    pools = request.app[PIPELINE].services.cube_http.pools()
     return web.json_response(
         {
             **collected,
             "pid": os.getpid(),
             "tasks": len(asyncio.all_tasks()),
             "python_blocks": blocks,
-            "cube_connections": {
-                "open": sum(pool.open_connections for pool in pools),
-                "idle": sum(pool.idle_connections for pool in pools),
-            },
+            "cube_connections": request.app[PIPELINE].health.cube_connections(),
         }
     )
 

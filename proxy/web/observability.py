@@ -149,27 +149,18 @@ async def status_report(observe: Observability) -> dict[str, Any]:
     started = min((p.get("started", time.time()) for p in processes.values()), default=pipeline.metrics.started)
     ready, readiness = await pipeline.health.readiness()
     latency_by_url = {row[0]: row for row in merged["cube_by_url"]}
-    pools = {pool.origin: pool for pool in pipeline.services.cube_http.pools()}
-    cubes = []
-    for url, up in (await pipeline.services.readiness.check()).items():
-        origin = next((o for o in pools if url.startswith(f"{o.scheme}://{o.host}")), None)
-        pool = pools.get(origin) if origin is not None else None
-        cubes.append(
-            {
-                "url": redact_url(url),
-                "ready": up,
-                "calls": sum(latency_by_url[url][1]) if url in latency_by_url else 0,
-                "mean_ms": _mean_ms(latency_by_url.get(url)),
-                "pool": {
-                    "open": pool.open_connections if pool else 0,
-                    "idle": pool.idle_connections if pool else 0,
-                    "waiting": pool.waiting if pool else 0,
-                },
-            }
-        )
-    queued = {
-        app_id.removeprefix("gitlab_project_"): count for app_id, count in pipeline.services.tenant_cap.queued().items()
-    }
+    cubes = [
+        {
+            "url": redact_url(url),
+            "ready": cube["ready"],
+            "calls": sum(latency_by_url[url][1]) if url in latency_by_url else 0,
+            "mean_ms": _mean_ms(latency_by_url.get(url)),
+            "pool": cube["pool"],
+        }
+        for cube in await pipeline.health.cubes()
+        for url in (cube["url"],)
+    ]
+    queued = {app_id.removeprefix("gitlab_project_"): count for app_id, count in pipeline.health.queued().items()}
     tenants = [
         {
             "project": project,
