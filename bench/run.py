@@ -582,19 +582,19 @@ async def large_result(stack: Stack, proxy: Process, port: int) -> dict[str, Any
     warm = await fetch(f"{stack.cube.url}/cubejs-api/v1/load", {"Authorization": signed()})  # Cube caches the result
     direct = await fetch(f"{stack.cube.url}/cubejs-api/v1/load", {"Authorization": signed()})
     pids = proxy.pids
-    baseline = sum(rss_bytes(p) for p in pids)
-    stop = asyncio.Event()
-    sampler = asyncio.ensure_future(_sample_rss(pids, stop))
-    through = await fetch(f"http://127.0.0.1:{port}{LOAD}", {"PRIVATE-TOKEN": TOKEN, "Accept-Encoding": "identity"})
-    stop.set()
-    peak = await sampler
+
+    async def through_proxy(coding: str) -> tuple[dict[str, Any], int, int]:
+        """The answer through the proxy in ``coding``, and the proxy's RSS before and at its peak meanwhile."""
+        baseline = sum(rss_bytes(p) for p in pids)
+        stop = asyncio.Event()
+        sampler = asyncio.ensure_future(_sample_rss(pids, stop))
+        answer = await fetch(f"http://127.0.0.1:{port}{LOAD}", {"PRIVATE-TOKEN": TOKEN, "Accept-Encoding": coding})
+        stop.set()
+        return answer, baseline, await sampler
+
+    through, baseline, peak = await through_proxy("identity")
     # the same answer gzipped as it streams (memory: zlib's, whatever the answer's size)
-    gzip_baseline = sum(rss_bytes(p) for p in pids)
-    stop = asyncio.Event()
-    sampler = asyncio.ensure_future(_sample_rss(pids, stop))
-    gzipped = await fetch(f"http://127.0.0.1:{port}{LOAD}", {"PRIVATE-TOKEN": TOKEN, "Accept-Encoding": "gzip"})
-    stop.set()
-    gzip_peak = await sampler
+    gzipped, gzip_baseline, gzip_peak = await through_proxy("gzip")
     return {
         "proxy_gzip": gzipped,
         "gzip_wire_ratio": round(through["bytes"] / max(1, gzipped["bytes"]), 1),

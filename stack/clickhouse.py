@@ -17,7 +17,16 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.localstack import _ANCHOR, CUBE_DIR, DEMO_PROJECTS, demo_events, free_port, stop_process, wait_until
+from stack.localstack import (
+    _ANCHOR,
+    CUBE_DIR,
+    DEMO_PROJECTS,
+    days_back,
+    demo_events,
+    free_port,
+    stop_process,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the model shipped for operators who run Cube on GitLab's ClickHouse without GitLab's devkit
@@ -188,9 +197,8 @@ def statements(sql: str) -> list[str]:
 def _literal(value: object, today: dt.date) -> str:
     if value is None:
         return "NULL"
-    if isinstance(value, dt.datetime):  # relative to the day the file is loaded on
-        days = (today - value.date()).days
-        seconds = int((value - dt.datetime.combine(value.date(), dt.time())).total_seconds())
+    if isinstance(value, dt.datetime):
+        days, seconds = days_back(value, today)
         return f"toDateTime(today() - {days}) + {seconds}"
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 

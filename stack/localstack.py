@@ -289,12 +289,17 @@ DEMO_SQL = Path(__file__).resolve().parent / "demo.sql"
 _ANCHOR = dt.date(2026, 1, 1)
 
 
+def days_back(value: dt.datetime, today: dt.date) -> tuple[int, int]:
+    """A demo time as days before ``today`` and seconds into its day: what a demo file's rows are written as, so
+    that they are relative to the day the file is loaded on and the file never goes stale."""
+    return (today - value.date()).days, int((value - dt.datetime.combine(value.date(), dt.time())).total_seconds())
+
+
 def _sql_literal(value: object, today: dt.date) -> str:
     if value is None:
         return "NULL"
-    if isinstance(value, dt.datetime):  # relative to the day the file is loaded on
-        days = (today - value.date()).days
-        seconds = int((value - dt.datetime.combine(value.date(), dt.time())).total_seconds())
+    if isinstance(value, dt.datetime):
+        days, seconds = days_back(value, today)
         return f"(CURRENT_DATE - {days}) + interval '{seconds} seconds'"
     return "'" + str(value).replace("'", "''") + "'"
 

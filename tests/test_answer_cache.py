@@ -11,7 +11,7 @@ from proxy.cube.tenants import Tenant
 from proxy.pipeline.answer_cache import ENTRY_OVERHEAD, AnswerCache, AnswerKey
 from proxy.web.keys import PIPELINE
 from tests.conftest import QUERY, REPORTER, replace
-from tests.fakes.cube import answer, continue_wait_then, load_answer
+from tests.fakes.cube import answer, continue_wait_then, held_until, load_answer
 from tests.test_observability import scrape, value
 from tests.test_streaming import until
 
@@ -412,13 +412,7 @@ async def test_renewals_of_a_project_are_bounded_by_its_renewal_rate(make_settin
 
 async def test_identical_renewals_in_flight_together_are_one_cube_call(make_client, cached, cube):
     hold = asyncio.Event()
-    counting = counted_rows(0)
-
-    async def held(call, request):
-        await hold.wait()
-        return await counting(call, request)
-
-    cube.behaviour = held
+    cube.behaviour = held_until(hold, counted_rows(0))
     client = await make_client(cached)
     renewing = {**QUERY, "renewQuery": True}
     both = asyncio.gather(load(client, renewing), load(client, renewing))
