@@ -70,7 +70,6 @@ TARGETS = {
     "viewers_cube_cpu_ratio": (">=", 20.0),
     "compressed_hit_vs_plain_pass_through_cpu": ("<=", 1.0),
     "panel_wire_ratio": (">=", 15.0),
-    "view_wire_ratio": (">=", 5.0),
     "cache_capacity_ratio": (">=", 5.0),
     "large_gzip_rss_growth_mb": ("<", 10.0),
 }
