@@ -58,12 +58,11 @@ def redis_client(config: RedisSettings) -> aioredis.Redis:
     auth = _auth(config.username, config.password)
     if config.sentinels:
         tls = {"ssl": True, **_tls(config)} if config.tls else {}
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        connection: dict[str, Any] = {**timeouts, **tls, **auth}  # the primary's and replicas' connections
+        sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             [_address(entry) for entry in config.sentinels],
             sentinel_kwargs={**timeouts, **tls, **_auth(config.sentinel_username, config.sentinel_password)},
-            **timeouts,
-            **tls,
-            **auth,
+            **connection,
         )
         assert config.service_name is not None  # validated with sentinels
         primary: SentinelClient = sentinel.master_for(
