@@ -1,10 +1,8 @@
 """The services the request steps use, one set per process: made together, opened and closed in order.
 
 Everything is made in ``Services.__init__``; what needs the running loop or a peer opens in
-the contexts below, which the web adapter runs as ``cleanup_ctx`` in this order:
-``open_redis`` (the shared layer), ``open_gitlab`` (the authorizer, sharing through it),
-``open_cube`` (closes the Cube pool, the fill process and any fan-out on the way out),
-``housekeeping`` (the sweeps) and ``overload_probe`` (the shedder's clock).
+the contexts ``Services.contexts`` lists, in the one order the web adapter runs them as
+``cleanup_ctx`` (and closes them in reverse).
 """
 
 from __future__ import annotations
@@ -12,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import yarl
 
@@ -170,6 +169,13 @@ class Services:
             await self.coalescer.close()
             await self.cube_http.close()
             await self.readiness.close()
+
+    def contexts(self) -> list[Callable[[], AbstractAsyncContextManager[None]]]:
+        """What opens with the application, in the order it opens (it closes in reverse): ``overload_probe`` (the
+        shedder's clock), ``open_redis`` (the shared layer, before the caches that share through it),
+        ``open_cube`` (the Cube pool, the fill process and any fan-out), ``open_gitlab`` (the authorizer, sharing
+        through Redis) and ``housekeeping`` (the sweeps)."""
+        return [self.overload_probe, self.open_redis, self.open_cube, self.open_gitlab, self.housekeeping]
 
     def renewal_allowed(self, tenant: Tenant) -> None:
         """A ``renewQuery`` call of ``tenant``'s within its rate, or 429 (``[cube] renewals_per_second``)."""

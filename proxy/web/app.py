@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -30,29 +32,14 @@ def setup_routes(app: web.Application) -> None:
     setup_health(app)
 
 
-async def _overload_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with app[PIPELINE].services.overload_probe():
-        yield
+def _cleanup_ctx(opens: Callable[[], AbstractAsyncContextManager[None]]) -> Callable[[web.Application], Any]:
+    """One of the services' contexts as aiohttp's ``cleanup_ctx`` runs it."""
 
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        async with opens():
+            yield
 
-async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with app[PIPELINE].services.open_redis():
-        yield
-
-
-async def _cube_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with app[PIPELINE].services.open_cube():
-        yield
-
-
-async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with app[PIPELINE].services.open_gitlab():
-        yield
-
-
-async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with app[PIPELINE].services.housekeeping():
-        yield
+    return context
 
 
 def create_app(settings: Settings, metrics_folder: Path | None = None, slot: int = 0) -> web.Application:
@@ -64,11 +51,8 @@ def create_app(settings: Settings, metrics_folder: Path | None = None, slot: int
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.limits.max_body_bytes)
     app.on_response_prepare.append(on_prepare)
     app[PIPELINE] = Pipeline(settings)
-    app.cleanup_ctx.append(_overload_ctx)
-    app.cleanup_ctx.append(_redis_ctx)  # before the caches that share through it
-    app.cleanup_ctx.append(_cube_ctx)
-    app.cleanup_ctx.append(_gitlab_ctx)
-    app.cleanup_ctx.append(_housekeeping_ctx)
+    for opens in app[PIPELINE].services.contexts():  # in the services' one order
+        app.cleanup_ctx.append(_cleanup_ctx(opens))
     setup_routes(app)
     setup_templates(app)
     setup_explorer(app, settings)
