@@ -7,6 +7,7 @@ from proxy.auth.authorizer import GitLabAuthorizer
 from proxy.auth.credentials import Credential
 from proxy.auth.gitlab import GitLabClient
 from proxy.errors import ApiError
+from proxy.observe.metrics import Metrics
 from proxy.settings import settings_from_mapping
 from tests.fakes.gitlab import FakeToken
 
@@ -18,8 +19,8 @@ async def authorizer(gitlab, gitlab_url):
     clock = [1000.0]
     settings = settings_from_mapping({"gitlab": {"url": gitlab_url, "cache_ttl": 30.0, "cache_size": 2}}, {}).gitlab
     async with aiohttp.ClientSession() as session:
-        client = GitLabClient(session, gitlab_url, 5.0, 30)
-        yield GitLabAuthorizer(client, settings, timer=lambda: clock[0]), clock
+        client = GitLabClient(session, gitlab_url, 5.0, 30, metrics=Metrics())
+        yield GitLabAuthorizer(client, settings, timer=lambda: clock[0], metrics=Metrics()), clock
 
 
 async def test_a_warm_grant_asks_gitlab_nothing(gitlab, authorizer):

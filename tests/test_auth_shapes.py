@@ -16,6 +16,7 @@ from proxy.auth.authorizer import GitLabAuthorizer
 from proxy.auth.credentials import Credential
 from proxy.auth.gitlab import GitLabClient
 from proxy.errors import ApiError
+from proxy.observe.metrics import Metrics
 from proxy.settings import settings_from_mapping
 
 ALICE = Credential("private", "glpat-alice-000000000001")
@@ -62,7 +63,9 @@ async def auth(gitlab_answers):
     _, url = gitlab_answers
     settings = settings_from_mapping({"gitlab": {"url": url, "cache_ttl": 0.0, "negative_cache_ttl": 0.0}}, {})
     async with aiohttp.ClientSession() as session:
-        yield GitLabAuthorizer(GitLabClient(session, url, 5.0, 30), settings.gitlab)
+        yield GitLabAuthorizer(
+            GitLabClient(session, url, 5.0, 30, metrics=Metrics()), settings.gitlab, metrics=Metrics()
+        )
 
 
 @pytest.fixture

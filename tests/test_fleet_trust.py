@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from proxy.errors import ApiError
+from proxy.observe.metrics import Metrics
 from proxy.shared.codecs import JsonCodec
 from proxy.shared.envelope import Envelope
 from proxy.shared.redis_layer import _BOUNDED_GET, RedisLayer
@@ -175,7 +176,7 @@ POLICY = SharePolicy("test", JsonCodec(), 30.0, 5.0, lambda exc: isinstance(exc,
 
 
 def fleet_on(client: aioredis.Redis, timeout: float = 0.25, lock_ttl: float = 30.0) -> RedisLayer:
-    return RedisLayer(client, SIGNING_KEY, PREFIX, timeout, lock_ttl)
+    return RedisLayer(client, SIGNING_KEY, PREFIX, timeout, lock_ttl, metrics=Metrics())
 
 
 async def test_the_lock_is_let_go_when_the_read_after_taking_it_fails(redis_server, writer):

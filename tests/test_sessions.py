@@ -16,6 +16,7 @@ import pytest
 from proxy.auth.authorizer import GitLabAuthorizer
 from proxy.auth.credentials import Credential, extract_credential
 from proxy.errors import ApiError
+from proxy.observe.metrics import Metrics
 from proxy.settings import GitLabSettings
 from tests.conftest import CUBE_KEY, QUERY, REPORTER, replace
 from tests.fakes.gitlab import SESSION_COOKIE, FakeGitLab
@@ -226,7 +227,8 @@ async def test_a_signed_out_session_works_until_the_cache_ttl_then_stops(aiohttp
     now = [1000.0]
     settings = GitLabSettings(url=str(server.make_url("")), cache_ttl=30.0, negative_cache_ttl=5.0)
     async with aiohttp.ClientSession() as http:
-        authorizer = GitLabAuthorizer(GitLabClient(http, settings.url, 5.0, 5), settings, timer=lambda: now[0])
+        client = GitLabClient(http, settings.url, 5.0, 5, metrics=Metrics())
+        authorizer = GitLabAuthorizer(client, settings, timer=lambda: now[0], metrics=Metrics())
         session = gitlab.sign_in(ALICE)
         credential = Credential("session", session, gitlab.csrf_token(session), SESSION_COOKIE)
         assert (await authorizer.authorize(credential, "1", "POST")).project_id == 1

@@ -108,11 +108,12 @@ class GitLabAuthorizer:
         client: GitLabClient,
         settings: GitLabSettings,
         timer: Callable[[], float] = time.monotonic,
-        metrics: Metrics | None = None,
+        *,
+        metrics: Metrics,
     ) -> None:
         self._client = client
         #: authorisations answered from the cached grant (hit) or worked out (miss); new-credential refusals
-        self._metrics = metrics if metrics is not None else Metrics()
+        self._metrics = metrics
         self._min_level = settings.min_access_level
         self._timer = timer
 

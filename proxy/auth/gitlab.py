@@ -42,7 +42,7 @@ async def gitlab_client(config: GitLabSettings, metrics: Metrics) -> AsyncIterat
         cookie_jar=aiohttp.DummyCookieJar(),  # callers share this session: GitLab's cookies must not
     )
     try:
-        yield GitLabClient(session, config.url, config.timeout, config.retry_after, metrics)
+        yield GitLabClient(session, config.url, config.timeout, config.retry_after, metrics=metrics)
     finally:
         await session.close()
 
@@ -56,11 +56,12 @@ class GitLabClient:
         base_url: str,
         timeout: float,
         retry_after: int,
-        metrics: Metrics | None = None,
+        *,
+        metrics: Metrics,
     ) -> None:
         self._session = session
         #: each call counted by endpoint and status, and timed
-        self._metrics = metrics if metrics is not None else Metrics()
+        self._metrics = metrics
         self._base = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._retry_after = retry_after

@@ -53,11 +53,12 @@ class Forwarder:
         continue_wait_budget: float,
         continue_wait_pause: float = 0.5,
         fills: FillQueue | None = None,
-        metrics: Metrics | None = None,
+        *,
+        metrics: Metrics,
     ) -> None:
         self._cube = cube
         #: each attempt counted by endpoint and outcome, and timed
-        self._metrics = metrics if metrics is not None else Metrics()
+        self._metrics = metrics
         #: where large zero-fills run (a process of their own, a turn per tenant); None fills here, on the loop
         self._fills = fills
         self._limiter = limiter

@@ -100,7 +100,7 @@ class Services:
             cube.continue_wait_budget,
             cube.continue_wait_pause,
             self.fills,
-            self.metrics,
+            metrics=self.metrics,
         )
         self.readiness = CubeReadiness(cube_urls(settings), cube.readiness_ttl)
         #: load and dry-run answers reused per tenant (off for tenants whose answer_ttl is 0)

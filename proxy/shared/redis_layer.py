@@ -116,11 +116,12 @@ class RedisLayer:
         timeout: float,
         lock_ttl: float,
         clock: Callable[[], float] = time.time,
-        metrics: Metrics | None = None,
+        *,
+        metrics: Metrics,
     ) -> None:
         self._redis = client
         #: each call timed and counted by outcome (ok, timeout, error)
-        self._metrics = metrics if metrics is not None else Metrics()
+        self._metrics = metrics
         self._envelope = Envelope(signing_key.encode(), clock)
         self._prefix = prefix
         self._timeout = timeout
