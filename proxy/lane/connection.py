@@ -9,7 +9,8 @@ States (``State``), and what moves between them:
   then ``IDLE`` again, and the next request already buffered (pipelined) is read.
 - ``LAST``: as ``BUSY``, but the connection closes once the answer is written (draining,
   shutting down, or a fault outside the answer's own handling).
-- ``CLOSING``: the transport is closing; nothing more is read.
+- ``CLOSING``: the transport is closing: nothing more is read, no request served (``_work`` waits for the
+  loss), and only its loss moves it on.
 - ``HANDED_OVER``: aiohttp's server owns the transport now.
 - ``CLOSED``: the connection was lost; a request being served is cancelled (the caller hung up).
 """
@@ -60,6 +61,20 @@ IDLE, BUSY, LAST, CLOSING, HANDED_OVER, CLOSED = (
     State.IDLE, State.BUSY, State.LAST, State.CLOSING, State.HANDED_OVER, State.CLOSED
 )  # fmt: skip
 
+#: every move a connection may make (h11's way: a move not in the table is a bug, refused loudly)
+MOVES: dict[State, frozenset[State]] = {
+    IDLE: frozenset({BUSY, HANDED_OVER, CLOSING, CLOSED}),
+    BUSY: frozenset({IDLE, LAST, CLOSED}),
+    LAST: frozenset({LAST, CLOSING, CLOSED}),
+    CLOSING: frozenset({CLOSING, CLOSED}),
+    HANDED_OVER: frozenset(),
+    CLOSED: frozenset({CLOSED}),
+}
+
+
+class BadMove(RuntimeError):
+    """A connection asked to move where its state table does not allow."""
+
 
 def _close_if_no_request(handler: web.RequestHandler) -> None:
     """Close a handed-over connection whose request's head has not arrived by the lane's deadline."""
@@ -68,7 +83,7 @@ def _close_if_no_request(handler: web.RequestHandler) -> None:
 
 
 class Connection(asyncio.Protocol):
-    """One client connection the lane accepted; see the module's states."""
+    """One client connection the lane accepted; see the module's states. Every move goes through ``_move``."""
 
     def __init__(self, lane: FastLane) -> None:
         self._lane = lane
@@ -105,7 +120,7 @@ class Connection(asyncio.Protocol):
         self._lane.forget(self)
         if self._timer is not None:
             self._timer.cancel()
-        self.state = CLOSED
+        self._move(CLOSED)
         if self._worker is not None:
             self._worker.cancel()  # the caller hung up: stop its call, as aiohttp's handler_cancellation does
         self._flow.wake()
@@ -138,7 +153,7 @@ class Connection(asyncio.Protocol):
         if request is None:
             return  # the head is still arriving
         self._buffer = self._buffer[request.size :]
-        self.state = BUSY
+        self._move(BUSY)
         self._lane.counts.served += 1
         self._pending = request
         worker = self._worker
@@ -173,7 +188,7 @@ class Connection(asyncio.Protocol):
         assert transport is not None
         lane.forget(self)
         lane.counts.handed_over += 1
-        self.state = HANDED_OVER
+        self._move(HANDED_OVER)
         if (wakeup := self._wakeup) is not None and not wakeup.done():
             wakeup.set_result(None)  # an idle worker ends
         if self._timer is not None:
@@ -197,14 +212,15 @@ class Connection(asyncio.Protocol):
             # answer, if any, is written whole; close the connection rather than leave pipelined
             # requests behind it waiting for the keep-alive timeout
             log.exception("the lane failed serving a request; closing the connection", extra={"event": "unhandled"})
-            self.state = LAST
+            if self.state is BUSY:
+                self._move(LAST)
         self._last_active = self._loop.time()
         if (flow := self._flow).reading_paused:
             flow.resume_reading()
         if self.state is LAST:
             self._close()
         elif self.state is BUSY:
-            self.state = IDLE
+            self._move(IDLE)
             self._next()
 
     async def _answer(self, request: LaneRequest) -> None:
@@ -237,13 +253,17 @@ class Connection(asyncio.Protocol):
     # -- answers ------------------------------------------------------------------------------
 
     def _head(
-        self, status: int, content_type: bytes, exchange: Exchange, extra: dict[str, str] | None, framing: bytes
+        self,
+        status: int,
+        content_type: bytes,
+        exchange: Exchange,
+        extra: dict[str, str] | None,
+        framing: bytes,
+        close: bool,
     ) -> list[bytes]:
+        """An answer's head, as built: no state of the connection changes here."""
         lane = self._lane
         pipeline = lane.pipeline
-        close = lane.closing or pipeline.closes_connections
-        if close and self.state is BUSY:
-            self.state = LAST
         if exchange.cache_status is not None and (cache := pipeline.answer_headers(exchange)) is not None:
             extra = cache if not extra else {**extra, **cache}
         return lane.heads.head(status, content_type, exchange.request_id, framing, extra, close)
@@ -264,7 +284,7 @@ class Connection(asyncio.Protocol):
         status, body, form = self._lane.pipeline.whole(exchange, status, body, coding, tag)
         extra = form if not extra else {**extra, **form}
         framing = b"" if status == 304 else content_length(len(body))  # a 304 has no body and says no length
-        lines = self._head(status, content_type, exchange, extra, framing)
+        lines = self._head(status, content_type, exchange, extra, framing, self._closes_after_this())
         lines.append(body)
         transport.write(b"".join(lines))
         exchange.bytes_sent = len(body)
@@ -281,7 +301,16 @@ class Connection(asyncio.Protocol):
         length = None if exchange.gzip else outcome.content_length  # gzipped as it goes: its length is unknown
         try:
             transport.write(
-                b"".join(self._head(200, JSON, exchange, form, CHUNKED if length is None else content_length(length)))
+                b"".join(
+                    self._head(
+                        200,
+                        JSON,
+                        exchange,
+                        form,
+                        CHUNKED if length is None else content_length(length),
+                        self._closes_after_this(),
+                    )
+                )
             )
 
             def send(chunk: bytes) -> Awaitable[None] | None:
@@ -301,6 +330,21 @@ class Connection(asyncio.Protocol):
 
     # -- closing ------------------------------------------------------------------------------
 
+    def _move(self, to: State) -> None:
+        """The one way the state changes: a move ``MOVES`` does not list is refused (a bug, said loudly)."""
+        if to not in MOVES[self.state]:
+            raise BadMove(f"a lane connection cannot go from {self.state.value} to {to.value}")
+        self.state = to
+
+    def _closes_after_this(self) -> bool:
+        """Whether the answer being written is the connection's last (the lane closing, or the pipeline draining):
+        decided here, before the answer's head is built, and the connection moved to ``LAST`` if so."""
+        lane = self._lane
+        close = lane.closing or lane.pipeline.closes_connections or self.state is LAST
+        if close and self.state is BUSY:
+            self._move(LAST)
+        return close
+
     def _check_idle(self) -> None:
         """Close a connection idle (or stuck in a request's head) for ``keepalive_timeout``; one timer each."""
         timeout = self._lane.keepalive_timeout
@@ -319,13 +363,13 @@ class Connection(asyncio.Protocol):
 
     def close_when_idle(self) -> None:
         if (state := self.state) is BUSY or state is LAST:
-            self.state = LAST
-        else:
+            self._move(LAST)
+        elif state is not HANDED_OVER:
             self._close()
 
     def _close(self) -> None:
         if self.state is not CLOSED:
-            self.state = CLOSING
+            self._move(CLOSING)
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
