@@ -353,3 +353,22 @@ async def test_while_draining_every_answer_says_connection_close(client, cube):
     client.server.app[PIPELINE].drain()
     resp = await load(client)
     assert resp.status == 200 and resp.headers["Connection"] == "close"
+
+
+@pytest.mark.handed_over  # a probe: aiohttp's
+async def test_the_merge_knows_every_key_a_worker_writes(make_client, make_settings):
+    """A key a worker's snapshot has and the merge does not know would be dropped from every scrape silently: the
+    snapshot a real app writes (its Health's counters and gauges included) holds only keys the merge adds up."""
+    from proxy.observe import store
+
+    client = await make_client(make_settings())
+    await client.get("/-/liveness")
+    pipeline = client.app[PIPELINE]
+    snapshot = pipeline.metrics.snapshot(gauges=pipeline.health.gauges(), counters=pipeline.health.counters())
+    snapshot |= {"slot": 0, "cube_up": pipeline.health.cube_up()}
+    added_up = {*store._ROWS, *store._ROWS_MORE, *store._HISTOGRAMS}
+    kept_as_is = {"pid", "process", "projects", "started", "gauges", "tenant_cap_waits", "cube_up", "slot"}
+    assert set(snapshot) <= added_up | kept_as_is, set(snapshot) - added_up - kept_as_is
+    merged = store.merge([snapshot], alive=lambda pid: True)
+    for key in set(snapshot) & added_up:
+        assert key in merged
