@@ -22,6 +22,7 @@ from proxy.cube.zerofill import fill_plan
 from proxy.errors import ApiError
 from proxy.web.keys import PIPELINE
 from tests.conftest import REPORTER
+from tests.test_streaming import until
 from tests.test_zerofill import M, query
 
 LOAD = "/api/v4/projects/{}/product_analytics/request/load"
@@ -258,3 +259,30 @@ async def test_concurrent_large_fills_bound_memory_and_leave_another_tenant_serv
     assert p99 < 150, p99
     assert worst["duration_ms"] < 500, {k: worst[k] for k in ("duration_ms", "cube_ms", "cache", "status")}
     assert peak - before < 400, (before, peak)
+
+
+@pytest.mark.handed_over  # meta: aiohttp's
+async def test_a_continue_wait_rounds_bytes_come_back_when_the_caller_goes_away_mid_pause(
+    make_settings, make_client, cube
+):
+    """A meta call is read whole, its bytes held in the whole-answers budget: a Continue-wait round's are held while
+    the proxy pauses before asking again, and given back when the caller goes away meanwhile (they were kept for
+    ever when the pause was cancelled)."""
+    asked = asyncio.Event()
+
+    async def waiting(call, request):
+        asked.set()
+        return web.json_response({"error": "Continue wait"})
+
+    cube.behaviour = waiting
+    # a buffer limit under the Continue-wait body's size: it is read whole, its bytes held in the budget
+    settings = make_settings(cube={"continue_wait_budget": 60.0, "continue_wait_pause": 60.0, "buffer_limit": 16})
+    client = await make_client(settings)
+    budget = client.app[PIPELINE].services.whole_answers
+    meta = asyncio.ensure_future(client.get("/api/v4/projects/1/product_analytics/request/meta", headers=REPORTER))
+    await asked.wait()
+    await until(lambda: budget.held > 0 or meta.done())  # the round's bytes, held through the pause
+    meta.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await meta
+    await until(lambda: budget.held == 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import orjson
@@ -45,6 +46,33 @@ class UpstreamCall(NamedTuple):
     traceparent: str | None = None
 
 
+class _LastRound:
+    """The last Continue-wait answer of a call's rounds: it holds that answer's whole-answers budget bytes and gives
+    them back in one place, when a newer round replaces it, when it becomes the answer, or when the rounds end."""
+
+    __slots__ = ("_give", "answer")
+
+    def __init__(self, give: Callable[[Buffered], None]) -> None:
+        self._give = give
+        self.answer: Buffered | None = None
+
+    def keep(self, answer: Buffered) -> None:
+        self.close()
+        self.answer = answer
+
+    def take(self) -> Buffered:
+        """The kept answer, as the call's answer (its budget bytes given back: the caller's own bytes now)."""
+        answer = self.answer
+        assert answer is not None
+        self.close()
+        return answer
+
+    def close(self) -> None:
+        if self.answer is not None:
+            self._give(self.answer)
+            self.answer = None
+
+
 class Forwarder:
     def __init__(
         self,
@@ -67,6 +95,21 @@ class Forwarder:
         self._pause = continue_wait_pause
 
     async def fetch(self, call: UpstreamCall) -> CubeAnswer:
+        """Cube's answer to ``call``: its rounds (``_rounds``), then the zero-fill when the call asks for one. What
+        the caller gets is its own bytes: a whole answer's budget bytes are given back here."""
+        answer = await self._rounds(call)
+        if isinstance(answer, Streamed):
+            return answer  # its slot is released when the stream is closed
+        try:
+            if call.fill is not None and answer.status == 200 and not answer.continue_wait:
+                if answer.parsed is not None and call.fill.days <= FILL_ON_LOOP_DAYS:
+                    return Buffered(200, orjson.dumps(zero_fill(call.fill, answer.parsed)), None)
+                return Buffered(200, await self._fill_elsewhere(call.tenant, call.fill, answer.body), None)
+            return answer
+        finally:
+            self._let_go(answer)  # what the caller gets is its own bytes now (a fill's, or the meta cache's)
+
+    async def _rounds(self, call: UpstreamCall) -> CubeAnswer:
         """Ask Cube, asking again on Continue wait until the budget runs out.
 
         The first attempt always gets Cube's full read timeout; a later one only
@@ -77,75 +120,71 @@ class Forwarder:
         # time.monotonic, not the loop's clock: on Python 3.11 asking for the running loop costs a getpid() call
         deadline = time.monotonic() + self._budget
         url = call.tenant.endpoint(call.endpoint)
-        attempt = 0
-        last: Buffered | None = None
-        while True:
-            attempt += 1
-            started = time.monotonic()
-            remaining = deadline - started
-            read_timeout = None if attempt == 1 else min(self._cube.read_timeout, remaining)
-            release = await self._limiter.acquire(call.tenant.app_id)
-            asked = time.monotonic()
-            try:
-                answer = await self._cube.call(
-                    url,
-                    call.method,
-                    call.jwt,
-                    call.request_id,
-                    call.payload,
-                    read_timeout=read_timeout,
-                    need_whole=call.whole or call.fill is not None,
-                    parse=call.fill is not None,  # only the zero-fill reads the data itself
-                    traceparent=call.traceparent,
-                )
-            except ApiError as exc:
-                outcome = "database_down" if exc.body.get("message") == DATABASE_UNAVAILABLE else None
-                self._metrics.cube_call(
-                    call.endpoint,
-                    outcome or _FAULTS.get(exc.status, "error"),
-                    time.monotonic() - asked,
-                    call.tenant.cube_base_url,
-                )
-                release()
-                if attempt > 1 and exc.status == 504 and last is not None:
-                    self._let_go(last)
-                    return last
-                if last is not None:
-                    self._let_go(last)
-                raise
-            except BaseException:
-                release()
-                raise
-            if isinstance(answer, Streamed):
-                outcome = "data"
-            elif answer.continue_wait:
-                outcome = "continue_wait"
-            else:
-                outcome = "data" if answer.status < 400 else "cube_4xx" if answer.status < 500 else "cube_5xx"
-            self._metrics.cube_call(call.endpoint, outcome, time.monotonic() - asked, call.tenant.cube_base_url)
-            if isinstance(answer, Streamed):
-                answer.release = release  # held until the stream is closed
-                return answer
-            release()
-            if not answer.continue_wait or deadline - time.monotonic() <= 0:
-                break
-            if last is not None:
-                self._let_go(last)
-            last = answer
-            log.debug("continue wait", extra={"event": "continue_wait", "attempt": attempt})
-            wait = min(started + self._pause, deadline) - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)  # the pause itself, not a synchronisation
-        if last is not None and last is not answer:
-            self._let_go(last)
+        last = _LastRound(self._let_go)
         try:
-            if call.fill is not None and answer.status == 200 and not answer.continue_wait:
-                if answer.parsed is not None and call.fill.days <= FILL_ON_LOOP_DAYS:
-                    return Buffered(200, orjson.dumps(zero_fill(call.fill, answer.parsed)), None)
-                return Buffered(200, await self._fill_elsewhere(call.tenant, call.fill, answer.body), None)
-            return answer
+            attempt = 0
+            while True:
+                attempt += 1
+                started = time.monotonic()
+                read_timeout = None if attempt == 1 else min(self._cube.read_timeout, deadline - started)
+                try:
+                    answer = await self._attempt(call, url, read_timeout)
+                except ApiError as exc:
+                    if exc.status == 504 and last.answer is not None:  # a later round timed out: the last wait
+                        return last.take()
+                    raise
+                if isinstance(answer, Streamed) or not answer.continue_wait or deadline - time.monotonic() <= 0:
+                    return answer
+                last.keep(answer)
+                log.debug("continue wait", extra={"event": "continue_wait", "attempt": attempt})
+                wait = min(started + self._pause, deadline) - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)  # the pause itself, not a synchronisation
         finally:
-            self._let_go(answer)  # what the caller gets is its own bytes now (a fill's, or the meta cache's)
+            last.close()
+
+    async def _attempt(self, call: UpstreamCall, url: str, read_timeout: float | None) -> CubeAnswer:
+        """One round: the tenant's slot (held until a stream is closed, else released here), Cube's answer, counted
+        by outcome and timed."""
+        release = await self._limiter.acquire(call.tenant.app_id)
+        asked = time.monotonic()
+        try:
+            answer = await self._cube.call(
+                url,
+                call.method,
+                call.jwt,
+                call.request_id,
+                call.payload,
+                read_timeout=read_timeout,
+                need_whole=call.whole or call.fill is not None,
+                parse=call.fill is not None,  # only the zero-fill reads the data itself
+                traceparent=call.traceparent,
+            )
+        except ApiError as exc:
+            outcome = "database_down" if exc.body.get("message") == DATABASE_UNAVAILABLE else None
+            self._metrics.cube_call(
+                call.endpoint,
+                outcome or _FAULTS.get(exc.status, "error"),
+                time.monotonic() - asked,
+                call.tenant.cube_base_url,
+            )
+            release()
+            raise
+        except BaseException:
+            release()
+            raise
+        if isinstance(answer, Streamed):
+            outcome = "data"
+        elif answer.continue_wait:
+            outcome = "continue_wait"
+        else:
+            outcome = "data" if answer.status < 400 else "cube_4xx" if answer.status < 500 else "cube_5xx"
+        self._metrics.cube_call(call.endpoint, outcome, time.monotonic() - asked, call.tenant.cube_base_url)
+        if isinstance(answer, Streamed):
+            answer.release = release  # held until the stream is closed
+        else:
+            release()
+        return answer
 
     def _let_go(self, answer: Buffered) -> None:
         """Give back the whole-answers budget an answer held from its first byte (read whole: meta, a fill)."""
