@@ -128,23 +128,24 @@ async def test_continue_wait_reaches_the_caller_once_the_budget_is_spent(make_se
     never.set()
 
 
-async def test_a_12_second_query_answers_with_data_in_one_call(make_settings, make_client, cube):
-    """Cube holds each call (here 3 s instead of its 5 s) and the query takes 12 s."""
+async def test_a_query_four_holds_long_answers_with_data_in_one_call(make_settings, make_client, cube):
+    """Cube holds each call and says Continue wait (5 s on Cube 0.33; scaled down here to 0.3 s, since only the
+    rounds' logic is tested) while the query takes four holds: the caller gets the data from one call."""
     first_seen: list[float] = []
 
     async def slow_query(call, request):
         loop = asyncio.get_running_loop()
         if not first_seen:
             first_seen.append(loop.time())
-        ready_at = first_seen[0] + 12.0
-        held_until_time = min(ready_at, loop.time() + 3.0)
+        ready_at = first_seen[0] + 1.2
+        held_until_time = min(ready_at, loop.time() + 0.3)
         await asyncio.sleep(max(0.0, held_until_time - loop.time()))  # the fake Cube's own query time
         if loop.time() < ready_at:
             return await answer(200, {"error": "Continue wait"})(call, request)
         return await answer(200, load_answer(call.body["query"], [{"TrackedEvents.count": "12"}]))(call, request)
 
     cube.behaviour = slow_query
-    client = await make_client(make_settings(cube={"continue_wait_budget": 25.0}))
+    client = await make_client(make_settings(cube={"continue_wait_budget": 2.5}))
     resp = await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)
     assert resp.status == 200
     assert (await resp.json())["results"][0]["data"] == [{"TrackedEvents.count": "12"}]
