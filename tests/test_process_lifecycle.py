@@ -287,7 +287,7 @@ async def test_installed_command_runs_workers_sharing_the_port(cube, gitlab_url,
 
 def test_the_server_process_tunes_the_garbage_collector() -> None:
     code = (
-        "import gc; from proxy.runtime.server import tune_gc, GC_GEN0_THRESHOLD as T; tune_gc(); "
+        "import gc; from proxy.runtime.serve import tune_gc, GC_GEN0_THRESHOLD as T; tune_gc(); "
         "print(gc.get_threshold()[0] == T, gc.get_freeze_count() > 1000)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
