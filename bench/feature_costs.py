@@ -84,7 +84,7 @@ async def _steps(gitlab_url: str) -> dict[str, Callable[[], Awaitable[Any] | Any
     async def answered(recorded: Any) -> Any:
         return answer
 
-    await services.answers.answer(exchange, tenant, "load", query, answered)  # the entry a hit finds
+    await services.cached_queries.answer(exchange, tenant, "load", query, answered)  # the entry a hit finds
 
     def begin_finish() -> None:
         pipeline.finish(
@@ -107,7 +107,7 @@ async def _steps(gitlab_url: str) -> dict[str, Callable[[], Awaitable[Any] | Any
         "answer_head": lambda: b"".join(
             heads.head(200, b"application/json", exchange.request_id, b"Content-Length: 14\r\n", None, False)
         ),
-        "answer_hit": lambda: services.answers.answer(exchange, tenant, "load", query, answered),
+        "answer_hit": lambda: services.cached_queries.answer(exchange, tenant, "load", query, answered),
     }  # fmt: skip
 
 

@@ -37,7 +37,7 @@ class Clock:
 
 def clocked(client) -> Clock:
     clock = Clock()
-    client.app[PIPELINE].services.answers.cache.clock = clock
+    client.app[PIPELINE].services.cached_queries.cache.clock = clock
     return clock
 
 
@@ -209,7 +209,7 @@ async def test_a_stale_answer_is_served_while_one_refresh_asks_cube(make_client,
     stale = [await load(client) for _ in range(3)]
     assert [(r.headers["X-Cache"], count_of(b)) for r, b in stale] == [("STALE", "1")] * 3
     assert stale[0][0].headers["Age"] == "12"
-    answers = client.app[PIPELINE].services.answers
+    answers = client.app[PIPELINE].services.cached_queries
     assert answers.refreshing == 1  # one refresh for three stale callers
     hold.set()
     await until(lambda: answers.refreshing == 0)
@@ -229,7 +229,7 @@ async def test_a_failed_refresh_keeps_the_stale_answer_and_backs_off(make_client
     clock.now += 15
     stale, stale_body = await load(client)
     assert (stale.status, stale.headers["X-Cache"], stale_body) == (200, "STALE", body)
-    answers = client.app[PIPELINE].services.answers
+    answers = client.app[PIPELINE].services.cached_queries
     await until(lambda: answers.refreshing == 0 and len(cube.calls_to("load")) == 2)
     for _ in range(20):  # the refresh failed: the stale answer is served, and Cube not asked again
         still, still_body = await load(client)
@@ -252,7 +252,7 @@ async def test_a_refresh_that_succeeds_after_failing_ends_the_backoff(make_clien
     cube.behaviour = answer(503, {"error": "connect ECONNREFUSED 10.0.0.5:5432"})
     clock.now += 15
     await load(client)
-    answers = client.app[PIPELINE].services.answers
+    answers = client.app[PIPELINE].services.cached_queries
     await until(lambda: answers.refreshing == 0 and len(cube.calls_to("load")) == 2)
     cube.behaviour = counted_rows(10)
     clock.now += 10
@@ -321,7 +321,7 @@ async def test_shutdown_ends_a_refresh_under_way(make_client, cached, cube):
     cube.behaviour = slow
     clock.now += 12
     assert (await load(client))[0].headers["X-Cache"] == "STALE"
-    answers = client.app[PIPELINE].services.answers
+    answers = client.app[PIPELINE].services.cached_queries
     assert answers.refreshing == 1
     await asyncio.wait_for(answers.close(), 5)
     assert answers.refreshing == 0
@@ -354,7 +354,7 @@ async def test_a_refresh_that_streams_is_let_go_and_the_stale_answer_served(make
     clock.now += 12
     stale, stale_body = await load(client)
     assert (stale.headers["X-Cache"], stale_body) == ("STALE", body)
-    answers = client.app[PIPELINE].services.answers
+    answers = client.app[PIPELINE].services.cached_queries
     await until(lambda: answers.refreshing == 0 and len(cube.calls_to("load")) == 2)
     pools = client.app[PIPELINE].services.cube_http.pools()
     await until(lambda: sum(pool.open_connections - pool.idle_connections for pool in pools) == 0)

@@ -1,6 +1,6 @@
 import pytest
 
-from proxy.cube.answers import error_text, is_continue_wait, map_cube_error
+from proxy.cube.error_map import error_text, is_continue_wait, map_cube_error
 
 
 @pytest.mark.parametrize(

@@ -166,7 +166,7 @@ async def test_a_kept_answer_is_compressed_once_and_a_hit_costs_no_compression(m
     cube.behaviour = panel()
     client = await make_client(cached)
     _, miss_body = await post(client, GZIP)
-    cache = client.app[PIPELINE].services.answers.cache
+    cache = client.app[PIPELINE].services.cached_queries.cache
     [entry] = list(cache._entries.values())  # what the cache holds
     assert entry.answer.coding == "gzip" and cache.bytes < len(gzip.decompress(miss_body)) / 10
     hit, hit_body = await post(client, GZIP)
@@ -184,7 +184,7 @@ async def test_the_cache_holds_five_times_more_panels_in_the_same_budget(make_se
     client = await make_client(settings)
     for n in range(120):
         await post(client, PLAIN, {**QUERY, "limit": n + 1})
-    cache = client.app[PIPELINE].services.answers.cache
+    cache = client.app[PIPELINE].services.cached_queries.cache
     plain_size = len(orjson.dumps(load_answer({}, panel_rows()))) + 512
     assert len(cache) >= 5 * (256 * 1024 // plain_size), (len(cache), 256 * 1024 // plain_size)
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 from aiohttp import web
 
-from proxy.cube.answers import map_cube_error
+from proxy.cube.error_map import map_cube_error
 from tests.conftest import QUERY, REPORTER
 from tests.test_observability import scrape, value
 

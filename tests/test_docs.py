@@ -8,7 +8,7 @@ import pytest
 
 from proxy import __version__
 from proxy.__main__ import main
-from proxy.cube.answers import DATABASE_NOT_FOUND
+from proxy.cube.error_map import DATABASE_NOT_FOUND
 from proxy.cube.signing import security_claims
 from proxy.cube.tenants import Tenant
 from proxy.errors import (

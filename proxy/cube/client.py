@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from proxy.bounded import read_at_most
-from proxy.cube.answers import DATABASE_RETRY_AFTER, error_text, error_type, is_continue_wait, map_cube_error
+from proxy.cube.error_map import DATABASE_RETRY_AFTER, error_text, error_type, is_continue_wait, map_cube_error
 from proxy.errors import ApiError, unavailable
 from proxy.http_client import (
     ConnectFailed,

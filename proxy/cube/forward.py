@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import orjson
 
-from proxy.cube.answers import DATABASE_UNAVAILABLE
 from proxy.cube.client import Buffered, CubeAnswer, CubeClient, Streamed
+from proxy.cube.error_map import DATABASE_UNAVAILABLE
 from proxy.cube.fill_queue import FillQueue, filled
 from proxy.cube.tenants import Tenant
 from proxy.cube.zerofill import FillPlan, zero_fill

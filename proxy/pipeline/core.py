@@ -189,7 +189,7 @@ class Pipeline:
             async def ask(recorded: Exchange | None) -> QueryAnswer:
                 return await self._ask_cube(recorded, tenant, endpoint, query, None, request_id)
 
-            return await self.services.answers.answer(exchange, tenant, endpoint, query, ask)
+            return await self.services.cached_queries.answer(exchange, tenant, endpoint, query, ask)
         return await self._ask_cube(exchange, tenant, endpoint, query, None, exchange.request_id)
 
     async def _personal(
@@ -201,7 +201,7 @@ class Pipeline:
         gitlab_token = await self.services.authorizer.mint_token(exchange.credential, grant)
         answer = await self._ask_cube(exchange, tenant, endpoint, query, gitlab_token, exchange.request_id)
         if tenant.answer_ttl > 0:
-            self.services.answers.bypassed(exchange)
+            self.services.cached_queries.bypassed(exchange)
         return answer
 
     async def _ask_cube(

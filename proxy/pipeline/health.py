@@ -54,7 +54,7 @@ class Health:
             "pool_idle": sum(pool.idle_connections for pool in pools),
             "pool_waiting": sum(pool.waiting for pool in pools),
             "coalesced_waiting": services.coalescer.waiting(),
-            "answer_cache_bytes": services.answers.cache.bytes,
+            "answer_cache_bytes": services.cached_queries.cache.bytes,
         }
         if services.shared is not None:
             found["shared_degraded"] = 1 if services.shared.degraded else 0
@@ -107,5 +107,5 @@ class Health:
             found["lane"] = [["served", lane.served], ["handed_over", lane.handed_over]]
         if services.shared is not None:
             found["shared_refused"] = [[services.shared.tampered]]
-        found["answer_cache_evictions"] = [[services.answers.cache.evictions]]
+        found["answer_cache_evictions"] = [[services.cached_queries.cache.evictions]]
         return found

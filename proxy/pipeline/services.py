@@ -104,7 +104,7 @@ class Services:
         )
         self.readiness = CubeReadiness(cube_urls(settings), cube.readiness_ttl)
         #: load and dry-run answers reused per tenant (off for tenants whose answer_ttl is 0)
-        self.answers = CachedQueries(
+        self.cached_queries = CachedQueries(
             AnswerCache(
                 cube.answer_cache_bytes,
                 min(cube.answer_max_bytes, cube.buffer_limit),
@@ -135,7 +135,7 @@ class Services:
             return
         self.shared = shared = open_shared(config, self.metrics)
         self.meta_cache.share(shared, "meta", MetaCodec(kept_answer, plain_body), config.local_ttl)
-        self.answers.share(shared)
+        self.cached_queries.share(shared)
         await shared.ping()  # a first connection before traffic (not required: a failure only logs)
         try:
             yield
@@ -164,7 +164,7 @@ class Services:
         try:
             yield
         finally:
-            await self.answers.close()
+            await self.cached_queries.close()
             await self.fill_process.close(FILL_GRACE_SECONDS)
             await self.coalescer.close()
             await self.cube_http.close()
@@ -202,7 +202,7 @@ class Services:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)  # the period itself, not a synchronisation
             self.meta_cache.expire()
-            self.answers.cache.expire()
+            self.cached_queries.cache.expire()
             self.authorizer.expire()  # opened before the sweep starts (``create_app``'s order)
 
     @contextlib.asynccontextmanager

@@ -19,7 +19,7 @@ import aiohttp
 import jwt
 import pytest
 
-from proxy.cube.answers import map_cube_error
+from proxy.cube.error_map import map_cube_error
 from stack.localstack import CUBE_DIR, free_port, stop_process, wait_until
 from tests.deploy.test_compose import compose, mounts
 from tests.stack.conftest import NO_DATABASE
