@@ -115,8 +115,6 @@ def validate(s: Settings, problems: list[str]) -> None:
         problems.append(f"[cube] answer_cache_tenant_share: must be more than 0 and at most 1, not {share!r}")
     if s.server.port > 65535:
         problems.append(f"[server] port: must be at most 65535, not {s.server.port}")
-    if s.server.log_format not in {"json", "text"}:
-        problems.append(f"[server] log_format: must be 'json' or 'text', not {s.server.log_format!r}")
     if s.server.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"[server] log_level: must be DEBUG, INFO, WARNING or ERROR, not {s.server.log_level!r}")
     if not s.server.explorer_csrf_page.startswith("/") or s.server.explorer_csrf_page.startswith("//"):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 AuthBackendName = Literal["gitlab", "dev_tokens"]
+LogFormat = Literal["json", "text"]
 
 #: Cube rejects (with a 500) any query asking for more rows than this.
 CUBE_MAX_LIMIT = 50_000
@@ -42,7 +43,7 @@ class ServerSettings:
     #: seconds a caller may read nothing of an answer still being written; then it is cut off.
     write_timeout: float = 30.0
     #: "json" (one JSON object per line) or "text".
-    log_format: str = "json"
+    log_format: LogFormat = "json"
     #: the lowest level logged: DEBUG, INFO, WARNING or ERROR (probes' access lines are DEBUG)
     log_level: str = "INFO"
     #: shed new analytics requests (503) while the event loop is this many ms behind; 0 (the default) never sheds.
