@@ -38,9 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None:
         env["PROXY_SERVER__WORKERS"] = str(args.workers)  # the command line wins over the environment
     try:
-        settings = load_settings(args.config, env)
-        if settings.auth.backend == "dev_tokens":
-            load_dev_tokens(settings.auth.dev_tokens_file)
+        settings = load_checked(args.config, env)
     except SettingsError as exc:
         print(f"product-analytics-proxy: {exc}", file=sys.stderr)
         return 2
@@ -60,14 +58,21 @@ def main(argv: list[str] | None = None) -> int:
         return check_connections(settings) if args.connect else 0
 
     def load_again() -> Settings:  # SIGHUP: the same file and environment, read again and checked as at start-up
-        fresh = load_settings(args.config, env)
-        if fresh.auth.backend == "dev_tokens":
-            load_dev_tokens(fresh.auth.dev_tokens_file)
+        fresh = load_checked(args.config, env)
         if (missing := nothing_to_serve(fresh)) is not None:
             raise SettingsError([missing])
         return fresh
 
     return run(settings, load_again)
+
+
+def load_checked(config: str | None, env: dict[str, str]) -> Settings:
+    """The settings from the file and the environment, checked: the one path start-up and every reload take (the
+    dev tokens file read too, when it is the backend)."""
+    settings = load_settings(config, env)
+    if settings.auth.backend == "dev_tokens":
+        load_dev_tokens(settings.auth.dev_tokens_file)
+    return settings
 
 
 if __name__ == "__main__":
