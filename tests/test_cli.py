@@ -48,7 +48,7 @@ def test_check_refuses_durations_nothing_downstream_can_take(tmp_path):
         "[product_analytics] answer_ttl: must be a finite number, not inf",
         "[product_analytics] answer_stale: must be a finite number, not nan",
         "[gitlab] cache_ttl: must be at most 3.1536e+07 seconds (a year), not 1e+300",
-        "[projects.2] answer_ttl: must not be negative, not -inf",
+        "[projects.2] answer_ttl: must be a finite number, not -inf",
         "[redis] timeout: must be a finite number, not nan",
     ):
         assert line in result.stderr, result.stderr

@@ -293,3 +293,25 @@ def test_a_cube_key_from_a_file_and_print_config_redacts_every_key(tmp_path):
     assert "missing" in str(bad.value)
     with pytest.raises(SettingsError, match="not both"):
         settings_from_mapping({"product_analytics": {"cube_api_key": "x" * 40, "cube_api_key_file": str(key_file)}}, {})
+
+
+def test_the_rules_are_on_the_fields_and_every_secret_is_marked_one():
+    """A setting's bound and secrecy are its field's metadata (``model.setting``), read by the checks, the redaction
+    and configuration.md: a field named like a secret that is not marked one would be shown by --print-config."""
+    import dataclasses
+    import re
+
+    from proxy.settings.model import SECTIONS, ProjectOverride
+
+    for cls in (*SECTIONS.values(), ProjectOverride):
+        for f in dataclasses.fields(cls):
+            if re.search(r"(key|password|secret)$", f.name) and not f.name.endswith("_file"):
+                assert f.metadata.get("secret") is True, f"{cls.__name__}.{f.name} is not marked secret"
+    with pytest.raises(SettingsError) as refused:
+        settings_from_mapping(
+            {"cube": {"pool_size": 0, "answer_cache_tenant_share": 2.0}, "redis": {"lock_ttl": 0}}, {}
+        )
+    problems = refused.value.problems
+    assert "[cube] pool_size: must be greater than 0, not 0" in problems
+    assert "[cube] answer_cache_tenant_share: must be more than 0 and at most 1, not 2.0" in problems
+    assert "[redis] lock_ttl: must be greater than 0, not 0.0" in problems

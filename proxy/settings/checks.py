@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yarl
 
-from proxy.settings.model import (
-    RedisSettings,
-    Settings,
-)
+from proxy.settings.model import NON_NEGATIVE, POSITIVE, SHARE, RedisSettings, Settings
 from proxy.urls import redact_url
 
 #: a cookie name: an RFC 6265 token
@@ -42,77 +42,39 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _sections(s: Settings) -> Iterator[tuple[str, Any]]:
+    """Every section of the settings by the name it is written under (each project's override too)."""
+    for f in dataclasses.fields(s):
+        section = getattr(s, f.name)
+        if dataclasses.is_dataclass(section):
+            yield f"[{f.name}]", section
+    for number, override in s.projects.items():
+        yield f"[projects.{number}]", override
+
+
+def _bounds(s: Settings, problems: list[str]) -> None:
+    """Each field's bound, as its metadata says it (``model.setting``): numbers finite, durations at most a year."""
+    for where, section in _sections(s):
+        for f in dataclasses.fields(section):
+            bound = f.metadata.get("bound")
+            value = getattr(section, f.name)
+            if bound is None or value is None:  # no bound, or an override left unset
+                continue
+            name = f"{where} {f.name}"
+            if not math.isfinite(value):  # nan passes every comparison, inf every lower bound
+                problems.append(f"{name}: must be a finite number, not {value!r}")
+            elif bound == POSITIVE and value <= 0:
+                problems.append(f"{name}: must be greater than 0, not {value!r}")
+            elif bound == NON_NEGATIVE and value < 0:
+                problems.append(f"{name}: must not be negative, not {value!r}")
+            elif bound == SHARE and not 0 < value <= 1:
+                problems.append(f"{name}: must be more than 0 and at most 1, not {value!r}")
+            elif _DURATION.search(f.name) and value > MAX_SECONDS:
+                problems.append(f"{name}: must be at most {MAX_SECONDS:g} seconds (a year), not {value!r}")
+
+
 def validate(s: Settings, problems: list[str]) -> None:
-    positive = {
-        "[server] port": s.server.port,
-        "[server] workers": s.server.workers,
-        "[server] keepalive_timeout": s.server.keepalive_timeout,
-        "[server] write_timeout": s.server.write_timeout,
-        "[server] metrics_max_projects": s.server.metrics_max_projects,
-        "[gitlab] timeout": s.gitlab.timeout,
-        "[gitlab] cache_size": s.gitlab.cache_size,
-        "[gitlab] min_access_level": s.gitlab.min_access_level,
-        "[gitlab] max_concurrent_calls": s.gitlab.max_concurrent_calls,
-        "[gitlab] new_credentials_burst": s.gitlab.new_credentials_burst,
-        "[product_analytics] jwt_ttl": s.product_analytics.jwt_ttl,
-        "[cube] connect_timeout": s.cube.connect_timeout,
-        "[cube] read_timeout": s.cube.read_timeout,
-        "[cube] max_concurrent_per_tenant": s.cube.max_concurrent_per_tenant,
-        "[cube] meta_cache_size": s.cube.meta_cache_size,
-        "[cube] meta_cache_bytes": s.cube.meta_cache_bytes,
-        "[cube] buffer_limit": s.cube.buffer_limit,
-        "[cube] max_whole_bytes": s.cube.max_whole_bytes,
-        "[cube] whole_answers_bytes": s.cube.whole_answers_bytes,
-        "[cube] answer_cache_bytes": s.cube.answer_cache_bytes,
-        "[cube] answer_max_bytes": s.cube.answer_max_bytes,
-        "[cube] answer_shared_tenant_bytes": s.cube.answer_shared_tenant_bytes,
-        "[cube] pool_size": s.cube.pool_size,
-        "[limits] max_body_bytes": s.limits.max_body_bytes,
-        "[limits] max_json_depth": s.limits.max_json_depth,
-        "[limits] body_timeout": s.limits.body_timeout,
-        "[limits] bodies_in_flight_bytes": s.limits.bodies_in_flight_bytes,
-        "[limits] bodies_in_flight_per_client_bytes": s.limits.bodies_in_flight_per_client_bytes,
-        "[limits] rate_limit_burst": s.limits.rate_limit_burst,
-        "[cube] renewals_burst": s.cube.renewals_burst,
-        "[limits] rate_limit_callers": s.limits.rate_limit_callers,
-    }
-    for where, value in positive.items():
-        if value <= 0:
-            problems.append(f"{where}: must be greater than 0, not {value!r}")
-    non_negative = {
-        "[gitlab] cache_ttl": s.gitlab.cache_ttl,
-        "[gitlab] negative_cache_ttl": s.gitlab.negative_cache_ttl,
-        "[gitlab] retry_after": s.gitlab.retry_after,
-        "[gitlab] new_credentials_per_second": s.gitlab.new_credentials_per_second,
-        "[server] shutdown_timeout": s.server.shutdown_timeout,
-        "[server] shed_lag_ms": s.server.shed_lag_ms,
-        "[server] drain_delay": s.server.drain_delay,
-        "[cube] continue_wait_budget": s.cube.continue_wait_budget,
-        "[cube] continue_wait_pause": s.cube.continue_wait_pause,
-        "[cube] queue_timeout": s.cube.queue_timeout,
-        "[cube] meta_cache_ttl": s.cube.meta_cache_ttl,
-        "[cube] readiness_ttl": s.cube.readiness_ttl,
-        "[limits] rate_limit": s.limits.rate_limit,
-        "[cube] renewals_per_second": s.cube.renewals_per_second,
-        "[product_analytics] answer_ttl": s.product_analytics.answer_ttl,
-        "[product_analytics] answer_stale": s.product_analytics.answer_stale,
-        "[cube] answer_shared_max_bytes": s.cube.answer_shared_max_bytes,
-        **{f"[projects.{p}] answer_ttl": o.answer_ttl or 0.0 for p, o in s.projects.items()},
-        **{f"[projects.{p}] answer_stale": o.answer_stale or 0.0 for p, o in s.projects.items()},
-    }
-    for where, value in non_negative.items():
-        if value < 0:
-            problems.append(f"{where}: must not be negative, not {value!r}")
-    redis_durations = {"[redis] timeout": s.redis.timeout, "[redis] lock_ttl": s.redis.lock_ttl,
-                       "[redis] local_ttl": s.redis.local_ttl}  # fmt: skip
-    for where, value in {**positive, **non_negative, **redis_durations}.items():
-        if not math.isfinite(value):  # nan passes every comparison above, inf every lower bound
-            problems.append(f"{where}: must be a finite number, not {value!r}")
-        elif _DURATION.search(where) and value > MAX_SECONDS:
-            problems.append(f"{where}: must be at most {MAX_SECONDS:g} seconds (a year), not {value!r}")
-    share = s.cube.answer_cache_tenant_share
-    if not 0 < share <= 1:  # nan fails this too
-        problems.append(f"[cube] answer_cache_tenant_share: must be more than 0 and at most 1, not {share!r}")
+    _bounds(s, problems)
     if s.server.port > 65535:
         problems.append(f"[server] port: must be at most 65535, not {s.server.port}")
     if s.server.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -133,9 +95,6 @@ def validate(s: Settings, problems: list[str]) -> None:
     if not 0 <= s.server.metrics_port <= 65535:
         problems.append(f"[server] metrics_port: must be a port (1-65535) or 0 (off), not {s.server.metrics_port}")
     _validate_redis(s.redis, problems)
-    for where, value in redis_durations.items():
-        if value <= 0:
-            problems.append(f"{where}: must be greater than 0, not {value!r}")
     if not _COOKIE_NAME.fullmatch(s.gitlab.session_cookie):
         problems.append(
             f"[gitlab] session_cookie: must be a cookie name (letters, digits and !#$%&'*+-.^_`|~),"

@@ -174,22 +174,21 @@ def _secret_from_file(section: Any, field: str, where: str, problems: list[str])
 
 def redacted(settings: Settings) -> dict[str, Any]:
     """The effective settings as plain data, every secret replaced and every URL shown without its secrets
-    (for --print-config and the status page)."""
+    (for --print-config and the status page): which fields are which, their metadata says (``model.setting``)."""
     data = dataclasses.asdict(settings)
     data["projects"] = {str(k): v for k, v in data["projects"].items()}
-    for section in (data["product_analytics"], *data["projects"].values()):
-        if section.get("cube_api_key") is not None:
-            section["cube_api_key"] = REDACTED
-        if section.get("cube_api_base_url") is not None:
-            section["cube_api_base_url"] = redact_url(section["cube_api_base_url"])
-    data["gitlab"]["url"] = redact_url(data["gitlab"]["url"])
-    redis = data["redis"]
-    for secret in ("signing_key", "password", "sentinel_password"):
-        if redis[secret] is not None:
-            redis[secret] = REDACTED
-    if redis["url"] is not None:
-        redis["url"] = redact_url(redis["url"])
-    redis["sentinels"] = list(redis["sentinels"])
+    sections = [(SECTIONS[name], data[name]) for name in SECTIONS]
+    sections += [(ProjectOverride, override) for override in data["projects"].values()]
+    for cls, section in sections:
+        for f in dataclasses.fields(cls):
+            value = section.get(f.name)
+            if value is None:
+                continue
+            if f.metadata.get("secret"):
+                section[f.name] = REDACTED
+            elif f.metadata.get("url"):
+                section[f.name] = redact_url(value)
+    data["redis"]["sentinels"] = list(data["redis"]["sentinels"])
     return data
 
 

@@ -83,6 +83,11 @@ def _table(section: str, cls: type[Any], env_part: str) -> list[str]:
         if (alias := aliases.get((section, f.name))) is not None:
             env += f" (or `{alias}`)"
         meaning = docs.get(f.name, "").replace("|", "\\|")
+        rules = [f"**{f.metadata['bound']}**"] if f.metadata.get("bound") else []
+        rules += ["**a secret: never shown**"] if f.metadata.get("secret") else []
+        rules += ["**shown without its secrets**"] if f.metadata.get("url") else []
+        if rules:
+            meaning = f"{meaning} ({'; '.join(rules)})" if meaning else "; ".join(rules)
         rows.append(f"| `{f.name}` | {env} | {_default(f)} | {meaning} |")
     return rows
 
