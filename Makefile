@@ -55,7 +55,7 @@ run: install $(if $(filter clickhouse,$(STORE)),clickhouse,postgres) ## Run the 
 	$(PY) -m stack.run --store $(STORE)
 
 test: install postgres clickhouse test-tools ## Run every test (unit and real-stack on PostgreSQL and ClickHouse) with coverage of proxy/
-	$(PY) -m pytest --cov=proxy --cov-report=term-missing --cov-report=xml
+	$(PY) -m pytest --cov=proxy --cov-report=term-missing --cov-report=xml --durations=25
 
 test-unit: install ## Only the tests that need no PostgreSQL or Cube
 	$(PY) -m pytest -m "not stack"
