@@ -34,7 +34,8 @@ class SharePolicy(NamedTuple):
     cache_error: Callable[[BaseException], bool]
     #: a stored value longer than this is refused unread (someone wrote it: no value of ours is that long)
     max_bytes: int = SMALL_SHARED_VALUE
-    #: whether a value found in the shared layer is fresh for this reader (a writer's TTL may be longer)
+    #: whether a value found in the shared layer (in its shared form, before the codec loads it) is fresh for this
+    #: reader (a writer's TTL may be longer)
     fresh: Callable[[Any], bool] = _always
     #: whose values these are and the bytes they may write per ``ttl`` (so hold at most twice that); None: no bound
     budget: tuple[str, int] | None = None

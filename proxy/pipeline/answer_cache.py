@@ -129,7 +129,7 @@ class AnswerCache:
             self._drop(next(iter(self._entries)))
             self.evictions += 1
         entry = self._entries[key] = CachedAnswer(answer, self.clock() if stored is None else stored)
-        self._tenants.setdefault(tenant, OrderedDict())[key] = None
+        self._tenants.setdefault(tenant, OrderedDict())[key] = None  # ``own`` is gone if its eviction emptied it
         self._held[tenant] = self._held.get(tenant, 0) + weight
         self.bytes += weight
         return entry

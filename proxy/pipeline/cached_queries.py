@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from proxy.cube.client import Buffered, Streamed
 from proxy.cube.tenants import Tenant
@@ -59,9 +60,7 @@ def _discard(answer: QueryAnswer) -> None:
 class CachedQueries:
     """The answer cache of one process, and its refreshes (at most one per entry, all ended at shutdown)."""
 
-    def __init__(
-        self, cache: AnswerCache, metrics: Metrics, shared_max_bytes: int, shared_tenant_bytes: int = 64 * 1024 * 1024
-    ) -> None:
+    def __init__(self, cache: AnswerCache, metrics: Metrics, shared_max_bytes: int, shared_tenant_bytes: int) -> None:
         self.cache = cache
         self._metrics = metrics
         self._shared_max = shared_max_bytes
@@ -151,8 +150,8 @@ class CachedQueries:
         ttl = key.tenant.answer_ttl
         clock = self.cache.clock
 
-        def fresh(value: tuple[bytes, float]) -> bool:  # by this reader's TTL, whatever the writer's was
-            return clock() - value[1] < ttl
+        def fresh(data: Any) -> bool:  # by this reader's TTL, whatever the writer's was (``AnswerCodec``'s form)
+            return bool(clock() - float(data["stored"]) < ttl)
 
         budget = (f"answers:{key.tenant.app_id}", self._shared_tenant_bytes)
         policy = SharePolicy("answers", self._codec, ttl, 0.0, _never, 2 * self._shared_max + 1024, fresh, budget)

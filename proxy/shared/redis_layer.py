@@ -238,7 +238,7 @@ class RedisLayer:
         if payload is None:
             return None
         found = orjson.loads(payload)
-        if isinstance(found, dict) and "value" in found and not policy.fresh(policy.codec.load(found["value"])):
+        if isinstance(found, dict) and "value" in found and not policy.fresh(found["value"]):
             return None
         return found
 

@@ -89,17 +89,9 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         request.app[PIPELINE].finish(exchange, status)
 
 
-def error_response(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> web.Response:
-    # compact, as the fast lane writes it (and as Cube's own bodies are)
-    return web.json_response(body, status=status, headers=headers, dumps=_compact_json)
-
-
-def _compact_json(value: object) -> str:
-    return orjson.dumps(value).decode()
-
-
 def _error(request: web.Request, status: int, body: dict[str, object], headers: dict[str, str] | None) -> web.Response:
-    """An error answer in the same form rule as every answer (a long one gzipped for a caller that takes it)."""
+    """An error answer, compact as the lane writes it, in the same form rule as every answer (a long one gzipped for
+    a caller that takes it)."""
     response = whole_response(request, status, orjson.dumps(body), headers=headers)
     response.charset = "utf-8"
     return response
