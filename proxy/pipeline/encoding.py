@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import zlib
 
@@ -43,7 +42,6 @@ _GZIP_BITS = 31
 VARY = {"Vary": "Accept-Encoding"}
 
 
-@functools.lru_cache(maxsize=256)  # a client sends the same header every time: parsed once per process
 def accepts_gzip(accept_encoding: str | None) -> bool:
     """Whether ``Accept-Encoding`` lets the answer be gzip, and prefers it to identity (or says nothing of it)."""
     if not accept_encoding:
