@@ -6,13 +6,14 @@ import dataclasses
 import ipaddress
 import math
 import re
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yarl
 
-from proxy.settings.model import NON_NEGATIVE, POSITIVE, SHARE, RedisSettings, Settings
+from proxy.settings.model import NON_NEGATIVE, POSITIVE, RATIO, SHARE, RedisSettings, Settings, TracingSettings
 from proxy.urls import redact_url
 
 #: a cookie name: an RFC 6265 token
@@ -69,6 +70,8 @@ def _bounds(s: Settings, problems: list[str]) -> None:
                 problems.append(f"{name}: must not be negative, not {value!r}")
             elif bound == SHARE and not 0 < value <= 1:
                 problems.append(f"{name}: must be more than 0 and at most 1, not {value!r}")
+            elif bound == RATIO and not 0 <= value <= 1:
+                problems.append(f"{name}: must be from 0 to 1, not {value!r}")
             elif _DURATION.search(f.name) and value > MAX_SECONDS:
                 problems.append(f"{name}: must be at most {MAX_SECONDS:g} seconds (a year), not {value!r}")
 
@@ -95,6 +98,7 @@ def validate(s: Settings, problems: list[str]) -> None:
     if not 0 <= s.server.metrics_port <= 65535:
         problems.append(f"[server] metrics_port: must be a port (1-65535) or 0 (off), not {s.server.metrics_port}")
     _validate_redis(s.redis, problems)
+    _validate_tracing(s.tracing, problems)
     if not _COOKIE_NAME.fullmatch(s.gitlab.session_cookie):
         problems.append(
             f"[gitlab] session_cookie: must be a cookie name (letters, digits and !#$%&'*+-.^_`|~),"
@@ -142,6 +146,41 @@ def _validate_redis(r: RedisSettings, problems: list[str]) -> None:
         problems.append("[redis] cert_file and key_file: set both (a client certificate and its key) or neither")
     if r.db < 0:
         problems.append(f"[redis] db: must not be negative, not {r.db}")
+
+
+def _validate_tracing(t: TracingSettings, problems: list[str]) -> None:
+    if not _is_http_url(t.endpoint):
+        problems.append(f"[tracing] endpoint: must be an http(s) URL, not {redact_url(t.endpoint)!r}")
+    if t.headers is not None:
+        try:
+            otlp_headers(t.headers)
+        except ValueError as exc:
+            problems.append(f"[tracing] headers: {exc}")
+    if not t.service_name.strip():
+        problems.append("[tracing] service_name: must not be empty")
+
+
+#: an HTTP header's name (an RFC 9110 token)
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def otlp_headers(text: str) -> dict[str, str]:
+    """OTLP's headers form, ``name=value`` pairs split by commas (or lines, as a secret file may hold them), each
+    value percent-decoded (OTEL_EXPORTER_OTLP_HEADERS' rule); ValueError naming the first pair that is not one,
+    never its value (a header here is usually a secret)."""
+    headers: dict[str, str] = {}
+    for number, pair in enumerate(re.split(r"[,\n]", text), 1):
+        if not pair.strip():
+            continue
+        name, equals, value = pair.partition("=")
+        name = name.strip()
+        if not equals or not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"pair {number} is not name=value (a header name, then =, then its value)")
+        decoded = urllib.parse.unquote(value.strip())
+        if any(c in decoded for c in "\r\n\0"):
+            raise ValueError(f"the value of {name} holds a line break or NUL")
+        headers[name] = decoded
+    return headers
 
 
 def _url_scheme(url: str) -> str:

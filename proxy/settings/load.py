@@ -23,6 +23,17 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CUBE_API_BASE_URL": ("product_analytics", "cube_api_base_url"),
     "CUBE_API_KEY": ("product_analytics", "cube_api_key"),
 }
+#: OpenTelemetry's standard variables, for the [tracing] fields they name (PROXY_TRACING__* wins over them); the
+#: general endpoint gets OTLP's traces path, and OTEL_SDK_DISABLED=true turns tracing off whatever else says
+OTEL_OVERRIDES: dict[str, str] = {
+    "OTEL_SERVICE_NAME": "service_name",
+    "OTEL_EXPORTER_OTLP_HEADERS": "headers",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "headers",
+    "OTEL_TRACES_SAMPLER_ARG": "sample_ratio",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "endpoint",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "endpoint",
+}
+OTLP_TRACES_PATH = "/v1/traces"
 
 
 def _coerce(value: Any, typ: Any, where: str, problems: list[str], from_env: bool) -> Any:
@@ -108,6 +119,12 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
         if var in env:
             sections[section_name][key] = env[var]
             env_keys[section_name].add(key)
+    for var, key in OTEL_OVERRIDES.items():  # in order: the traces' own variables after the general ones
+        if (value := env.get(var)) is not None:
+            sections["tracing"][key] = (
+                value.rstrip("/") + OTLP_TRACES_PATH if var == "OTEL_EXPORTER_OTLP_ENDPOINT" else value
+            )
+            env_keys["tracing"].add(key)
     raw_projects_env: dict[str, dict[str, Any]] = {}
     for var, value in env.items():  # the general rule, which wins over the short names
         if not var.startswith(ENV_PREFIX) or "__" not in var:
@@ -149,6 +166,9 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
     )
     for secret in ("signing_key", "password", "sentinel_password"):
         built["redis"] = _secret_from_file(built["redis"], secret, "[redis]", problems)
+    built["tracing"] = _secret_from_file(built["tracing"], "headers", "[tracing]", problems)
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        built["tracing"] = dataclasses.replace(built["tracing"], enabled=False)
     settings = Settings(projects=projects, **built)
     validate(settings, problems)
     if problems:

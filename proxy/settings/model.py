@@ -17,6 +17,7 @@ LogFormat = Literal["json", "text"]
 POSITIVE = "more than 0"
 NON_NEGATIVE = "0 or more"
 SHARE = "more than 0 and at most 1"
+RATIO = "0 to 1"
 
 
 def setting(default: Any, *, bound: str | None = None, secret: bool = False, url: bool = False) -> Any:
@@ -289,6 +290,37 @@ class RedisSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    """OpenTelemetry traces, sent over OTLP/HTTP (docs/tracing.md); off by default. The standard ``OTEL_*``
+    variables set the fields they name (``proxy/settings/load.py``), and ``OTEL_SDK_DISABLED=true`` turns it off."""
+
+    #: record spans and send them to ``endpoint`` (off: one branch per request, nothing else)
+    enabled: bool = False
+    #: the collector's OTLP/HTTP traces URL (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_EXPORTER_OTLP_ENDPOINT
+    #: + /v1/traces)
+    endpoint: str = setting("http://127.0.0.1:4318/v1/traces", url=True)
+    #: headers sent with every export, "name=value" pairs split by commas (OTEL_EXPORTER_OTLP_TRACES_HEADERS); a
+    #: collector's API key belongs here, or better in headers_file
+    headers: str | None = setting(None, secret=True)
+    #: a file holding the headers (a mounted secret), instead of headers; one pair per line or comma
+    headers_file: str | None = None
+    #: the share of new traces recorded (OTEL_TRACES_SAMPLER_ARG); a trace continued from a trusted caller keeps
+    #: its caller's decision (parent-based sampling)
+    sample_ratio: float = setting(1.0, bound=RATIO)
+    #: the service.name of every span (OTEL_SERVICE_NAME); OTEL_RESOURCE_ATTRIBUTES adds to the resource
+    service_name: str = "product-analytics-proxy"
+    #: ended spans waiting to be sent, at most; past it new spans are dropped and counted, never memory grown
+    queue_size: int = setting(2048, bound=POSITIVE)
+    #: spans sent in one export at most
+    batch_size: int = setting(512, bound=POSITIVE)
+    #: seconds between two exports (sooner when a batch is full)
+    export_delay: float = setting(1.0, bound=POSITIVE)
+    #: seconds one export may take, retries included; at shutdown the last flush gets at most this (and never
+    #: more than [server] shutdown_timeout)
+    export_timeout: float = setting(5.0, bound=POSITIVE)
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     gitlab: GitLabSettings = field(default_factory=GitLabSettings)
@@ -297,6 +329,7 @@ class Settings:
     cube: CubeSettings = field(default_factory=CubeSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     projects: Mapping[int, ProjectOverride] = field(default_factory=dict)
 
 
@@ -313,4 +346,5 @@ SECTIONS: dict[str, type[Any]] = {
     "cube": CubeSettings,
     "limits": LimitsSettings,
     "redis": RedisSettings,
+    "tracing": TracingSettings,
 }
