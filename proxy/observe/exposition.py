@@ -218,6 +218,12 @@ class SnapshotCollector(Collector):
             ["outcome"],
             s.get("lane") or [["served", 0], ["handed_over", 0]],
         )
+        yield _counter(
+            "trace_spans",
+            "With [tracing]: sampled spans sent to the collector, dropped at a full queue, or lost by a failed export",
+            ["outcome"],
+            s.get("trace_spans", []),
+        )
         if "shared_degraded" in gauges:
             yield _gauge(
                 "shared_degraded",

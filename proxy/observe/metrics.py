@@ -17,6 +17,8 @@ import os
 import time
 from typing import Any
 
+from proxy.observe.tracing import SpanCounts
+
 #: seconds: request, Cube, GitLab and Redis latencies
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: seconds the event loop ran late (sampled every ``LAG_SAMPLE_SECONDS``)
@@ -103,6 +105,8 @@ class Metrics:
         self.loop_lag_total = 0.0
         #: Redis calls of the shared layer: latency, and counts by outcome ("ok" or the error's kind)
         self.redis = Timed()
+        #: with [tracing]: spans sent to the collector, dropped at a full queue, or not sent by a failed export
+        self.trace_spans = SpanCounts()
 
     # -- recording (the hot path) ---------------------------------------------------------------
 
@@ -190,7 +194,7 @@ class Metrics:
                 for kind, n in timed.kinds.items():
                     total.kinds[kind] = total.kinds.get(kind, 0) + n
         cube = by_endpoint.items()
-        redis = self.redis
+        redis, spans = self.redis, self.trace_spans
         return {
             "pid": os.getpid(),
             "started": self.started,
@@ -217,6 +221,7 @@ class Metrics:
             "loop_lag": [["loop", self.loop_lag, self.loop_lag_total]],
             "redis_latency": [["redis", redis.counts, redis.total]] if redis.kinds else [],
             "redis_calls": [[outcome, n] for outcome, n in redis.kinds.items()],
+            "trace_spans": [["sent", spans.sent], ["dropped", spans.dropped], ["unsent", spans.unsent]],
             "projects": [
                 [str(key), t.requests, t.errors, t.in_flight, t.coalesced, t.meta_hits, t.meta_misses]
                 for key, t in self.projects.items()

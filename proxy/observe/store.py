@@ -30,7 +30,7 @@ RETIRED = "retired.json"
 _ROWS = ("requests", "bytes_sent", "cube_calls", "continue_wait_rounds", "query_callers", "meta_cache")
 _ROWS_MORE = (
     "gitlab_calls", "auth_cache", "refused", "lane", "shared_refused", "redis_calls", "reloads", "worker_restarts",
-    "answer_cache", "answer_cache_evictions",
+    "answer_cache", "answer_cache_evictions", "trace_spans",
 )  # fmt: skip
 PARENT = "parent.json"
 #: workers ``retired.json`` remembers folding (their files are gone long before this many more retire)
