@@ -59,6 +59,17 @@ async def cube_url(cube: FakeCube, aiohttp_server: ServerFactory) -> str:
 
 
 @pytest.fixture
+async def collector(aiohttp_server: ServerFactory) -> Any:
+    """A real OTLP/HTTP traces receiver (``tests/otlp_receiver.py``), listening; its ``url`` is the traces endpoint."""
+    from tests.otlp_receiver import Receiver  # imported here: the protobuf classes load only where traces are tested
+
+    receiver = Receiver()
+    server = await aiohttp_server(receiver.app())
+    receiver.url = str(server.make_url("/v1/traces"))
+    return receiver
+
+
+@pytest.fixture
 def make_settings(gitlab_url: str, cube_url: str) -> Callable[..., Settings]:
     def make(**sections: dict[str, Any]) -> Settings:
         raw: dict[str, Any] = {
@@ -122,7 +133,8 @@ def serving(request: pytest.FixtureRequest) -> str:
 def make_client(
     aiohttp_client: ClientFactory, serving: str, request: pytest.FixtureRequest
 ) -> Iterator[Callable[[Settings], Awaitable[TestClient[web.Request, web.Application]]]]:
-    """Clients of the app served ``serving``'s way; through the lane, the test must prove the lane served.
+    """Clients of the app served ``serving``'s way (on ``host``: loopback unless a test needs a stranger's address);
+    through the lane, the test must prove the lane served.
 
     A test run through the fast lane fails unless the lane served at least one of its
     requests, so a test meant for the lane cannot pass through aiohttp alone unnoticed. A
@@ -131,14 +143,14 @@ def make_client(
     """
     lanes: list[FastLane] = []
 
-    async def make(settings: Settings) -> TestClient[web.Request, web.Application]:
+    async def make(settings: Settings, host: str = "127.0.0.1") -> TestClient[web.Request, web.Application]:
         app = create_app(settings)
         if serving == "fast_lane":
-            server = FastLaneTestServer(app)
+            server = FastLaneTestServer(app, host=host)
             test_client = await aiohttp_client(server)
             lanes.append(server.lane)
             return test_client
-        return await aiohttp_client(ProxyTestServer(app))
+        return await aiohttp_client(ProxyTestServer(app, host=host))
 
     yield make
     if serving == "fast_lane" and lanes:

@@ -89,6 +89,7 @@ async def proxy_process(
     preexec_fn=None,
     shutdown_timeout=20,
     drain_delay=0.0,
+    sections="",
 ):
     """The proxy as production runs it (``python -m proxy``), listening; it and every process below it
     (workers, fill processes) are killed when the test ends, whatever happened."""
@@ -99,6 +100,7 @@ async def proxy_process(
         f"drain_delay = {drain_delay}\n{server_section}\n"
         f'[gitlab]\nurl = "{gitlab_url}"\n'
         f'[product_analytics]\ncube_api_base_url = "{cube_url}"\ncube_api_key = "{CUBE_KEY}"\n[cube]\n{cube_section}\n'
+        f"{sections}\n"
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", "--config", str(config), stderr=asyncio.subprocess.PIPE, preexec_fn=preexec_fn,

@@ -24,6 +24,7 @@ from proxy.errors import (
 from proxy.ids import project_id
 from proxy.limits.caller_rate import RateLimiter
 from proxy.observe.metrics import Metrics
+from proxy.observe.tracing import Traced
 from proxy.settings import GitLabSettings
 from proxy.shared.codecs import CallerCodec, JsonCodec
 from proxy.singleflight import SharedLoads, SingleFlightCache
@@ -49,11 +50,15 @@ class Grant:
 
 
 class Authorizer(Protocol):
-    async def authorize(self, credential: Credential, project_ref: str, method: str) -> Grant: ...
+    """Who may do what; ``trace`` (with ``[tracing]``) is the span GitLab's calls are traced under."""
 
-    async def identify(self, credential: Credential) -> Caller: ...
+    async def authorize(
+        self, credential: Credential, project_ref: str, method: str, trace: Traced | None = None
+    ) -> Grant: ...
 
-    async def mint_token(self, credential: Credential, grant: Grant) -> str: ...
+    async def identify(self, credential: Credential, trace: Traced | None = None) -> Caller: ...
+
+    async def mint_token(self, credential: Credential, grant: Grant, trace: Traced | None = None) -> str: ...
 
     def expire(self) -> None:
         """Drop every expired answer now (called by the pipeline's sweep)."""
@@ -139,7 +144,9 @@ class GitLabAuthorizer:
         #: tokens costs GitLab at most this rate (and burst), and the callers it knows go on
         self._new_credentials = RateLimiter(settings.new_credentials_per_second, settings.new_credentials_burst, 1)
 
-    async def authorize(self, credential: Credential, project_ref: str, method: str) -> Grant:
+    async def authorize(
+        self, credential: Credential, project_ref: str, method: str, trace: Traced | None = None
+    ) -> Grant:
         needed, satisfying = required_scope(method)
         csrf_key = csrf_key_needed(credential, needed) if credential.scheme == "session" else None
         memo_key = (credential.key, csrf_key, project_ref, needed)
@@ -147,31 +154,41 @@ class GitLabAuthorizer:
         if memo is not None:
             if self._timer() < memo[1]:
                 self._metrics.auth_hits += 1
+                if trace is not None:
+                    trace.set("proxy.auth.cached", True)
                 return memo[0]
             del self._grants[memo_key]
         self._metrics.auth_misses += 1
-        grant = await self._ask_gitlab(credential, check_project_ref(project_ref), needed, satisfying, csrf_key)
+        if trace is not None:
+            trace.set("proxy.auth.cached", False)
+        grant = await self._ask_gitlab(credential, check_project_ref(project_ref), needed, satisfying, csrf_key, trace)
         self._remember(memo_key, grant)
         return grant
 
     async def _ask_gitlab(
-        self, credential: Credential, project_ref: str, needed: str, satisfying: frozenset[str], csrf_key: str | None
+        self,
+        credential: Credential,
+        project_ref: str,
+        needed: str,
+        satisfying: frozenset[str],
+        csrf_key: str | None,
+        trace: Traced | None,
     ) -> Grant:
         key = credential.key
-        caller, _ = await self._callers.get(key, lambda: self._load_caller(credential))
+        caller, _ = await self._callers.get(key, lambda: self._load_caller(credential, trace))
         if not caller.scopes & satisfying:
             raise insufficient_scope(needed)
         if csrf_key is not None:
-            csrf_user, _ = await self._csrf.get(csrf_key, lambda: self._load_csrf_verdict(credential))
+            csrf_user, _ = await self._csrf.get(csrf_key, lambda: self._load_csrf_verdict(credential, trace))
             if csrf_user != caller.user_id:
                 raise unauthorized()
         project_id, _ = await self._projects.get(
-            (key, project_ref), lambda: self._load_project(credential, project_ref)
+            (key, project_ref), lambda: self._load_project(credential, project_ref, trace)
         )
         if not caller.is_admin:
             user_id = caller.user_id
             level, _ = await self._members.get(
-                (key, project_id), lambda: self._load_member(credential, project_id, user_id)
+                (key, project_id), lambda: self._load_member(credential, project_id, user_id, trace)
             )
             if level < self._min_level:
                 raise access_denied()
@@ -185,9 +202,9 @@ class GitLabAuthorizer:
         self._members.share(shared, "members", as_json, local_ttl)
         self._csrf.share(shared, "csrf", as_json, local_ttl)
 
-    async def identify(self, credential: Credential) -> Caller:
+    async def identify(self, credential: Credential, trace: Traced | None = None) -> Caller:
         """Who the credential belongs to (GitLab's answer, cached as for authorisations); 401 if nobody."""
-        caller, _ = await self._callers.get(credential.key, lambda: self._load_caller(credential))
+        caller, _ = await self._callers.get(credential.key, lambda: self._load_caller(credential, trace))
         return caller
 
     def expire(self) -> None:
@@ -214,8 +231,8 @@ class GitLabAuthorizer:
             del self._grants[next(iter(self._grants))]  # the oldest
         self._grants[memo_key] = (grant, min(expiries))
 
-    async def mint_token(self, credential: Credential, grant: Grant) -> str:
-        reply = await self._client.create_project_access_token(credential, grant.project_id, dt.date.today())
+    async def mint_token(self, credential: Credential, grant: Grant, trace: Traced | None = None) -> str:
+        reply = await self._client.create_project_access_token(credential, grant.project_id, dt.date.today(), trace)
         token = reply.body.get("token") if isinstance(reply.body, dict) else None
         if reply.status in {200, 201} and isinstance(token, str):
             return token
@@ -236,20 +253,20 @@ class GitLabAuthorizer:
             self._metrics.refusal("new_credentials")
             raise unavailable("Too many new credentials at once; retry shortly", wait)
 
-    async def _load_caller(self, credential: Credential) -> Caller:
+    async def _load_caller(self, credential: Credential, trace: Traced | None) -> Caller:
         self._spend_new_credential()
-        user = await self._client.current_user(credential)
+        user = await self._client.current_user(credential, trace)
         if user.status != 200 or not isinstance(user.body, dict):
             raise unauthorized()
         body = user.body
         if body.get("state", "active") != "active" or not isinstance(body.get("id"), int):
             raise unauthorized()
-        scopes = _SESSION_SCOPES if credential.scheme == "session" else await self._load_scopes(credential)
+        scopes = _SESSION_SCOPES if credential.scheme == "session" else await self._load_scopes(credential, trace)
         return Caller(body["id"], str(body.get("username", "")), body.get("is_admin") is True, scopes)
 
-    async def _load_csrf_verdict(self, credential: Credential) -> int:
+    async def _load_csrf_verdict(self, credential: Credential, trace: Traced | None) -> int:
         """The user id GitLab's GraphQL names for the session with this CSRF token; 401 when it names none."""
-        reply = await self._client.csrf_verdict(credential)
+        reply = await self._client.csrf_verdict(credential, trace)
         body = reply.body
         data = body.get("data") if reply.status == 200 and isinstance(body, dict) else None
         user = data.get("currentUser") if isinstance(data, dict) else None
@@ -260,12 +277,12 @@ class GitLabAuthorizer:
                 return int(number)
         raise unauthorized()
 
-    async def _load_scopes(self, credential: Credential) -> frozenset[str]:
-        info = await self._client.personal_token_info(credential)
+    async def _load_scopes(self, credential: Credential, trace: Traced | None) -> frozenset[str]:
+        info = await self._client.personal_token_info(credential, trace)
         if info.status == 200 and isinstance(info.body, dict):
             return _token_scopes(info)
         if 400 <= info.status < 500:
-            oauth = await self._client.oauth_token_info(credential)
+            oauth = await self._client.oauth_token_info(credential, trace)
             if oauth.status == 200 and isinstance(oauth.body, dict):
                 scope = oauth.body.get("scope", oauth.body.get("scopes"))
                 if isinstance(scope, str):
@@ -275,8 +292,8 @@ class GitLabAuthorizer:
                 return frozenset()
         raise unauthorized()
 
-    async def _load_project(self, credential: Credential, project_ref: str) -> int:
-        reply = await self._client.project(credential, project_ref)
+    async def _load_project(self, credential: Credential, project_ref: str, trace: Traced | None) -> int:
+        reply = await self._client.project(credential, project_ref, trace)
         if reply.status == 401:
             raise unauthorized()
         if reply.status != 200 or not isinstance(reply.body, dict) or not isinstance(reply.body.get("id"), int):
@@ -287,8 +304,8 @@ class GitLabAuthorizer:
         project_id: int = reply.body["id"]
         return project_id
 
-    async def _load_member(self, credential: Credential, project_id: int, user_id: int) -> int:
-        reply = await self._client.member(credential, project_id, user_id)
+    async def _load_member(self, credential: Credential, project_id: int, user_id: int, trace: Traced | None) -> int:
+        reply = await self._client.member(credential, project_id, user_id, trace)
         if reply.status == 401:
             raise unauthorized()
         body = reply.body

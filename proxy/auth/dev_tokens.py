@@ -18,6 +18,7 @@ from proxy.auth.authorizer import Caller, Grant, check_project_ref, required_sco
 from proxy.auth.credentials import Credential
 from proxy.errors import access_denied, insufficient_scope, project_not_found, unauthorized
 from proxy.ids import project_id
+from proxy.observe.tracing import Traced
 from proxy.settings import SettingsError
 
 ROLE_LEVELS = {"guest": 10, "reporter": 20, "developer": 30, "maintainer": 40, "owner": 50}
@@ -115,7 +116,9 @@ class DevTokenAuthorizer:
     def expire(self) -> None:
         """Nothing to expire: the tokens are a file read at start-up."""
 
-    async def authorize(self, credential: Credential, project_ref: str, method: str) -> Grant:
+    async def authorize(
+        self, credential: Credential, project_ref: str, method: str, trace: Traced | None = None
+    ) -> Grant:
         entry = self._find(credential)
         project_ref = check_project_ref(project_ref)
         needed, satisfying = required_scope(method)
@@ -129,10 +132,10 @@ class DevTokenAuthorizer:
             raise access_denied()
         return Grant(entry.caller, project)
 
-    async def identify(self, credential: Credential) -> Caller:
+    async def identify(self, credential: Credential, trace: Traced | None = None) -> Caller:
         return self._find(credential).caller
 
-    async def mint_token(self, credential: Credential, grant: Grant) -> str:
+    async def mint_token(self, credential: Credential, grant: Grant, trace: Traced | None = None) -> str:
         """No GitLab to mint with: a random stand-in, marked as such."""
         self._find(credential)
         return f"dev-minted-{secrets.token_hex(16)}"

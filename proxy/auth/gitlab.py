@@ -18,6 +18,7 @@ from proxy.auth.credentials import Credential
 from proxy.bounded import read_at_most
 from proxy.errors import ApiError, gitlab_unavailable
 from proxy.observe.metrics import Metrics
+from proxy.observe.tracing import CLIENT, Traced
 from proxy.settings import GitLabSettings
 
 log = logging.getLogger(__name__)
@@ -74,27 +75,48 @@ class GitLabClient:
         credential: Credential,
         json: Any = None,
         with_csrf: bool = False,
+        *,
+        template: str,
+        trace: Traced | None,
     ) -> GitLabReply:
         """One call, counted by endpoint and outcome: GitLab's status code (its 5xx and 429 as such), or
-        ``unreachable`` when no answer came (a connection error or the timeout)."""
+        ``unreachable`` when no answer came (a connection error or the timeout). Traced under ``trace`` as a client
+        span named by ``template`` (the path with its ids as names), which GitLab is sent as ``traceparent``."""
         started = time.monotonic()
         outcome = "unreachable"
+        span = None
+        if trace is not None:
+            attributes = {"http.request.method": method, "url.template": template, "gitlab.endpoint": endpoint}
+            span = trace.child(f"{method} {template}", CLIENT, attributes)
         try:
-            status, raw = await self._round_trip(method, path, credential, json, with_csrf)
+            status, raw = await self._round_trip(
+                method, path, credential, json, with_csrf, span.traceparent if span is not None else None
+            )
             outcome = str(status)
             return self._reply(path, status, raw)
         finally:
             self._metrics.gitlab_call(endpoint, outcome, time.monotonic() - started)
+            if span is not None:
+                if outcome == "unreachable":
+                    span.fail("unreachable", "GitLab did not answer")
+                else:
+                    span.set("http.response.status_code", int(outcome))
+                    if int(outcome) >= 400:
+                        span.fail(outcome)
+                span.end()
 
     async def _round_trip(
-        self, method: str, path: str, credential: Credential, json: Any, with_csrf: bool
+        self, method: str, path: str, credential: Credential, json: Any, with_csrf: bool, traceparent: str | None
     ) -> tuple[int, bytes | None]:
         """GitLab's status and body (None when larger than ``MAX_ANSWER_BYTES``); 503 when it did not answer."""
+        headers = credential.gitlab_headers(with_csrf)
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
         try:
             async with self._session.request(
                 method,
                 f"{self._base}{path}",
-                headers=credential.gitlab_headers(with_csrf),
+                headers=headers,
                 json=json,
                 timeout=self._timeout,
                 allow_redirects=False,
@@ -145,31 +167,44 @@ class GitLabClient:
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False
 
-    async def current_user(self, credential: Credential) -> GitLabReply:
-        return await self._call("user", "GET", "/api/v4/user", credential)
+    async def current_user(self, credential: Credential, trace: Traced | None = None) -> GitLabReply:
+        path = "/api/v4/user"
+        return await self._call("user", "GET", path, credential, template=path, trace=trace)
 
-    async def personal_token_info(self, credential: Credential) -> GitLabReply:
-        return await self._call("token_self", "GET", "/api/v4/personal_access_tokens/self", credential)
+    async def personal_token_info(self, credential: Credential, trace: Traced | None = None) -> GitLabReply:
+        path = "/api/v4/personal_access_tokens/self"
+        return await self._call("token_self", "GET", path, credential, template=path, trace=trace)
 
-    async def oauth_token_info(self, credential: Credential) -> GitLabReply:
-        return await self._call("oauth_token_info", "GET", "/oauth/token/info", credential)
+    async def oauth_token_info(self, credential: Credential, trace: Traced | None = None) -> GitLabReply:
+        path = "/oauth/token/info"
+        return await self._call("oauth_token_info", "GET", path, credential, template=path, trace=trace)
 
-    async def csrf_verdict(self, credential: Credential) -> GitLabReply:
+    async def csrf_verdict(self, credential: Credential, trace: Traced | None = None) -> GitLabReply:
         """GraphQL's ``currentUser`` with the session and its CSRF token: null unless the token fits the session.
 
         GitLab's GraphQL controller forgets the session on a wrong CSRF token
         (``protect_from_forgery with: :null_session``), so this is how a proxy without
         GitLab's secrets learns whether a CSRF token is valid (spec section 2.1).
         """
-        return await self._call("graphql", "POST", "/api/graphql", credential, json=_CURRENT_USER, with_csrf=True)
+        path = "/api/graphql"
+        return await self._call(
+            "graphql", "POST", path, credential, json=_CURRENT_USER, with_csrf=True, template=path, trace=trace
+        )
 
-    async def project(self, credential: Credential, project_ref: str) -> GitLabReply:
-        return await self._call("project", "GET", f"/api/v4/projects/{quote(project_ref, safe='')}", credential)
+    async def project(self, credential: Credential, project_ref: str, trace: Traced | None = None) -> GitLabReply:
+        path = f"/api/v4/projects/{quote(project_ref, safe='')}"
+        return await self._call("project", "GET", path, credential, template="/api/v4/projects/{id}", trace=trace)
 
-    async def member(self, credential: Credential, project_id: int, user_id: int) -> GitLabReply:
-        return await self._call("member", "GET", f"/api/v4/projects/{project_id}/members/all/{user_id}", credential)
+    async def member(
+        self, credential: Credential, project_id: int, user_id: int, trace: Traced | None = None
+    ) -> GitLabReply:
+        path = f"/api/v4/projects/{project_id}/members/all/{user_id}"
+        template = "/api/v4/projects/{id}/members/all/{user_id}"
+        return await self._call("member", "GET", path, credential, template=template, trace=trace)
 
-    async def create_project_access_token(self, credential: Credential, project_id: int, today: dt.date) -> GitLabReply:
+    async def create_project_access_token(
+        self, credential: Credential, project_id: int, today: dt.date, trace: Traced | None = None
+    ) -> GitLabReply:
         body = {
             "name": f"product-analytics-{today.isoformat()}",
             "scopes": ["read_api"],
@@ -177,7 +212,10 @@ class GitLabClient:
             "expires_at": (today + dt.timedelta(days=1)).isoformat(),
         }
         path = f"/api/v4/projects/{project_id}/access_tokens"
-        return await self._call("access_tokens", "POST", path, credential, json=body, with_csrf=True)
+        template = "/api/v4/projects/{id}/access_tokens"
+        return await self._call(
+            "access_tokens", "POST", path, credential, json=body, with_csrf=True, template=template, trace=trace
+        )
 
 
 def message_of(reply: GitLabReply, fallback: str) -> str:

@@ -18,6 +18,7 @@ from proxy.cube.zerofill import FillPlan, zero_fill
 from proxy.errors import ApiError
 from proxy.limits.tenant_cap import TenantLimiter
 from proxy.observe.metrics import Metrics
+from proxy.observe.tracing import CLIENT, Traced, error_of
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,11 @@ class UpstreamCall(NamedTuple):
     fill: FillPlan | None = None
     #: read the whole body even when large (meta, which is cached whole).
     whole: bool = False
-    #: the caller's W3C trace context, sent on to Cube
+    #: the caller's W3C trace context, sent on to Cube (when the proxy does not trace: with ``trace``, each round's
+    #: own span is sent instead)
     traceparent: str | None = None
+    #: the span this call's rounds and zero-fill are traced under (``[tracing]``), else None
+    trace: Traced | None = None
 
 
 class _LastRound:
@@ -102,12 +106,30 @@ class Forwarder:
             return answer  # its slot is released when the stream is closed
         try:
             if call.fill is not None and answer.status == 200 and not answer.continue_wait:
-                if answer.parsed is not None and call.fill.days <= FILL_ON_LOOP_DAYS:
-                    return Buffered(200, orjson.dumps(zero_fill(call.fill, answer.parsed)), None)
-                return Buffered(200, await self._fill_elsewhere(call.tenant, call.fill, answer.body), None)
+                return await self._filled(call, call.fill, answer)
             return answer
         finally:
             self._let_go(answer)  # what the caller gets is its own bytes now (a fill's, or the meta cache's)
+
+    async def _filled(self, call: UpstreamCall, plan: FillPlan, answer: Buffered) -> Buffered:
+        """The zero-filled answer: on the loop when small and parsed, else in the fill process. Traced as
+        ``zero-fill`` (where it ran, and the most days it adds); the fill process's turn is within that span."""
+        on_loop = answer.parsed is not None and plan.days <= FILL_ON_LOOP_DAYS
+        span = None
+        if call.trace is not None:
+            where = "loop" if on_loop else "fill process"
+            span = call.trace.child("zero-fill", attributes={"proxy.fill.where": where, "proxy.fill.days": plan.days})
+        try:
+            if on_loop:
+                return Buffered(200, orjson.dumps(zero_fill(plan, answer.parsed)), None)
+            return Buffered(200, await self._fill_elsewhere(call.tenant, plan, answer.body), None)
+        except BaseException as exc:
+            if span is not None:
+                span.fail(*error_of(exc))
+            raise
+        finally:
+            if span is not None:
+                span.end()
 
     async def _rounds(self, call: UpstreamCall) -> CubeAnswer:
         """Ask Cube, asking again on Continue wait until the budget runs out.
@@ -128,7 +150,7 @@ class Forwarder:
                 started = time.monotonic()
                 read_timeout = None if attempt == 1 else min(self._cube.read_timeout, deadline - started)
                 try:
-                    answer = await self._attempt(call, url, read_timeout)
+                    answer = await self._attempt(call, url, read_timeout, attempt)
                 except ApiError as exc:
                     if exc.status == 504 and last.answer is not None:  # a later round timed out: the last wait
                         return last.take()
@@ -143,10 +165,33 @@ class Forwarder:
         finally:
             last.close()
 
-    async def _attempt(self, call: UpstreamCall, url: str, read_timeout: float | None) -> CubeAnswer:
+    async def _attempt(self, call: UpstreamCall, url: str, read_timeout: float | None, attempt: int) -> CubeAnswer:
         """One round: the tenant's slot (held until a stream is closed, else released here), Cube's answer, counted
-        by outcome and timed."""
-        release = await self._limiter.acquire(call.tenant.app_id)
+        by outcome and timed. Traced (``call.trace``) as ``tenant slot`` then Cube's HTTP call, whose span's
+        ``traceparent`` Cube is sent."""
+        if call.trace is None:
+            release = await self._limiter.acquire(call.tenant.app_id)
+            return await self._round(call, url, read_timeout, release, call.traceparent)
+        with call.trace.child("tenant slot", attributes={"cube.round": attempt}):
+            release = await self._limiter.acquire(call.tenant.app_id)
+        with call.trace.child(
+            f"{call.method} /cubejs-api/v1/{call.endpoint}", CLIENT, _cube_attributes(call, attempt)
+        ) as span:
+            answer = await self._round(call, url, read_timeout, release, span.traceparent)
+            if isinstance(answer, Buffered):
+                span.set("http.response.status_code", answer.status)
+                if answer.continue_wait:
+                    span.set("cube.continue_wait", True)
+                elif answer.status >= 400:
+                    span.fail(str(answer.status))
+            else:
+                span.set("http.response.status_code", 200)
+            return answer
+
+    async def _round(
+        self, call: UpstreamCall, url: str, read_timeout: float | None, release: Callable[[], None], trace: str | None
+    ) -> CubeAnswer:
+        """Cube asked once in the slot ``release`` gives back, with ``trace`` as its ``traceparent``."""
         asked = time.monotonic()
         try:
             answer = await self._cube.call(
@@ -158,7 +203,7 @@ class Forwarder:
                 read_timeout=read_timeout,
                 need_whole=call.whole or call.fill is not None,
                 parse=call.fill is not None,  # only the zero-fill reads the data itself
-                traceparent=call.traceparent,
+                traceparent=trace,
             )
         except ApiError as exc:
             outcome = "database_down" if exc.body.get("message") == DATABASE_UNAVAILABLE else None
@@ -200,3 +245,9 @@ class Forwarder:
             return await self._fills.fill(tenant.app_id, plan, raw)
         except orjson.JSONDecodeError:
             raise ApiError(502, {"message": "Cube answered with a body that is not valid JSON"}) from None
+
+
+def _cube_attributes(call: UpstreamCall, attempt: int) -> dict[str, str | int]:
+    """A Cube round's span attributes (OpenTelemetry's HTTP client rule): the URL as it may be shown, never a key."""
+    url = f"{call.tenant.shown_url}/cubejs-api/v1/{call.endpoint}"
+    return {"http.request.method": call.method, "url.full": url, "cube.endpoint": call.endpoint, "cube.round": attempt}

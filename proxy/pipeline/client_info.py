@@ -59,6 +59,15 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[N
     return str(believed)
 
 
+def trusted_peer(peer: str | None, trusted: tuple[Network, ...]) -> bool:
+    """Whether the connection's peer may name the trace a request belongs to: loopback (a sidecar's neighbour, the
+    local stack) or a trusted proxy, as for ``X-Forwarded-For``; anyone else's ``traceparent`` starts a new trace."""
+    address = _address(peer) if peer is not None else None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address is not None and (address.is_loopback or _trusted(address, trusted))
+
+
 def traceparent(value: str | None) -> str | None:
     """A caller's W3C ``traceparent`` if it is a valid one (version 00 or later, ids not all zeros), else None."""
     if value is None or len(value) > 128:

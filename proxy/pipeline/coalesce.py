@@ -16,9 +16,11 @@ import asyncio
 import collections
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from typing import NamedTuple
 
 from proxy.cube.client import Buffered, CubeAnswer, Streamed
 from proxy.cube.tenants import Tenant
+from proxy.observe.tracing import Traced
 from proxy.pipeline.request_body import QueryRequest
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,14 @@ class SharedStream:
 QueryAnswer = Buffered | Streamed | SharedStream
 
 
+class Coalesced(NamedTuple):
+    """A caller's answer, whether it joined an earlier caller's call, and that call's span when one was traced."""
+
+    answer: QueryAnswer
+    shared: bool
+    origin: Traced | None = None
+
+
 class _LeaderLeft:
     """What followers get when the caller making the shared call hung up: ask again."""
 
@@ -98,9 +108,11 @@ _LEADER_LEFT = _LeaderLeft()
 class _Flight:
     """One call in flight and the callers sharing it (a plain slotted class: one is made per call)."""
 
-    __slots__ = ("broadcast", "followers", "joined", "left")
+    __slots__ = ("broadcast", "followers", "joined", "left", "origin")
 
-    def __init__(self) -> None:
+    def __init__(self, origin: Traced | None) -> None:
+        #: the leader's span of the call, which a joined caller's span links to (None: not traced)
+        self.origin = origin
         #: callers that joined; caller n holds slot n (the leader, making the call, holds 0)
         self.joined = 1
         #: slots whose callers gave up before taking the answer
@@ -195,8 +207,11 @@ class Coalescer:
         """Callers waiting on a flight that has not answered yet."""
         return sum(f.joined - len(f.left) for f in self._flights.values())
 
-    async def run(self, key: Hashable | None, produce: Callable[[], Awaitable[CubeAnswer]]) -> tuple[QueryAnswer, bool]:
-        """The answer for this caller, and whether it was shared with an earlier caller.
+    async def run(
+        self, key: Hashable | None, produce: Callable[[], Awaitable[CubeAnswer]], origin: Traced | None = None
+    ) -> Coalesced:
+        """The answer for this caller, whether it was shared with an earlier caller, and that caller's ``origin`` (the
+        span it made the call under, when traced).
 
         The first caller makes the call itself, in its own task: no task or future is made
         for a call nobody else asks for (most calls). Callers that join wait for its answer.
@@ -205,10 +220,10 @@ class Coalescer:
         query it is already running).
         """
         if key is None:
-            return await produce(), False
+            return Coalesced(await produce(), False)
         flight = self._flights.get(key)
         if flight is None:
-            return await self._lead(key, produce), False
+            return Coalesced(await self._lead(key, produce, origin), False)
         slot = flight.joined
         flight.joined += 1
         waiter: asyncio.Future[CubeAnswer | _LeaderLeft] = asyncio.get_running_loop().create_future()
@@ -219,11 +234,13 @@ class Coalescer:
             self._abandon(flight, slot)
             raise
         if isinstance(answer, _LeaderLeft):
-            return await self.run(key, produce)
-        return self._take(flight, slot, answer), True
+            return await self.run(key, produce, origin)
+        return Coalesced(self._take(flight, slot, answer), True, flight.origin)
 
-    async def _lead(self, key: Hashable, produce: Callable[[], Awaitable[CubeAnswer]]) -> QueryAnswer:
-        flight = self._flights[key] = _Flight()
+    async def _lead(
+        self, key: Hashable, produce: Callable[[], Awaitable[CubeAnswer]], origin: Traced | None
+    ) -> QueryAnswer:
+        flight = self._flights[key] = _Flight(origin)
         try:
             answer = await produce()
         except asyncio.CancelledError:

@@ -15,6 +15,10 @@ A request passes these steps, and both front doors (aiohttp's middlewares and vi
    (``closes_connections``).
 5. ``finish``: one access line.
 
+With ``[tracing]`` on, ``begin`` starts the request's server span (``Exchange.trace``) and
+``finish`` ends it; each step traces its own part under it (``docs/tracing.md`` draws the
+tree). Off, each of those is one ``is not None``.
+
 The services the steps use live in ``Services`` (``proxy/pipeline/services.py``); what the
 probes and metrics read, in ``Health`` (``proxy/pipeline/health.py``).
 """
@@ -22,6 +26,7 @@ probes and metrics read, in ``Health`` (``proxy/pipeline/health.py``).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -33,9 +38,10 @@ from proxy.cube.forward import UpstreamCall
 from proxy.cube.tenants import Tenant
 from proxy.cube.zerofill import fill_plan
 from proxy.errors import ApiError, CallerStalled, not_enabled, rate_limited, unavailable
+from proxy.observe.tracing import CLIENT, Attribute, Traced, error_of
 from proxy.pipeline.answers import ContinueWaitAnswer, kept_answer
 from proxy.pipeline.cached_queries import answer_headers
-from proxy.pipeline.client_info import client_address, traceparent, trusted_networks
+from proxy.pipeline.client_info import client_address, traceparent, trusted_networks, trusted_peer
 from proxy.pipeline.coalesce import QueryAnswer, StreamBroken, coalesce_key
 from proxy.pipeline.delivery import Send, Stream, relay, stream_headers
 from proxy.pipeline.encoding import IDENTITY, accepts_gzip, represent
@@ -44,7 +50,15 @@ from proxy.pipeline.health import Health
 from proxy.pipeline.path_template import path_template
 from proxy.pipeline.request_body import BodySource, QueryRequest, parse_body, query_request, too_large
 from proxy.pipeline.request_id import REQUEST_ID_HEADER, normalise_request_id
-from proxy.pipeline.routes import ACCEPT_ENCODING, FORWARDED_FOR, IF_NONE_MATCH, PROBE_ROUTES, TRACEPARENT, USER_AGENT
+from proxy.pipeline.routes import (
+    ACCEPT_ENCODING,
+    FORWARDED_FOR,
+    IF_NONE_MATCH,
+    PROBE_ROUTES,
+    TRACEPARENT,
+    TRACESTATE,
+    USER_AGENT,
+)
 from proxy.pipeline.services import Services
 from proxy.settings import Settings
 
@@ -62,6 +76,8 @@ class Pipeline:
         self.services = services = Services(settings)
         self.health = Health(services)
         self.metrics = services.metrics
+        #: the tracer with ``[tracing]`` on, else None
+        self.tracing = services.tracing
         self._trusted = trusted_networks(settings.server.trusted_proxies)
         #: the session cookie's name when GitLab's browser sessions are accepted, else None
         self.session_cookie = settings.gitlab.session_cookie if settings.gitlab.sessions else None
@@ -95,7 +111,14 @@ class Pipeline:
     async def relay(self, stream: Stream, exchange: Exchange, send: Send) -> bool:
         """A streamed answer written through ``send`` under the write deadline; False if it broke (the door
         then cuts the connection off). See ``proxy.pipeline.delivery.relay``."""
-        return await relay(stream, exchange, send, self.write_timeout, self.stream_failed)
+        if (trace := exchange.trace) is None:
+            return await relay(stream, exchange, send, self.write_timeout, self.stream_failed)
+        with trace.child("relay") as span:
+            whole = await relay(stream, exchange, send, self.write_timeout, self.stream_failed)
+            span.set("proxy.bytes_sent", exchange.bytes_sent)
+            if not whole:
+                span.fail("aborted", "the streamed answer was cut off")
+            return whole
 
     # -- the steps, in order ---------------------------------------------------------------
 
@@ -135,8 +158,33 @@ class Pipeline:
         if (accepted := headers.get(ACCEPT_ENCODING)) is not None:
             exchange.gzip = accepts_gzip(accepted)
         exchange.if_none_match = headers.get(IF_NONE_MATCH)
+        if self.tracing is not None:
+            exchange.trace = self._server_span(exchange, headers, peer)
         self.metrics.in_flight += 1
         return exchange
+
+    def _server_span(self, exchange: Exchange, headers: Mapping[str, str], peer: str | None) -> Traced:
+        """The request's server span, named by its method and route template (OpenTelemetry's HTTP rule), under the
+        caller's trace when a trusted peer named one (``trusted_peer``)."""
+        assert self.tracing is not None
+        method = exchange.method if exchange.method in _METHODS else "_OTHER"
+        route = exchange.route
+        attributes: dict[str, Attribute] = {
+            "http.request.method": method,
+            "url.scheme": "http",
+            "proxy.request_id": exchange.request_id,
+        }
+        if route is not None:
+            attributes["http.route"] = route
+        if exchange.client is not None:
+            attributes["client.address"] = exchange.client
+        if exchange.user_agent is not None:
+            attributes["user_agent.original"] = exchange.user_agent
+        parent = exchange.traceparent
+        if parent is not None and not trusted_peer(peer, self._trusted):
+            parent = None
+        state = headers.get(TRACESTATE) if parent is not None else None
+        return self.tracing.request(f"{method} {route}" if route else method, attributes, parent, state)
 
     def gate(self, exchange: Exchange, headers: Mapping[str, str], query: Mapping[str, str]) -> None:
         """Step 2, for analytics routes: shed while overloaded (503); a credential (401) within its rate (429)."""
@@ -158,8 +206,17 @@ class Pipeline:
         budget as the analytics routes (the one way anything here looks a caller up); 401 if nobody."""
         self.gate(exchange, headers, query)
         assert exchange.credential is not None  # set by the gate
-        await self._shared_rate(exchange.credential)
-        caller = await self.services.authorizer.identify(exchange.credential)
+        span = exchange.trace.child("credential") if exchange.trace is not None else None
+        try:
+            await self._shared_rate(exchange.credential, span)
+            caller = await self.services.authorizer.identify(exchange.credential, span)
+        except BaseException as exc:
+            if span is not None:
+                span.fail(*error_of(exc))
+            raise
+        finally:
+            if span is not None:
+                span.end()
         exchange.user_id = caller.user_id
         return caller
 
@@ -184,13 +241,27 @@ class Pipeline:
         if query.include_token:  # a personal call: the one place it branches off (see ``_personal``)
             return await self._personal(exchange, tenant, grant, endpoint, query)
         if tenant.answer_ttl > 0:  # the answer cache, which asks Cube through ``ask`` when it must
-            request_id = exchange.request_id
+            return await self._cached(exchange, tenant, endpoint, query)
+        return await self._ask_cube(exchange, tenant, endpoint, query, None, exchange.request_id, exchange.trace)
 
-            async def ask(recorded: Exchange | None) -> QueryAnswer:
-                return await self._ask_cube(recorded, tenant, endpoint, query, None, request_id)
+    async def _cached(self, exchange: Exchange, tenant: Tenant, endpoint: str, query: QueryRequest) -> QueryAnswer:
+        """The answer cache's answer (traced as ``answer cache``, its say an attribute), asking Cube through ``ask``."""
+        request_id = exchange.request_id
+        span = exchange.trace.child("answer cache") if exchange.trace is not None else None
 
+        async def ask(recorded: Exchange | None) -> QueryAnswer:  # recorded is None: a refresh nobody waits on
+            return await self._ask_cube(recorded, tenant, endpoint, query, None, request_id, span if recorded else None)
+
+        try:
             return await self.services.cached_queries.answer(exchange, tenant, endpoint, query, ask)
-        return await self._ask_cube(exchange, tenant, endpoint, query, None, exchange.request_id)
+        except BaseException as exc:
+            if span is not None:
+                span.fail(*error_of(exc))
+            raise
+        finally:
+            if span is not None:
+                span.set("proxy.cache.status", exchange.cache_status or "")
+                span.end()
 
     async def _personal(
         self, exchange: Exchange, tenant: Tenant, grant: Grant, endpoint: str, query: QueryRequest
@@ -198,8 +269,10 @@ class Pipeline:
         """An ``include_token`` call, whose JWT carries a token minted for this caller: it branches off here, before
         the answer cache and the coalescer see it (never kept nor served kept: ``X-Cache: BYPASS``; never joined)."""
         assert exchange.credential is not None
-        gitlab_token = await self.services.authorizer.mint_token(exchange.credential, grant)
-        answer = await self._ask_cube(exchange, tenant, endpoint, query, gitlab_token, exchange.request_id)
+        gitlab_token = await self.services.authorizer.mint_token(exchange.credential, grant, exchange.trace)
+        answer = await self._ask_cube(
+            exchange, tenant, endpoint, query, gitlab_token, exchange.request_id, exchange.trace
+        )
         if tenant.answer_ttl > 0:
             self.services.cached_queries.bypassed(exchange)
         return answer
@@ -212,10 +285,13 @@ class Pipeline:
         query: QueryRequest,
         gitlab_token: str | None,
         request_id: str,
+        under: Traced | None,
     ) -> QueryAnswer:
         """Cube's answer, the JWT signed now, coalesced with identical calls in flight (never a personal call's, one
         with a ``gitlab_token``); recorded in ``exchange`` (None: a background refresh of a stale cached answer,
-        which no caller waits on)."""
+        which no caller waits on). Traced under ``under`` as ``cube <endpoint>``: a joined call links to the span
+        of the call it joined."""
+        span = under.child(f"cube {endpoint}", attributes={"cube.endpoint": endpoint}) if under is not None else None
         call = UpstreamCall(
             tenant=tenant,
             endpoint=endpoint,
@@ -225,15 +301,26 @@ class Pipeline:
             payload=query.payload,
             fill=fill_plan(query.query) if endpoint == "load" else None,
             traceparent=exchange.traceparent if exchange is not None else None,
+            trace=span,
         )
         forwarder = self.services.forwarder
         asked = time.perf_counter()
         try:
             key = None if gitlab_token is not None else coalesce_key(tenant, endpoint, query)
-            outcome, shared = await self.services.coalescer.run(key, lambda: forwarder.fetch(call))
+            outcome, shared, origin = await self.services.coalescer.run(key, lambda: forwarder.fetch(call), span)
+            if span is not None and shared:
+                span.set("proxy.coalesced", True)
+                if origin is not None:
+                    span.add_link(origin)
+        except BaseException as exc:
+            if span is not None:
+                span.fail(*error_of(exc))
+            raise
         finally:
             if exchange is not None:
                 exchange.cube_seconds = time.perf_counter() - asked
+            if span is not None:
+                span.end()
         if exchange is not None:
             self._record(exchange, tenant, outcome, shared)
         return outcome
@@ -259,6 +346,8 @@ class Pipeline:
         if body is not None:
             await self._parsed_body(exchange, body)
 
+        span = exchange.trace.child("meta cache") if exchange.trace is not None else None
+
         async def load_meta() -> Buffered:
             call = UpstreamCall(
                 tenant=tenant,
@@ -269,8 +358,13 @@ class Pipeline:
                 payload=None,
                 whole=True,
                 traceparent=exchange.traceparent,
+                trace=span.child("cube meta", attributes={"cube.endpoint": "meta"}) if span is not None else None,
             )
-            answer = await self.services.forwarder.fetch(call)
+            try:
+                answer = await self.services.forwarder.fetch(call)
+            finally:
+                if call.trace is not None:
+                    call.trace.end()
             assert isinstance(answer, Buffered)  # meta is asked for whole (call.whole)
             if answer.continue_wait:
                 raise ContinueWaitAnswer(answer)
@@ -282,10 +376,18 @@ class Pipeline:
         asked = time.perf_counter()
         try:
             answer, hit = await self.services.meta_cache.get(tenant, load_meta)
+            if span is not None:
+                span.set("proxy.cache.status", "HIT" if hit else "MISS")
         except ContinueWaitAnswer as cw:
             answer, hit = cw.answer, False
+        except BaseException as exc:
+            if span is not None:
+                span.fail(*error_of(exc))
+            raise
         finally:
             exchange.cube_seconds = time.perf_counter() - asked
+            if span is not None:
+                span.end()
         exchange.cache = "hit" if hit else "miss"
         if hit:  # Cube was not asked: no status, no time, no Cube
             exchange.cube_seconds = None
@@ -304,6 +406,8 @@ class Pipeline:
 
     def fault(self, exchange: Exchange) -> None:
         """Step 4, for an unexpected error (called from its ``except``): the traceback to the log, never the caller."""
+        if exchange.trace is not None and (exc := sys.exception()) is not None:
+            exchange.trace.fail(*error_of(exc))
         log.exception("unhandled error", extra={"event": "unhandled", "request_id": exchange.request_id})
 
     def stream_failed(self, exchange: Exchange, exc: Exception) -> None:
@@ -342,6 +446,8 @@ class Pipeline:
             tally.requests += 1
             if status >= 400:
                 tally.errors += 1
+        if (trace := exchange.trace) is not None:
+            self._end_server_span(trace, exchange, status)
         access_log = self.services.access_log
         probe = route in PROBE_ROUTES
         if not access_log.enabled(probe):
@@ -350,11 +456,32 @@ class Pipeline:
 
     # -- helpers ----------------------------------------------------------------------------
 
+    @staticmethod
+    def _end_server_span(trace: Traced, exchange: Exchange, status: int) -> None:
+        """The server span's outcome (OpenTelemetry's HTTP rule: an error only for a 5xx), and its end."""
+        trace.set("http.response.status_code", status)
+        if exchange.project is not None:
+            trace.set("gitlab.project.id", exchange.project)
+        if exchange.cache is not None:
+            trace.set("proxy.cache", exchange.cache)
+        if status >= 500 and status != CLIENT_CLOSED_REQUEST:
+            trace.fail(str(status))
+        trace.end()
+
     async def _grant_tenant(self, exchange: Exchange, project_ref: str, method: str) -> tuple[Tenant, Grant]:
         """Authorise the caller for the route's project; its tenant, or 404 when analytics is off."""
         assert exchange.credential is not None, "the gate runs first"
-        await self._shared_rate(exchange.credential)
-        grant = await self.services.authorizer.authorize(exchange.credential, project_ref, method)
+        span = exchange.trace.child("credential") if exchange.trace is not None else None
+        try:
+            await self._shared_rate(exchange.credential, span)
+            grant = await self.services.authorizer.authorize(exchange.credential, project_ref, method, span)
+        except BaseException as exc:
+            if span is not None:
+                span.fail(*error_of(exc))
+            raise
+        finally:
+            if span is not None:
+                span.end()
         exchange.project = grant.project_id
         exchange.user_id = grant.caller.user_id
         tally = exchange.tally = self.metrics.project(grant.project_id)
@@ -380,12 +507,18 @@ class Pipeline:
         finally:
             budget.give(client, size)
 
-    async def _shared_rate(self, credential: Credential) -> None:
-        """The caller's fleet-wide bucket (with ``[redis]``, after the process's own in the gate): 429 when empty."""
+    async def _shared_rate(self, credential: Credential, under: Traced | None) -> None:
+        """The caller's fleet-wide bucket (with ``[redis]``, after the process's own in the gate): 429 when empty.
+        Traced as ``fleet rate`` (a Redis call)."""
         shared = self.services.shared
         if shared is not None and self.services.rate_limiter.enabled:
             limits = self.settings.limits
-            wait = await shared.rate(credential.caller_key, limits.rate_limit, limits.rate_limit_burst)
+            span = under.child("fleet rate", CLIENT, {"db.system.name": "redis"}) if under is not None else None
+            try:
+                wait = await shared.rate(credential.caller_key, limits.rate_limit, limits.rate_limit_burst)
+            finally:
+                if span is not None:
+                    span.end()
             if wait is not None:
                 self.metrics.refusal("rate_limited")
                 raise rate_limited(wait)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from proxy.auth.credentials import Credential
 from proxy.observe.metrics import ProjectTally
+from proxy.observe.tracing import Traced
 
 
 class Exchange:
@@ -35,6 +36,7 @@ class Exchange:
         "route",
         "started",
         "tally",
+        "trace",
         "traceparent",
         "user_agent",
         "user_id",
@@ -72,6 +74,8 @@ class Exchange:
         self.client: str | None = None
         self.user_agent: str | None = None
         self.traceparent: str | None = None
+        #: the request's server span, with ``[tracing]`` on (None otherwise: every step's one branch)
+        self.trace: Traced | None = None
         #: the GitLab user id, once authorised (never a name or a token)
         self.user_id: int | None = None
         #: the project's tally in the metrics, once authorised

@@ -8,8 +8,10 @@ from proxy.pipeline.request_id import REQUEST_ID_HEADER
 USER_AGENT = "User-Agent"
 FORWARDED_FOR = "X-Forwarded-For"
 TRACEPARENT = "traceparent"
-#: what the access line says of the caller (its address through trusted proxies, its agent, its trace)
-CLIENT_HEADERS = (USER_AGENT, FORWARDED_FOR, TRACEPARENT)
+TRACESTATE = "tracestate"
+#: what the access line says of the caller (its address through trusted proxies, its agent, its trace), and the
+#: vendors' part of its trace context (continued with it, from a trusted caller)
+CLIENT_HEADERS = (USER_AGENT, FORWARDED_FOR, TRACEPARENT, TRACESTATE)
 ACCEPT_ENCODING = "Accept-Encoding"
 IF_NONE_MATCH = "If-None-Match"
 #: what the answer's form depends on (its coding; a 304 for a kept answer the caller has)

@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 
 import yarl
 
+from proxy import __version__
 from proxy.auth.authorizer import Authorizer, GitLabAuthorizer
 from proxy.auth.dev_tokens import DevTokenAuthorizer, load_dev_tokens
 from proxy.auth.gitlab import GitLabClient, gitlab_client
@@ -33,6 +34,7 @@ from proxy.limits.caller_rate import RateLimiter
 from proxy.limits.overload import LoadShedder
 from proxy.limits.tenant_cap import TenantLimiter
 from proxy.observe.metrics import LAG_SAMPLE_SECONDS, Metrics, NoMetrics
+from proxy.observe.tracing import Tracing
 from proxy.pipeline.access_log import AccessLog
 from proxy.pipeline.answer_cache import AnswerCache
 from proxy.pipeline.answers import kept_answer, plain_body
@@ -63,6 +65,10 @@ class Services:
         #: every count the metrics and the status page show (this process's)
         self.metrics = (
             Metrics(server.metrics_project_label, server.metrics_max_projects) if server.metrics else NoMetrics()
+        )
+        #: the tracer with ``[tracing] enabled`` (its export thread starts in ``open_tracing``), else None
+        self.tracing = (
+            Tracing(settings.tracing, self.metrics.trace_spans, __version__) if settings.tracing.enabled else None
         )
         #: what each front door counts (requests it served, connections open on it), handed to the door
         self.lane_counts = DoorCounts()
@@ -170,12 +176,34 @@ class Services:
             await self.cube_http.close()
             await self.readiness.close()
 
+    @contextlib.asynccontextmanager
+    async def open_tracing(self) -> AsyncIterator[None]:
+        """The span export's thread (with ``[tracing]``); on the way out what is queued is sent within the tracing's
+        ``export_timeout`` (and never more than ``[server] shutdown_timeout``), whatever the collector does."""
+        tracing = self.tracing
+        if tracing is None:
+            yield
+            return
+        tracing.open()
+        try:
+            yield
+        finally:
+            await tracing.close(min(self.settings.tracing.export_timeout, self.settings.server.shutdown_timeout))
+
     def contexts(self) -> list[Callable[[], AbstractAsyncContextManager[None]]]:
-        """What opens with the application, in the order it opens (it closes in reverse): ``overload_probe`` (the
+        """What opens with the application, in the order it opens (it closes in reverse): ``open_tracing`` (the
+        span export, first so it closes last: every other service's spans are ended by then), ``overload_probe`` (the
         shedder's clock), ``open_redis`` (the shared layer, before the caches that share through it),
         ``open_cube`` (the Cube pool, the fill process and any fan-out), ``open_gitlab`` (the authorizer, sharing
         through Redis) and ``housekeeping`` (the sweeps)."""
-        return [self.overload_probe, self.open_redis, self.open_cube, self.open_gitlab, self.housekeeping]
+        return [
+            self.open_tracing,
+            self.overload_probe,
+            self.open_redis,
+            self.open_cube,
+            self.open_gitlab,
+            self.housekeeping,
+        ]
 
     def renewal_allowed(self, tenant: Tenant) -> None:
         """A ``renewQuery`` call of ``tenant``'s within its rate, or 429 (``[cube] renewals_per_second``)."""
