@@ -197,7 +197,7 @@ def _outside_address() -> str:
     return str(address)
 
 
-async def test_a_strangers_traceparent_starts_a_new_trace(traced_settings, make_client, cube, collector):
+async def test_a_strangers_traceparent_starts_a_new_trace(traced_settings, make_client, cube, collector, access_lines):
     client = await make_client(traced_settings(), host=_outside_address())
     parent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
     assert (await client.post(LOAD, json={"query": QUERY}, headers={**REPORTER, "traceparent": parent})).status == 200
@@ -205,6 +205,8 @@ async def test_a_strangers_traceparent_starts_a_new_trace(traced_settings, make_
     server = one(collector.spans, SERVER_SPAN)
     assert server.trace_id != CALLER_TRACE and server.parent_id == ""
     assert cube.calls[0].headers["traceparent"].startswith(f"00-{server.trace_id}-")
+    [line] = [line for line in access_lines() if line["route"] == server.attributes["http.route"]]
+    assert (line["trace_id"], line["span_id"]) == (server.trace_id, server.span_id)  # the line finds its trace
 
 
 async def test_a_trusted_proxys_traceparent_is_continued(traced_settings, make_client, collector):

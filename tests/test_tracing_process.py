@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import aiohttp
+import pytest
 
 from tests.conftest import QUERY, REPORTER
 from tests.processes import LOAD, proxy_process, worker_pids
@@ -41,11 +42,13 @@ def servers(collector) -> list:
     return [span for span in collector.spans if span.name == SERVER_SPAN]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_sigterm_sends_every_workers_queued_spans_before_the_proxy_exits(
-    cube, gitlab_url, cube_url, tmp_path, collector
+    cube, gitlab_url, cube_url, tmp_path, collector, workers
 ):
     tracing = TRACING.format(url=collector.url)
-    async with proxy_process(tmp_path, gitlab_url, cube_url, server_section=TWO_WORKERS, sections=tracing) as (
+    server = f"workers = {workers}\n[limits]\nrate_limit = 0.0"
+    async with proxy_process(tmp_path, gitlab_url, cube_url, server_section=server, sections=tracing) as (
         proc,
         port,
     ):

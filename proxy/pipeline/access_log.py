@@ -39,8 +39,12 @@ class AccessLog:
         return self._logger.isEnabledFor(logging.DEBUG if probe else logging.INFO)
 
     def request(self, exchange: Exchange, status: int, seconds: float, probe: bool) -> None:
-        """One request's line, from what its exchange recorded (never a token: hashes, ids and templates)."""
-        route, trace = exchange.route, exchange.traceparent
+        """One request's line, from what its exchange recorded (never a token: hashes, ids and templates).
+
+        Its ``trace_id`` and ``span_id`` are the request's server span's when it is traced (so a line
+        finds its trace), else the caller's ``traceparent``'s."""
+        route = exchange.route
+        trace = exchange.trace.traceparent if exchange.trace is not None else exchange.traceparent
         self.write(
             f"{exchange.method} {route or exchange.path} {status}",
             {
