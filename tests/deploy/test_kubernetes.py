@@ -30,7 +30,7 @@ from tests.processes import kill_group
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
 KUBERNETES = "1.33.0"
-OVERLAYS = ("example", "fleet", "clickhouse")
+OVERLAYS = ("example", "fleet", "clickhouse", "tracing")
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -139,10 +139,11 @@ def test_overlays_compose_fleet_is_example_plus_redis() -> None:
     assert {"cube-api-key", "redis-signing-key", "redis-password"} <= set(secret)
 
 
+@pytest.mark.parametrize("overlay", ["example", "tracing"])
 async def test_the_proxy_starts_from_the_rendered_configmap_and_secret_and_answers_its_probes(
-    tmp_path, cube_url
+    tmp_path, cube_url, collector, overlay
 ) -> None:
-    found = by_kind(render("example"))
+    found = by_kind(render(overlay))
     pod = found[("Deployment", "product-analytics-proxy")]["spec"]["template"]["spec"]
     container = proxy_container(pod)
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -160,7 +161,12 @@ async def test_the_proxy_starts_from_the_rendered_configmap_and_secret_and_answe
             assert volume["secret"]["secretName"] == secret["metadata"]["name"]
             for item in volume["secret"]["items"]:
                 (target / item["path"]).write_text(secret["stringData"][item["key"]])
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = kubelet_env(container["env"], {"metadata.name": "proxy-7d9f-x2", "metadata.namespace": "analytics"})
+    if overlay == "tracing":  # the collector's Service resolves in the cluster only: this test's receiver instead
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability.svc:4318"
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector.url.removesuffix("/v1/traces")
+        assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.1"
+        env["OTEL_TRACES_SAMPLER_ARG"] = "1.0"  # every probe's trace kept, so the test can count them
     config_file = root / env["PROXY_CONFIG"].lstrip("/")
     assert config_file.exists(), "PROXY_CONFIG names the file the ConfigMap is mounted as"
     text = config_file.read_text()
@@ -206,6 +212,24 @@ async def test_the_proxy_starts_from_the_rendered_configmap_and_secret_and_answe
     finally:
         kill_group(proc.pid)
         proc.wait()
+    if overlay == "tracing":  # the probes' spans, sent as the pod stopped, naming the pod they came from
+        probed = {span.name for span in collector.spans}
+        assert {f"GET {probe['path']}" for probe in probes} <= probed, probed
+        assert {span.resource["k8s.pod.name"] for span in collector.spans} == {"proxy-7d9f-x2"}
+        needed = settings["server"]["drain_delay"] + settings["server"]["shutdown_timeout"] + 5.0  # export_timeout
+        assert pod["terminationGracePeriodSeconds"] > needed
+    else:
+        assert collector.spans == []
+
+
+def kubelet_env(entries: list[dict[str, Any]], fields: dict[str, str]) -> dict[str, str]:
+    """A container's environment as the kubelet makes it: downward-API fields filled in, ``$(NAME)`` expanded from
+    the variables listed before it."""
+    env: dict[str, str] = {}
+    for entry in entries:
+        value = entry["value"] if "value" in entry else fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+        env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), value)
+    return env
 
 
 def _ok(call: Any) -> bool:
