@@ -1,6 +1,6 @@
 """Instructions per pass-through request, counted: repeatable where timings on a shared machine are not.
 
-``python -m bench.instructions [CHECKOUT ...]`` runs each checkout's proxy (default: this one)
+``python -m bench.instructions [--tracing] [CHECKOUT ...]`` runs each checkout's proxy (default: this one)
 under valgrind's callgrind, against the fast nginx upstream and the fake GitLab. wrk
 drives it at 16 connections for a short run and a long one; the difference in
 instructions divided by the difference in requests is the cost of one request,
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.procs import ROOT, fake_gitlab, fast_upstream, http_ok, proxy_process, reference_proxy, wrk
+from bench.procs import ROOT, fake_gitlab, fast_upstream, http_ok, otlp_sink, proxy_process, reference_proxy, wrk
 from bench.run import KEY, LOAD, TOKEN
 from stack.localstack import wait_until
 from stack.nginx import port_open, write_conf
@@ -134,6 +134,11 @@ def per_request(
     return round((long_total - short_total) / (long_requests - short_requests))
 
 
+def tracing_section(collector_url: str, ratio: float) -> dict[str, object]:
+    """``[tracing]`` as a deployment sets it, sending to ``collector_url``, sampling ``ratio`` of new traces."""
+    return {"enabled": True, "endpoint": collector_url, "sample_ratio": ratio}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkouts", nargs="*", type=Path, default=[ROOT], help="source trees to compare")
@@ -141,6 +146,9 @@ def main() -> int:
         "--metrics-off", action="store_true", help="also count each checkout with [server] metrics = false"
     )
     parser.add_argument("--nginx", action="store_true", help="also count nginx proxying the same requests")
+    parser.add_argument(
+        "--tracing", action="store_true", help="also count each checkout tracing 1%% and 100%% of its requests"
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
@@ -151,19 +159,26 @@ def main() -> int:
         upstream.start()
         gitlab, gitlab_url = fake_gitlab(workdir)
         gitlab.start()
+        collector, collector_url = otlp_sink(workdir)
         try:
-            variants: list[tuple[str, dict[str, object]]] = [("", {})]
+            variants: list[tuple[str, dict[str, object], dict[str, dict[str, object]]]] = [("", {}, {})]
             if args.metrics_off:
-                variants.append((" with metrics off", {"metrics": False}))
+                variants.append((" with metrics off", {"metrics": False}, {}))
+            if args.tracing:
+                collector.start()
+                for ratio in (0.01, 1.0):
+                    tracing = tracing_section(collector_url, ratio)
+                    variants.append((f" tracing {ratio:.0%} of its requests", {}, {"tracing": tracing}))
             if args.nginx:
                 print(f"nginx: {nginx_per_request(workdir, upstream.port):,} instructions per proxied request")
             for checkout in args.checkouts:
-                for label, server in variants:
+                for label, server, sections in variants:
                     n = per_request(
-                        checkout.resolve(), workdir, gitlab_url, f"http://127.0.0.1:{upstream.port}", server
+                        checkout.resolve(), workdir, gitlab_url, f"http://127.0.0.1:{upstream.port}", server, **sections
                     )
                     print(f"{checkout}{label}: {n:,} instructions per pass-through request ({CONNECTIONS} connections)")
         finally:
+            collector.stop()
             gitlab.stop()
             upstream.stop()
     return 0

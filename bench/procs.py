@@ -163,6 +163,13 @@ def fake_gitlab(workdir: Path) -> tuple[Process, str]:
     return process, f"http://127.0.0.1:{port}"
 
 
+def otlp_sink(workdir: Path) -> tuple[Process, str]:
+    """A trace collector (``bench/otlp_sink.py``, not started), and its OTLP/HTTP traces endpoint."""
+    port = free_port()
+    process = Process(["-m", "bench.otlp_sink", str(port)], f"http://127.0.0.1:{port}/-/spans", workdir / "otlp.log")
+    return process, f"http://127.0.0.1:{port}/v1/traces"
+
+
 def proxy_process(
     workdir: Path, name: str, gitlab_url: str, cube_url: str, key: str, **sections: dict[str, object]
 ) -> tuple[Process, int]:

@@ -244,6 +244,15 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                     f"once-a-second snapshot weighs more per request than at full speed), Redis "
                     f"{ins['redis_instructions_cost_ratio']}x ({ins['proxy_redis_instructions_per_request']:,}).",
                 ]
+            if "tracing_100pct_instructions_cost_ratio" in ins:
+                lines += [
+                    "",
+                    f"Traces (`[tracing]`, the export thread and its encoding included): sampling 1% of requests costs "
+                    f"{ins['tracing_1pct_instructions_cost_ratio']}x "
+                    f"({ins['proxy_tracing_1pct_instructions_per_request']:,}), every request "
+                    f"{ins['tracing_100pct_instructions_cost_ratio']}x "
+                    f"({ins['proxy_tracing_100pct_instructions_per_request']:,}); off, nothing is loaded.",
+                ]
         if "aiohttp_only_cpu_ratio" in p:
             lines += [
                 "",

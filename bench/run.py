@@ -37,6 +37,7 @@ from bench.procs import (
     fake_gitlab,
     fast_upstream,
     free_port,
+    otlp_sink,
     proxy_process,
     reference_proxy,
     rss_bytes,
@@ -276,12 +277,14 @@ def instructions(workdir: Path, gitlab_url: str) -> dict[str, Any]:
     """User-space instructions per pass-through request, counted under callgrind: the steady figure next to each
     CPU-time ratio. The proxy as benched (metrics and sessions on), with metrics off, with Redis; and nginx
     proxying the same requests, counted the same way."""
-    from bench.instructions import nginx_per_request, per_request
+    from bench.instructions import nginx_per_request, per_request, tracing_section
 
     upstream = fast_upstream(workdir)
     upstream.start()
     redis = RedisServer(workdir / "redis-instructions")
     redis.start()
+    collector, collector_url = otlp_sink(workdir)
+    collector.start()
     cube_url = f"http://127.0.0.1:{upstream.port}"
     try:
         proxy = per_request(ROOT, workdir, gitlab_url, cube_url, {})
@@ -294,8 +297,13 @@ def instructions(workdir: Path, gitlab_url: str) -> dict[str, Any]:
             {},
             redis={"url": redis.url, "signing_key": "bench-signing-key-of-at-least-32-bytes-000"},
         )
+        traced = {
+            ratio: per_request(ROOT, workdir, gitlab_url, cube_url, {}, tracing=tracing_section(collector_url, ratio))
+            for ratio in (0.01, 1.0)
+        }
         nginx = nginx_per_request(workdir, upstream.port)
     finally:
+        collector.stop()
         redis.stop()
         upstream.stop()
     return {
@@ -306,6 +314,10 @@ def instructions(workdir: Path, gitlab_url: str) -> dict[str, Any]:
         "pass_through_instructions_ratio": round(proxy / nginx, 2) if nginx > 0 else None,
         "metrics_instructions_cost_ratio": round(proxy / quiet, 3),
         "redis_instructions_cost_ratio": round(shared / proxy, 3),
+        "proxy_tracing_1pct_instructions_per_request": traced[0.01],
+        "proxy_tracing_100pct_instructions_per_request": traced[1.0],
+        "tracing_1pct_instructions_cost_ratio": round(traced[0.01] / proxy, 3),
+        "tracing_100pct_instructions_cost_ratio": round(traced[1.0] / proxy, 3),
     }
 
 

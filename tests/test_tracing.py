@@ -218,8 +218,10 @@ async def test_a_trusted_proxys_traceparent_is_continued(traced_settings, make_c
     assert one(collector.spans, SERVER_SPAN).trace_id == CALLER_TRACE
 
 
-async def test_no_secret_reaches_a_span(traced_settings, make_client, gitlab, cube, collector):
-    client = await make_client(traced_settings(tracing={"headers": "x-collector-key=collector-secret-0001"}))
+async def test_no_secret_reaches_a_span(traced_settings, make_client, gitlab, cube, collector, tmp_path):
+    secret_file = tmp_path / "otlp-headers"  # as a mounted Secret holds it
+    secret_file.write_text("x-collector-key=collector-secret-0001\n")
+    client = await make_client(traced_settings(tracing={"headers_file": str(secret_file)}))
     marker = "a-filter-value-only-the-query-holds"
     query = {**QUERY, "filters": [{"member": "TrackedEvents.eventName", "operator": "equals", "values": [marker]}]}
     session = gitlab.sign_in(1)
@@ -328,3 +330,16 @@ async def test_a_personal_calls_token_minting_is_a_gitlab_span(traced, cube, col
     server = one(collector.spans, SERVER_SPAN)
     minted = one(collector.spans, "POST /api/v4/projects/{id}/access_tokens")
     assert minted.parent_id == server.span_id and minted.attributes["http.response.status_code"] == 201
+
+
+async def test_a_new_trace_past_the_ratio_makes_no_span_but_a_callers_sampled_trace_is_followed(
+    traced_settings, make_client, cube, collector
+):
+    client = await make_client(traced_settings(tracing={"sample_ratio": 0.0}))
+    assert (await client.post(LOAD, json={"query": QUERY}, headers=REPORTER)).status == 200
+    parent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"  # a trusted (loopback) caller that records this trace
+    assert (await client.post(LOAD, json={"query": QUERY}, headers={**REPORTER, "traceparent": parent})).status == 200
+    await sent(client)
+    assert "traceparent" not in cube.calls[0].headers  # not recorded: the call goes as it does with tracing off
+    assert {span.trace_id for span in collector.spans} == {CALLER_TRACE}  # parent-based: the caller's decision
+    assert one(collector.spans, SERVER_SPAN).parent_id == CALLER_SPAN

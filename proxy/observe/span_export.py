@@ -76,7 +76,7 @@ class BoundedExport(SpanProcessor):
                 self.counts.dropped += 1
                 return
             self._queue.append(span)
-            full = len(self._queue) >= self._batch_size
+            full = len(self._queue) == self._batch_size  # the thread, woken once, sends until the queue is empty
         if full:
             self._wake.set()
 

@@ -10,14 +10,17 @@ Rules it keeps:
 - names follow OpenTelemetry's HTTP conventions (a route template or a fixed name, never a
   raw path); attributes are the ones listed here and never hold a token, cookie, CSRF token,
   query body or key;
-- sampling is parent-based: a continued trace keeps its caller's decision, a new one is
-  recorded at ``sample_ratio``.
+- sampling is parent-based (a continued trace keeps its caller's decision, a new one is
+  recorded at ``sample_ratio``) and decided before any span is made: a request that is not
+  recorded gets no span at all, so it costs what tracing off costs (the SDK's own unsampled
+  spans cost about a third of a pass-through request: bench/NOTES.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -152,7 +155,7 @@ class Tracing:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
         from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -163,8 +166,11 @@ class Tracing:
         if version:
             attributes["service.version"] = version
         # Resource.create also reads OTEL_RESOURCE_ATTRIBUTES (the deployment's own, e.g. k8s.pod.name)
+        #: the share of new traces recorded, drawn here (``request``): the SDK records whatever it is handed
+        self._ratio = settings.sample_ratio
+        self._draw = random.Random().random  # noqa: S311 - a sampling draw, not a secret
         provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+            sampler=ALWAYS_ON,
             resource=Resource.create(attributes),
             shutdown_on_exit=False,  # ``close`` flushes within the drain's budget; atexit would wait longer
         )
@@ -189,13 +195,18 @@ class Tracing:
         attributes: Mapping[str, Attribute],
         parent: str | None = None,
         state: str | None = None,
-    ) -> Traced:
-        """A request's server span, continuing ``parent`` (a trusted caller's ``traceparent``, and its
-        ``tracestate``) when given, else starting a trace."""
+    ) -> Traced | None:
+        """A request's server span, continuing ``parent`` (a trusted caller's valid ``traceparent``, and its
+        ``tracestate``) when given, else starting a trace; None when the request is not recorded (its caller did
+        not sample ``parent``, or a new trace fell past ``sample_ratio``)."""
         context = None
         if parent is not None:
+            if not int(parent[53:55], 16) & 1:  # the caller's trace-flags: not sampled
+                return None
             carrier = {"traceparent": parent} if state is None else {"traceparent": parent, "tracestate": state}
             context = self._propagator.extract(carrier)
+        elif self._ratio < 1.0 and self._draw() >= self._ratio:
+            return None
         kit = self._kit
         return Traced(kit.tracer.start_span(name, context, kit.kinds[SERVER], attributes), kit)
 

@@ -28,44 +28,44 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from proxy.auth.authorizer import Caller, Grant
 from proxy.auth.credentials import Credential, extract_credential
 from proxy.cube.client import Buffered
-from proxy.cube.forward import UpstreamCall
 from proxy.cube.tenants import Tenant
-from proxy.cube.zerofill import fill_plan
 from proxy.errors import ApiError, CallerStalled, not_enabled, rate_limited, unavailable
-from proxy.observe.tracing import CLIENT, Attribute, Traced, error_of
-from proxy.pipeline.answers import ContinueWaitAnswer, kept_answer
+from proxy.observe.tracing import CLIENT, Traced, error_of
 from proxy.pipeline.cached_queries import answer_headers
-from proxy.pipeline.client_info import client_address, traceparent, trusted_networks, trusted_peer
-from proxy.pipeline.coalesce import QueryAnswer, StreamBroken, coalesce_key
+from proxy.pipeline.client_info import client_address, traceparent, trusted_networks
+from proxy.pipeline.coalesce import QueryAnswer, StreamBroken
+from proxy.pipeline.cube_call import ask_cube
 from proxy.pipeline.delivery import Send, Stream, relay, stream_headers
 from proxy.pipeline.encoding import IDENTITY, accepts_gzip, represent
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.health import Health
+from proxy.pipeline.meta import tenant_meta
 from proxy.pipeline.path_template import path_template
 from proxy.pipeline.request_body import BodySource, QueryRequest, parse_body, query_request, too_large
 from proxy.pipeline.request_id import REQUEST_ID_HEADER, normalise_request_id
 from proxy.pipeline.routes import (
     ACCEPT_ENCODING,
+    CLIENT_CLOSED_REQUEST,
     FORWARDED_FOR,
     IF_NONE_MATCH,
     PROBE_ROUTES,
+    STANDARD_METHODS,
     TRACEPARENT,
-    TRACESTATE,
     USER_AGENT,
 )
 from proxy.pipeline.services import Services
+from proxy.pipeline.spans import end_server_span, server_span
 from proxy.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: the status of a request whose caller went away before its answer was whole (nginx's convention)
-CLIENT_CLOSED_REQUEST = 499
+_T = TypeVar("_T")
 
 
 class Pipeline:
@@ -159,32 +159,9 @@ class Pipeline:
             exchange.gzip = accepts_gzip(accepted)
         exchange.if_none_match = headers.get(IF_NONE_MATCH)
         if self.tracing is not None:
-            exchange.trace = self._server_span(exchange, headers, peer)
+            exchange.trace = server_span(self.tracing, exchange, headers, peer, self._trusted)
         self.metrics.in_flight += 1
         return exchange
-
-    def _server_span(self, exchange: Exchange, headers: Mapping[str, str], peer: str | None) -> Traced:
-        """The request's server span, named by its method and route template (OpenTelemetry's HTTP rule), under the
-        caller's trace when a trusted peer named one (``trusted_peer``)."""
-        assert self.tracing is not None
-        method = exchange.method if exchange.method in _METHODS else "_OTHER"
-        route = exchange.route
-        attributes: dict[str, Attribute] = {
-            "http.request.method": method,
-            "url.scheme": "http",
-            "proxy.request_id": exchange.request_id,
-        }
-        if route is not None:
-            attributes["http.route"] = route
-        if exchange.client is not None:
-            attributes["client.address"] = exchange.client
-        if exchange.user_agent is not None:
-            attributes["user_agent.original"] = exchange.user_agent
-        parent = exchange.traceparent
-        if parent is not None and not trusted_peer(peer, self._trusted):
-            parent = None
-        state = headers.get(TRACESTATE) if parent is not None else None
-        return self.tracing.request(f"{method} {route}" if route else method, attributes, parent, state)
 
     def gate(self, exchange: Exchange, headers: Mapping[str, str], query: Mapping[str, str]) -> None:
         """Step 2, for analytics routes: shed while overloaded (503); a credential (401) within its rate (429)."""
@@ -205,18 +182,9 @@ class Pipeline:
         """Who the request's credential belongs to, through the same gate, rate limits and new-credential
         budget as the analytics routes (the one way anything here looks a caller up); 401 if nobody."""
         self.gate(exchange, headers, query)
-        assert exchange.credential is not None  # set by the gate
-        span = exchange.trace.child("credential") if exchange.trace is not None else None
-        try:
-            await self._shared_rate(exchange.credential, span)
-            caller = await self.services.authorizer.identify(exchange.credential, span)
-        except BaseException as exc:
-            if span is not None:
-                span.fail(*error_of(exc))
-            raise
-        finally:
-            if span is not None:
-                span.end()
+        credential = exchange.credential
+        assert credential is not None  # set by the gate
+        caller = await self._checked(exchange, lambda span: self.services.authorizer.identify(credential, span))
         exchange.user_id = caller.user_id
         return caller
 
@@ -242,7 +210,9 @@ class Pipeline:
             return await self._personal(exchange, tenant, grant, endpoint, query)
         if tenant.answer_ttl > 0:  # the answer cache, which asks Cube through ``ask`` when it must
             return await self._cached(exchange, tenant, endpoint, query)
-        return await self._ask_cube(exchange, tenant, endpoint, query, None, exchange.request_id, exchange.trace)
+        return await ask_cube(
+            self.services, exchange, tenant, endpoint, query, None, exchange.request_id, exchange.trace
+        )
 
     async def _cached(self, exchange: Exchange, tenant: Tenant, endpoint: str, query: QueryRequest) -> QueryAnswer:
         """The answer cache's answer (traced as ``answer cache``, its say an attribute), asking Cube through ``ask``."""
@@ -250,7 +220,9 @@ class Pipeline:
         span = exchange.trace.child("answer cache") if exchange.trace is not None else None
 
         async def ask(recorded: Exchange | None) -> QueryAnswer:  # recorded is None: a refresh nobody waits on
-            return await self._ask_cube(recorded, tenant, endpoint, query, None, request_id, span if recorded else None)
+            return await ask_cube(
+                self.services, recorded, tenant, endpoint, query, None, request_id, span if recorded else None
+            )
 
         try:
             return await self.services.cached_queries.answer(exchange, tenant, endpoint, query, ask)
@@ -270,72 +242,12 @@ class Pipeline:
         the answer cache and the coalescer see it (never kept nor served kept: ``X-Cache: BYPASS``; never joined)."""
         assert exchange.credential is not None
         gitlab_token = await self.services.authorizer.mint_token(exchange.credential, grant, exchange.trace)
-        answer = await self._ask_cube(
-            exchange, tenant, endpoint, query, gitlab_token, exchange.request_id, exchange.trace
+        answer = await ask_cube(
+            self.services, exchange, tenant, endpoint, query, gitlab_token, exchange.request_id, exchange.trace
         )
         if tenant.answer_ttl > 0:
             self.services.cached_queries.bypassed(exchange)
         return answer
-
-    async def _ask_cube(
-        self,
-        exchange: Exchange | None,
-        tenant: Tenant,
-        endpoint: str,
-        query: QueryRequest,
-        gitlab_token: str | None,
-        request_id: str,
-        under: Traced | None,
-    ) -> QueryAnswer:
-        """Cube's answer, the JWT signed now, coalesced with identical calls in flight (never a personal call's, one
-        with a ``gitlab_token``); recorded in ``exchange`` (None: a background refresh of a stale cached answer,
-        which no caller waits on). Traced under ``under`` as ``cube <endpoint>``: a joined call links to the span
-        of the call it joined."""
-        span = under.child(f"cube {endpoint}", attributes={"cube.endpoint": endpoint}) if under is not None else None
-        call = UpstreamCall(
-            tenant=tenant,
-            endpoint=endpoint,
-            method="POST",
-            jwt=self.services.signer.sign(tenant, int(time.time()), gitlab_token),
-            request_id=request_id,
-            payload=query.payload,
-            fill=fill_plan(query.query) if endpoint == "load" else None,
-            traceparent=exchange.traceparent if exchange is not None else None,
-            trace=span,
-        )
-        forwarder = self.services.forwarder
-        asked = time.perf_counter()
-        try:
-            key = None if gitlab_token is not None else coalesce_key(tenant, endpoint, query)
-            outcome, shared, origin = await self.services.coalescer.run(key, lambda: forwarder.fetch(call), span)
-            if span is not None and shared:
-                span.set("proxy.coalesced", True)
-                if origin is not None:
-                    span.add_link(origin)
-        except BaseException as exc:
-            if span is not None:
-                span.fail(*error_of(exc))
-            raise
-        finally:
-            if exchange is not None:
-                exchange.cube_seconds = time.perf_counter() - asked
-            if span is not None:
-                span.end()
-        if exchange is not None:
-            self._record(exchange, tenant, outcome, shared)
-        return outcome
-
-    def _record(self, exchange: Exchange, tenant: Tenant, outcome: QueryAnswer, shared: bool) -> None:
-        """What Cube's answer was, for the access line and the metrics."""
-        exchange.cube_status = outcome.status if isinstance(outcome, Buffered) else 200
-        exchange.cube_url = tenant.shown_url
-        exchange.cache = "shared" if shared else "miss"
-        if shared:
-            self.metrics.shared_calls += 1
-            if (tally := exchange.tally) is not None:  # set by the authorisation
-                tally.coalesced += 1
-        else:
-            self.metrics.own_calls += 1
 
     async def answer_meta(self, exchange: Exchange, project_ref: str, method: str, body: BodySource | None) -> Buffered:
         """Step 3 for meta: the caller authorised, the body (POST) read and checked, the tenant's meta from cache
@@ -346,63 +258,7 @@ class Pipeline:
         if body is not None:
             await self._parsed_body(exchange, body)
 
-        span = exchange.trace.child("meta cache") if exchange.trace is not None else None
-
-        async def load_meta() -> Buffered:
-            call = UpstreamCall(
-                tenant=tenant,
-                endpoint="meta",
-                method="GET",
-                jwt=self.services.signer.sign(tenant, int(time.time())),
-                request_id=exchange.request_id,
-                payload=None,
-                whole=True,
-                traceparent=exchange.traceparent,
-                trace=span.child("cube meta", attributes={"cube.endpoint": "meta"}) if span is not None else None,
-            )
-            try:
-                answer = await self.services.forwarder.fetch(call)
-            finally:
-                if call.trace is not None:
-                    call.trace.end()
-            assert isinstance(answer, Buffered)  # meta is asked for whole (call.whole)
-            if answer.continue_wait:
-                raise ContinueWaitAnswer(answer)
-            if answer.status != 200:
-                body = answer.parsed if isinstance(answer.parsed, dict) else {"message": "Cube error"}
-                raise ApiError(answer.status, body)
-            return kept_answer(answer.status, answer.body)
-
-        asked = time.perf_counter()
-        try:
-            answer, hit = await self.services.meta_cache.get(tenant, load_meta)
-            if span is not None:
-                span.set("proxy.cache.status", "HIT" if hit else "MISS")
-        except ContinueWaitAnswer as cw:
-            answer, hit = cw.answer, False
-        except BaseException as exc:
-            if span is not None:
-                span.fail(*error_of(exc))
-            raise
-        finally:
-            exchange.cube_seconds = time.perf_counter() - asked
-            if span is not None:
-                span.end()
-        exchange.cache = "hit" if hit else "miss"
-        if hit:  # Cube was not asked: no status, no time, no Cube
-            exchange.cube_seconds = None
-        else:
-            exchange.cube_status = answer.status
-            exchange.cube_url = tenant.shown_url
-        tally = exchange.tally
-        assert tally is not None  # set by the authorisation
-        if hit:
-            self.metrics.meta_hits += 1
-            tally.meta_hits += 1
-        else:
-            self.metrics.meta_misses += 1
-            tally.meta_misses += 1
-        return answer
+        return await tenant_meta(self.services, exchange, tenant)
 
     def fault(self, exchange: Exchange) -> None:
         """Step 4, for an unexpected error (called from its ``except``): the traceback to the log, never the caller."""
@@ -438,7 +294,7 @@ class Pipeline:
         method, route = exchange.method, exchange.route
         metrics = self.metrics
         # a caller can send any method token: only the standard ones become a label, the rest "other"
-        label = method if method in _METHODS else "other"
+        label = method if method in STANDARD_METHODS else "other"
         metrics.request_finished(route or "unmatched", label, status, seconds, exchange.bytes_sent)
         tally = exchange.tally
         if tally is not None:
@@ -447,7 +303,7 @@ class Pipeline:
             if status >= 400:
                 tally.errors += 1
         if (trace := exchange.trace) is not None:
-            self._end_server_span(trace, exchange, status)
+            end_server_span(trace, exchange, status)
         access_log = self.services.access_log
         probe = route in PROBE_ROUTES
         if not access_log.enabled(probe):
@@ -456,32 +312,12 @@ class Pipeline:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _end_server_span(trace: Traced, exchange: Exchange, status: int) -> None:
-        """The server span's outcome (OpenTelemetry's HTTP rule: an error only for a 5xx), and its end."""
-        trace.set("http.response.status_code", status)
-        if exchange.project is not None:
-            trace.set("gitlab.project.id", exchange.project)
-        if exchange.cache is not None:
-            trace.set("proxy.cache", exchange.cache)
-        if status >= 500 and status != CLIENT_CLOSED_REQUEST:
-            trace.fail(str(status))
-        trace.end()
-
     async def _grant_tenant(self, exchange: Exchange, project_ref: str, method: str) -> tuple[Tenant, Grant]:
         """Authorise the caller for the route's project; its tenant, or 404 when analytics is off."""
-        assert exchange.credential is not None, "the gate runs first"
-        span = exchange.trace.child("credential") if exchange.trace is not None else None
-        try:
-            await self._shared_rate(exchange.credential, span)
-            grant = await self.services.authorizer.authorize(exchange.credential, project_ref, method, span)
-        except BaseException as exc:
-            if span is not None:
-                span.fail(*error_of(exc))
-            raise
-        finally:
-            if span is not None:
-                span.end()
+        credential = exchange.credential
+        assert credential is not None, "the gate runs first"
+        authorizer = self.services.authorizer
+        grant = await self._checked(exchange, lambda span: authorizer.authorize(credential, project_ref, method, span))
         exchange.project = grant.project_id
         exchange.user_id = grant.caller.user_id
         tally = exchange.tally = self.metrics.project(grant.project_id)
@@ -490,6 +326,21 @@ class Pipeline:
         if tenant is None:
             raise not_enabled()
         return tenant, grant
+
+    async def _checked(self, exchange: Exchange, check: Callable[[Traced | None], Awaitable[_T]]) -> _T:
+        """The caller's fleet-wide rate, then ``check`` (the authorizer's look-up), traced as ``credential``."""
+        assert exchange.credential is not None
+        span = exchange.trace.child("credential") if exchange.trace is not None else None
+        try:
+            await self._shared_rate(exchange.credential, span)
+            return await check(span)
+        except BaseException as exc:
+            if span is not None:
+                span.fail(*error_of(exc))
+            raise
+        finally:
+            if span is not None:
+                span.end()
 
     def _check_declared_size(self, body: BodySource) -> None:
         """413 for a declared ``Content-Length`` over the limit: free to check, so before anyone is asked."""
@@ -522,7 +373,3 @@ class Pipeline:
             if wait is not None:
                 self.metrics.refusal("rate_limited")
                 raise rate_limited(wait)
-
-
-#: the methods that are metrics labels as they are (any other is counted as "other")
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -29,6 +29,10 @@ META = "meta"
 QUERY_ENDPOINTS = (LOAD, DRY_RUN)
 #: the request headers the analytics steps read; nothing else of a request's head is used
 HEADERS_READ = (*CREDENTIAL_HEADERS, REQUEST_ID_HEADER, *CLIENT_HEADERS, *ANSWER_HEADERS)
+#: the methods named as they are in metrics and spans (any other is "other" there, "_OTHER" in a span)
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: the status of a request whose caller went away before its answer was whole (nginx's convention)
+CLIENT_CLOSED_REQUEST = 499
 #: routes a load balancer or a scraper polls: their access lines are DEBUG, not INFO
 PROBE_ROUTES = frozenset({"/-/liveness", "/-/readiness", "/-/metrics", "/-/status"})
 
