@@ -150,7 +150,11 @@ class Forwarder:
                 started = time.monotonic()
                 read_timeout = None if attempt == 1 else min(self._cube.read_timeout, deadline - started)
                 try:
-                    answer = await self._attempt(call, url, read_timeout, attempt)
+                    if call.trace is None:  # untraced: no layer between the slot and the round
+                        release = await self._limiter.acquire(call.tenant.app_id)
+                        answer = await self._round(call, url, read_timeout, release, call.traceparent)
+                    else:
+                        answer = await self._traced_attempt(call, call.trace, url, read_timeout, attempt)
                 except ApiError as exc:
                     if exc.status == 504 and last.answer is not None:  # a later round timed out: the last wait
                         return last.take()
@@ -165,16 +169,14 @@ class Forwarder:
         finally:
             last.close()
 
-    async def _attempt(self, call: UpstreamCall, url: str, read_timeout: float | None, attempt: int) -> CubeAnswer:
-        """One round: the tenant's slot (held until a stream is closed, else released here), Cube's answer, counted
-        by outcome and timed. Traced (``call.trace``) as ``tenant slot`` then Cube's HTTP call, whose span's
-        ``traceparent`` Cube is sent."""
-        if call.trace is None:
+    async def _traced_attempt(
+        self, call: UpstreamCall, trace: Traced, url: str, read_timeout: float | None, attempt: int
+    ) -> CubeAnswer:
+        """One traced round: the wait for the tenant's slot as ``tenant slot``, then Cube's HTTP call as a client
+        span, whose ``traceparent`` Cube is sent."""
+        with trace.child("tenant slot", attributes={"cube.round": attempt}):
             release = await self._limiter.acquire(call.tenant.app_id)
-            return await self._round(call, url, read_timeout, release, call.traceparent)
-        with call.trace.child("tenant slot", attributes={"cube.round": attempt}):
-            release = await self._limiter.acquire(call.tenant.app_id)
-        with call.trace.child(
+        with trace.child(
             f"{call.method} /cubejs-api/v1/{call.endpoint}", CLIENT, _cube_attributes(call, attempt)
         ) as span:
             answer = await self._round(call, url, read_timeout, release, span.traceparent)
@@ -191,7 +193,8 @@ class Forwarder:
     async def _round(
         self, call: UpstreamCall, url: str, read_timeout: float | None, release: Callable[[], None], trace: str | None
     ) -> CubeAnswer:
-        """Cube asked once in the slot ``release`` gives back, with ``trace`` as its ``traceparent``."""
+        """One round: Cube asked once in the tenant's slot ``release`` gives back (held until a stream is closed, else
+        released here), with ``trace`` as its ``traceparent``; counted by outcome and timed."""
         asked = time.monotonic()
         try:
             answer = await self._cube.call(

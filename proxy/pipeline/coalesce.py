@@ -16,7 +16,6 @@ import asyncio
 import collections
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from typing import NamedTuple
 
 from proxy.cube.client import Buffered, CubeAnswer, Streamed
 from proxy.cube.tenants import Tenant
@@ -90,12 +89,9 @@ class SharedStream:
 QueryAnswer = Buffered | Streamed | SharedStream
 
 
-class Coalesced(NamedTuple):
-    """A caller's answer, whether it joined an earlier caller's call, and that call's span when one was traced."""
-
-    answer: QueryAnswer
-    shared: bool
-    origin: Traced | None = None
+#: a caller's answer, whether it joined an earlier caller's call, and that call's span when one was traced (a plain
+#: tuple: made for every call)
+Coalesced = tuple[QueryAnswer, bool, Traced | None]
 
 
 class _LeaderLeft:
@@ -220,10 +216,10 @@ class Coalescer:
         query it is already running).
         """
         if key is None:
-            return Coalesced(await produce(), False)
+            return await produce(), False, None
         flight = self._flights.get(key)
         if flight is None:
-            return Coalesced(await self._lead(key, produce, origin), False)
+            return await self._lead(key, produce, origin), False, None
         slot = flight.joined
         flight.joined += 1
         waiter: asyncio.Future[CubeAnswer | _LeaderLeft] = asyncio.get_running_loop().create_future()
@@ -235,7 +231,7 @@ class Coalescer:
             raise
         if isinstance(answer, _LeaderLeft):
             return await self.run(key, produce, origin)
-        return Coalesced(self._take(flight, slot, answer), True, flight.origin)
+        return self._take(flight, slot, answer), True, flight.origin
 
     async def _lead(
         self, key: Hashable, produce: Callable[[], Awaitable[CubeAnswer]], origin: Traced | None

@@ -184,7 +184,11 @@ class Pipeline:
         self.gate(exchange, headers, query)
         credential = exchange.credential
         assert credential is not None  # set by the gate
-        caller = await self._checked(exchange, lambda span: self.services.authorizer.identify(credential, span))
+        if exchange.trace is None:  # untraced: no layer around the two calls
+            await self._shared_rate(credential, None)
+            caller = await self.services.authorizer.identify(credential)
+        else:
+            caller = await self._checked(exchange, lambda span: self.services.authorizer.identify(credential, span))
         exchange.user_id = caller.user_id
         return caller
 
@@ -317,7 +321,13 @@ class Pipeline:
         credential = exchange.credential
         assert credential is not None, "the gate runs first"
         authorizer = self.services.authorizer
-        grant = await self._checked(exchange, lambda span: authorizer.authorize(credential, project_ref, method, span))
+        if exchange.trace is None:  # untraced: no layer around the two calls
+            await self._shared_rate(credential, None)
+            grant = await authorizer.authorize(credential, project_ref, method)
+        else:
+            grant = await self._checked(
+                exchange, lambda span: authorizer.authorize(credential, project_ref, method, span)
+            )
         exchange.project = grant.project_id
         exchange.user_id = grant.caller.user_id
         tally = exchange.tally = self.metrics.project(grant.project_id)
