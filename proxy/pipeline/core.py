@@ -188,7 +188,9 @@ class Pipeline:
             await self._shared_rate(credential, None)
             caller = await self.services.authorizer.identify(credential)
         else:
-            caller = await self._checked(exchange, lambda span: self.services.authorizer.identify(credential, span))
+            caller = await self._checked(
+                exchange, exchange.trace, lambda span: self.services.authorizer.identify(credential, span)
+            )
         exchange.user_id = caller.user_id
         return caller
 
@@ -326,7 +328,7 @@ class Pipeline:
             grant = await authorizer.authorize(credential, project_ref, method)
         else:
             grant = await self._checked(
-                exchange, lambda span: authorizer.authorize(credential, project_ref, method, span)
+                exchange, exchange.trace, lambda span: authorizer.authorize(credential, project_ref, method, span)
             )
         exchange.project = grant.project_id
         exchange.user_id = grant.caller.user_id
@@ -337,20 +339,13 @@ class Pipeline:
             raise not_enabled()
         return tenant, grant
 
-    async def _checked(self, exchange: Exchange, check: Callable[[Traced | None], Awaitable[_T]]) -> _T:
-        """The caller's fleet-wide rate, then ``check`` (the authorizer's look-up), traced as ``credential``."""
+    async def _checked(self, exchange: Exchange, trace: Traced, check: Callable[[Traced], Awaitable[_T]]) -> _T:
+        """A traced request's credential step: the caller's fleet-wide rate, then ``check`` (the authorizer's
+        look-up), as ``credential`` under ``trace`` (an error marks it: ``Traced``'s context)."""
         assert exchange.credential is not None
-        span = exchange.trace.child("credential") if exchange.trace is not None else None
-        try:
+        with trace.child("credential") as span:
             await self._shared_rate(exchange.credential, span)
             return await check(span)
-        except BaseException as exc:
-            if span is not None:
-                span.fail(*error_of(exc))
-            raise
-        finally:
-            if span is not None:
-                span.end()
 
     def _check_declared_size(self, body: BodySource) -> None:
         """413 for a declared ``Content-Length`` over the limit: free to check, so before anyone is asked."""
