@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import Nginx, fake_gitlab, proxy_process, wrk
+from proxy.caching.answer_cache import ENTRY_OVERHEAD, AnswerCache, AnswerKey
 from proxy.cube.tenants import Tenant
-from proxy.pipeline.answer_cache import ENTRY_OVERHEAD, AnswerCache, AnswerKey
-from proxy.pipeline.encoding import KEPT_LEVEL, WHOLE_LEVEL
+from proxy.encoding import KEPT_LEVEL, WHOLE_LEVEL
 
 KEY = "benchmark-cube-api-key-0123456789abcdef"
 TOKEN = "glpat-reporter-0000000001"

@@ -49,10 +49,10 @@ STEPS = {
 
 async def _steps(gitlab_url: str) -> dict[str, Callable[[], Awaitable[Any] | Any]]:
     from proxy.auth.credentials import extract_credential
+    from proxy.caching.coalesce import coalesce_key
     from proxy.cube.client import Buffered
     from proxy.lane.answer_head import AnswerHeads
     from proxy.lane.request_head import RequestReader
-    from proxy.pipeline.coalesce import coalesce_key
     from proxy.pipeline.core import Pipeline
     from proxy.pipeline.request_body import parse_body, query_request
     from proxy.settings import settings_from_mapping
@@ -103,7 +103,7 @@ async def _steps(gitlab_url: str) -> dict[str, Callable[[], Awaitable[Any] | Any
         "authorize": lambda: services.authorizer.authorize(credential, "1", "POST"),
         "body": lambda: query_request(parse_body(BODY, 10), {}),
         "sign": lambda: services.signer.sign(tenant, int(time.time()), None),
-        "coalesce": lambda: services.coalescer.run(coalesce_key(tenant, "load", query), produce),
+        "coalesce": lambda: services.coalescer.run(coalesce_key(tenant, "load", query.fingerprint), produce),
         "answer_head": lambda: b"".join(
             heads.head(200, b"application/json", exchange.request_id, b"Content-Length: 14\r\n", None, False)
         ),

@@ -7,8 +7,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from proxy.caching.answer_cache import ENTRY_OVERHEAD, AnswerCache, AnswerKey
 from proxy.cube.tenants import Tenant
-from proxy.pipeline.answer_cache import ENTRY_OVERHEAD, AnswerCache, AnswerKey
 from proxy.web.keys import PIPELINE
 from tests.conftest import QUERY, REPORTER, replace
 from tests.fakes.cube import answer, continue_wait_then, held_until, load_answer

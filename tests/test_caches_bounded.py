@@ -9,8 +9,8 @@ import sys
 import pytest
 from cachetools import Cache
 
+from proxy.caching.singleflight import Refusal, SingleFlightCache
 from proxy.errors import ApiError, unauthorized
-from proxy.singleflight import Refusal, SingleFlightCache
 from proxy.web.keys import PIPELINE
 
 

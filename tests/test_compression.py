@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from proxy.pipeline.encoding import MIN_COMPRESS, accepts_gzip, etag, none_match
+from proxy.encoding import MIN_COMPRESS, accepts_gzip, etag, none_match
 from proxy.web.keys import PIPELINE
 from tests.conftest import QUERY, REPORTER
 from tests.fakes.cube import answer, chunked, load_answer

@@ -19,12 +19,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from proxy.caching.singleflight import SharePolicy
 from proxy.errors import ApiError
 from proxy.observe.metrics import Metrics
 from proxy.shared.codecs import JsonCodec
 from proxy.shared.envelope import Envelope
 from proxy.shared.redis_layer import _BOUNDED_GET, RedisLayer
-from proxy.singleflight import SharePolicy
 from tests.conftest import QUERY, REPORTER, SIGNING_KEY, replace
 from tests.fakes.gitlab import FakeToken
 from tests.test_observability import samples, value

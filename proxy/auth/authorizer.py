@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from proxy.auth.credentials import Credential, credential_error
 from proxy.auth.gitlab import GitLabClient, GitLabReply, refusal
+from proxy.caching.singleflight import SharedLoads, SingleFlightCache
 from proxy.errors import (
     ApiError,
     access_denied,
@@ -27,7 +28,6 @@ from proxy.observe.metrics import Metrics
 from proxy.observe.tracing import Traced
 from proxy.settings import GitLabSettings
 from proxy.shared.codecs import CallerCodec, JsonCodec
-from proxy.singleflight import SharedLoads, SingleFlightCache
 
 _USER_GID = "gid://gitlab/User/"
 _FULL_PATH = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.+-]*(?:/[A-Za-z0-9_.][A-Za-z0-9_.+-]*)+")

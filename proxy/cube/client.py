@@ -50,7 +50,7 @@ class Buffered:
     #: bytes of the client's whole-answers budget this answer holds (read whole); its user gives them back
     held: int = 0
     #: the body's content-coding ("identity", or "gzip" for an answer kept compressed), and the hash its validators
-    #: are made of (kept answers only: ``proxy/pipeline/encoding.py``)
+    #: are made of (kept answers only: ``proxy/encoding.py``)
     coding: str = "identity"
     tag: str | None = None
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import functools
 
+from proxy.caching.singleflight import SingleFlightCache
 from proxy.http_client import HttpClient, UpstreamError
 from proxy.settings import Settings
-from proxy.singleflight import SingleFlightCache
 
 #: seconds one probe may take
 READY_TIMEOUT = 2.0

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
+from proxy.encoding import IDENTITY
 from proxy.errors import INTERNAL_ERROR, ApiError
 from proxy.lane.answer_head import CHUNKED, JSON, JSON_UTF8, content_length
 from proxy.lane.flow import FlowControl
 from proxy.lane.request_head import LaneRequest, NotForLane, RequestReader
 from proxy.pipeline.answers import Buffered, QueryAnswer
-from proxy.pipeline.encoding import IDENTITY
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.request_body import WholeBody
 from proxy.tcp import as_stream
@@ -264,7 +264,7 @@ class Connection(asyncio.Protocol):
         """An answer's head, as built: no state of the connection changes here."""
         lane = self._lane
         pipeline = lane.pipeline
-        if exchange.cache_status is not None and (cache := pipeline.answer_headers(exchange)) is not None:
+        if exchange.cache is not None and (cache := pipeline.answer_headers(exchange)) is not None:
             extra = cache if not extra else {**extra, **cache}
         return lane.heads.head(status, content_type, exchange.request_id, framing, extra, close)
 

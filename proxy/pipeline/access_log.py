@@ -61,7 +61,7 @@ class AccessLog:
                 "client": exchange.client,
                 "user_agent": exchange.user_agent,
                 "user_id": exchange.user_id,
-                "cache": exchange.cache,
+                "cache": exchange.cache.name if exchange.cache is not None else None,
                 "cube": exchange.cube_url,
                 "cube_status": exchange.cube_status,
                 "cube_ms": None if exchange.cube_seconds is None else round(exchange.cube_seconds * 1000, 2),

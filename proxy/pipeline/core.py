@@ -33,16 +33,16 @@ from typing import Any, TypeVar
 
 from proxy.auth.authorizer import Caller, Grant
 from proxy.auth.credentials import Credential, extract_credential
+from proxy.caching.cached_queries import answer_headers
+from proxy.caching.coalesce import QueryAnswer, StreamBroken
 from proxy.cube.client import Buffered
 from proxy.cube.tenants import Tenant
+from proxy.encoding import IDENTITY, accepts_gzip, represent
 from proxy.errors import ApiError, CallerStalled, not_enabled, rate_limited, unavailable
 from proxy.observe.tracing import CLIENT, Traced, error_of
-from proxy.pipeline.cached_queries import answer_headers
 from proxy.pipeline.client_info import client_address, traceparent, trusted_networks
-from proxy.pipeline.coalesce import QueryAnswer, StreamBroken
 from proxy.pipeline.cube_call import ask_cube
 from proxy.pipeline.delivery import Send, Stream, relay, stream_headers
-from proxy.pipeline.encoding import IDENTITY, accepts_gzip, represent
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.health import Health
 from proxy.pipeline.meta import tenant_meta
@@ -101,7 +101,7 @@ class Pipeline:
     def whole(
         self, exchange: Exchange, status: int, body: bytes, coding: str = IDENTITY, tag: str | None = None
     ) -> tuple[int, bytes, dict[str, str]]:
-        """A whole answer (or error) as it goes to this caller (``proxy.pipeline.encoding.represent``)."""
+        """A whole answer (or error) as it goes to this caller (``proxy.encoding.represent``)."""
         return represent(exchange.gzip, exchange.if_none_match, status, body, coding, tag)
 
     def stream_headers(self, exchange: Exchange) -> dict[str, str]:
@@ -238,7 +238,7 @@ class Pipeline:
             raise
         finally:
             if span is not None:
-                span.set("proxy.cache.status", exchange.cache_status or "")
+                span.set("proxy.cache.status", (exchange.cache.header if exchange.cache is not None else None) or "")
                 span.end()
 
     async def _personal(

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 
+from proxy.caching.coalesce import QueryAnswer, coalesce_key
+from proxy.caching.verdict import ALONE, SHARED
 from proxy.cube.client import Buffered
 from proxy.cube.forward import UpstreamCall
 from proxy.cube.tenants import Tenant
 from proxy.cube.zerofill import fill_plan
 from proxy.observe.tracing import Traced, error_of
-from proxy.pipeline.coalesce import QueryAnswer, coalesce_key
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.request_body import QueryRequest
 from proxy.pipeline.services import Services
@@ -49,7 +50,7 @@ async def ask_cube(
     forwarder = services.forwarder
     asked = time.perf_counter()
     try:
-        key = None if gitlab_token is not None else coalesce_key(tenant, endpoint, query)
+        key = None if gitlab_token is not None else coalesce_key(tenant, endpoint, query.fingerprint)
         outcome, shared, origin = await services.coalescer.run(key, lambda: forwarder.fetch(call), span)
         if span is not None and shared:
             span.set("proxy.coalesced", True)
@@ -73,7 +74,7 @@ def _record(services: Services, exchange: Exchange, tenant: Tenant, outcome: Que
     """What Cube's answer was, for the access line and the metrics."""
     exchange.cube_status = outcome.status if isinstance(outcome, Buffered) else 200
     exchange.cube_url = tenant.shown_url
-    exchange.cache = "shared" if shared else "miss"
+    exchange.cache = SHARED if shared else ALONE
     metrics = services.metrics
     if shared:
         metrics.shared_calls += 1

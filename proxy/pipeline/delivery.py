@@ -6,7 +6,7 @@
 - **The write deadline**: a caller that reads nothing of a streamed answer for
   ``[server] write_timeout`` seconds is cut off (``relay``; each door only says how a chunk
   is written and how to wait until it may write more).
-- **The answer's form** (``proxy/pipeline/encoding.py``): a whole answer through
+- **The answer's form** (``proxy/encoding.py``): a whole answer through
   ``encoding.represent``; a stream gzipped chunk by chunk as it arrives for a caller that
   takes gzip (``stream_headers`` say so, and the door frames it without a length).
 """
@@ -17,8 +17,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
+from proxy.encoding import GZIP, VARY, GzipStream
 from proxy.errors import CallerStalled
-from proxy.pipeline.encoding import GZIP, VARY, GzipStream
 from proxy.pipeline.exchange import Exchange
 
 #: writes one chunk; returns what to await before the next (the caller's side is full), or None to go on

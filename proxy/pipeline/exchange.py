@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from proxy.auth.credentials import Credential
+from proxy.caching.verdict import Verdict
 from proxy.observe.metrics import ProjectTally
 from proxy.observe.tracing import Traced
 
@@ -20,7 +21,6 @@ class Exchange:
         "bytes_received",
         "bytes_sent",
         "cache",
-        "cache_status",
         "client",
         "credential",
         "cube_seconds",
@@ -60,11 +60,10 @@ class Exchange:
         self.credential: Credential | None = None
         #: the numeric project id, once authorised
         self.project: int | None = None
-        #: where the answer came from: "hit" or "miss" (meta); "miss" or "shared" (coalesced) with the answer
-        #: cache off; "hit", "stale", "miss" or "bypass" with it on
-        self.cache: str | None = None
-        #: the answer cache's say, for ``X-Cache`` (HIT, STALE, MISS, BYPASS), and a cached answer's age in seconds
-        self.cache_status: str | None = None
+        #: where the answer came from, from whichever cache had the say (``proxy/caching/verdict.py``); only the
+        #: answer cache's verdicts are sent as ``X-Cache``
+        self.cache: Verdict | None = None
+        #: a cached answer's age in seconds (``Age``)
         self.age: int | None = None
         #: a streamed 200 was cut off because Cube's body broke
         self.aborted = False

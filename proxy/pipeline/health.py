@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.caching.singleflight import SingleFlightCache
 from proxy.pipeline.services import Services
-from proxy.singleflight import SingleFlightCache
 from proxy.urls import redact_url
 
 

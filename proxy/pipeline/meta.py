@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from proxy.caching.verdict import META_HIT, META_MISS
 from proxy.cube.client import Buffered
 from proxy.cube.forward import UpstreamCall
 from proxy.cube.tenants import Tenant
@@ -64,7 +65,7 @@ async def tenant_meta(services: Services, exchange: Exchange, tenant: Tenant) ->
         exchange.cube_seconds = time.perf_counter() - asked
         if span is not None:
             span.end()
-    exchange.cache = "hit" if hit else "miss"
+    exchange.cache = META_HIT if hit else META_MISS
     if hit:  # Cube was not asked: no status, no time, no Cube
         exchange.cube_seconds = None
     else:

@@ -29,6 +29,13 @@ class QueryRequest(NamedTuple):
         plain query's cache entry)."""
         return "renewQuery" in self.query and self.query["renewQuery"] is not False
 
+    @property
+    def plain_fingerprint(self) -> bytes:
+        """The fingerprint of the same query without ``renewQuery`` (the answer cache's entry a renewal drops)."""
+        if "renewQuery" not in self.query:
+            return self.fingerprint
+        return canonical({k: v for k, v in self.query.items() if k != "renewQuery"}, self.query_type)
+
 
 def canonical(query: Mapping[str, Any], query_type: str) -> bytes:
     """``{"query": ..., "queryType": ...}`` in canonical form: object keys sorted, list order kept, and the one

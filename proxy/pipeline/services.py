@@ -20,6 +20,10 @@ from proxy.auth.authorizer import Authorizer, GitLabAuthorizer
 from proxy.auth.dev_tokens import DevTokenAuthorizer, load_dev_tokens
 from proxy.auth.gitlab import GitLabClient, gitlab_client
 from proxy.background import in_background
+from proxy.caching.answer_cache import AnswerCache
+from proxy.caching.cached_queries import CachedQueries
+from proxy.caching.coalesce import Coalescer
+from proxy.caching.singleflight import SingleFlightCache
 from proxy.cube.client import Buffered, CubeClient
 from proxy.cube.fill_queue import FillProcess, FillQueue
 from proxy.cube.forward import Forwarder
@@ -36,17 +40,13 @@ from proxy.limits.tenant_cap import TenantLimiter
 from proxy.observe.metrics import LAG_SAMPLE_SECONDS, Metrics, NoMetrics
 from proxy.observe.tracing import Tracing
 from proxy.pipeline.access_log import AccessLog
-from proxy.pipeline.answer_cache import AnswerCache
 from proxy.pipeline.answers import kept_answer, plain_body
-from proxy.pipeline.cached_queries import CachedQueries
-from proxy.pipeline.coalesce import Coalescer
 from proxy.pipeline.door_counts import DoorCounts
 from proxy.pipeline.request_id import RequestIds
 from proxy.settings import Settings
 from proxy.shared.codecs import MetaCodec
 from proxy.shared.connect import open_shared
 from proxy.shared.layer import SharedLayer
-from proxy.singleflight import SingleFlightCache
 
 #: seconds between two sweeps of the caches' expired entries
 SWEEP_SECONDS = 1.0

@@ -48,7 +48,7 @@ def end_server_span(trace: Traced, exchange: Exchange, status: int) -> None:
     if exchange.project is not None:
         trace.set("gitlab.project.id", exchange.project)
     if exchange.cache is not None:
-        trace.set("proxy.cache", exchange.cache)
+        trace.set("proxy.cache", exchange.cache.name)
     if status >= 500 and status != CLIENT_CLOSED_REQUEST:
         trace.fail(str(status))
     trace.end()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from proxy.singleflight import SharePolicy
+from proxy.caching.singleflight import SharePolicy
 
 
 class SharedLayer(Protocol):

@@ -36,10 +36,10 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, RedisError
 
+from proxy.caching.singleflight import SharePolicy
 from proxy.errors import ApiError
 from proxy.observe.metrics import Metrics
 from proxy.shared.envelope import Envelope
-from proxy.singleflight import SharePolicy
 
 log = logging.getLogger(__name__)
 

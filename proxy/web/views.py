@@ -6,9 +6,9 @@ import asyncio
 
 from aiohttp import web
 
+from proxy.encoding import IDENTITY
 from proxy.errors import bad_request
 from proxy.pipeline.answers import Buffered, SharedStream, Streamed
-from proxy.pipeline.encoding import IDENTITY
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.request_body import inflate, too_large
 from proxy.pipeline.routes import DRY_RUN, LOAD

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from proxy.cube.client import Buffered, CubeAnswer, Streamed
 from proxy.cube.tenants import Tenant
 from proxy.observe.tracing import Traced
-from proxy.pipeline.request_body import QueryRequest
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +278,7 @@ class Coalescer:
         await asyncio.gather(*self._pumps, return_exceptions=True)
 
 
-def coalesce_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> tuple[Tenant, str, bytes]:
-    """The key identical calls share a flight by (the tenant, the endpoint, the canonical query). A personal call
-    (``include_token``) is never given one: ``Pipeline._ask_cube`` runs it alone."""
-    return (tenant, endpoint, query.fingerprint)
+def coalesce_key(tenant: Tenant, endpoint: str, fingerprint: bytes) -> tuple[Tenant, str, bytes]:
+    """The key identical calls share a flight by (the tenant, the endpoint, the query's canonical fingerprint). A
+    personal call (``include_token``) is never given one: ``Pipeline._personal`` runs it alone."""
+    return (tenant, endpoint, fingerprint)

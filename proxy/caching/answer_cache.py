@@ -30,19 +30,33 @@ import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
+from proxy.caching.kept import kept_answer
+from proxy.caching.verdict import HIT, STALE, Verdict
 from proxy.cube.client import Buffered
 from proxy.cube.tenants import Tenant
-from proxy.pipeline.answers import kept_answer
-from proxy.pipeline.request_body import QueryRequest, canonical
 
 #: what a kept answer weighs beyond its body (the key, the entry): so many tiny answers are bounded too
 ENTRY_OVERHEAD = 512
 #: entries the sweep looks at per call (the oldest first)
 SWEEP_ENTRIES = 256
 
-HIT, MISS, STALE, BYPASS = "HIT", "MISS", "STALE", "BYPASS"
+
+class CacheableQuery(Protocol):
+    """What the cache reads of a parsed query (the pipeline's ``QueryRequest``)."""
+
+    @property
+    def fingerprint(self) -> bytes:
+        """The query and queryType in canonical form."""
+
+    @property
+    def plain_fingerprint(self) -> bytes:
+        """The same without ``renewQuery``: the entry a renewal drops."""
+
+    @property
+    def renews(self) -> bool:
+        """Whether the call asks Cube to renew its own cache."""
 
 
 class AnswerKey(NamedTuple):
@@ -59,13 +73,10 @@ class CachedAnswer(NamedTuple):
     stored: float
 
 
-def answer_key(tenant: Tenant, endpoint: str, query: QueryRequest) -> AnswerKey:
+def answer_key(tenant: Tenant, endpoint: str, query: CacheableQuery) -> AnswerKey:
     """The query's key; for a call that renews, the key of the same query without ``renewQuery`` (the entry a
     renewal drops)."""
-    if not query.renews:
-        return AnswerKey(tenant, endpoint, query.fingerprint)
-    plain = {k: v for k, v in query.query.items() if k != "renewQuery"}
-    return AnswerKey(tenant, endpoint, canonical(plain, query.query_type))
+    return AnswerKey(tenant, endpoint, query.plain_fingerprint if query.renews else query.fingerprint)
 
 
 class AnswerCache:
@@ -95,7 +106,7 @@ class AnswerCache:
         """Whether an answer of this size may be kept."""
         return len(body) <= self.max_entry_bytes and len(body) + ENTRY_OVERHEAD <= self.tenant_bytes
 
-    def get(self, key: AnswerKey) -> tuple[CachedAnswer, str] | None:
+    def get(self, key: AnswerKey) -> tuple[CachedAnswer, Verdict] | None:
         """The entry and ``HIT`` or ``STALE``; None when there is none or it is past its stale window."""
         entry = self._entries.get(key)
         if entry is None:

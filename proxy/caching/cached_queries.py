@@ -14,19 +14,18 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+from proxy.caching.answer_cache import AnswerCache, AnswerKey, CacheableQuery, CachedAnswer, answer_key
+from proxy.caching.coalesce import QueryAnswer, SharedStream
+from proxy.caching.kept import kept_answer
+from proxy.caching.singleflight import SharePolicy
+from proxy.caching.verdict import BYPASS, HIT, MISS, STALE, Verdict
 from proxy.cube.client import Buffered, Streamed
 from proxy.cube.tenants import Tenant
 from proxy.observe.metrics import Metrics
-from proxy.pipeline.answer_cache import BYPASS, HIT, MISS, STALE, AnswerCache, AnswerKey, CachedAnswer, answer_key
-from proxy.pipeline.answers import kept_answer
-from proxy.pipeline.coalesce import QueryAnswer, SharedStream
-from proxy.pipeline.exchange import Exchange
-from proxy.pipeline.request_body import QueryRequest
 from proxy.shared.codecs import AnswerCodec
 from proxy.shared.layer import SharedLayer
-from proxy.singleflight import SharePolicy
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +34,19 @@ BACKOFF_ENTRIES = 4096
 #: the shortest wait between two refreshes of one entry after a failed one (otherwise: the tenant's answer_ttl)
 MIN_BACKOFF_SECONDS = 1.0
 
-#: asks Cube (through the coalescer); the caller's exchange records the call, or None for a background refresh
-Ask = Callable[[Exchange | None], Awaitable[QueryAnswer]]
+
+class Record(Protocol):
+    """What the cache reads and writes of a request's record (the pipeline's ``Exchange``)."""
+
+    #: the verdict, written here
+    cache: Verdict | None
+    #: a kept answer's age in seconds, written here
+    age: int | None
+    #: whether the caller takes its answer gzipped, read here
+    gzip: bool
+
+
+R = TypeVar("R", bound=Record)
 
 
 class _NotKept(Exception):
@@ -82,7 +92,12 @@ class CachedQueries:
         return len(self._refreshing)
 
     async def answer(
-        self, exchange: Exchange, tenant: Tenant, endpoint: str, query: QueryRequest, ask: Ask
+        self,
+        exchange: R,
+        tenant: Tenant,
+        endpoint: str,
+        query: CacheableQuery,
+        ask: Callable[[R | None], Awaitable[QueryAnswer]],
     ) -> QueryAnswer:
         """The caller's answer: from the cache, or Cube's (kept when it may be). See ``answer_cache.py``. A personal
         (``include_token``) call never comes here: the pipeline asks Cube for it alone (``bypassed``)."""
@@ -128,7 +143,7 @@ class CachedQueries:
         return None
 
     async def _fetch(
-        self, key: AnswerKey, ask: Ask, exchange: Exchange | None
+        self, key: AnswerKey, ask: Callable[[R | None], Awaitable[QueryAnswer]], exchange: R | None
     ) -> tuple[QueryAnswer | None, CachedAnswer | None]:
         """Cube's answer (asked here; None when the fleet had it) and the entry kept for it in this process, if
         one was."""
@@ -165,7 +180,7 @@ class CachedQueries:
             return asked[0], kept
         return None, kept if kept is not None else CachedAnswer(kept_answer(200, body), stored)
 
-    def _refresh(self, key: AnswerKey, ask: Ask) -> None:
+    def _refresh(self, key: AnswerKey, ask: Callable[[Any], Awaitable[QueryAnswer]]) -> None:
         """One refresh per entry at a time, and after a failed one none before its backoff ends (the tenant's
         ``answer_ttl``, at least ``MIN_BACKOFF_SECONDS``): a Cube failing fast is asked once per interval."""
         if key in self._refreshing or self.cache.clock() < self._backoff.get(key, 0.0):
@@ -174,7 +189,7 @@ class CachedQueries:
         self._refreshing[key] = task
         task.add_done_callback(lambda _: self._refreshing.pop(key, None))
 
-    async def _refresh_now(self, key: AnswerKey, ask: Ask) -> None:
+    async def _refresh_now(self, key: AnswerKey, ask: Callable[[Any], Awaitable[QueryAnswer]]) -> None:
         """Ask again for a stale entry; a failure leaves it to be served until its stale window ends."""
         try:
             answer, _ = await self._fetch(key, ask, None)
@@ -204,32 +219,30 @@ class CachedQueries:
         while len(self._backoff) > BACKOFF_ENTRIES:
             self._backoff.popitem(last=False)
 
-    def _served(self, exchange: Exchange, entry: CachedAnswer, status: str) -> Buffered:
-        exchange.cache = status.lower()
-        exchange.cache_status = status
+    def _served(self, exchange: Record, entry: CachedAnswer, verdict: Verdict) -> Buffered:
         exchange.age = max(0, int(self.cache.clock() - entry.stored))
-        self._metrics.answer_cache(status)
+        self._note(exchange, verdict)
         return entry.answer
 
-    def bypassed(self, exchange: Exchange) -> None:
+    def bypassed(self, exchange: Record) -> None:
         """Record a call the cache had no say in (a personal one): ``X-Cache: BYPASS``."""
         self._note(exchange, BYPASS)
 
-    def _asked(self, exchange: Exchange, status: str, answer: QueryAnswer) -> QueryAnswer:
-        self._note(exchange, status)
+    def _asked(self, exchange: Record, verdict: Verdict, answer: QueryAnswer) -> QueryAnswer:
+        self._note(exchange, verdict)
         return answer
 
-    def _note(self, exchange: Exchange, status: str) -> None:
-        exchange.cache = status.lower()
-        exchange.cache_status = status
-        self._metrics.answer_cache(status)
+    def _note(self, exchange: Record, verdict: Verdict) -> None:
+        exchange.cache = verdict
+        assert verdict.header is not None  # the answer cache's verdicts all have their header
+        self._metrics.answer_cache(verdict.header)
 
 
-def answer_headers(exchange: Exchange) -> dict[str, str] | None:
-    """``X-Cache`` (and ``Age`` for a cached answer) when the answer cache had a say; None when it did not."""
-    status = exchange.cache_status
-    if status is None:
+def answer_headers(exchange: Record) -> dict[str, str] | None:
+    """``X-Cache`` (and ``Age`` for a cached answer) when the answer cache gave the verdict; None when it did not."""
+    verdict = exchange.cache
+    if verdict is None or verdict.header is None:
         return None
     if exchange.age is None:
-        return {"X-Cache": status}
-    return {"X-Cache": status, "Age": str(exchange.age)}
+        return {"X-Cache": verdict.header}
+    return {"X-Cache": verdict.header, "Age": str(exchange.age)}
