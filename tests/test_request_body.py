@@ -137,7 +137,7 @@ def test_a_gzip_bomb_is_413_after_inflating_no_more_than_the_limit():
     ("raw", "coding", "fragment"),
     [
         (b"plain text", "gzip", "could not be decoded as its Content-Encoding ('gzip')"),
-        (gzip.compress(b"{}")[:-6], "gzip", "ends inside its gzip stream"),
+        (gzip.compress(b"{}", mtime=0)[:-6], "gzip", "ends inside its gzip stream"),
         (b"{}", "br", "Content-Encoding 'br' is not supported: send gzip, deflate or none"),
         (b"{}", "gzip, deflate", "is not supported"),
         (gzip.compress(b"") * (MAX_MEMBERS + 1), "gzip", f"more than {MAX_MEMBERS} gzip members"),
