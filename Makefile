@@ -6,7 +6,7 @@ CUBE_DIR := stack/cube
 CLIENT_DIR := stack/client
 
 .DEFAULT_GOAL := help
-.PHONY: help install postgres clickhouse test-tools bench-tools lock run test test-unit test-pythons fuzz soak lint format bench clean
+.PHONY: help install postgres clickhouse test-tools bench-tools lock run test test-long test-unit test-pythons fuzz soak lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,11 +54,20 @@ STORE ?= postgres
 run: install $(if $(filter clickhouse,$(STORE)),clickhouse,postgres) ## Run the proxy on a local stack (PostgreSQL, or STORE=clickhouse, + demo data + Cube); Ctrl-C stops it
 	$(PY) -m stack.run --store $(STORE)
 
-test: install postgres clickhouse test-tools ## Run every test (unit and real-stack on PostgreSQL and ClickHouse) with coverage of proxy/
-	$(PY) -m pytest --cov=proxy --cov-report=term-missing --cov-report=xml --durations=25
+#: pytest-xdist's workers in make test's parallel pass (each starts its own Cube per store; 3 suits 2 cores: the tests mostly wait)
+WORKERS ?= 3
+
+test: install postgres clickhouse test-tools ## Every test but the long tail (unit and real-stack, PostgreSQL and ClickHouse) on WORKERS workers, then the timing tests alone; coverage of proxy/ over both
+	@rm -f .coverage .coverage.*; started=$$(date +%s); \
+	$(PY) -m pytest -n $(WORKERS) --dist worksteal -m "not serial and not long" --cov=proxy --cov-report= --cov-fail-under=0 --durations=15 && \
+	$(PY) -m pytest -m "serial and not long" --cov=proxy --cov-append --cov-report=term-missing --cov-report=xml --durations=5 && \
+	echo "make test: every test but the long tail passed in $$(( $$(date +%s) - started )) s (make test-long runs the rest)"
+
+test-long: install postgres test-tools ## The long tail, tests of 20 s and more: a short soak, Schemathesis' sweep of the API, the pods replaced under traffic, the image's install (CI runs it after make test)
+	$(PY) -m pytest -m long --durations=5
 
 test-unit: install ## Only the tests that need no PostgreSQL or Cube
-	$(PY) -m pytest -m "not stack"
+	$(PY) -m pytest -n $(WORKERS) -m "not stack and not serial" && $(PY) -m pytest -m "serial and not stack"
 
 test-pythons: ## The unit tests on Python 3.12 and 3.13 too (pyenv's; a .venv-3.x each; loop-timing tests run on the main one)
 	@for minor in 3.12 3.13; do \
@@ -68,7 +77,8 @@ test-pythons: ## The unit tests on Python 3.12 and 3.13 too (pyenv's; a .venv-3.
 		.venv-$$minor/bin/python -m pip install -q --upgrade pip && \
 		.venv-$$minor/bin/python -m pip install -q -e '.[dev,bench]' && \
 		echo "== $$home: the unit tests" && \
-		.venv-$$minor/bin/python -m pytest -p no:cacheprovider -q -m "not stack and not loop_timing" || exit 1; \
+		.venv-$$minor/bin/python -m pytest -p no:cacheprovider -q -n $(WORKERS) -m "not stack and not serial" && \
+		.venv-$$minor/bin/python -m pytest -p no:cacheprovider -q -m "serial and not stack and not loop_timing" || exit 1; \
 	done
 
 fuzz: install postgres ## Long fuzzing: the two front doors differentially (3,000 examples), Schemathesis on the real stack (500)

@@ -25,7 +25,7 @@ from aiohttp import web
 from bench.procs import proxy_process
 from tests.fakes.cube import FakeCube
 from tests.fakes.gitlab import FakeGitLab, FakeToken
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 KEY = "bench-fleet-cube-key-of-at-least-32-bytes!!"
 SIGNING_KEY = "bench-fleet-signing-key-of-at-least-32-bytes"

@@ -1,6 +1,6 @@
 """A trace collector for the benchmarks, as a process of its own: ``python -m bench.otlp_sink PORT``.
 
-It is the tests' OTLP/HTTP receiver (``tests/otlp_receiver.py``: the protobuf decoded as a collector
+It is the tests' OTLP/HTTP receiver (``tests/support/otlp_receiver.py``: the protobuf decoded as a collector
 decodes it); ``GET /-/spans`` says how many spans it was sent, so a run can say whether any were dropped.
 """
 
@@ -10,7 +10,7 @@ import sys
 
 from aiohttp import web
 
-from tests.otlp_receiver import Receiver
+from tests.support.otlp_receiver import Receiver
 
 
 def app() -> web.Application:

@@ -45,7 +45,7 @@ from bench.procs import (
 )
 from bench.report import write_report
 from stack.localstack import Stack, cube_token, running_stack
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 KEY = "benchmark-cube-api-key-0123456789abcdef"
 TOKEN = "glpat-reporter-0000000001"

@@ -23,7 +23,23 @@ from proxy.web.keys import PIPELINE
 from proxy.web.runner import ProxyRunner
 from tests.fakes.cube import FakeCube
 from tests.fakes.gitlab import FakeGitLab
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
+
+#: markers set by directory: every test under tests/<directory>/ has them
+DIRECTORY_MARKERS = {"stack": ("stack",)}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Markers by directory (``DIRECTORY_MARKERS``), and ``serial`` on every ``loop_timing`` test: a test that judges
+    time runs in the serial pass, alone on the machine (``make test``)."""
+    root = Path(__file__).parent
+    for item in items:
+        parts = item.path.relative_to(root).parts if item.path.is_relative_to(root) else ()
+        for marker in DIRECTORY_MARKERS.get(parts[0], ()) if len(parts) > 1 else ():
+            item.add_marker(marker)
+        if item.get_closest_marker("loop_timing") is not None:
+            item.add_marker("serial")
+
 
 CUBE_KEY = "test-cube-api-key-of-at-least-32-bytes!!"
 REPORTER = {"PRIVATE-TOKEN": "glpat-reporter-0000000001"}
@@ -60,8 +76,9 @@ async def cube_url(cube: FakeCube, aiohttp_server: ServerFactory) -> str:
 
 @pytest.fixture
 async def collector(aiohttp_server: ServerFactory) -> Any:
-    """A real OTLP/HTTP traces receiver (``tests/otlp_receiver.py``), listening; its ``url`` is the traces endpoint."""
-    from tests.otlp_receiver import Receiver  # imported here: the protobuf classes load only where traces are tested
+    """A real OTLP/HTTP traces receiver (``tests/support/otlp_receiver.py``), listening; its ``url`` is the traces
+    endpoint. Imported here: the protobuf classes load only where traces are tested."""
+    from tests.support.otlp_receiver import Receiver
 
     receiver = Receiver()
     server = await aiohttp_server(receiver.app())
@@ -171,13 +188,39 @@ async def client(
     return await make_client(settings)
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """Debian's redis-server on a free port, for this test alone."""
-    server = RedisServer(tmp_path / "redis")
+@pytest.fixture(scope="session")
+def worker_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Debian redis-server per test process (each pytest-xdist worker has its own), on a free port."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_server(worker_redis: RedisServer) -> Iterator[RedisServer]:
+    """The worker's Redis as if new: running, empty, its statistics reset, no client of an earlier test connected.
+
+    A test that needs a Redis of another shape (TLS, a password, a memory limit) starts its own ``RedisServer``;
+    one that stops this one has it started again (on the same port) when it ends.
+    """
+    fresh(worker_redis)
+    yield worker_redis
+    if not worker_redis.answers():
+        worker_redis.start()
+
+
+def fresh(server: RedisServer) -> None:
+    """Empty ``server`` and reset what it counts, as a new one would be."""
+    if not server.answers():
+        server.start()
+    with server.connect() as conn:
+        conn.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        conn.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        conn.flushall()
+        conn.script_flush()
+        conn.config_resetstat()
+        conn.slowlog_reset()
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from proxy.cube.tenants import Tenant
 from proxy.web.keys import PIPELINE
 from tests.conftest import QUERY, REPORTER, replace
 from tests.fakes.cube import answer, continue_wait_then, held_until, load_answer
-from tests.test_observability import scrape, value
-from tests.test_streaming import until
+from tests.support.answer_cache import clocked, count_of, counted_rows, load
+from tests.support.metrics import scrape, value
+from tests.support.waiting import until
 
 LOAD = "/api/v4/projects/{}/product_analytics/request/load"
 DRY_RUN = "/api/v4/projects/1/product_analytics/request/dry-run"
@@ -23,42 +24,6 @@ TOKEN_CALL = {"PRIVATE-TOKEN": "glpat-maint-000000000004"}
 @pytest.fixture
 def cached(make_settings):
     return make_settings(product_analytics={"answer_ttl": 10.0, "answer_stale": 30.0})
-
-
-class Clock:
-    """Wall-clock seconds the test moves by hand (the cache's ``clock``)."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def clocked(client) -> Clock:
-    clock = Clock()
-    client.app[PIPELINE].services.cached_queries.cache.clock = clock
-    return clock
-
-
-def counted_rows(n: int):
-    """Cube answering the load with a count that goes up by one per call (so a test sees which answer it got)."""
-    calls = [0]
-
-    async def behaviour(call, request):
-        calls[0] += 1
-        return web.json_response(load_answer(call.body["query"], [{"TrackedEvents.count": str(n + calls[0])}]))
-
-    return behaviour
-
-
-def count_of(body: bytes) -> str:
-    return orjson.loads(body)["results"][0]["data"][0]["TrackedEvents.count"]
-
-
-async def load(client, query=QUERY, project=1, headers=REPORTER, **extra):
-    resp = await client.post(LOAD.format(project), json={"query": query, **extra}, headers=headers)
-    return resp, await resp.read()
 
 
 async def test_a_repeated_query_is_a_hit_on_both_doors(make_client, cached, cube, access_lines):

@@ -16,8 +16,8 @@ from redis.exceptions import OutOfMemoryError
 
 from proxy.web.keys import PIPELINE
 from tests.conftest import QUERY, replace
-from tests.redis_server import RedisServer
-from tests.test_answer_cache import clocked, count_of, counted_rows, load
+from tests.support.answer_cache import clocked, count_of, counted_rows, load
+from tests.support.redis_server import RedisServer
 
 ANSWERS = "product-analytics-proxy:answers:*"
 

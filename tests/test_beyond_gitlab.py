@@ -11,7 +11,7 @@ from proxy.cube.tenants import resolve_tenant
 from proxy.web.keys import PIPELINE
 from tests.conftest import QUERY, REPORTER
 from tests.fakes.cube import answer, continue_wait_then, held_until, load_answer
-from tests.test_streaming import until
+from tests.support.waiting import until
 
 META = "/api/v4/projects/{}/product_analytics/request/meta"
 LOAD = "/api/v4/projects/1/product_analytics/request/load"

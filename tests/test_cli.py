@@ -1,7 +1,7 @@
 """The command line: every settings problem at once, --check, PROXY_CONFIG, the dev tokens file."""
 
 from tests.conftest import CUBE_KEY
-from tests.processes import run_cli
+from tests.support.processes import run_cli
 
 
 def test_cli_reports_every_settings_problem(tmp_path):

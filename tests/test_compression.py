@@ -17,7 +17,7 @@ from proxy.encoding import MIN_COMPRESS, accepts_gzip, etag, none_match
 from proxy.web.keys import PIPELINE
 from tests.conftest import QUERY, REPORTER
 from tests.fakes.cube import answer, chunked, load_answer
-from tests.test_streaming import HEAD, TAIL
+from tests.support.wire import HEAD, TAIL
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 META = "/api/v4/projects/1/product_analytics/request/meta"

@@ -14,11 +14,10 @@ import time
 import aiohttp
 
 from tests.conftest import QUERY, REPORTER
-from tests.processes import LOAD, free_port, proxy_process, worker_pids
-from tests.test_observability import value
-from tests.test_observability_process import LOAD_ROUTE, until_counted
-from tests.test_process_tree_exits import is_json
-from tests.test_reload import Lines, until
+from tests.support.metrics import value
+from tests.support.processes import LOAD, free_port, is_json, proxy_process, worker_pids
+from tests.support.waiting import Lines, eventually, until_counted
+from tests.support.wire import LOAD_ROUTE
 
 
 def counters(found: dict) -> dict:
@@ -44,7 +43,9 @@ async def test_counters_never_go_back_through_reloads_and_a_killed_worker(cube, 
         metrics = f"http://127.0.0.1:{metrics_port}/-/metrics"
         sent = 0
         try:
-            await until(lambda: lines.having("listening"), "the second worker listening (proxy_process saw the first)")
+            await eventually(
+                lambda: lines.having("listening"), "the second worker listening (proxy_process saw the first)"
+            )
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
 
                 async def traffic(n: int) -> None:
@@ -62,24 +63,24 @@ async def test_counters_never_go_back_through_reloads_and_a_killed_worker(cube, 
 
                 # 1. SIGHUP, the same settings: a new generation, the old one drains and exits
                 proc.send_signal(signal.SIGHUP)
-                await until(lambda: lines.having("reloaded:"), "the reload")
-                await until(lambda: len(worker_pids(proc.pid)) == 2, "the old generation gone", 30)
+                await eventually(lambda: lines.having("reloaded:"), "the reload")
+                await eventually(lambda: len(worker_pids(proc.pid)) == 2, "the old generation gone", 30)
                 await traffic(10)
                 seen.append(counters(await until_counted(session, metrics, sent)))
 
                 # 2. a worker killed outright: replaced, its counts kept
                 victim = worker_pids(proc.pid)[0]
                 os.kill(victim, signal.SIGKILL)
-                await until(lambda: lines.having("starting another"), "the worker replaced")
-                await until(lambda: len(worker_pids(proc.pid)) == 2 and victim not in worker_pids(proc.pid), "two")
+                await eventually(lambda: lines.having("starting another"), "the worker replaced")
+                await eventually(lambda: len(worker_pids(proc.pid)) == 2 and victim not in worker_pids(proc.pid), "two")
                 await traffic(10)
                 seen.append(counters(await until_counted(session, metrics, sent)))
 
                 # 3. a reload to fewer workers
                 config.write_text(config.read_text().replace("workers = 2", "workers = 1"))
                 proc.send_signal(signal.SIGHUP)
-                await until(lambda: len(lines.having("reloaded:")) == 2, "the second reload")
-                await until(lambda: len(worker_pids(proc.pid)) == 1, "one worker left", 30)
+                await eventually(lambda: len(lines.having("reloaded:")) == 2, "the second reload")
+                await eventually(lambda: len(worker_pids(proc.pid)) == 1, "one worker left", 30)
                 await traffic(10)
                 found = await until_counted(session, metrics, sent)
                 seen.append(counters(found))

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from proxy.cube.error_map import map_cube_error
 from tests.conftest import QUERY, REPORTER
-from tests.test_observability import scrape, value
+from tests.support.metrics import scrape, value
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 UNAVAILABLE = {"message": "Cube's database is unavailable", "error": "Cube's database is unavailable"}

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from proxy.web.app import create_app
 from tests.conftest import REPORTER, FastLaneTestServer, ProxyTestServer
 from tests.fakes.cube import FakeCube
-from tests.test_fast_lane import read_answer
+from tests.support.wire import read_answer
 
 settings.register_profile(
     "ci",

@@ -92,3 +92,11 @@ def test_every_module_stands_in_the_architecture_layout():
         if module.name not in named.get(package, set()) and not (package == "" and module.name == "__main__.py"):
             missing.append(str(module.relative_to(ROOT)))
     assert not missing, f"not in docs/architecture.md's layout: {missing}"
+
+
+def test_a_test_module_imports_no_other_test_module():
+    """What tests share lives in ``tests/support/`` (or ``tests/fakes/``, the conftest files): a helper taken from
+    another test module ties the two together, and runs that module's import-time code in each."""
+    importing = re.compile(r"^\s*(?:from|import) tests\.(?:[a-z_]+\.)*test_[a-z_0-9]+", re.M)
+    reaching = {name: found.group(0).strip() for name, text in _tests().items() if (found := importing.search(text))}
+    assert reaching == {}

@@ -22,26 +22,10 @@ from proxy.cube.zerofill import fill_plan
 from proxy.errors import ApiError
 from proxy.web.keys import PIPELINE
 from tests.conftest import REPORTER
-from tests.test_streaming import until
-from tests.test_zerofill import M, query
+from tests.support.queries import big_answer, long_query
+from tests.support.waiting import until
 
 LOAD = "/api/v4/projects/{}/product_analytics/request/load"
-
-
-def long_query(limit: int) -> dict:
-    """Six years by day (GitLab fills an inDateRange filter): over the loop's share, so filled in the fill process."""
-    q = query(start="2015-01-01", end="2020-12-31")
-    q["limit"] = limit
-    return q
-
-
-def big_answer(rows: int = 40_000) -> bytes:
-    data = [
-        {f"{M}.day": f"2016-{d % 12 + 1:02d}-{d % 28 + 1:02d}T00:00:00.000", "TrackedEvents.count": str(d)}
-        | {"TrackedEvents.eventName": f"event-{d:040d}"}
-        for d in range(rows)
-    ]
-    return orjson.dumps({"queryType": "regularQuery", "results": [{"data": data}]})
 
 
 async def test_a_tenants_fills_queue_behind_its_own_not_everyones(make_client, settings, cube):
@@ -201,8 +185,7 @@ async def fills_beside_plain_loads(port: int, worker: int) -> tuple[list[int], l
     """32 large fills of project 1 at once, and project 2's plain loads one after another until they end: the
     fills' statuses, the plain loads' times (as this test sees them), and the memory of the worker and its fill
     process before and at their peak (MB)."""
-    from tests.test_process_tree_exits import descendants
-    from tests.test_strangers_process import rss_mb
+    from tests.support.processes import descendants, rss_mb
 
     def memory() -> float:
         return sum(rss_mb(pid) for pid in {worker, *descendants(worker)} if Path(f"/proc/{pid}").exists())
@@ -229,10 +212,11 @@ async def fills_beside_plain_loads(port: int, worker: int) -> tuple[list[int], l
         return [f.result()[0] for f in fills], plain, before, peak
 
 
+@pytest.mark.serial  # a p99 against a fixed bound
 async def test_concurrent_large_fills_bound_memory_and_leave_another_tenant_served(gitlab_url, tmp_path):
     """32 large fills (17 MB answers) of one tenant at once: the worker and its fill process stay within the
     budget's bound, and another tenant's plain load keeps being answered quickly (it took p99 785 ms)."""
-    from tests.test_strangers_process import serving
+    from tests.support.processes import serving
 
     async with (
         cube_elsewhere(100_000) as large,  # project 1's Cube, answering 17 MB

@@ -25,7 +25,8 @@ from proxy.web.app import create_app
 from proxy.web.keys import PIPELINE
 from tests.conftest import CUBE_KEY, QUERY, REPORTER, FastLaneTestServer, ProxyTestServer
 from tests.fakes.cube import chunked, generated, held_until
-from tests.test_streaming import until
+from tests.support.waiting import until
+from tests.support.wire import CubeAnswer, read_answer
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 BODY = orjson.dumps({"query": QUERY})
@@ -56,34 +57,6 @@ def post(path: str = LOAD, body: bytes = BODY, *, headers: str = "", version: st
         f"POST {path} HTTP/{version}\r\nHost: proxy\r\nPRIVATE-TOKEN: {TOKEN}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
     ).encode() + body
-
-
-class CubeAnswer:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status, self.headers, self.body = status, headers, body
-
-
-async def read_answer(reader: asyncio.StreamReader) -> CubeAnswer:
-    """One HTTP/1.1 answer, framed by Content-Length or chunks (a ``100 Continue`` before it is skipped)."""
-    while True:
-        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
-        lines = head.split("\r\n")
-        status = int(lines[0].split()[1])
-        if status != 100:
-            break
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-    if "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-    elif headers.get("transfer-encoding") == "chunked":
-        parts = []
-        while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
-            parts.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-        await reader.readexactly(2)
-        body = b"".join(parts)
-    else:
-        body = await reader.read()
-    return CubeAnswer(status, headers, body)
 
 
 async def exchange(server: TestServer, data: bytes, answers: int = 1) -> list[CubeAnswer]:

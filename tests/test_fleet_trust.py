@@ -27,9 +27,9 @@ from proxy.shared.envelope import Envelope
 from proxy.shared.redis_layer import _BOUNDED_GET, RedisLayer
 from tests.conftest import QUERY, REPORTER, SIGNING_KEY, replace
 from tests.fakes.gitlab import FakeToken
-from tests.test_observability import samples, value
-from tests.test_sessions import ALICE, browser, post_load
-from tests.test_shared import LOAD
+from tests.support.metrics import samples, value
+from tests.support.sessions import ALICE, browser, post_load
+from tests.support.wire import LOAD
 
 PREFIX = "product-analytics-proxy:"
 GUEST = {"PRIVATE-TOKEN": "glpat-guest-000000000002"}
@@ -216,6 +216,7 @@ async def test_the_lock_is_let_go_when_the_load_is_cancelled(redis_server, write
         await fleet.close()
 
 
+@pytest.mark.serial  # "no wait" is a fixed bound (0.25 s)
 @pytest.mark.parametrize(
     "lock_value",
     [

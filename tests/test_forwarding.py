@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import CUBE_KEY, MAINTAINER, QUERY, REPORTER
 from tests.fakes.cube import FakeCube, held_until, load_answer
-from tests.test_streaming import until
+from tests.support.waiting import until
 
 LOAD_PATH = "/api/v4/projects/1/product_analytics/request/load"
 

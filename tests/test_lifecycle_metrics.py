@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import QUERY, REPORTER, replace
 from tests.fakes.cube import held_until
-from tests.test_observability import scrape, value
+from tests.support.metrics import scrape, value
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 LOAD_ROUTE = "/api/v4/projects/{project}/product_analytics/request/load"

@@ -8,7 +8,7 @@ import pytest
 
 from proxy.errors import ApiError
 from proxy.limits.tenant_cap import TenantLimiter
-from tests.test_streaming import until
+from tests.support.waiting import until
 
 
 async def test_callers_past_the_cap_wait_in_turn():

@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from tests.conftest import QUERY, REPORTER
-from tests.stranger_load import gzip_bomb
-from tests.test_fast_lane import read_answer
+from tests.support.stranger_load import gzip_bomb
+from tests.support.wire import read_answer
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 SECRET = "s3cr3t-session-value-0000000000000000"

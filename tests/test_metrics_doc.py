@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import QUERY, REPORTER, replace
+from tests.support.metrics import documented
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
-#: a table row: | `name` | type | `label`, `label` or - | meaning |
-_ROW = re.compile(r"^\| `([a-z_]+)` \| (counter|gauge|histogram|info) \| ([^|]*) \| [^|]+ \|$")
-
-
-def documented() -> dict[str, tuple[str, tuple[str, ...]]]:
-    found = {}
-    for line in DOC.read_text().splitlines():
-        if match := _ROW.match(line):
-            name, kind, labels = match.groups()
-            found[name] = (kind, tuple(sorted(re.findall(r"`([a-z_]+)`", labels))))
-    return found
 
 
 def scraped_families(text: str) -> dict[str, tuple[str, tuple[str, ...]]]:

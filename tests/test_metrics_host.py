@@ -12,7 +12,7 @@ from proxy.settings import settings_from_mapping
 from proxy.web.app import create_app
 from proxy.web.keys import EXCHANGE, PIPELINE
 from proxy.web.observability import OBSERVE, _status_allowed
-from tests.processes import free_port, proxy_process
+from tests.support.processes import free_port, proxy_process
 
 
 class Transport:

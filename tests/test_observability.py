@@ -10,10 +10,8 @@ import asyncio
 import json
 import logging
 import os
-from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.observe.metrics import Metrics
 from proxy.observe.store import merge, read_snapshots, retire, write_snapshot
@@ -21,30 +19,13 @@ from proxy.pipeline.client_info import client_address, traceparent, trusted_netw
 from proxy.web.keys import PIPELINE
 from tests.conftest import MAINTAINER, QUERY, REPORTER, replace
 from tests.fakes.cube import continue_wait_then, held_until
+from tests.support.metrics import scrape, value
+from tests.support.wire import LOAD_ROUTE
 
-LOAD_ROUTE = "/api/v4/projects/{project}/product_analytics/request/load"
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 META = "/api/v4/projects/1/product_analytics/request/meta"
 ADMIN = {"PRIVATE-TOKEN": "glpat-admin-000000000003"}
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
-
-
-def value(found: dict[Any, float], name: str, **labels: str) -> float:
-    return found.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-async def scrape(client) -> dict[Any, float]:
-    resp = await client.get("/-/metrics")
-    assert resp.status == 200 and resp.content_type == "text/plain"
-    return samples(await resp.text())
 
 
 async def load(client, query=QUERY, headers=REPORTER, **kw):

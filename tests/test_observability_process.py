@@ -11,27 +11,10 @@ import time
 import aiohttp
 
 from tests.conftest import CUBE_KEY, QUERY, REPORTER
-from tests.processes import LOAD, free_port, kill_group, proxy_process, wait_for_line, worker_pids
-from tests.test_observability import samples, value
-
-LOAD_ROUTE = "/api/v4/projects/{project}/product_analytics/request/load"
-
-
-async def scraped(session: aiohttp.ClientSession, url: str) -> dict:
-    async with session.get(url) as resp:
-        assert resp.status == 200
-        return samples(await resp.text())
-
-
-async def until_counted(session, url, wanted: int, timeout: float = 15.0) -> dict:
-    """Scrape until the workers' snapshots (written once a second) add up to ``wanted`` loads."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await scraped(session, url)
-        got = value(found, "pa_proxy_requests_total", route=LOAD_ROUTE, method="POST", code="200")
-        if got == wanted or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.2)  # polling a record that changes once a second, up to the deadline
+from tests.support.metrics import scraped, value
+from tests.support.processes import LOAD, free_port, kill_group, proxy_process, wait_for_line, worker_pids
+from tests.support.waiting import until_counted
+from tests.support.wire import LOAD_ROUTE
 
 
 async def test_two_workers_metrics_add_up_and_a_dead_workers_counts_stay(cube, gitlab_url, cube_url, tmp_path):

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import CUBE_KEY, QUERY, REPORTER
 from tests.fakes.cube import chunked
-from tests.processes import (
+from tests.support.processes import (
     LOAD,
     ended,
     free_port,

@@ -10,34 +10,16 @@ import time
 from pathlib import Path
 
 import aiohttp
-import orjson
 import pytest
 from aiohttp import web
 
 from tests.conftest import REPORTER
-from tests.processes import ended, proxy_process, worker_pids
-from tests.test_fair_fills import big_answer, long_query
-from tests.test_reload import Lines, until
+from tests.support.processes import descendants, ended, is_json, proxy_process, worker_pids
+from tests.support.queries import big_answer, long_query
+from tests.support.waiting import Lines, eventually
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 SHUTDOWN_TIMEOUT = 5.0
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid``, however deep (workers, their fill processes, multiprocessing's helpers)."""
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except FileNotFoundError:
-            continue
-        for child in map(int, children):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 async def large_fill(port: int) -> None:
@@ -70,13 +52,6 @@ def big_cube(cube):
     return cube
 
 
-def is_json(line: str) -> bool:
-    try:
-        return isinstance(orjson.loads(line), dict)
-    except orjson.JSONDecodeError:
-        return False
-
-
 @pytest.mark.parametrize("before_sigterm", ["nothing", "sighup", "kill_worker"])
 async def test_every_process_of_the_tree_exits_after_a_large_fill(
     big_cube, gitlab_url, cube_url, tmp_path, before_sigterm
@@ -93,23 +68,23 @@ async def test_every_process_of_the_tree_exits_after_a_large_fill(
             assert len(tree) >= 2, tree  # the worker and its fill process
             if before_sigterm == "sighup":
                 proc.send_signal(signal.SIGHUP)
-                await until(lambda: lines.having("reloaded:"), "the reload")
+                await eventually(lambda: lines.having("reloaded:"), "the reload")
                 await asyncio.wait_for(ended(worker), SHUTDOWN_TIMEOUT + 5)  # the old generation drained
-                await until(lambda: not alive(tree), "the old worker's whole tree gone", SHUTDOWN_TIMEOUT + 5)
+                await eventually(lambda: not alive(tree), "the old worker's whole tree gone", SHUTDOWN_TIMEOUT + 5)
                 await large_fill(port)  # the new worker fills too
                 tree = descendants(proc.pid)
             elif before_sigterm == "kill_worker":
                 os.kill(worker, signal.SIGKILL)
-                await until(lambda: lines.having("starting another"), "the worker replaced")
+                await eventually(lambda: lines.having("starting another"), "the worker replaced")
                 # its fill process, orphaned, sees its task queue close and ends by itself
-                await until(lambda: not alive(tree), "the killed worker's tree gone", SHUTDOWN_TIMEOUT + 5)
-                await until(lambda: lines.having("listening"), "the new worker listening")
+                await eventually(lambda: not alive(tree), "the killed worker's tree gone", SHUTDOWN_TIMEOUT + 5)
+                await eventually(lambda: lines.having("listening"), "the new worker listening")
                 await large_fill(port)
                 tree = descendants(proc.pid)
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), SHUTDOWN_TIMEOUT + 5) == 0
-            await until(lambda: not alive(tree), "every process of the tree gone", SHUTDOWN_TIMEOUT + 1)
+            await eventually(lambda: not alive(tree), "every process of the tree gone", SHUTDOWN_TIMEOUT + 1)
             assert time.monotonic() - started < SHUTDOWN_TIMEOUT + 1  # drain_delay is 0 here
             # every line any process of the tree wrote to stderr is JSON, its helpers' warnings included
             assert [line for line in await lines.ended(10) if not is_json(line)] == []

@@ -15,7 +15,7 @@ from proxy.runtime.logs import JsonFormatter
 from proxy.settings import SettingsError, settings_from_mapping
 from proxy.urls import redact_url
 from tests.conftest import SIGNING_KEY
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 SECRETS = ("gl-secret", "cube-secret", "redis-secret", "acl-secret", "query-secret")
 

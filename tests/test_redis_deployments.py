@@ -13,9 +13,9 @@ import trustme
 
 from tests.conftest import QUERY, REPORTER, SIGNING_KEY
 from tests.fakes.gitlab import FakeToken
-from tests.redis_server import RedisServer, Sentinel
-from tests.test_observability import samples, value
-from tests.test_shared import LOAD
+from tests.support.metrics import samples, value
+from tests.support.redis_server import RedisServer, Sentinel
+from tests.support.wire import LOAD
 
 PASSWORD = "the-proxys-acl-password"
 SENTINEL_PASSWORD = "the-sentinels-password"

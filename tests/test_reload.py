@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import CUBE_KEY, QUERY, REPORTER
 from tests.fakes.cube import FakeCube
-from tests.processes import LOAD, proxy_process
+from tests.support.processes import LOAD, proxy_process
+from tests.support.waiting import Lines, eventually
 
 
 class Traffic:
@@ -44,40 +45,6 @@ class Traffic:
         await asyncio.gather(*self._tasks)
 
 
-class Lines:
-    """Every line the proxy writes to stderr, read as it comes (the access lines would fill the pipe otherwise)."""
-
-    def __init__(self, stream: asyncio.StreamReader) -> None:
-        self.seen: list[str] = []
-        self._task = asyncio.ensure_future(self._read(stream))
-
-    async def _read(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            self.seen.append(line.decode())
-
-    def having(self, needle: str) -> list[str]:
-        return [line for line in self.seen if needle in line]
-
-    async def ended(self, timeout: float) -> list[str]:
-        """Every line, once the stream has ended: every process that held it (children included) is gone."""
-        await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        return self.seen
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-
-async def until(condition, what: str, timeout: float = 30.0) -> None:
-    """Yield to the event loop until ``condition()`` holds (a record, not a time), failing after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize(("workers", "grown"), [(1, 2), (2, 2), (2, 1)])
 async def test_sighup_replaces_the_workers_under_traffic_without_a_failed_request(
     cube, gitlab_url, cube_url, tmp_path, aiohttp_server, workers, grown
@@ -92,23 +59,23 @@ async def test_sighup_replaces_the_workers_under_traffic_without_a_failed_reques
         traffic = Traffic(f"http://127.0.0.1:{port}{LOAD}")
         traffic.start()
         try:
-            await until(lambda: len(cube.calls) >= 20, "calls reaching the first Cube")
+            await eventually(lambda: len(cube.calls) >= 20, "calls reaching the first Cube")
             # a valid change: another Cube, and more, as many or fewer workers; replaced while the callers go on
             changed = config.read_text().replace(cube_url, other_url).replace(server, f"workers = {grown}")
             config.write_text(changed)
             proc.send_signal(signal.SIGHUP)
-            await until(lambda: lines.having("reloaded:"), "the reload's line")
+            await eventually(lambda: lines.having("reloaded:"), "the reload's line")
             assert f"{grown} new worker(s) listening, {workers} old one(s) draining" in lines.having("reloaded:")[0]
-            await until(lambda: len(other.calls) >= 20, "calls reaching the new Cube")
+            await eventually(lambda: len(other.calls) >= 20, "calls reaching the new Cube")
             before = len(cube.calls)
             # an invalid change: refused, each problem said, the proxy goes on with what it has
             valid = config.read_text()
             config.write_text(valid.replace("[cube]\n", "[cube]\nread_timeout = -1\nnonsense = 1\n"))
             proc.send_signal(signal.SIGHUP)
-            await until(lambda: lines.having("goes on with the settings it has"), "the refusal's last line")
+            await eventually(lambda: lines.having("goes on with the settings it has"), "the refusal's last line")
             refused = "".join(lines.having("reload refused"))
             served = len(other.calls)
-            await until(lambda: len(other.calls) >= served + 20, "calls going on after a refused reload")
+            await eventually(lambda: len(other.calls) >= served + 20, "calls going on after a refused reload")
         finally:
             await traffic.stop()
         assert traffic.failures == [] and set(traffic.statuses) == {200}

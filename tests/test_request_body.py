@@ -7,7 +7,7 @@ import pytest
 
 from proxy.errors import ApiError
 from proxy.pipeline.request_body import MAX_MEMBERS, inflate, json_depth_ok, parse_body, query_request
-from tests.stranger_load import gzip_bomb
+from tests.support.stranger_load import gzip_bomb
 
 
 def test_only_query_and_query_type_reach_cube():

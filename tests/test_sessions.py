@@ -20,25 +20,10 @@ from proxy.observe.metrics import Metrics
 from proxy.settings import GitLabSettings
 from tests.conftest import CUBE_KEY, QUERY, REPORTER, replace
 from tests.fakes.gitlab import SESSION_COOKIE, FakeGitLab
+from tests.support.sessions import ALICE, BROWSER, GARY, MO, browser, cookie, post_load
 
 LOAD = "/api/v4/projects/{}/product_analytics/request/load"
 META = "/api/v4/projects/{}/product_analytics/request/meta"
-ALICE, GARY, MO = 1, 2, 4  # reporter, guest and maintainer of project 1 (tests/fakes/gitlab.py)
-#: what GitLab's dashboards send besides the session (cube_analytics.js's HttpTransport, no token)
-BROWSER = {"Authorization": "undefined", "X-Requested-With": "XMLHttpRequest"}
-
-
-def cookie(session: str, *others: str) -> dict[str, str]:
-    return {"Cookie": "; ".join([*others, f"{SESSION_COOKIE}={session}"])}
-
-
-def browser(gitlab: FakeGitLab, session: str, csrf: str | None = None) -> dict[str, str]:
-    """The headers of a dashboard's POST: the page's masked CSRF token for ``session`` unless another is given."""
-    return {**BROWSER, **cookie(session), "X-CSRF-Token": csrf if csrf is not None else gitlab.csrf_token(session)}
-
-
-async def post_load(client, headers, project=1, body=None):
-    return await client.post(LOAD.format(project), json=body or {"query": QUERY}, headers=headers)
 
 
 @pytest.mark.handed_over  # GET: the lane serves POST only

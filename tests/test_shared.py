@@ -15,9 +15,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import QUERY, REPORTER, replace
-from tests.test_observability import samples, value
+from tests.support.metrics import samples, value
+from tests.support.wire import LOAD
 
-LOAD = "/api/v4/projects/1/product_analytics/request/load"
 META = "/api/v4/projects/1/product_analytics/request/meta"
 GUEST = {"PRIVATE-TOKEN": "glpat-guest-000000000002"}
 

@@ -7,8 +7,8 @@ import asyncio
 import aiohttp
 
 from tests.conftest import QUERY, SIGNING_KEY
-from tests.processes import proxy_process
-from tests.redis_server import RedisServer
+from tests.support.processes import proxy_process
+from tests.support.redis_server import RedisServer
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 META = "/api/v4/projects/1/product_analytics/request/meta"

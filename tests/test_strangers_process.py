@@ -14,7 +14,6 @@ import contextlib
 import gc
 import gzip
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -24,48 +23,12 @@ import orjson
 import pytest
 
 from tests.conftest import QUERY, REPORTER
-from tests.processes import proxy_process
-from tests.stranger_load import gzip_bomb
+from tests.support.processes import rss_mb, serving
+from tests.support.stranger_load import gzip_bomb
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no RSS for {pid}")
-
-
-def worker_of(parent: int) -> int:
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    assert len(children) == 1, children
-    return int(children[0])
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp_path, gitlab_url, cube_url, server_section="", cube_section=""):
-    """The proxy with one worker; its stderr read as it comes (a full pipe would stall it), each access line kept
-    (``access``: the proxy's own account of each request); stopped with SIGTERM."""
-    async with proxy_process(
-        tmp_path, gitlab_url, cube_url, server_section=server_section, cube_section=cube_section
-    ) as (proc, port):
-        lines: list[bytes] = []
-
-        async def drain() -> None:
-            while line := await proc.stderr.readline():
-                lines.append(line)
-
-        def access() -> list[dict]:
-            return [entry for line in lines if (entry := orjson.loads(line)).get("event") == "request"]
-
-        reading = asyncio.ensure_future(drain())
-        try:
-            yield port, worker_of(proc.pid), access
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 30) == 0
-            await reading
+#: latency, CPU and memory of a real worker judged against fixed bounds: alone on the machine
+pytestmark = pytest.mark.serial
 
 
 async def refused_loads(port: int, n: int, size: int, concurrency: int = 8, who: str = "strangers") -> list[int]:
@@ -126,7 +89,7 @@ async def test_strangers_nested_bodies_leave_a_valid_callers_latency_alone(tmp_p
             strangers = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "tests.stranger_load",
+                "tests.support.stranger_load",
                 str(port),
                 "4",
                 "4",
@@ -262,7 +225,7 @@ async def test_a_strangers_gzip_bomb_costs_no_inflation_and_no_stall(tmp_path, g
 
 
 def test_the_stranger_load_script_builds_what_it_says():
-    from tests.stranger_load import MIB, body, gzip_bomb
+    from tests.support.stranger_load import MIB, body, gzip_bomb
 
     bomb = gzip_bomb(3)
     assert len(bomb) < 10_000 and len(gzip.decompress(bomb)) == 3 * MIB + 20

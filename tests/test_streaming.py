@@ -12,11 +12,11 @@ import pytest
 from proxy.web.keys import PIPELINE
 from tests.conftest import QUERY, REPORTER
 from tests.fakes.cube import chunked, generated, held_until
-from tests.test_observability import scrape, value
+from tests.support.metrics import scrape, value
+from tests.support.waiting import until
+from tests.support.wire import HEAD, TAIL
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
-HEAD = b'{"queryType":"regularQuery","results":[{"data":['
-TAIL = b'{"TrackedEvents.count":"1"}]}]}'
 
 
 @pytest.fixture
@@ -88,15 +88,6 @@ async def test_memory_does_not_grow_with_the_body(stream_settings, make_client, 
     assert received >= size - 64 * 1024
     # proxy, fake Cube and client together hold a few MB at most, not the 48 MB that passed through
     assert peak - baseline < 8 * 1024 * 1024, peak - baseline
-
-
-async def until(condition, rounds=10_000):
-    """Yield to the event loop until ``condition()`` holds (no timed sleeps)."""
-    for _ in range(rounds):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
 
 
 async def fanned_out(client, cube, callers, middle=b" " * 5000, die_after=None):

@@ -10,9 +10,10 @@ import pytest
 from proxy.web.keys import PIPELINE
 from tests.conftest import CUBE_KEY, QUERY, REPORTER
 from tests.fakes.cube import chunked, continue_wait_then, held_until
-from tests.otlp_receiver import one, tree
-from tests.test_sessions import browser
-from tests.test_streaming import HEAD, TAIL, until
+from tests.support.otlp_receiver import one, tree
+from tests.support.sessions import browser
+from tests.support.waiting import until
+from tests.support.wire import HEAD, TAIL
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 SERVER_SPAN = "POST /api/v4/projects/{project}/product_analytics/request/load"

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import QUERY, REPORTER
-from tests.processes import LOAD, proxy_process, worker_pids
-from tests.test_reload import Lines, until
+from tests.support.processes import LOAD, proxy_process, worker_pids
+from tests.support.waiting import Lines, eventually
 
 SERVER_SPAN = "POST /api/v4/projects/{project}/product_analytics/request/load"
 #: a minute between exports: whatever the collector gets before the signal, the signal's flush did not send
@@ -76,7 +76,7 @@ async def test_a_reload_sends_the_old_workers_spans_as_they_retire(cube, gitlab_
         await loads(port, 6)
         assert collector.spans == []
         proc.send_signal(signal.SIGHUP)
-        await until(lambda: lines.having("reloaded:"), "the reload's line")
+        await eventually(lambda: lines.having("reloaded:"), "the reload's line")
         await collector.until(lambda spans: len(servers(collector)) == 6)
         assert proc.returncode is None  # the proxy goes on: the spans came from the retiring workers
         assert {span.resource["process.pid"] for span in servers(collector)} <= old

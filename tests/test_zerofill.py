@@ -11,21 +11,9 @@ from proxy.cube.zerofill import MAX_FILL_DAYS, MAX_FILL_ROWS, fill_plan, zero_fi
 from proxy.errors import ApiError
 from tests.conftest import REPORTER
 from tests.fakes.cube import load_answer
+from tests.support.queries import M, query
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
-
-M = "TrackedEvents.derivedTstamp"
-
-
-def query(order=None, start="2026-11-01", end="2026-11-04", measures=("TrackedEvents.count",)):
-    q = {
-        "measures": list(measures),
-        "timeDimensions": [{"dimension": M, "granularity": "day"}],
-        "filters": [{"member": M, "operator": "inDateRange", "values": [start, end]}],
-    }
-    if order is not None:
-        q["order"] = order
-    return q
 
 
 def day(d):

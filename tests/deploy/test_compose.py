@@ -9,31 +9,13 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from proxy.settings import settings_from_mapping
 from stack.clickhouse import CUBE_PASSWORD, CUBE_USER, DEMO_CLICKHOUSE_SQL, SHIPPED_MODEL, demo_clickhouse_sql
 from stack.localstack import CUBE_DIR, DEMO_SQL, demo_sql
+from tests.support.manifests import COMPOSE, compose, mounts
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = ROOT / "docker-compose.yml"
-
-
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-def mounts(service: dict[str, Any]) -> dict[str, Path]:
-    """Each container path a service mounts, and the file or folder of this repository it is."""
-    found = {}
-    for volume in service.get("volumes", []):
-        host, container, *_ = volume.split(":")
-        found[container] = (ROOT / host).resolve()
-    return found
 
 
 def test_the_compose_file_is_valid_for_the_compose_specification() -> None:

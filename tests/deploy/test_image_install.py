@@ -21,7 +21,7 @@ import pytest
 
 from stack.localstack import free_port, wait_until
 from tests.conftest import CUBE_KEY
-from tests.processes import kill_group
+from tests.support.processes import kill_group
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -48,6 +48,7 @@ def test_the_dockerfile_installs_the_lock_then_the_package_and_bakes_no_setting(
         assert f"org.opencontainers.image.{label}=" in DOCKERFILE
 
 
+@pytest.mark.long  # a fresh virtualenv and a real install: about 25 s (make test-long)
 def test_installed_as_the_image_installs_it_the_proxy_starts_from_a_mounted_config(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)

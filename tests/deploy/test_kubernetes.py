@@ -21,40 +21,14 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 
 from stack.localstack import free_port, wait_until
 from tests.conftest import CUBE_KEY
-from tests.processes import kill_group
+from tests.support.manifests import DEPLOY, KUBERNETES, by_kind, load, render
+from tests.support.processes import kill_group
 
 ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy" / "kubernetes"
-KUBERNETES = "1.33.0"
 OVERLAYS = ("example", "fleet", "clickhouse", "tracing")
-
-
-def load(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-def render(overlay: str) -> list[dict[str, Any]]:
-    """``kubectl kustomize`` of an overlay: the manifests exactly as they would be applied."""
-    command = ["kubectl", "kustomize", str(DEPLOY / "overlays" / overlay)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
-def by_kind(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """The rendered objects by (kind, name), generated names without their hash suffix."""
-    found = {}
-    for doc in docs:
-        name = doc["metadata"]["name"]
-        if doc["kind"] == "ConfigMap":
-            name = re.sub(r"-[a-z0-9]{10}$", "", name)
-        found[(doc["kind"], name)] = doc
-    return found
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -242,7 +216,7 @@ def _ok(call: Any) -> bool:
 async def test_the_fleet_overlay_renders_and_its_redis_admits_only_the_proxy_with_its_password(tmp_path) -> None:
     from proxy.settings import settings_from_mapping
     from proxy.shared.connect import redis_client
-    from tests.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     docs = render("fleet")
     for doc in docs:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.test_kubernetes import DEPLOY, by_kind, load, render
-from tests.test_metrics_doc import documented
+from tests.support.manifests import DEPLOY, by_kind, load, render
+from tests.support.metrics import documented
 
 MONITORING = DEPLOY / "components" / "monitoring"
 SHIPPED = DEPLOY.parent / "monitoring"

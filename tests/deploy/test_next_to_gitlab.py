@@ -9,8 +9,8 @@ from pathlib import Path
 import kubernetes_validate
 import yaml
 
-from tests.deploy.test_kubernetes import KUBERNETES
 from tests.stack.browser import GITLAB_SNIPPET, SNIPPET_UPSTREAM
+from tests.support.manifests import KUBERNETES
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from tests.fakes.cube import CubeCall, FakeCube
 
 
 def main() -> None:
-    from tests.test_fair_fills import big_answer
+    from tests.support.queries import big_answer
 
     port, rows = int(sys.argv[1]), int(sys.argv[2])
     raw = big_answer(rows)

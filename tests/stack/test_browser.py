@@ -19,8 +19,6 @@ from stack.localstack import Stack, wait_until
 from tests.stack.browser import chromium, load_balancer
 from tests.stack.conftest import direct, stack_settings
 
-pytestmark = pytest.mark.stack
-
 DASHBOARD_QUERY: dict[str, Any] = {
     "measures": ["TrackedEvents.count"],
     "timeDimensions": [{"dimension": "TrackedEvents.derivedTstamp", "granularity": "day", "dateRange": "last 30 days"}],

@@ -21,9 +21,7 @@ from stack.localstack import Cube, Stack, free_port
 from tests.conftest import MAINTAINER, REPORTER
 from tests.fakes.gitlab import FakeProject
 from tests.stack.conftest import NO_DATABASE, NO_TABLE, NOT_THIS_TENANT, STACK_KEY, direct, stack_settings
-from tests.stack.test_real_cube import BASE, BY_EVENT, fresh_slow_query, zero_filled_in_order
-
-pytestmark = pytest.mark.stack
+from tests.support.real_stack import BASE, BY_EVENT, fresh_slow_query, zero_filled_in_order
 
 #: the Cubes every tenancy test runs through: as set up in the docs, and with the variable that used to leak
 CUBES = ("no_database_name", "database_name_set")

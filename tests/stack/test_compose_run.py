@@ -21,10 +21,8 @@ import pytest
 
 from proxy.cube.error_map import map_cube_error
 from stack.localstack import CUBE_DIR, free_port, stop_process, wait_until
-from tests.deploy.test_compose import compose, mounts
 from tests.stack.conftest import NO_DATABASE
-
-pytestmark = pytest.mark.stack
+from tests.support.manifests import compose, mounts
 
 
 @pytest.mark.parametrize(("name", "store"), [("cube", "stack"), ("cube-clickhouse", "clickhouse_stack")])

@@ -23,8 +23,6 @@ from tests.conftest import REPORTER
 from tests.stack.browser import chromium, load_balancer
 from tests.stack.conftest import direct
 
-pytestmark = pytest.mark.stack
-
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 TOKEN = REPORTER["PRIVATE-TOKEN"]
 
@@ -183,7 +181,7 @@ async def test_the_explorer_shows_cubes_continue_wait_rounds_then_the_answer(
     stack, gitlab_url, gitlab_port, make_client, tmp_path
 ):
     from tests.stack.conftest import stack_settings
-    from tests.stack.test_real_cube import fresh_slow_query
+    from tests.support.real_stack import fresh_slow_query
 
     # the proxy passes Cube's "Continue wait" straight on (no server-side wait): the page asks again
     proxy = await make_client(stack_settings(stack, gitlab_url, continue_wait_budget=1.0))

@@ -28,8 +28,6 @@ from stack.localstack import Stack, free_port, running_stack
 from tests.conftest import QUERY, REPORTER
 from tests.fakes.gitlab import FakeGitLab
 
-pytestmark = pytest.mark.stack
-
 KEY = "fault-matrix-cube-api-key-0123456789abcdef"
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 META = "/api/v4/projects/1/product_analytics/request/meta"

@@ -19,9 +19,8 @@ import pytest
 from aiohttp import web
 
 from stack.localstack import STORES, free_port
-from tests.processes import kill_group
+from tests.support.processes import kill_group
 
-pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -51,11 +51,9 @@ import pytest
 from stack.localstack import CUBE_DIR, Store, free_port, stop_process
 from stack.nginx import start_nginx, write_conf
 from tests.conftest import MAINTAINER, QUERY, REPORTER
-from tests.deploy.test_kubernetes import by_kind, render
 from tests.fakes.gitlab import FakeToken
 from tests.stack.conftest import NO_DATABASE
-
-pytestmark = pytest.mark.stack
+from tests.support.manifests import by_kind, render
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
 #: what the user supplies beside the manifests (the Deployment's envFrom Secret): the local stack's store
@@ -437,11 +435,13 @@ async def _rolling_replacement(
             pod.kill()
 
 
+@pytest.mark.long  # half a minute of traffic through the pods' replacement (make test-long)
 async def test_a_rolling_replacement_under_traffic_fails_no_request(tmp_path, pods_root, stack, gitlab, gitlab_url):
     callers = await _rolling_replacement(tmp_path, pods_root, stack, gitlab, gitlab_url, sidecar_order=True, replace=2)
     assert callers.statuses[200] >= 100 and callers.failed() == {}, dict(callers.statuses)
 
 
+@pytest.mark.long  # half a minute of traffic through the pods' replacement (make test-long)
 async def test_the_old_shape_both_containers_stopped_at_once_loses_requests(
     tmp_path, pods_root, stack, gitlab, gitlab_url
 ):

@@ -22,14 +22,16 @@ import yaml
 
 from proxy.web.openapi import document
 from stack.localstack import free_port
-from tests.processes import kill_group
 from tests.stack.conftest import STACK_KEY
-
-pytestmark = pytest.mark.stack
+from tests.support.processes import kill_group
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "dev-maintainer-token-0001"
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "15"))
+
+
+#: a generated sweep of the API on the real stack: the long tail, run by make test-long (and CI)
+pytestmark = pytest.mark.long
 
 
 def narrowed(path: Path) -> Path:

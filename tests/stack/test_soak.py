@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.stack
-
 ROOT = Path(__file__).resolve().parents[2]
+#: half a minute of traffic: the long tail, run by make test-long (and CI)
+pytestmark = pytest.mark.long
 
 
 def test_a_short_soak_passes_and_prints_its_table() -> None:

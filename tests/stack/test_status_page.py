@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.conftest import REPORTER
 from tests.stack.browser import chromium
-from tests.test_observability import LOAD_ROUTE, samples, value
-
-pytestmark = pytest.mark.stack
+from tests.support.metrics import samples, value
+from tests.support.wire import LOAD_ROUTE
 
 
 async def test_the_status_page_renders_the_metrics_numbers(stack, proxy):

@@ -1,6 +1,6 @@
 """A stranger's load, from a process of its own: blocking sockets, one thread per connection, bounded in time.
 
-``python -m tests.stranger_load PORT SECONDS CONNECTIONS BODY_KIND`` sends analytics loads
+``python -m tests.support.stranger_load PORT SECONDS CONNECTIONS BODY_KIND`` sends analytics loads
 with made-up tokens as fast as the proxy answers them, each with a 1 MiB body (``nested``:
 arrays 28 deep, the costliest to parse; ``flat``: one long string), and prints how many
 answers came back by status, as JSON, when the time is up.

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
+
 from tests.conftest import CUBE_KEY
 
 LOAD = "/api/v4/projects/1/product_analytics/request/load"
@@ -140,3 +142,48 @@ async def ended(pid: int) -> None:
 
 def worker_pids(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def is_json(line: str) -> bool:
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no RSS for {pid}")
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path, gitlab_url, cube_url, server_section="", cube_section=""):
+    """The proxy with one worker; its stderr read as it comes (a full pipe would stall it), each access line kept
+    (``access``: the proxy's own account of each request); stopped with SIGTERM."""
+    async with proxy_process(
+        tmp_path, gitlab_url, cube_url, server_section=server_section, cube_section=cube_section
+    ) as (proc, port):
+        lines: list[bytes] = []
+
+        async def drain() -> None:
+            while line := await proc.stderr.readline():
+                lines.append(line)
+
+        def access() -> list[dict]:
+            return [entry for line in lines if (entry := orjson.loads(line)).get("event") == "request"]
+
+        reading = asyncio.ensure_future(drain())
+        try:
+            yield port, worker_of(proc.pid), access
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            await reading
+
+
+def worker_of(parent: int) -> int:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
