@@ -17,7 +17,7 @@ from proxy.observe.metrics import Metrics
 from proxy.observe.store import merge, read_snapshots, retire, write_snapshot
 from proxy.pipeline.client_info import client_address, traceparent, trusted_networks
 from proxy.web.keys import PIPELINE
-from tests.conftest import MAINTAINER, QUERY, REPORTER, replace
+from tests.conftest import MAINTAINER, QUERY, REPORTER, SIGNING_KEY, replace
 from tests.fakes.cube import continue_wait_then, held_until
 from tests.support.metrics import scrape, value
 from tests.support.wire import LOAD_ROUTE
@@ -337,19 +337,25 @@ async def test_while_draining_every_answer_says_connection_close(client, cube):
 
 
 @pytest.mark.handed_over  # a probe: aiohttp's
-async def test_the_merge_knows_every_key_a_worker_writes(make_client, make_settings):
-    """A key a worker's snapshot has and the merge does not know would be dropped from every scrape silently: the
-    snapshot a real app writes (its Health's counters and gauges included) holds only keys the merge adds up."""
-    from proxy.observe import store
+async def test_every_key_a_worker_writes_is_declared_and_merged(make_client, make_settings):
+    """A key a worker's snapshot has and no declaration names would be dropped from every scrape silently: the
+    snapshot a real app writes (its Health's counters and gauges included) and the parent's events hold only
+    declared keys (``proxy/observe/families.py``), and the merge adds up each of them."""
+    from proxy.observe import families, store
 
-    client = await make_client(make_settings())
+    client = await make_client(make_settings(redis={"url": "redis://127.0.0.1:1/0", "signing_key": SIGNING_KEY}))
     await client.get("/-/liveness")
     pipeline = client.app[PIPELINE]
     snapshot = pipeline.metrics.snapshot(gauges=pipeline.health.gauges(), counters=pipeline.health.counters())
     snapshot |= {"slot": 0, "cube_up": pipeline.health.cube_up()}
-    added_up = {*store._ROWS, *store._ROWS_MORE, *store._HISTOGRAMS}
-    kept_as_is = {"pid", "process", "projects", "started", "gauges", "tenant_cap_waits", "cube_up", "slot"}
-    assert set(snapshot) <= added_up | kept_as_is, set(snapshot) - added_up - kept_as_is
+    snapshot |= {families.RELOADS.key: [["ok", 1]], families.WORKER_RESTARTS.key: [["killed", 1]]}  # the parent's
+    assert families.undeclared(snapshot) == set()
+    gauges = {f.key for f in families.FAMILIES if f.kind == families.GAUGE and not f.values} | {
+        families.gauge_key(f, v) for f in families.FAMILIES for v in f.values
+    }
+    assert set(snapshot["gauges"]) <= gauges, set(snapshot["gauges"]) - gauges
+    assert {families.SHARED_DEGRADED.key, families.gauge_key(families.CONNECTIONS, "lane")} <= set(snapshot["gauges"])
     merged = store.merge([snapshot], alive=lambda pid: True)
-    for key in set(snapshot) & added_up:
-        assert key in merged
+    for key in set(snapshot) & {*families.COUNTED, *families.TIMED}:
+        assert merged[key] == snapshot[key] or sorted(merged[key]) == sorted(snapshot[key]), key
+    assert families.undeclared({**snapshot, "a_new_counter": [["x", 1]]}) == {"a_new_counter"}

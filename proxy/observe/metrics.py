@@ -17,15 +17,35 @@ import os
 import time
 from typing import Any
 
+from proxy.observe.families import (
+    ANSWER_CACHE,
+    AUTH_CACHE,
+    BYTES_SENT,
+    CONTINUE_WAIT_ROUNDS,
+    CUBE_BY_URL,
+    CUBE_CALLS,
+    CUBE_LATENCY,
+    GITLAB_CALLS,
+    GITLAB_LATENCY,
+    IN_FLIGHT,
+    LAG_BUCKETS,
+    LATENCY,
+    LATENCY_BUCKETS,
+    LOOP_LAG,
+    META_CACHE,
+    OTHER_PROJECT,
+    QUERY_CALLERS,
+    REDIS_CALLS,
+    REDIS_LATENCY,
+    REFUSED,
+    REQUESTS,
+    TENANT_CAP_WAITS,
+    TRACE_SPANS,
+    counted,
+)
 from proxy.observe.tracing import SpanCounts
 
-#: seconds: request, Cube, GitLab and Redis latencies
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-#: seconds the event loop ran late (sampled every ``LAG_SAMPLE_SECONDS``)
-LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-LAG_SAMPLE_SECONDS = 0.5
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-OTHER_PROJECT = "other"
 
 
 class Timed:
@@ -198,35 +218,35 @@ class Metrics:
         return {
             "pid": os.getpid(),
             "started": self.started,
-            "requests": [[route, *key, n] for (route, _), t in routes for key, n in t.kinds.items()],
-            "latency": [
+            REQUESTS.key: [[route, *key, n] for (route, _), t in routes for key, n in t.kinds.items()],
+            LATENCY.key: [
                 [route, _CLASSES[cls - 1] if 1 <= cls <= 5 else "other", t.counts, t.total]
                 for (route, cls), t in routes
             ],
-            "bytes_sent": [[route, t.sent] for (route, _), t in routes],
-            "cube_calls": [[endpoint, outcome, n] for endpoint, t in cube for outcome, n in t.kinds.items()],
-            "cube_latency": [t.rows(endpoint) for endpoint, t in cube],
-            "cube_by_url": [t.rows(url) for url, t in by_url.items()],
-            "continue_wait_rounds": [
+            BYTES_SENT.key: [[route, t.sent] for (route, _), t in routes],
+            CUBE_CALLS.key: [[endpoint, outcome, n] for endpoint, t in cube for outcome, n in t.kinds.items()],
+            CUBE_LATENCY.key: [t.rows(endpoint) for endpoint, t in cube],
+            CUBE_BY_URL.key: [t.rows(url) for url, t in by_url.items()],
+            CONTINUE_WAIT_ROUNDS.key: [
                 [endpoint, t.kinds["continue_wait"]] for endpoint, t in cube if "continue_wait" in t.kinds
             ],
-            "query_callers": [["own", self.own_calls], ["shared", self.shared_calls]],
-            "meta_cache": [["hit", self.meta_hits], ["miss", self.meta_misses]],
-            "answer_cache": [[status.lower(), n] for status, n in self.answer_results.items()],
-            "gitlab_calls": [[endpoint, status, n] for endpoint, t in gitlab for status, n in t.kinds.items()],
-            "gitlab_latency": [t.rows(endpoint) for endpoint, t in gitlab],
-            "auth_cache": [["hit", self.auth_hits], ["miss", self.auth_misses]],
-            "refused": list(self.refused.items()),
-            "tenant_cap_waits": self.tenant_cap_waits,
-            "loop_lag": [["loop", self.loop_lag, self.loop_lag_total]],
-            "redis_latency": [["redis", redis.counts, redis.total]] if redis.kinds else [],
-            "redis_calls": [[outcome, n] for outcome, n in redis.kinds.items()],
-            "trace_spans": [["sent", spans.sent], ["dropped", spans.dropped], ["unsent", spans.unsent]],
+            QUERY_CALLERS.key: counted((("own", self.own_calls), ("shared", self.shared_calls))),
+            META_CACHE.key: counted((("hit", self.meta_hits), ("miss", self.meta_misses))),
+            ANSWER_CACHE.key: counted((status.lower(), n) for status, n in self.answer_results.items()),
+            GITLAB_CALLS.key: [[endpoint, status, n] for endpoint, t in gitlab for status, n in t.kinds.items()],
+            GITLAB_LATENCY.key: [t.rows(endpoint) for endpoint, t in gitlab],
+            AUTH_CACHE.key: counted((("hit", self.auth_hits), ("miss", self.auth_misses))),
+            REFUSED.key: counted(self.refused.items()),
+            TENANT_CAP_WAITS.key: [[self.tenant_cap_waits]],
+            LOOP_LAG.key: [[self.loop_lag, self.loop_lag_total]],
+            REDIS_LATENCY.key: [[redis.counts, redis.total]] if redis.kinds else [],
+            REDIS_CALLS.key: counted(redis.kinds.items()),
+            TRACE_SPANS.key: counted((("sent", spans.sent), ("dropped", spans.dropped), ("unsent", spans.unsent))),
             "projects": [
                 [str(key), t.requests, t.errors, t.in_flight, t.coalesced, t.meta_hits, t.meta_misses]
                 for key, t in self.projects.items()
             ],
-            "gauges": {"in_flight": self.in_flight, **(gauges or {})},
+            "gauges": {IN_FLIGHT.key: self.in_flight, **(gauges or {})},
             "process": process_stats(),
             **(counters or {}),
         }

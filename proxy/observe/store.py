@@ -25,18 +25,12 @@ from typing import Any
 
 import orjson
 
+from proxy.observe.families import COUNTED, TIMED, Buckets, buckets, rows
+
 RETIRED = "retired.json"
-#: keys whose entries are [labels..., value] rows, summed by labels
-_ROWS = ("requests", "bytes_sent", "cube_calls", "continue_wait_rounds", "query_callers", "meta_cache")
-_ROWS_MORE = (
-    "gitlab_calls", "auth_cache", "refused", "lane", "shared_refused", "redis_calls", "reloads", "worker_restarts",
-    "answer_cache", "answer_cache_evictions", "trace_spans",
-)  # fmt: skip
 PARENT = "parent.json"
 #: workers ``retired.json`` remembers folding (their files are gone long before this many more retire)
 FOLDED_KEPT = 256
-#: keys whose entries are [labels..., counts, sum] rows, added up bucket by bucket
-_HISTOGRAMS = ("latency", "cube_latency", "cube_by_url", "gitlab_latency", "loop_lag", "redis_latency")
 
 
 def worker_file(folder: Path, pid: int) -> Path:
@@ -78,30 +72,30 @@ def read_snapshots(folder: Path) -> list[dict[str, Any]]:
 
 
 def merge(snapshots: Iterable[dict[str, Any]], alive: Callable[[int], bool] = _alive) -> dict[str, Any]:
-    """One snapshot of the sums: counters and histograms of every snapshot, gauges of live processes only."""
-    merged: dict[str, Any] = {"processes": {}, "gauges": {}, "cube_up": {}, "tenant_cap_waits": 0, "projects": {}}
-    rows: dict[str, dict[tuple[Any, ...], float]] = {key: {} for key in (*_ROWS, *_ROWS_MORE)}
-    histograms: dict[str, dict[tuple[Any, ...], tuple[list[int], float]]] = {key: {} for key in _HISTOGRAMS}
+    """One snapshot of the sums: every declared counter and histogram (``families.py``) of every snapshot, gauges
+    of live processes only."""
+    merged: dict[str, Any] = {"processes": {}, "gauges": {}, "cube_up": {}, "projects": {}}
+    counted: dict[str, dict[tuple[Any, ...], float]] = {key: {} for key in COUNTED}
+    timed: dict[str, dict[tuple[Any, ...], Buckets]] = {key: {} for key in TIMED}
     snapshots = list(snapshots)
     folded = {_named_pair(entry) for snap in snapshots for entry in snap.get("folded", [])}
     for snap in snapshots:
         if snap.get("pid") is not None and _named(snap) in folded:
             continue  # already counted in retired.json (its file is about to go)
-        for key in rows:
-            for *labels, value in snap.get(key, []):
-                table = rows[key]
-                table[tuple(labels)] = table.get(tuple(labels), 0) + value
-        for key in histograms:
-            for *labels, counts, total in snap.get(key, []):
-                table_h, label = histograms[key], tuple(labels)
-                old = table_h.get(label)
-                table_h[label] = (
-                    (counts, total)
+        for key, sums in counted.items():
+            for labels, value in rows(snap, COUNTED[key], zero=False):
+                sums[labels] = sums.get(labels, 0) + value
+        for key, added in timed.items():
+            for row in buckets(snap, TIMED[key]):
+                old = added.get(row.labels)
+                added[row.labels] = (
+                    row
                     if old is None
-                    else ([a + b for a, b in zip(old[0], counts, strict=True)], old[1] + total)
+                    else old._replace(
+                        counts=[a + b for a, b in zip(old.counts, row.counts, strict=True)], total=old.total + row.total
+                    )
                 )
         merged["last_reload"] = max(merged.get("last_reload", 0), snap.get("last_reload", 0))
-        merged["tenant_cap_waits"] += snap.get("tenant_cap_waits", 0)
         live = snap.get("pid") is not None and alive(int(snap["pid"]))
         for project, *values in snap.get("projects", []):
             old_p = merged["projects"].get(project, [0] * len(values))
@@ -118,10 +112,10 @@ def merge(snapshots: Iterable[dict[str, Any]], alive: Callable[[int], bool] = _a
             seen = merged["processes"].get(slot)
             if seen is None or seen["started"] <= snap.get("started", 0):
                 merged["processes"][slot] = {**snap.get("process", {}), "started": snap.get("started", 0)}
-    for key, table in rows.items():
-        merged[key] = [[*labels, value] for labels, value in table.items()]
-    for key, table_h in histograms.items():
-        merged[key] = [[*labels, counts, total] for labels, (counts, total) in table_h.items()]
+    for key, sums in counted.items():
+        merged[key] = [[*labels, value] for labels, value in sums.items()]
+    for key, added in timed.items():
+        merged[key] = [[*row.labels, row.counts, row.total] for row in added.values()]
     merged["projects"] = [[key, *values] for key, values in merged["projects"].items()]
     return merged
 

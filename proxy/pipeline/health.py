@@ -5,6 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.caching.singleflight import SingleFlightCache
+from proxy.observe.families import (
+    ANSWER_CACHE_BYTES,
+    ANSWER_CACHE_EVICTIONS,
+    COALESCED_WAITING,
+    CONNECTIONS,
+    LANE,
+    POOL,
+    POOL_WAITING,
+    SHARED_DEGRADED,
+    SHARED_REFUSED,
+    counted,
+    gauge_key,
+)
 from proxy.pipeline.services import Services
 from proxy.urls import redact_url
 
@@ -50,17 +63,17 @@ class Health:
         services = self._services
         pools = services.cube_http.pools()
         found: dict[str, float] = {
-            "pool_open": sum(pool.open_connections for pool in pools),
-            "pool_idle": sum(pool.idle_connections for pool in pools),
-            "pool_waiting": sum(pool.waiting for pool in pools),
-            "coalesced_waiting": services.coalescer.waiting(),
-            "answer_cache_bytes": services.cached_queries.cache.bytes,
+            gauge_key(POOL, "open"): sum(pool.open_connections for pool in pools),
+            gauge_key(POOL, "idle"): sum(pool.idle_connections for pool in pools),
+            POOL_WAITING.key: sum(pool.waiting for pool in pools),
+            COALESCED_WAITING.key: services.coalescer.waiting(),
+            ANSWER_CACHE_BYTES.key: services.cached_queries.cache.bytes,
         }
         if services.shared is not None:
-            found["shared_degraded"] = 1 if services.shared.degraded else 0
+            found[SHARED_DEGRADED.key] = 1 if services.shared.degraded else 0
         if services.settings.server.fast_lane:
-            found["connections_lane"] = services.lane_counts.open
-        found["connections_aiohttp"] = services.aiohttp_counts.open
+            found[gauge_key(CONNECTIONS, "lane")] = services.lane_counts.open
+        found[gauge_key(CONNECTIONS, "aiohttp")] = services.aiohttp_counts.open
         return found
 
     async def cubes(self) -> list[dict[str, Any]]:
@@ -104,8 +117,8 @@ class Health:
         found: dict[str, list[list[Any]]] = {}
         if services.settings.server.fast_lane:
             lane = services.lane_counts
-            found["lane"] = [["served", lane.served], ["handed_over", lane.handed_over]]
+            found[LANE.key] = counted((("served", lane.served), ("handed_over", lane.handed_over)))
         if services.shared is not None:
-            found["shared_refused"] = [[services.shared.tampered]]
-        found["answer_cache_evictions"] = [[services.cached_queries.cache.evictions]]
+            found[SHARED_REFUSED.key] = [[services.shared.tampered]]
+        found[ANSWER_CACHE_EVICTIONS.key] = [[services.cached_queries.cache.evictions]]
         return found

@@ -37,7 +37,8 @@ from proxy.limits.byte_budget import ByteBudget
 from proxy.limits.caller_rate import RateLimiter
 from proxy.limits.overload import LoadShedder
 from proxy.limits.tenant_cap import TenantLimiter
-from proxy.observe.metrics import LAG_SAMPLE_SECONDS, Metrics, NoMetrics
+from proxy.observe.families import LAG_SAMPLE_SECONDS
+from proxy.observe.metrics import Metrics, NoMetrics
 from proxy.observe.tracing import Tracing
 from proxy.pipeline.access_log import AccessLog
 from proxy.pipeline.answers import kept_answer, plain_body

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from proxy.observe.families import RELOADS
 from proxy.observe.store import parent_event, retire
 from proxy.runtime.logs import log_uncaught, setup_logging
 from proxy.runtime.serve import loop_factory, serve, tune_gc
@@ -125,7 +126,7 @@ def run(settings: Settings, load_again: Callable[[], Settings] | None = None) ->
         parent.reload,
         on_exit=lambda pid: retire(folder, pid),
         on_reload_done=parent.reload_done,
-        on_event=lambda kind, label: parent_event(folder, kind, label, time.time() if kind == "reloads" else None),
+        on_event=lambda kind, label: parent_event(folder, kind, label, time.time() if kind == RELOADS.key else None),
     )
     try:
         return supervisor.run()

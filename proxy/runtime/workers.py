@@ -26,6 +26,8 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from typing import Any
 
+from proxy.observe.families import RELOADS, WORKER_RESTARTS
+
 log = logging.getLogger(__name__)
 
 #: prctl(2): the signal a process gets when the thread that forked it ends
@@ -208,7 +210,7 @@ class Supervisor:
                 code,
                 extra={"event": "worker_replaced"},
             )
-            self._on_event("worker_restarts", _cause(code))
+            self._on_event(WORKER_RESTARTS.key, _cause(code))
             self._start(self._generation, worker.slot)
 
     def _replace_generation(self) -> None:
@@ -216,7 +218,7 @@ class Supervisor:
         log.info("SIGHUP: reloading the settings", extra={"event": "reload"})
         generation = self._reload()
         if generation is None:
-            self._on_event("reloads", "refused")
+            self._on_event(RELOADS.key, "refused")
             return  # the reload said why
         fresh = [self._start(generation, slot) for slot in range(self._workers_of(generation))]
         deadline = time.monotonic() + RELOAD_START_TIMEOUT
@@ -234,7 +236,7 @@ class Supervisor:
                     if worker.process.pid is not None:
                         self._on_exit(worker.process.pid)
                 self._reload_done(generation, self._generation)
-                self._on_event("reloads", "failed")
+                self._on_event(RELOADS.key, "failed")
                 return
             ready = multiprocessing.connection.wait([w.process.sentinel for w in fresh] + [self._wake_read], 0.05)
             if self._wake_read in ready:
@@ -245,7 +247,7 @@ class Supervisor:
         previous, self._generation = self._generation, generation
         self._signal_all(signal.SIGUSR2, old)  # retire: drain now, without the drain delay
         self._reload_done(previous, generation)
-        self._on_event("reloads", "ok")
+        self._on_event(RELOADS.key, "ok")
         log.info(
             "reloaded: %d new worker(s) listening, %d old one(s) draining",
             len(fresh),

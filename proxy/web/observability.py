@@ -28,6 +28,17 @@ from proxy import __revision__, __version__
 from proxy.background import in_background
 from proxy.errors import ApiError
 from proxy.observe.exposition import CONTENT_TYPE, Exposition
+from proxy.observe.families import (
+    AUTH_CACHE,
+    CUBE_BY_URL,
+    GITLAB_CALLS,
+    GITLAB_LATENCY,
+    IN_FLIGHT,
+    REQUESTS,
+    Buckets,
+    buckets,
+    rows,
+)
 from proxy.observe.store import merge, read_snapshots, write_snapshot
 from proxy.pipeline.core import Pipeline
 from proxy.settings import Settings, is_loopback, redacted
@@ -124,12 +135,11 @@ async def status_view(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _mean_ms(histogram: list[Any] | None) -> float | None:
-    if not histogram:
+def _mean_ms(histogram: Buckets | None) -> float | None:
+    if histogram is None:
         return None
-    _, counts, total = histogram
-    calls = sum(counts)
-    return round(total / calls * 1000, 1) if calls else None
+    calls = sum(histogram.counts)
+    return round(histogram.total / calls * 1000, 1) if calls else None
 
 
 def _failed(outcome: str) -> bool:
@@ -148,12 +158,12 @@ async def status_report(observe: Observability) -> dict[str, Any]:
     processes = merged["processes"]
     started = min((p.get("started", time.time()) for p in processes.values()), default=pipeline.metrics.started)
     ready, readiness = await pipeline.health.readiness()
-    latency_by_url = {row[0]: row for row in merged["cube_by_url"]}
+    latency_by_url = {row.labels[0]: row for row in buckets(merged, CUBE_BY_URL)}
     cubes = [
         {
             "url": redact_url(url),
             "ready": cube["ready"],
-            "calls": sum(latency_by_url[url][1]) if url in latency_by_url else 0,
+            "calls": sum(latency_by_url[url].counts) if url in latency_by_url else 0,
             "mean_ms": _mean_ms(latency_by_url.get(url)),
             "pool": cube["pool"],
         }
@@ -174,15 +184,15 @@ async def status_report(observe: Observability) -> dict[str, Any]:
         for project, requests, errors, in_flight, coalesced, hits, misses in merged["projects"]
     ]
     tenants.sort(key=lambda t: (-t["requests"], t["project"]))
-    gitlab_calls = merged["gitlab_calls"]
-    gitlab_latency = merged["gitlab_latency"]
-    gitlab_all = [
-        "all",
-        [sum(counts) for counts in zip(*(row[1] for row in gitlab_latency), strict=True)],
-        sum(row[2] for row in gitlab_latency),
-    ]
-    auth = {key: value for key, value in merged["auth_cache"]}
-    requests_total = sum(row[-1] for row in merged["requests"])
+    gitlab_calls = rows(merged, GITLAB_CALLS)
+    gitlab_latency = buckets(merged, GITLAB_LATENCY)
+    gitlab_all = Buckets(
+        ("all",),
+        [sum(counts) for counts in zip(*(row.counts for row in gitlab_latency), strict=True)],
+        sum(row.total for row in gitlab_latency),
+    )
+    auth = {labels[0]: value for labels, value in rows(merged, AUTH_CACHE)}
+    requests_total = sum(row.value for row in rows(merged, REQUESTS))
     return {
         "version": __version__,
         "python": platform.python_version(),
@@ -190,14 +200,14 @@ async def status_report(observe: Observability) -> dict[str, Any]:
         "workers": max(1, len(processes)),
         "ready": ready,
         "readiness": readiness,
-        "requests": {"total": requests_total, "in_flight": merged["gauges"].get("in_flight", 0)},
+        "requests": {"total": requests_total, "in_flight": merged["gauges"].get(IN_FLIGHT.key, 0)},
         "cubes": cubes,
         "tenants": tenants[: observe.settings.server.metrics_max_projects],
         "gitlab": {
             "url": redact_url(observe.settings.gitlab.url),
-            "calls": sum(row[-1] for row in gitlab_calls),
+            "calls": sum(row.value for row in gitlab_calls),
             "failed": sum(
-                row[-1] for row in gitlab_calls if row[1] in {"unreachable", "429"} or row[1].startswith("5")
+                value for (_, code), value in gitlab_calls if code in {"unreachable", "429"} or code.startswith("5")
             ),
             "mean_ms": _mean_ms(gitlab_all) if gitlab_latency else None,
             "auth_cache": {
