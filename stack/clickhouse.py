@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = ROOT / "deploy" / "kubernetes" / "components" / "clickhouse" / "model"
 #: the stack's own cubes on ClickHouse (a deliberately slow one, for the Continue-wait tests)
 STACK_MODEL = CUBE_DIR / "model-clickhouse"
+#: how long the slow cube sleeps (read from CUBE_SLOW_SECONDS), beside the model folder as the cube imports it
+SLOW_SECONDS = CUBE_DIR / "slow_seconds.js"
 DEMO_CLICKHOUSE_SQL = Path(__file__).resolve().parent / "demo-clickhouse.sql"
 #: the user Cube connects as (a password, as an operator's Secret gives one); seeding uses ``default``
 CUBE_USER, CUBE_PASSWORD = "cube", "local-stack-clickhouse"
@@ -177,6 +179,7 @@ class ClickHouse:
         self.model_path.mkdir(parents=True)
         for source in (*sorted(SHIPPED_MODEL.glob("*.js")), *sorted(STACK_MODEL.glob("*.js"))):
             shutil.copy(source, self.model_path / source.name)
+        shutil.copy(SLOW_SECONDS, self.model_path.parent / SLOW_SECONDS.name)  # the slow cube's ../slow_seconds
 
     def stop(self) -> None:
         stop_process(self.proc, 30)

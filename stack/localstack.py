@@ -355,6 +355,10 @@ class Cube:
     log_queries: bool = False
     #: variables an operator might also set (``CUBEJS_DB_NAME``...), over the store's own
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: seconds Cube holds a query before it answers Continue wait (Cube's own 5 when None), and the slow cube's
+    #: seconds of sleep (7 when None): the tests' stack makes both short, the waits they test the same in kind
+    continue_wait: int | None = None
+    slow_seconds: float | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -392,6 +396,10 @@ class Cube:
         for unset in ("CUBEJS_PG_SQL_PORT", "CUBEJS_SQL_PORT", "CUBEJS_DEV_MODE", "CUBEJS_DB_NAME"):
             if unset not in self.store.cube_env():
                 env.pop(unset, None)
+        if self.continue_wait is not None:
+            env["CUBE_CONTINUE_WAIT"] = str(self.continue_wait)
+        if self.slow_seconds is not None:
+            env["CUBE_SLOW_SECONDS"] = str(self.slow_seconds)
         env.update(self.extra_env)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -441,8 +449,11 @@ def running_stack(
     cube_port: int | None = None,
     log_queries: bool = False,
     store: str = "postgres",
+    continue_wait: int | None = None,
+    slow_seconds: float | None = None,
 ) -> Iterator[Stack]:
-    """A store seeded with both demo projects (PostgreSQL or ClickHouse), and Cube in front of it; stopped on exit."""
+    """A store seeded with both demo projects (PostgreSQL or ClickHouse), and Cube in front of it; stopped on exit.
+    ``continue_wait`` and ``slow_seconds``: Cube's Continue-wait hold and the slow cube's sleep (``Cube``'s)."""
     install_cube()
     own_dir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="pa-proxy-stack-")) if workdir is None else workdir
@@ -455,7 +466,10 @@ def running_stack(
         database = ClickHouse(workdir / "clickhouse", pg_port or free_port())
     else:
         database = Postgres(workdir / "pgdata", pg_port or free_port())
-    cube = Cube(cube_port or free_port(), database, secret, workdir / "cube.log", log_queries)
+    cube = Cube(
+        cube_port or free_port(), database, secret, workdir / "cube.log", log_queries,
+        continue_wait=continue_wait, slow_seconds=slow_seconds,
+    )  # fmt: skip
     try:
         database.start()
         rows = database.seed()

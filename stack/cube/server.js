@@ -17,8 +17,13 @@ const tenants = require(process.env.CUBE_CONF || path.join(__dirname, '..', '..'
 const host = process.env.CUBE_HOST || '127.0.0.1';
 const port = Number(process.env.CUBE_PORT || 4000);
 
+// CUBE_CONTINUE_WAIT (whole seconds, at least 1): how long Cube holds a query before it answers Continue wait
+// (its own default is 5 s); the tests' stack shortens it, with the slow cube's sleep (slow_seconds.js)
+const continueWait = process.env.CUBE_CONTINUE_WAIT ? Number(process.env.CUBE_CONTINUE_WAIT) : undefined;
+
 const core = new CubejsServerCore({
   ...tenants,
+  ...(continueWait ? { orchestratorOptions: { continueWaitTimeout: continueWait } } : {}),
   apiSecret: process.env.CUBEJS_API_SECRET,
   schemaPath: process.env.CUBE_MODEL_PATH || 'model',
   telemetry: false,

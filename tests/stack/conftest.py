@@ -15,6 +15,11 @@ from tests.fakes.gitlab import FakeGitLab
 from tests.fakes.gitlab_web import web_ui_routes
 
 STACK_KEY = "integration-tests-cube-api-key-0123456789"
+#: the tests' Cube holds a query this long before it answers Continue wait (Cube's own default is 5 s), and its
+#: slow cube sleeps this long: every Continue-wait path runs as with Cube's defaults (the query outlasts a hold),
+#: in a third of the time
+CUBE_HOLD = 1
+SLOW_SECONDS = 2.5
 
 
 @pytest.fixture
@@ -32,7 +37,7 @@ def gitlab_port(gitlab_url: str) -> int:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    with running_stack(STACK_KEY, log_queries=True) as running:
+    with running_stack(STACK_KEY, log_queries=True, continue_wait=CUBE_HOLD, slow_seconds=SLOW_SECONDS) as running:
         yield running
 
 
@@ -46,7 +51,9 @@ NOT_THIS_TENANT = "not_this_tenants_event"
 @pytest.fixture(scope="session")
 def clickhouse_stack() -> Iterator[Stack]:
     """Debian's ClickHouse with GitLab's layout (a database per project), seeded, and Cube on the shipped files."""
-    with running_stack(STACK_KEY, log_queries=True, store="clickhouse") as running:
+    with running_stack(
+        STACK_KEY, log_queries=True, store="clickhouse", continue_wait=CUBE_HOLD, slow_seconds=SLOW_SECONDS
+    ) as running:
         clickhouse = running.store
         clickhouse.query(f"CREATE DATABASE IF NOT EXISTS gitlab_project_{NO_TABLE}")  # type: ignore[attr-defined]
         for database in ("default", "analytics"):

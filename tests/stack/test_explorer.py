@@ -180,11 +180,11 @@ async def test_the_explorer_on_gitlabs_origin_uses_the_session(stack, gitlab, or
 async def test_the_explorer_shows_cubes_continue_wait_rounds_then_the_answer(
     stack, gitlab_url, gitlab_port, make_client, tmp_path
 ):
-    from tests.stack.conftest import stack_settings
+    from tests.stack.conftest import CUBE_HOLD, stack_settings
     from tests.support.real_stack import fresh_slow_query
 
     # the proxy passes Cube's "Continue wait" straight on (no server-side wait): the page asks again
-    proxy = await make_client(stack_settings(stack, gitlab_url, continue_wait_budget=1.0))
+    proxy = await make_client(stack_settings(stack, gitlab_url, continue_wait_budget=CUBE_HOLD / 2))
     query = fresh_slow_query()
     with load_balancer(tmp_path, proxy.server.port, gitlab_port) as origin:
         async with chromium() as context:
@@ -194,4 +194,4 @@ async def test_the_explorer_shows_cubes_continue_wait_rounds_then_the_answer(
             await page.locator("#status").filter(has_text="Continue wait, round 1").wait_for()
             assert (await finished(page, "load")).startswith("load: done"), await page.locator("#error").text_content()
             _, rows = await table(page)
-    assert rows == [["0"]]  # SlowQueries.count, after Cube's 7 s of pg_sleep
+    assert rows == [["0"]]  # SlowQueries.count, after the slow cube's pg_sleep
