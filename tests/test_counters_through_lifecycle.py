@@ -15,9 +15,9 @@ import aiohttp
 
 from tests.conftest import QUERY, REPORTER
 from tests.support.metrics import value
-from tests.support.processes import LOAD, free_port, is_json, proxy_process, worker_pids
+from tests.support.processes import free_port, is_json, proxy_process, worker_pids
 from tests.support.waiting import Lines, eventually, until_counted
-from tests.support.wire import LOAD_ROUTE
+from tests.support.wire import LOAD, LOAD_ROUTE
 
 
 def counters(found: dict) -> dict:

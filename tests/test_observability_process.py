@@ -12,9 +12,9 @@ import aiohttp
 
 from tests.conftest import CUBE_KEY, QUERY, REPORTER
 from tests.support.metrics import scraped, value
-from tests.support.processes import LOAD, free_port, kill_group, proxy_process, wait_for_line, worker_pids
+from tests.support.processes import free_port, kill_group, proxy_process, wait_for_line, worker_pids
 from tests.support.waiting import until_counted
-from tests.support.wire import LOAD_ROUTE
+from tests.support.wire import LOAD, LOAD_ROUTE
 
 
 async def test_two_workers_metrics_add_up_and_a_dead_workers_counts_stay(cube, gitlab_url, cube_url, tmp_path):

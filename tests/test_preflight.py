@@ -10,7 +10,8 @@ from proxy.__main__ import main
 from proxy.runtime.preflight import connect, cube_targets, nothing_to_serve
 from proxy.settings import settings_from_mapping
 from tests.conftest import CUBE_KEY, QUERY, REPORTER
-from tests.support.processes import LOAD, proxy_process, run_cli
+from tests.support.processes import proxy_process, run_cli
+from tests.support.wire import LOAD
 
 
 def test_with_nothing_to_serve_the_proxy_exits_at_once_with_one_line(tmp_path):

@@ -16,7 +16,6 @@ import pytest
 from tests.conftest import CUBE_KEY, QUERY, REPORTER
 from tests.fakes.cube import chunked
 from tests.support.processes import (
-    LOAD,
     ended,
     free_port,
     kill_group,
@@ -25,6 +24,7 @@ from tests.support.processes import (
     wait_for_line,
     worker_pids,
 )
+from tests.support.wire import LOAD
 
 
 @pytest.mark.parametrize("workers", [1, 2])

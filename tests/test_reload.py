@@ -11,8 +11,9 @@ import pytest
 
 from tests.conftest import CUBE_KEY, QUERY, REPORTER
 from tests.fakes.cube import FakeCube
-from tests.support.processes import LOAD, proxy_process
+from tests.support.processes import proxy_process
 from tests.support.waiting import Lines, eventually
+from tests.support.wire import LOAD
 
 
 class Traffic:

@@ -22,7 +22,6 @@ from tests.conftest import CUBE_KEY, QUERY, REPORTER, replace
 from tests.fakes.gitlab import SESSION_COOKIE, FakeGitLab
 from tests.support.sessions import ALICE, BROWSER, GARY, MO, browser, cookie, post_load
 
-LOAD = "/api/v4/projects/{}/product_analytics/request/load"
 META = "/api/v4/projects/{}/product_analytics/request/meta"
 
 

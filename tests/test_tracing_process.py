@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import QUERY, REPORTER
-from tests.support.processes import LOAD, proxy_process, worker_pids
+from tests.support.processes import proxy_process, worker_pids
 from tests.support.waiting import Lines, eventually
+from tests.support.wire import LOAD
 
 SERVER_SPAN = "POST /api/v4/projects/{project}/product_analytics/request/load"
 #: a minute between exports: whatever the collector gets before the signal, the signal's flush did not send

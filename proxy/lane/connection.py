@@ -264,7 +264,8 @@ class Connection(asyncio.Protocol):
         """An answer's head, as built: no state of the connection changes here."""
         lane = self._lane
         pipeline = lane.pipeline
-        if exchange.cache is not None and (cache := pipeline.answer_headers(exchange)) is not None:
+        verdict = exchange.cache  # only the answer cache's verdicts have headers: no call for the others
+        if verdict is not None and verdict.header is not None and (cache := pipeline.answer_headers(exchange)):
             extra = cache if not extra else {**extra, **cache}
         return lane.heads.head(status, content_type, exchange.request_id, framing, extra, close)
 

@@ -82,11 +82,13 @@ def merge(snapshots: Iterable[dict[str, Any]], alive: Callable[[int], bool] = _a
     for snap in snapshots:
         if snap.get("pid") is not None and _named(snap) in folded:
             continue  # already counted in retired.json (its file is about to go)
-        for key, sums in counted.items():
-            for labels, value in rows(snap, COUNTED[key], zero=False):
+        for key, family in COUNTED.items():
+            sums = counted[key]
+            for labels, value in rows(snap, family, zero=False):
                 sums[labels] = sums.get(labels, 0) + value
-        for key, added in timed.items():
-            for row in buckets(snap, TIMED[key]):
+        for key, family in TIMED.items():
+            added = timed[key]
+            for row in buckets(snap, family):
                 old = added.get(row.labels)
                 added[row.labels] = (
                     row

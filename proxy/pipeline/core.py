@@ -238,7 +238,8 @@ class Pipeline:
             raise
         finally:
             if span is not None:
-                span.set("proxy.cache.status", (exchange.cache.header if exchange.cache is not None else None) or "")
+                verdict = exchange.cache
+                span.set("proxy.cache.status", (verdict.header or "") if verdict is not None else "")
                 span.end()
 
     async def _personal(

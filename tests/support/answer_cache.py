@@ -8,8 +8,7 @@ from aiohttp import web
 from proxy.web.keys import PIPELINE
 from tests.conftest import QUERY, REPORTER
 from tests.fakes.cube import load_answer
-
-LOAD = "/api/v4/projects/{}/product_analytics/request/load"
+from tests.support.wire import LOAD_OF
 
 
 class Clock:
@@ -44,5 +43,5 @@ def count_of(body: bytes) -> str:
 
 
 async def load(client, query=QUERY, project=1, headers=REPORTER, **extra):
-    resp = await client.post(LOAD.format(project), json={"query": query, **extra}, headers=headers)
+    resp = await client.post(LOAD_OF.format(project), json={"query": query, **extra}, headers=headers)
     return resp, await resp.read()

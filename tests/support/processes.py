@@ -19,8 +19,6 @@ import orjson
 
 from tests.conftest import CUBE_KEY
 
-LOAD = "/api/v4/projects/1/product_analytics/request/load"
-
 
 def kill_group(pid: int) -> None:
     """SIGKILL to every process of ``pid``'s process group (its session leader's), if any is left."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tests.conftest import QUERY
 from tests.fakes.gitlab import SESSION_COOKIE, FakeGitLab
+from tests.support.wire import LOAD_OF
 
-LOAD = "/api/v4/projects/{}/product_analytics/request/load"
 ALICE, GARY, MO = 1, 2, 4  # reporter, guest and maintainer of project 1 (tests/fakes/gitlab.py)
 
 
@@ -15,7 +15,7 @@ def browser(gitlab: FakeGitLab, session: str, csrf: str | None = None) -> dict[s
 
 
 async def post_load(client, headers, project=1, body=None):
-    return await client.post(LOAD.format(project), json=body or {"query": QUERY}, headers=headers)
+    return await client.post(LOAD_OF.format(project), json=body or {"query": QUERY}, headers=headers)
 
 
 #: what GitLab's dashboards send besides the session (cube_analytics.js's HttpTransport, no token)

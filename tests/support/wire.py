@@ -12,6 +12,9 @@ TAIL = b'{"TrackedEvents.count":"1"}]}]}'
 
 
 LOAD_ROUTE = "/api/v4/projects/{project}/product_analytics/request/load"
+#: a load's path for any project (``LOAD_OF.format(project)``), and project 1's
+LOAD_OF = "/api/v4/projects/{}/product_analytics/request/load"
+LOAD = LOAD_OF.format(1)
 
 
 async def read_answer(reader: asyncio.StreamReader) -> CubeAnswer:
@@ -35,9 +38,6 @@ async def read_answer(reader: asyncio.StreamReader) -> CubeAnswer:
     else:
         body = await reader.read()
     return CubeAnswer(status, headers, body)
-
-
-LOAD = "/api/v4/projects/1/product_analytics/request/load"
 
 
 class CubeAnswer:
